@@ -1,0 +1,50 @@
+# tuneserve developer entry points. `make demo` and `make test` are all a new user needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test test-fast proto proto-check bench lint clean
+
+# The venv is rebuilt when pyproject.toml changes. torch is installed first and pinned so
+# pip takes the CPU build instead of pulling a multi-GB CUDA one; GPU users install their
+# own torch into the venv before `make venv` and keep it (pyproject asks only torch>=2.4).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv proto-check
+	$(PY) -m pytest -q -ra
+
+# Unit tests only (no model training); seconds instead of minutes.
+test-fast: venv
+	$(PY) -m pytest -q -ra tests/unit
+
+PROTO_OUT ?= client
+proto: venv
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+		--pyi_out=$(PROTO_OUT) protos/tuneserve/v1/*.proto
+
+# Fails when the committed stubs differ from what the protos generate.
+proto-check: venv
+	rm -rf build/proto-check && mkdir -p build/proto-check
+	$(MAKE) --no-print-directory proto PROTO_OUT=build/proto-check
+	diff -r -x __pycache__ -x __init__.py build/proto-check/tuneserve client/tuneserve \
+		|| (echo "generated stubs are stale: run 'make proto' and commit" >&2; exit 1)
+
+bench: venv
+	$(PY) bench/predict_latency.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

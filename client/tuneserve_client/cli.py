@@ -1,0 +1,384 @@
+"""The `tuneserve` command line: client subcommands, and server ones delegated to tuneserve_server."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from tuneserve_client.client import DEFAULT_TARGET, Client
+from tuneserve_client.datafiles import DataFileError, read_examples
+from tuneserve_client.errors import TuneserveError
+from tuneserve_client.types import JOB_STATES, Adapter, Job
+
+SERVER_COMMANDS = ("serve", "api", "worker", "config")
+EXIT_ERROR = 1  # an RPC failed, or a waited-for job did not succeed
+EXIT_USAGE = 2  # bad arguments or data files, server extra missing
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneserve",
+        description="Fine-tune LoRA adapters and run predictions on a tuneserve server.",
+        epilog="Server commands (with the server installed): " + ", ".join(SERVER_COMMANDS) + ".",
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("TUNESERVE_TARGET") or DEFAULT_TARGET,
+        help="server address host:port (default: $TUNESERVE_TARGET or %(default)s)",
+    )
+    parser.add_argument("--namespace", default="default", help="tenant namespace (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=30.0, help="seconds per RPC (default: %(default)s)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="submit a training job")
+    train.add_argument("--adapter", required=True, help="adapter name to train a new version of")
+    train.add_argument(
+        "--data", required=True, metavar="FILE", help="training examples (.csv or .jsonl)"
+    )
+    train.add_argument("--validation", metavar="FILE", help="validation examples (.csv or .jsonl)")
+    train.add_argument("--validation-fraction", type=float, metavar="F")
+    train.add_argument("--epochs", type=_positive_int, metavar="N")
+    train.add_argument("--learning-rate", type=float, metavar="X")
+    train.add_argument("--batch-size", type=_positive_int, metavar="N")
+    train.add_argument("--lora-rank", type=_positive_int, metavar="N")
+    train.add_argument("--max-steps", type=_positive_int, metavar="N")
+    train.add_argument("--seed", type=_non_negative_int, metavar="N")
+    train.add_argument("--wait", action="store_true", help="wait for the job and print its metrics")
+    train.set_defaults(handler=_cmd_train)
+
+    jobs = commands.add_parser("jobs", help="list, inspect, cancel or wait for jobs")
+    jobs_cmds = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jobs_list = jobs_cmds.add_parser("list", help="list jobs, newest first")
+    jobs_list.add_argument(
+        "--state", action="append", type=str.upper, choices=JOB_STATES, dest="states", metavar="S",
+        help=f"only jobs in this state (repeatable): {', '.join(JOB_STATES)}",
+    )
+    jobs_list.add_argument("--adapter", help="only jobs for this adapter")
+    jobs_list.set_defaults(handler=_cmd_jobs_list)
+    for name, handler, text in (
+        ("get", _cmd_jobs_get, "show a job"),
+        ("cancel", _cmd_jobs_cancel, "cancel a queued or running job"),
+        ("wait", _cmd_jobs_wait, "wait for a job to finish, printing progress"),
+    ):
+        sub = jobs_cmds.add_parser(name, help=text)
+        sub.add_argument("job_id", metavar="ID")
+        sub.set_defaults(handler=handler)
+
+    predict = commands.add_parser("predict", help="classify texts")
+    predict.add_argument(
+        "--adapter", default="", help="name or name@version (default: the base model)"
+    )
+    predict.add_argument(
+        "--probabilities", action="store_true", help="also show every label's probability"
+    )
+    predict.add_argument(
+        "texts", nargs="+", metavar="TEXT",
+        help="texts to classify; '-' reads one per line from stdin",
+    )
+    predict.set_defaults(handler=_cmd_predict)
+
+    adapters = commands.add_parser("adapters", help="list, inspect or delete adapters")
+    adapter_cmds = adapters.add_subparsers(dest="adapters_command", required=True, metavar="ACTION")
+    adapter_cmds.add_parser("list", help="list adapters").set_defaults(handler=_cmd_adapters_list)
+    get = adapter_cmds.add_parser("get", help="show an adapter and its versions")
+    get.add_argument("name", metavar="NAME")
+    get.set_defaults(handler=_cmd_adapters_get)
+    delete = adapter_cmds.add_parser("delete", help="delete one version (NAME@VERSION) or all (NAME)")
+    delete.add_argument("adapter", metavar="NAME[@VERSION]")
+    delete.set_defaults(handler=_cmd_adapters_delete)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (also used as the console script's)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVER_COMMANDS:
+        return _run_server(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.target, timeout=args.timeout, namespace=args.namespace) as client:
+            return args.handler(client, args, sys.stdout)
+    except TuneserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except DataFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_server(argv: list[str]) -> int:
+    try:
+        from tuneserve_server.cli import main as server_main
+    except ImportError as exc:
+        print(
+            f"error: 'tuneserve {argv[0]}' needs the tuneserve server, which is not installed "
+            f"(install tuneserve with its server extra; import failed: {exc})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return server_main(argv)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    examples = read_examples(args.data)
+    validation = read_examples(args.validation) if args.validation else None
+    job = client.train(
+        args.adapter,
+        examples,
+        validation=validation,
+        validation_fraction=args.validation_fraction,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        lora_rank=args.lora_rank,
+        max_steps=args.max_steps,
+        seed=args.seed,
+    )
+    if not args.wait:
+        _emit(out, args, job, job.id)
+        return 0
+    if not args.json:
+        print(job.id, file=out, flush=True)
+    return _wait(client, job, args, out)
+
+
+def _cmd_jobs_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    jobs = list(client.list_jobs(states=args.states, adapter=args.adapter))
+    rows = [
+        [j.id, j.state, j.adapter_name, _version(j.adapter_version), _steps(j), _time(j.created_at)]
+        for j in jobs
+    ]
+    _emit(out, args, jobs, _table(["ID", "STATE", "ADAPTER", "VERSION", "STEP", "CREATED"], rows))
+    return 0
+
+
+def _cmd_jobs_get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    job = client.get_job(args.job_id)
+    _emit(out, args, job, _describe_job(job))
+    return 0
+
+
+def _cmd_jobs_cancel(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    job = client.cancel_job(args.job_id)
+    _emit(out, args, job, f"{job.id} {job.state}")
+    return 0
+
+
+def _cmd_jobs_wait(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return _wait(client, args.job_id, args, out)
+
+
+def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    texts: list[str] = []
+    for text in args.texts:
+        if text == "-":
+            texts.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        else:
+            texts.append(text)
+    if not texts:
+        print("error: no texts to classify", file=sys.stderr)
+        return EXIT_USAGE
+    results = client.predict(args.adapter or None, texts, probabilities=args.probabilities)
+    if args.json:
+        payload = [dict(_jsonable(r), text=t) for t, r in zip(texts, results)]
+        _emit(out, args, payload, "")
+        return 0
+    for text, result in zip(texts, results):
+        columns = [result.label, f"{result.score:.4f}"]
+        if args.probabilities:
+            columns.append(" ".join(f"{p.label}:{p.score:.4f}" for p in result.probabilities))
+        columns.append(text.replace("\r", "\\r").replace("\n", "\\n"))
+        print("\t".join(columns), file=out)
+    return 0
+
+
+def _cmd_adapters_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    adapters = list(client.list_adapters())
+    rows = [
+        [a.name, a.task, _version(a.latest_version), str(len(a.versions)), a.base_model]
+        for a in adapters
+    ]
+    _emit(out, args, adapters, _table(["NAME", "TASK", "LATEST", "VERSIONS", "BASE MODEL"], rows))
+    return 0
+
+
+def _cmd_adapters_get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    adapter = client.get_adapter(args.name)
+    _emit(out, args, adapter, _describe_adapter(adapter))
+    return 0
+
+
+def _cmd_adapters_delete(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    deleted = client.delete_adapter(args.adapter)
+    text = f"deleted {args.adapter}: versions {', '.join(map(str, deleted)) or '(none)'}"
+    _emit(out, args, {"adapter": args.adapter, "deleted_versions": deleted}, text)
+    return 0
+
+
+def _wait(client: Client, job: Job | str, args: argparse.Namespace, out: TextIO) -> int:
+    def progress(update: Job) -> None:
+        if not args.json:
+            print(_progress_line(update), file=out, flush=True)
+
+    final = client.wait(job, on_update=progress)
+    if args.json:
+        _emit(out, args, final, "")
+    elif final.metrics:
+        print(_metrics_line(final.metrics), file=out)
+    if final.state != "SUCCEEDED":
+        reason = f": {final.error}" if final.error else ""
+        print(f"error: job {final.id} {final.state}{reason}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+# --- formatting --------------------------------------------------------------------------
+
+
+def _emit(out: TextIO, args: argparse.Namespace, value: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(_jsonable(value), indent=None, sort_keys=False), file=out)
+    elif text:
+        print(text, file=out)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        result = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Job):
+            result["done"] = value.done
+        return result
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _version(value: int) -> str:
+    return str(value) if value else "-"
+
+
+def _steps(job: Job) -> str:
+    return f"{job.step}/{job.total_steps}" if job.total_steps else str(job.step)
+
+
+def _progress_line(job: Job) -> str:
+    parts = [f"{job.id} {job.state}"]
+    if job.total_steps or job.step:
+        parts.append(f"step {_steps(job)}")
+        parts.append(f"epoch {job.epoch}")
+    if job.train_loss is not None:
+        parts.append(f"loss {job.train_loss:.4f}")
+    if job.state == "SUCCEEDED" and job.adapter_version:
+        parts.append(f"-> {job.adapter_name}@{job.adapter_version}")
+    return "  ".join(parts)
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    return "metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _describe_job(job: Job) -> str:
+    lines = [
+        f"id:          {job.id}",
+        f"namespace:   {job.namespace}",
+        f"adapter:     {job.adapter_name}" + (f"@{job.adapter_version}" if job.adapter_version else ""),
+        f"task:        {job.task}",
+        f"state:       {job.state}",
+        f"progress:    step {_steps(job)}, epoch {job.epoch}"
+        + (f", loss {job.train_loss:.4f}" if job.train_loss is not None else ""),
+        f"examples:    {job.train_examples} train, {job.validation_examples} validation",
+        f"attempts:    {job.attempts}",
+        f"created:     {_time(job.created_at)}",
+        f"started:     {_time(job.started_at)}",
+        f"finished:    {_time(job.finished_at)}",
+        f"request id:  {job.request_id}",
+    ]
+    if job.metrics:
+        lines.append(_metrics_line(job.metrics))
+    if job.error:
+        lines.append(f"error:       {job.error}")
+    return "\n".join(lines)
+
+
+def _describe_adapter(adapter: Adapter) -> str:
+    lines = [
+        f"name:        {adapter.name}",
+        f"namespace:   {adapter.namespace}",
+        f"task:        {adapter.task}",
+        f"base model:  {adapter.base_model}",
+        f"latest:      {_version(adapter.latest_version)}",
+    ]
+    rows = [
+        [
+            str(v.version),
+            v.job_id,
+            _time(v.created_at),
+            str(v.lora_rank or "-"),
+            str(len(v.labels)),
+            " ".join(f"{k}={m:.4f}" for k, m in sorted(v.metrics.items())),
+            "yes" if v.resident else "no",
+        ]
+        for v in adapter.versions
+    ]
+    lines += ["", _table(["VERSION", "JOB", "CREATED", "RANK", "LABELS", "METRICS", "RESIDENT"], rows)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Synchronous client for the tuneserve gRPC API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from tuneserve.v1 import (
+    adapters_pb2,
+    adapters_pb2_grpc,
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+
+from tuneserve_client.errors import Unavailable, from_rpc_error
+from tuneserve_client.types import (
+    Adapter,
+    Classification,
+    Job,
+    adapter_from_pb,
+    job_from_pb,
+    prediction_from_pb,
+    state_to_pb,
+    task_to_pb,
+)
+
+DEFAULT_TARGET = "localhost:50051"
+
+ExampleLike = tuple[str, str] | Mapping[str, Any]
+Metadata = Sequence[tuple[str, str]] | Mapping[str, str]
+
+_R = TypeVar("_R")
+
+
+def _example_pb(item: ExampleLike, index: int, field: str) -> common_pb2.Example:
+    if isinstance(item, Mapping):
+        if "text" not in item or "label" not in item:
+            raise ValueError(f"{field}[{index}]: a dict example needs 'text' and 'label' keys")
+        text, label = item["text"], item["label"]
+    else:
+        try:
+            text, label = item
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{field}[{index}]: expected a (text, label) pair or a dict, got {item!r}"
+            ) from None
+    if not isinstance(text, str):
+        raise TypeError(f"{field}[{index}]: text must be a str, got {type(text).__name__}")
+    if isinstance(label, int) and not isinstance(label, bool):
+        label = str(label)
+    if not isinstance(label, str):
+        raise TypeError(f"{field}[{index}]: label must be a str, got {type(label).__name__}")
+    return common_pb2.Example(
+        classification=common_pb2.ClassificationExample(text=text, label=label)
+    )
+
+
+def _examples_pb(items: Iterable[ExampleLike], field: str) -> list[common_pb2.Example]:
+    return [_example_pb(item, i, field) for i, item in enumerate(items)]
+
+
+class Client:
+    """A connection to a tuneserve server; use as a context manager or call `close()`.
+
+    Every RPC gets a deadline: `timeout` seconds unless the method's own `timeout` says
+    otherwise. Failed RPCs raise `TuneserveError` subclasses.
+    """
+
+    #: Sleeps before each retry of Train after UNAVAILABLE (3 retries).
+    retry_backoff: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 30.0,
+        namespace: str = "default",
+        channel: grpc.Channel | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.namespace = namespace
+        self._metadata = tuple(
+            (metadata.items() if isinstance(metadata, Mapping) else metadata) or ()
+        )
+        self._owns_channel = channel is None
+        if channel is None:
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=options)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel
+        self._training = training_pb2_grpc.TrainingServiceStub(channel)
+        self._inference = inference_pb2_grpc.InferenceServiceStub(channel)
+        self._adapters = adapters_pb2_grpc.AdapterServiceStub(channel)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel (unless it was passed in by the caller)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., _R], request: Any, timeout: float | None) -> _R:
+        try:
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata or None,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    # --- training ---------------------------------------------------------------------
+
+    def train(
+        self,
+        adapter: str,
+        examples: Iterable[ExampleLike],
+        *,
+        task: str = "classification",
+        validation: Iterable[ExampleLike] | None = None,
+        validation_fraction: float | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        lora_dropout: float | None = None,
+        target_modules: Sequence[str] | None = None,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        warmup_ratio: float | None = None,
+        weight_decay: float | None = None,
+        seed: int | None = None,
+        max_seq_length: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submit a training job for a new version of `adapter`.
+
+        `examples` and `validation` hold (text, label) pairs or {"text", "label"} dicts.
+        Options left as None take the server's defaults. The call is retried with the same
+        `request_id` (a fresh UUID by default) when the server is UNAVAILABLE.
+        """
+        request = training_pb2.TrainRequest(
+            namespace=self.namespace,
+            adapter_name=adapter,
+            task=task_to_pb(task),
+            training_examples=_examples_pb(examples, "examples"),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        if validation is not None:
+            request.validation_examples.extend(_examples_pb(validation, "validation"))
+        if validation_fraction is not None:
+            request.validation_fraction = validation_fraction
+
+        lora = request.hyperparameters.lora
+        for name, value in (("rank", lora_rank), ("alpha", lora_alpha), ("dropout", lora_dropout)):
+            if value is not None:
+                setattr(lora, name, value)
+        if target_modules:
+            if isinstance(target_modules, str):
+                target_modules = [target_modules]
+            lora.target_modules.extend(target_modules)
+        optimizer = request.hyperparameters.optimizer
+        for name, value in (
+            ("learning_rate", learning_rate),
+            ("batch_size", batch_size),
+            ("epochs", epochs),
+            ("max_steps", max_steps),
+            ("warmup_ratio", warmup_ratio),
+            ("weight_decay", weight_decay),
+            ("seed", seed),
+            ("max_seq_length", max_seq_length),
+        ):
+            if value is not None:
+                setattr(optimizer, name, value)
+
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        backoff = iter(self.retry_backoff)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response = self._call(self._training.Train, request, max(remaining, 0.0))
+                return job_from_pb(response.job)
+            except Unavailable:
+                pause = next(backoff, None)
+                if pause is None or deadline - time.monotonic() <= pause:
+                    raise
+                time.sleep(pause)
+
+    def get_job(self, job_id: str, *, timeout: float | None = None) -> Job:
+        request = training_pb2.GetJobRequest(namespace=self.namespace, job_id=job_id)
+        return job_from_pb(self._call(self._training.GetJob, request, timeout).job)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[str] | str | None = None,
+        adapter: str | None = None,
+        page_size: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Job]:
+        """Jobs, newest first, optionally only those in `states` or for `adapter`.
+
+        Pages are fetched lazily as the iterator advances.
+        """
+        if isinstance(states, str):
+            states = [states]
+        request = training_pb2.ListJobsRequest(
+            namespace=self.namespace,
+            states=[state_to_pb(s) for s in states or ()],
+            adapter_name=adapter or "",
+            page_size=page_size or 0,
+        )
+        return self._pages(self._training.ListJobs, request, "jobs", job_from_pb, timeout)
+
+    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> Job:
+        request = training_pb2.CancelJobRequest(namespace=self.namespace, job_id=job_id)
+        return job_from_pb(self._call(self._training.CancelJob, request, timeout).job)
+
+    def wait(
+        self,
+        job_or_id: Job | str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll the job until it is SUCCEEDED, FAILED or CANCELLED and return it.
+
+        `on_update(job)` is called whenever its state or step changes (and on the first
+        poll). Raises `TimeoutError` when `timeout` seconds pass first (None: no limit).
+        A FAILED job is returned, not raised; check `job.state`.
+        """
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[str, int] | None = None
+        while True:
+            job = self.get_job(job_id)
+            if (job.state, job.step) != seen:
+                seen = (job.state, job.step)
+                if on_update is not None:
+                    on_update(job)
+            if job.done:
+                return job
+            pause = poll_interval
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"job {job_id} still {job.state} after {timeout:g}s "
+                        f"(step {job.step}/{job.total_steps})"
+                    )
+                pause = min(pause, remaining)
+            time.sleep(pause)
+
+    # --- inference --------------------------------------------------------------------
+
+    def predict(
+        self,
+        adapter: str | None,
+        texts: Sequence[str] | str,
+        *,
+        probabilities: bool = False,
+        timeout: float | None = None,
+    ) -> list[Classification]:
+        """Classify `texts` with `adapter` ("name", "name@version", or None for the base model)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        request = inference_pb2.PredictRequest(
+            namespace=self.namespace,
+            adapter=adapter or "",
+            inputs=list(texts),
+            return_probabilities=probabilities,
+        )
+        response = self._call(self._inference.Predict, request, timeout)
+        return [prediction_from_pb(p) for p in response.predictions]
+
+    # --- adapters ---------------------------------------------------------------------
+
+    def list_adapters(
+        self, page_size: int | None = None, *, timeout: float | None = None
+    ) -> Iterator[Adapter]:
+        """Adapters by name; pages are fetched lazily."""
+        request = adapters_pb2.ListAdaptersRequest(
+            namespace=self.namespace, page_size=page_size or 0
+        )
+        return self._pages(self._adapters.ListAdapters, request, "adapters", adapter_from_pb, timeout)
+
+    def get_adapter(self, name: str, *, timeout: float | None = None) -> Adapter:
+        request = adapters_pb2.GetAdapterRequest(namespace=self.namespace, name=name)
+        return adapter_from_pb(self._call(self._adapters.GetAdapter, request, timeout).adapter)
+
+    def delete_adapter(self, adapter: str, *, timeout: float | None = None) -> list[int]:
+        """Delete "name@version", or every version of "name"; returns the deleted versions."""
+        request = adapters_pb2.DeleteAdapterRequest(namespace=self.namespace, adapter=adapter)
+        response = self._call(self._adapters.DeleteAdapter, request, timeout)
+        return list(response.deleted_versions)
+
+    def _pages(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        items: str,
+        convert: Callable[[Any], _R],
+        timeout: float | None,
+    ) -> Iterator[_R]:
+        def generate() -> Iterator[_R]:
+            while True:
+                response = self._call(method, request, timeout)
+                for item in getattr(response, items):
+                    yield convert(item)
+                if not response.next_page_token:
+                    return
+                request.page_token = response.next_page_token
+
+        return generate()
+

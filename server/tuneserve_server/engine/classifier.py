@@ -1,0 +1,104 @@
+"""The torch side of classification serving: one forward pass for a batch of requests that
+may each name a different adapter (peft `adapter_names=`, "__base__" for the base)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tuneserve_server.engine.batching import PendingRequest
+from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
+from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.modeling import mean_pool
+from tuneserve_server.storage.adapter_store import AdapterStore
+
+BASE_SLOT = "__base__"
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """One text's result: the adapter's labels and their probabilities, in label order."""
+
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    def top(self) -> tuple[str, float]:
+        i = max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
+        return self.labels[i], self.probabilities[i]
+
+
+class ClassificationRunner:
+    def __init__(
+        self,
+        tokenizer: Any,
+        registry: AdapterRegistry,
+        adapter_store: AdapterStore,
+        *,
+        device: str,
+        max_length: int = 128,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.registry = registry
+        self.adapter_store = adapter_store
+        self.device = device
+        self.max_length = max_length
+
+    def _resident(self, keys: set[AdapterKey]) -> dict[AdapterKey, ResidentAdapter | Exception]:
+        out: dict[AdapterKey, ResidentAdapter | Exception] = {}
+        for key in sorted(keys):
+            try:
+                directory = self.adapter_store.open(key.namespace, key.name, key.version)
+                out[key] = self.registry.ensure(key, directory, keep=keys)
+            except Exception as exc:  # fails only the requests for this adapter
+                out[key] = exc
+        return out
+
+    @torch.inference_mode()
+    def run(self, batch: list[PendingRequest]) -> list[list[ClassScores] | Exception]:
+        keys = {r.key for r in batch if r.key is not None}
+        resident = self._resident(keys)
+        results: list[list[ClassScores] | Exception | None] = [None] * len(batch)
+        texts: list[str] = []
+        slots: list[str] = []
+        owners: list[int] = []  # batch index of each row
+        for i, request in enumerate(batch):
+            if request.key is None:
+                results[i] = FailedPrecondition(
+                    "the base model has no classification head; name an adapter trained for this task"
+                )
+                continue
+            entry = resident[request.key]
+            if isinstance(entry, Exception):
+                results[i] = entry
+                continue
+            texts += request.texts
+            slots += [entry.slot] * request.rows
+            owners += [i] * request.rows
+        if texts:
+            self._forward(batch, resident, texts, slots, owners, results)
+        return [r if r is not None else [] for r in results]
+
+    def _forward(self, batch, resident, texts, slots, owners, results) -> None:  # noqa: ANN001
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.registry.model(**enc, adapter_names=slots).last_hidden_state
+        pooled = mean_pool(hidden, enc["attention_mask"])
+        by_slot: dict[str, list[int]] = defaultdict(list)
+        for row, slot in enumerate(slots):
+            by_slot[slot].append(row)
+        probs: list[torch.Tensor | None] = [None] * len(texts)
+        slot_entry = {e.slot: e for e in resident.values() if not isinstance(e, Exception)}
+        for slot, rows in by_slot.items():
+            entry = slot_entry[slot]
+            logits = entry.head(pooled[rows]).float() / entry.meta.temperature
+            for row, p in zip(rows, torch.softmax(logits, -1).cpu(), strict=True):
+                probs[row] = p
+        for row, owner in enumerate(owners):
+            entry = resident[batch[owner].key]
+            if results[owner] is None:
+                results[owner] = []
+            results[owner].append(ClassScores(entry.meta.labels, tuple(probs[row].tolist())))

@@ -1,0 +1,148 @@
+"""Which adapters are resident in the one base model, under internal slot ids.
+
+Every method here runs on the torch executor thread (one thread), so a batch in progress
+and a load/evict/unload never interleave: an adapter a batch uses cannot be evicted under it.
+User-facing names never reach peft; each resident version gets a slot id `s<N>`."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.modeling import AdapterMeta, load_head
+
+ANCHOR_SLOT = "anchor"  # a zero adapter that stays active, so peft always has one
+
+
+@dataclass(frozen=True, order=True)
+class AdapterKey:
+    namespace: str
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}@{self.version}"
+
+
+@dataclass
+class ResidentAdapter:
+    key: AdapterKey
+    slot: str
+    meta: AdapterMeta
+    head: torch.nn.Linear
+    size_bytes: int
+    last_used: float = field(default_factory=time.time)
+    pinned: bool = False
+
+
+class AdapterRegistry:
+    def __init__(
+        self,
+        peft_model: torch.nn.Module,
+        *,
+        base_model_id: str,
+        linear_modules: set[str],
+        hidden_size: int,
+        max_resident: int,
+        max_rank: int,
+        device: str,
+    ) -> None:
+        self.model = peft_model
+        self.base_model_id = base_model_id
+        self.linear_modules = linear_modules
+        self.hidden_size = hidden_size
+        self.max_resident = max_resident
+        self.max_rank = max_rank
+        self.device = device
+        self._resident: OrderedDict[AdapterKey, ResidentAdapter] = OrderedDict()
+        self._next_slot = 0
+        self.loads = 0
+        self.evictions = 0
+
+    # ------------------------------------------------------------------ queries
+    def get(self, key: AdapterKey) -> ResidentAdapter | None:
+        return self._resident.get(key)
+
+    def resident_keys(self) -> list[AdapterKey]:
+        return list(self._resident)
+
+    def __len__(self) -> int:
+        return len(self._resident)
+
+    # ------------------------------------------------------------------ checks
+    def check_compatible(self, key: AdapterKey, meta: AdapterMeta) -> None:
+        """Refuse an adapter that was not trained for this base model, before any weights load."""
+        problems = []
+        if meta.base_model != self.base_model_id:
+            problems.append(f"trained on {meta.base_model}, this server serves {self.base_model_id}")
+        missing = sorted(set(meta.target_modules) - self.linear_modules)
+        if missing:
+            problems.append(f"targets modules the base model lacks: {', '.join(missing)}")
+        if meta.lora_rank > self.max_rank:
+            problems.append(f"rank {meta.lora_rank} is above the server's maximum {self.max_rank}")
+        if problems:
+            raise FailedPrecondition(f"adapter {key} cannot be served: {'; '.join(problems)}")
+
+    # ------------------------------------------------------------------ state changes
+    def ensure(self, key: AdapterKey, directory: Path, keep: Iterable[AdapterKey] = ()) -> ResidentAdapter:
+        """Make `key` resident (loading from `directory` if needed) and mark it used."""
+        entry = self._resident.get(key)
+        if entry is None:
+            entry = self._load(key, directory, set(keep) | {key})
+        entry.last_used = time.time()
+        self._resident.move_to_end(key)
+        return entry
+
+    def _load(self, key: AdapterKey, directory: Path, keep: set[AdapterKey]) -> ResidentAdapter:
+        meta = AdapterMeta.read(directory)
+        self.check_compatible(key, meta)
+        head = load_head(directory, self.device)
+        if head.in_features != self.hidden_size or head.out_features != len(meta.labels):
+            raise FailedPrecondition(f"adapter {key} has a head that does not fit its labels or the base")
+        self._make_room(keep)
+        slot = f"s{self._next_slot}"
+        self._next_slot += 1
+        self.model.load_adapter(str(directory), adapter_name=slot)
+        self.model.eval()
+        size = sum(
+            p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{slot}." in n
+        ) + sum(p.numel() * p.element_size() for p in head.parameters())
+        entry = ResidentAdapter(key, slot, meta, head, size)
+        self._resident[key] = entry
+        self.loads += 1
+        return entry
+
+    def _make_room(self, keep: set[AdapterKey]) -> None:
+        while len(self._resident) >= self.max_resident:
+            victim = next(
+                (k for k, e in self._resident.items() if not e.pinned and k not in keep), None
+            )
+            if victim is None:
+                raise FailedPrecondition(
+                    f"all {len(self._resident)} resident adapter slots are pinned or in use"
+                )
+            self.unload(victim)
+            self.evictions += 1
+
+    def unload(self, key: AdapterKey) -> bool:
+        entry = self._resident.pop(key, None)
+        if entry is None:
+            return False
+        self.model.delete_adapter(entry.slot)
+        self.model.set_adapter(ANCHOR_SLOT)
+        del entry
+        gc.collect()
+        return True
+
+    def unload_where(self, predicate) -> list[AdapterKey]:  # noqa: ANN001 - simple callable
+        gone = [k for k, e in self._resident.items() if not e.pinned and predicate(k)]
+        for key in gone:
+            self.unload(key)
+        return gone

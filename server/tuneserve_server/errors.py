@@ -1,0 +1,52 @@
+"""Domain errors. The API layer maps each class to one gRPC status code (api/status_map.py);
+nothing below the servicer knows about gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class TuneserveError(Exception):
+    """Base of every error a caller may see with its message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(TuneserveError):
+    """The request (or its data) is wrong; `violations` names the fields."""
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations = list(violations or [])
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidRequest:
+        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+class NotFound(TuneserveError):
+    pass
+
+
+class AlreadyExists(TuneserveError):
+    pass
+
+
+class FailedPrecondition(TuneserveError):
+    """The request is well formed but the system is not in a state to honour it."""
+
+
+class CapacityExceeded(TuneserveError):
+    """A queue or memory bound is reached; the caller should back off and retry."""
+
+
+class NotReady(TuneserveError):
+    """The service is starting or draining."""

@@ -1,0 +1,82 @@
+"""The JobStore protocol: durable jobs, their leases, and the adapter registry.
+
+The registry lives in the same store as the jobs because a job's success and the new
+adapter version it publishes must commit together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from tuneserve_server.storage.records import AdapterVersionRecord
+from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the job (its lease expired and another took it)."""
+
+
+class JobStore(Protocol):
+    # --- jobs, caller side
+    def create_job(self, spec: JobSpec) -> tuple[Job, bool]:
+        """Insert a QUEUED job; idempotent on (namespace, request_id): returns (job, created)."""
+
+    def get_job(self, namespace: str, job_id: str) -> Job: ...
+
+    def list_jobs(
+        self,
+        namespace: str,
+        *,
+        states: Sequence[JobState] = (),
+        adapter_name: str = "",
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[Job], str]: ...
+
+    def cancel_job(self, namespace: str, job_id: str) -> Job:
+        """QUEUED -> CANCELLED at once; RUNNING -> cancel requested (the worker stops it);
+        terminal -> FailedPrecondition."""
+
+    # --- jobs, worker side
+    def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec] | None:
+        """Return expired leases to the queue (or fail them past max attempts), then take the
+        oldest QUEUED job under a lease. None when there is nothing to do."""
+
+    def heartbeat(
+        self, job_id: str, worker_id: str, lease_seconds: float, progress: JobProgress
+    ) -> bool:
+        """Extend the lease and record progress; returns True when cancel was requested.
+        Raises LeaseLost when the job is no longer this worker's."""
+
+    def complete_job(
+        self, job_id: str, worker_id: str, metrics: dict[str, float], adapter: AdapterVersionRecord
+    ) -> Job:
+        """Mark SUCCEEDED and register the adapter version, in one transaction."""
+
+    def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:
+        """Mark FAILED or CANCELLED."""
+
+    def release_job(self, job_id: str, worker_id: str) -> Job:
+        """Give a RUNNING job back to the queue (worker shutdown); the attempt is not counted."""
+
+    # --- adapter registry
+    def reserve_adapter_version(self, namespace: str, name: str) -> int:
+        """Next version number for namespace/name; never handed out twice."""
+
+    def adapter_versions(
+        self, namespace: str, name: str | None = None, *, include_deleted: bool = False
+    ) -> list[AdapterVersionRecord]: ...
+
+    def adapter_names(
+        self, namespace: str, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[str], str]: ...
+
+    def delete_adapter_versions(
+        self, namespace: str, name: str, version: int | None = None
+    ) -> list[AdapterVersionRecord]:
+        """Mark versions deleted; returns those it deleted. NotFound if none matched."""
+
+    def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
+        """Registry rows (published or deleted) changed after `after_seq`, by seq."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,176 @@
+"""The trainer worker: a process of its own that claims queued jobs from the job store,
+trains them, publishes the adapter and records the outcome.
+
+A heartbeat thread keeps the job's lease alive, pushes progress and picks up cancel
+requests, so a wedged or killed worker loses its lease and the job goes back to the queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+
+import structlog
+
+from tuneserve_server.config import Settings
+from tuneserve_server.modeling import BaseModelSource, resolve_base_model
+from tuneserve_server.storage.adapter_store import AdapterStore
+from tuneserve_server.storage.job_store import JobStore, LeaseLost
+from tuneserve_server.storage.records import AdapterVersionRecord
+from tuneserve_server.training.classification import ClassificationRecipe, JobCancelled
+from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState, TaskType
+
+log = structlog.get_logger("tuneserve.worker")
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, lease_s: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.store, self.job_id, self.worker_id, self.lease_s = store, job_id, worker_id, lease_s
+        self.progress = JobProgress()
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._halt = threading.Event()
+        self.interval = min(1.0, lease_s / 4)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            if self.store.heartbeat(self.job_id, self.worker_id, self.lease_s, self.progress):
+                self.cancel.set()
+        except LeaseLost:
+            self.lost.set()
+            self.cancel.set()
+        except Exception:  # a transient store error must not kill training; the lease decides
+            log.warning("heartbeat failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+class TrainerWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        adapters: AdapterStore,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.adapters = adapters
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()  # stop now: release the running job to the queue
+        self.draining = threading.Event()  # stop when idle: finish the running job first
+        self._source: BaseModelSource | None = None
+
+    @property
+    def source(self) -> BaseModelSource:
+        if self._source is None:
+            self._source = resolve_base_model(self.settings.base_model)
+        return self._source
+
+    def run_forever(self) -> None:
+        log.info("worker started", worker_id=self.worker_id, base_model=self.settings.base_model)
+        while not (self.stopping.is_set() or self.draining.is_set()):
+            if not self.run_once():
+                self.stopping.wait(self.settings.worker_poll_s)
+        log.info("worker stopped", worker_id=self.worker_id)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue was empty."""
+        claimed = self.store.claim_job(self.worker_id, self.settings.worker_lease_s)
+        if claimed is None:
+            return False
+        job, spec = claimed
+        with structlog.contextvars.bound_contextvars(job_id=job.id):
+            self._run(job, spec)
+        return True
+
+    def _run(self, job: Job, spec: JobSpec) -> None:
+        log.info("job claimed", adapter=spec.adapter_name, attempt=job.attempts,
+                 train_examples=len(spec.train), validation_examples=len(spec.validation))
+        beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.worker_lease_s)
+        stop_watch = threading.Thread(target=self._forward_stop, args=(beat,), daemon=True)
+        beat.start()
+        stop_watch.start()
+        staging = self.adapters.staging_dir()
+        try:
+            if spec.task is not TaskType.CLASSIFICATION:
+                raise ValueError(f"no recipe for task {spec.task.value}")
+
+            def progress(p: JobProgress) -> None:
+                beat.progress = p
+
+            recipe = ClassificationRecipe(
+                spec, self.source, device=self.settings.device, job_id=job.id,
+                cancel=beat.cancel, on_progress=progress,
+            )
+            result = recipe.run(staging)
+            if beat.lost.is_set():
+                raise LeaseLost(job.id)
+            version = self.store.reserve_adapter_version(spec.namespace, spec.adapter_name)
+            size = self.adapters.publish(staging, spec.namespace, spec.adapter_name, version)
+            record = AdapterVersionRecord(
+                namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job.id,
+                task=spec.task, base_model=result.meta.base_model, labels=result.meta.labels,
+                metrics=result.metrics, lora_rank=result.meta.lora_rank, size_bytes=size,
+                created_at=job.created_at,
+            )
+            self.store.complete_job(job.id, self.worker_id, result.metrics, record)
+            log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
+        except JobCancelled:
+            self._settle_interrupted(job, beat)
+        except LeaseLost:
+            log.warning("lease lost; another worker owns the job now")
+        except Exception as exc:
+            log.error("job failed", error=repr(exc), traceback=traceback.format_exc())
+            self._finish(job.id, JobState.FAILED, f"training failed: {type(exc).__name__}: {exc}")
+        finally:
+            beat.stop()
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _forward_stop(self, beat: _Heartbeat) -> None:
+        """Turn a worker shutdown into the running job's cancel flag."""
+        while beat.is_alive():
+            if self.stopping.wait(0.2):
+                beat.cancel.set()
+                return
+
+    def _settle_interrupted(self, job: Job, beat: _Heartbeat) -> None:
+        if beat.lost.is_set():
+            log.warning("lease lost; another worker owns the job now")
+        elif self.stopping.is_set():
+            self.store.release_job(job.id, self.worker_id)
+            log.info("job released to the queue on shutdown")
+        else:
+            self._finish(job.id, JobState.CANCELLED, "cancelled by request")
+            log.info("job cancelled")
+
+    def _finish(self, job_id: str, state: JobState, error: str) -> None:
+        try:
+            self.store.finish_job(job_id, self.worker_id, state, error)
+        except LeaseLost:
+            log.warning("lease lost before the job could be marked", state=state.value)
+
+
+def wait_for_parent_exit(worker: TrainerWorker, parent_pid: int, interval: float = 1.0) -> None:
+    """In `serve` mode: when the API process goes away, finish the running job, then exit."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid and not worker.stopping.is_set():
+            time.sleep(interval)
+        if not worker.stopping.is_set():
+            log.info("parent process gone; finishing the running job, then exiting")
+            worker.draining.set()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
