@@ -41,7 +41,9 @@ class AdapterRef:
         check_name(name, field)
         if not sep:
             return cls(namespace, name)
-        if not version.isdigit() or int(version) < 1:
+        # ASCII digits only ('²' passes str.isdigit but not int()), and within a 64-bit
+        # integer so that the stores can look it up: otherwise a caller error, not INTERNAL.
+        if not (version.isascii() and version.isdigit()) or len(version) > 18 or int(version) < 1:
             raise InvalidRequest.field(field, f"version in {text!r} must be a positive integer")
         return cls(namespace, name, int(version))
 

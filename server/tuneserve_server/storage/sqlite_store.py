@@ -104,7 +104,9 @@ def _page_size(value: int) -> int:
 def _page_after(token: str) -> int | None:
     if not token:
         return None
-    if not token.isdigit():
+    # ASCII digits only (str.isdigit also accepts '²', which int() refuses) and short enough
+    # for an SQLite INTEGER: anything else is a caller error, not an internal one.
+    if not (token.isascii() and token.isdigit()) or len(token) > 18:
         raise InvalidRequest.field("page_token", "is not a token this server returned")
     return int(token)
 

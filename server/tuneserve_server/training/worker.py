@@ -116,6 +116,7 @@ class TrainerWorker:
                 cancel=beat.cancel, on_progress=progress,
             )
             result = recipe.run(staging)
+            beat.beat()  # record the final step before the job is marked done
             if beat.lost.is_set():
                 raise LeaseLost(job.id)
             version = self.store.reserve_adapter_version(spec.namespace, spec.adapter_name)
@@ -129,6 +130,7 @@ class TrainerWorker:
             self.store.complete_job(job.id, self.worker_id, result.metrics, record)
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobCancelled:
+            beat.beat()
             self._settle_interrupted(job, beat)
         except LeaseLost:
             log.warning("lease lost; another worker owns the job now")
