@@ -1,0 +1,145 @@
+"""Shared builders for the server unit tests: job specs, and tiny random BERT models with
+adapters written in the real on-disk format (what ClassificationRecipe.save writes)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tuneserve_server.training.jobs import (  # noqa: E402
+    Hyperparameters,
+    JobSpec,
+    LabelledText,
+    OptimizerSettings,
+    TaskType,
+)
+
+TINY_BASE_ID = "tiny-bert"
+
+
+# ---------------------------------------------------------------- job specs
+def _make_spec(
+    namespace: str = "default",
+    request_id: str = "req-1",
+    adapter_name: str = "intents",
+    *,
+    n: int = 4,
+    seed: int = 42,
+) -> JobSpec:
+    labels = ("pos", "neg")
+    train = tuple(LabelledText(f"text {i}", labels[i % 2]) for i in range(n))
+    return JobSpec(
+        namespace=namespace,
+        adapter_name=adapter_name,
+        task=TaskType.CLASSIFICATION,
+        request_id=request_id,
+        train=train,
+        validation=(LabelledText("held out", "pos"),),
+        hyperparameters=Hyperparameters(optimizer=OptimizerSettings(seed=seed)),
+    )
+
+
+@pytest.fixture
+def make_spec() -> Callable[..., JobSpec]:
+    return _make_spec
+
+
+# ---------------------------------------------------------------- tiny models
+def tiny_bert_config(vocab_size: int = 100):  # noqa: ANN201
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+    )
+
+
+class TinyBase:
+    """A tiny random BertModel, plus helpers that write adapters for it in the real format."""
+
+    def __init__(self, vocab_size: int = 100, seed: int = 0) -> None:
+        import torch
+        from transformers import BertModel
+
+        torch.manual_seed(seed)
+        self.config = tiny_bert_config(vocab_size)
+        self.encoder = BertModel(self.config).eval()
+        self.state = copy.deepcopy(self.encoder.state_dict())
+
+    def fresh_encoder(self):  # noqa: ANN201
+        """A new BertModel with exactly the base weights (for building or checking adapters)."""
+        from transformers import BertModel
+
+        model = BertModel(self.config)
+        model.load_state_dict(self.state)
+        return model.eval()
+
+    def serving_model(self):  # noqa: ANN201
+        """The base wrapped the way InferenceEngine._load wraps it: a zero anchor adapter."""
+        from peft import LoraConfig, get_peft_model
+
+        from tuneserve_server.engine.registry import ANCHOR_SLOT
+
+        encoder = self.fresh_encoder()
+        anchor = LoraConfig(r=1, target_modules=["query"], init_lora_weights=True)
+        model = get_peft_model(encoder, anchor, adapter_name=ANCHOR_SLOT)
+        model.eval()
+        return model
+
+    def write_adapter(
+        self,
+        directory: Path,
+        *,
+        labels: tuple[str, ...] = ("neg", "pos"),
+        rank: int = 4,
+        targets: tuple[str, ...] = ("query", "value", "dense"),
+        base_model: str = TINY_BASE_ID,
+        seed: int = 1,
+        meta_rank: int | None = None,
+        meta_targets: tuple[str, ...] | None = None,
+    ) -> Path:
+        """Random non-zero LoRA weights and head, saved as ClassificationRecipe.save does."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        from tuneserve_server.modeling import ADAPTER_META, AdapterMeta, save_head
+
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False
+        )
+        model = get_peft_model(self.fresh_encoder(), config)
+        model.save_pretrained(str(directory))
+        head = torch.nn.Linear(self.config.hidden_size, len(labels))
+        save_head(directory, head)
+        meta = AdapterMeta(
+            task=TaskType.CLASSIFICATION,
+            base_model=base_model,
+            labels=labels,
+            lora_rank=rank if meta_rank is None else meta_rank,
+            target_modules=targets if meta_targets is None else meta_targets,
+            metrics={"accuracy": 0.5},
+            job_id="job-test",
+        )
+        (directory / ADAPTER_META).write_text(meta.to_json())
+        return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> TinyBase:
+    return TinyBase()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_base() -> type[TinyBase]:
+    return TinyBase

