@@ -14,7 +14,6 @@ export TOKENIZERS_PARALLELISM := false
 # own torch into the venv before `make venv` and keep it (pyproject asks only torch>=2.4).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e ".[dev]"
 	touch $@

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--validation", metavar="FILE", help="validation examples (.csv or .jsonl)")
     train.add_argument("--validation-fraction", type=float, metavar="F")
+    train.add_argument("--text-field", default="text", metavar="NAME",
+                       help="CSV column / JSON key holding the text (default: text)")
+    train.add_argument("--label-field", default="label", metavar="NAME",
+                       help="CSV column / JSON key holding the label (default: label)")
     train.add_argument("--epochs", type=_positive_int, metavar="N")
     train.add_argument("--learning-rate", type=float, metavar="X")
     train.add_argument("--batch-size", type=_positive_int, metavar="N")
@@ -162,8 +166,9 @@ def _run_server(argv: list[str]) -> int:
 
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    examples = read_examples(args.data)
-    validation = read_examples(args.validation) if args.validation else None
+    fields = {"text_field": args.text_field, "label_field": args.label_field}
+    examples = read_examples(args.data, **fields)
+    validation = read_examples(args.validation, **fields) if args.validation else None
     job = client.train(
         args.adapter,
         examples,

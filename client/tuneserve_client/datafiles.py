@@ -21,14 +21,18 @@ class DataFileError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-def read_examples(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """(text, label) pairs from a .csv (header with `text` and `label`) or .jsonl file."""
+def read_examples(
+    path: str | os.PathLike[str], *, text_field: str = TEXT, label_field: str = LABEL
+) -> list[tuple[str, str]]:
+    """(text, label) pairs from a .csv (header naming both columns) or .jsonl file (objects
+    with both keys). The column/key names default to `text` and `label`."""
     suffix = Path(path).suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise DataFileError(path, f"unsupported file type {suffix or '(none)'!r}: use .csv or .jsonl")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            examples = _read_csv(path, f) if suffix == ".csv" else _read_jsonl(path, f)
+            fields = (text_field, label_field)
+            examples = _read_csv(path, f, fields) if suffix == ".csv" else _read_jsonl(path, f, fields)
     except OSError as exc:
         raise DataFileError(path, exc.strerror or str(exc)) from exc
     except UnicodeDecodeError as exc:
@@ -40,10 +44,10 @@ def read_examples(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return examples
 
 
-def _check(path, line: int, text: object, label: object) -> tuple[str, str]:
+def _check(path, line: int, text: object, label: object, fields: tuple[str, str]) -> tuple[str, str]:
     if isinstance(label, int) and not isinstance(label, bool):
         label = str(label)
-    for name, value in ((TEXT, text), (LABEL, label)):
+    for name, value in zip(fields, (text, label)):
         if value is None:
             raise DataFileError(path, f"missing {name!r}", line)
         if not isinstance(value, str):
@@ -53,31 +57,31 @@ def _check(path, line: int, text: object, label: object) -> tuple[str, str]:
     return text, label  # type: ignore[return-value]
 
 
-def _read_csv(path, f) -> list[tuple[str, str]]:
+def _read_csv(path, f, fields: tuple[str, str]) -> list[tuple[str, str]]:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None:
         return []
     columns = [name.strip() for name in header]
-    missing = [name for name in (TEXT, LABEL) if name not in columns]
+    missing = [name for name in fields if name not in columns]
     if missing:
         found = ", ".join(repr(c) for c in columns)
         raise DataFileError(
             path, f"header lacks column {' and '.join(map(repr, missing))} (found {found})", 1
         )
-    text_at, label_at = columns.index(TEXT), columns.index(LABEL)
+    text_at, label_at = columns.index(fields[0]), columns.index(fields[1])
     examples = []
     line = reader.line_num + 1  # first physical line of the next record
     for row in reader:
         if row:  # blank lines are skipped
             text = row[text_at] if text_at < len(row) else None
             label = row[label_at] if label_at < len(row) else None
-            examples.append(_check(path, line, text, label))
+            examples.append(_check(path, line, text, label, fields))
         line = reader.line_num + 1
     return examples
 
 
-def _read_jsonl(path, f) -> list[tuple[str, str]]:
+def _read_jsonl(path, f, fields: tuple[str, str]) -> list[tuple[str, str]]:
     examples = []
     for number, raw in enumerate(f, start=1):
         if not raw.strip():
@@ -88,5 +92,5 @@ def _read_jsonl(path, f) -> list[tuple[str, str]]:
             raise DataFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", number) from None
         if not isinstance(obj, dict):
             raise DataFileError(path, f"expected a JSON object, got {type(obj).__name__}", number)
-        examples.append(_check(path, number, obj.get(TEXT), obj.get(LABEL)))
+        examples.append(_check(path, number, obj.get(fields[0]), obj.get(fields[1]), fields))
     return examples

@@ -101,3 +101,17 @@ def test_whole_file_errors(tmp_path, name, content, fragment):
 def test_missing_file(tmp_path):
     with pytest.raises(DataFileError, match="No such file"):
         read_examples(tmp_path / "absent.csv")
+
+
+def test_csv_with_other_column_names(tmp_path):
+    path = tmp_path / "b77.csv"
+    path.write_text("text,category\nwhere is my card,card_arrival\n", encoding="utf-8")
+    assert read_examples(path, label_field="category") == [("where is my card", "card_arrival")]
+    with pytest.raises(DataFileError, match="lacks column 'query'"):
+        read_examples(tmp_path / "b77.csv", label_field="category", text_field="query")
+
+
+def test_jsonl_with_other_keys(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"q": "hi", "intent": "greet"}\n', encoding="utf-8")
+    assert read_examples(path, text_field="q", label_field="intent") == [("hi", "greet")]
