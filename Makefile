@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) examples/demo.py
 
-test: venv proto-check
+test: venv proto-check lint
 	$(PY) -m pytest -q -ra
 
 # Unit tests only (no model training); seconds instead of minutes.
@@ -41,6 +41,10 @@ proto-check: venv
 	$(MAKE) --no-print-directory proto PROTO_OUT=build/proto-check
 	diff -r -x __pycache__ -x __init__.py build/proto-check/tuneserve client/tuneserve \
 		|| (echo "generated stubs are stale: run 'make proto' and commit" >&2; exit 1)
+
+# buf lint (STANDARD rules) on protos/; see buf.yaml.
+lint: venv
+	$(VENV)/bin/buf lint
 
 bench: venv
 	$(PY) bench/predict_latency.py

@@ -87,7 +87,8 @@ def main() -> int:
     log = open(log_path, "w")
     print(f"Starting `tuneserve serve` on {target} (data in {args.data_dir}, log in {log_path}) ...")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve_server.cli", "serve", "--port", str(port), "--data-dir", args.data_dir],
+        [sys.executable, "-m", "tuneserve_server.cli", "serve", "--port", str(port), "--data-dir", args.data_dir,
+         "--metrics-port", "0", "--worker-metrics-port", "0"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     started = time.monotonic()

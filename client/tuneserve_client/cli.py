@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     delete = adapter_cmds.add_parser("delete", help="delete one version (NAME@VERSION) or all (NAME)")
     delete.add_argument("adapter", metavar="NAME[@VERSION]")
     delete.set_defaults(handler=_cmd_adapters_delete)
+
+    health = commands.add_parser("health", help="check the server's health (exit 0 when SERVING)")
+    health.add_argument("--service", default="", help="one service, e.g. tuneserve.v1.InferenceService")
+    health.set_defaults(handler=_cmd_health)
     return parser
 
 
@@ -163,6 +167,12 @@ def _run_server(argv: list[str]) -> int:
 
 
 # --- commands ----------------------------------------------------------------------------
+
+
+def _cmd_health(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    status = client.health(args.service)
+    print(json.dumps({"service": args.service, "status": status}) if args.json else status, file=out)
+    return 0 if status == "SERVING" else EXIT_ERROR
 
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tuneserve.v1 import (
     adapters_pb2,
     adapters_pb2_grpc,
@@ -206,6 +207,13 @@ class Client:
                 if pause is None or deadline - time.monotonic() <= pause:
                     raise
                 time.sleep(pause)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The server's gRPC health status for `service` ("" for the whole server):
+        SERVING, NOT_SERVING, or SERVICE_UNKNOWN."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        reply = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def get_job(self, job_id: str, *, timeout: float | None = None) -> Job:
         request = training_pb2.GetJobRequest(namespace=self.namespace, job_id=job_id)

@@ -17,9 +17,11 @@ from grpc_reflection.v1alpha import reflection
 
 from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
 from tuneserve.v1 import training_pb2, training_pb2_grpc
+from tuneserve_server.api.interceptors import RequestContextInterceptor
 from tuneserve_server.api.servicers import AdapterServicer, InferenceServicer, TrainingServicer
-from tuneserve_server.config import Settings
+from tuneserve_server.config import ConfigError, Settings
 from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 from tuneserve_server.storage.sqlite_store import SqliteStore
 
@@ -47,6 +49,7 @@ class ApiServer:
         self.engine = InferenceEngine(settings, self.store, self.adapter_store)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server = grpc.aio.server(
+            interceptors=[RequestContextInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -73,18 +76,37 @@ class ApiServer:
             if asyncio.iscoroutine(result):
                 await result
 
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if s.tls_cert_file is None or s.tls_key_file is None:
+            return None
+        ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        creds = self._credentials()
+        self.port = (
+            self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        log.info("listening", address=f"{self.settings.host}:{self.port}")
+        log.info("listening", address=f"{self.settings.host}:{self.port}", tls=creds is not None)
         await self.engine.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", base_model=self.engine.source.model_id)
         return self.port
 
     async def stop(self) -> None:
+        """Drain: health NOT_SERVING (still answering for drain_delay_s so balancers move
+        away), then refuse new calls and give in-flight ones grace_s to finish."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.settings.drain_delay_s:
+            await asyncio.sleep(self.settings.drain_delay_s)
         await self.server.stop(self.settings.grace_s)
         await self.engine.stop()
         self.store.close()
@@ -142,12 +164,28 @@ async def run_api(settings: Settings, *, with_worker: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        metrics_port = serve_metrics(settings.metrics_port, settings.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"setting metrics_port: cannot serve /metrics on {settings.metrics_host}:"
+            f"{settings.metrics_port} ({exc.strerror}); pick a free port or 0 to turn it off"
+        ) from None
+    if metrics_port:
+        log.info("metrics", address=f"{settings.metrics_host}:{metrics_port}")
+    register_job_state_collector(server.store)
     if supervisor:
         supervisor.start()
-    await stop.wait()
-    log.info("shutting down", grace_s=settings.grace_s)
+    serving = asyncio.ensure_future(server.start())
+    await asyncio.wait({serving, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        serving.result()  # a failed start raises here
+        await stop.wait()
+    log.info("shutting down", grace_s=settings.grace_s, drain_delay_s=settings.drain_delay_s)
+    stopping = [server.stop()]
     if supervisor:
-        await supervisor.stop()
-    await server.stop()
+        stopping.append(supervisor.stop())
+    await asyncio.gather(*stopping)
+    if not serving.done():
+        serving.cancel()
     log.info("stopped")

@@ -17,6 +17,8 @@ SERVER_COMMANDS = ("serve", "api", "worker", "config")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML file of settings (also $TUNESERVE_CONFIG); env and flags override it")
     group = parser.add_argument_group("settings (also TUNESERVE_<NAME> variables)")
     for f in fields(Settings):
         default = f.default if f.default is not MISSING else None
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
-    return load_settings(overrides)
+    return load_settings(overrides, config_file=args.config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,19 +70,26 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "config":
-        for f in fields(Settings):
-            print(f"{f.name} = {getattr(settings, f.name)}")
+        for name, value in settings.redacted().items():
+            print(f"{name} = {value}")
         return 0
     if args.command == "worker":
         return _run_worker(settings, args.parent_pid)
     from tuneserve_server.app import run_api
 
-    asyncio.run(run_api(settings, with_worker=args.command == "serve" and settings.spawn_worker))
+    try:
+        asyncio.run(run_api(settings, with_worker=args.command == "serve" and settings.spawn_worker))
+    except ConfigError as exc:
+        print(f"tuneserve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _run_worker(settings: Settings, parent_pid: int | None) -> int:
+    import structlog
+
     from tuneserve_server.app import build_stores
+    from tuneserve_server.observability.metrics import serve_metrics
     from tuneserve_server.training.worker import TrainerWorker, wait_for_parent_exit
 
     if settings.torch_threads:
@@ -93,6 +102,14 @@ def _run_worker(settings: Settings, parent_pid: int | None) -> int:
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     if parent_pid:
         wait_for_parent_exit(worker, parent_pid)
+    log = structlog.get_logger("tuneserve.worker")
+    try:
+        port = serve_metrics(settings.worker_metrics_port, settings.metrics_host)
+    except OSError as exc:  # e.g. a draining predecessor still holds it: train on, unobserved
+        log.warning("metrics endpoint not started", port=settings.worker_metrics_port, error=str(exc))
+    else:
+        if port:
+            log.info("metrics", address=f"{settings.metrics_host}:{port}")
     try:
         worker.run_forever()
     finally:

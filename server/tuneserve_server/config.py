@@ -27,6 +27,9 @@ def _s(help: str, **kw: Any) -> Any:
 class Settings:
     host: str = _s("address the gRPC server binds", default="127.0.0.1")
     port: int = _s("gRPC port (0 picks a free one)", default=50051)
+    metrics_port: int = _s("HTTP port of /metrics for the API process (0: off)", default=9464)
+    worker_metrics_port: int = _s("HTTP port of /metrics for a worker process (0: off)", default=9465)
+    metrics_host: str = _s("address the /metrics endpoints bind", default="0.0.0.0")
     data_dir: Path = _s("where the job database and adapters live", default=Path(".tuneserve"))
     job_db: Path | None = _s("SQLite job store file (default: DATA_DIR/jobs.db)", default=None)
     adapter_dir: Path | None = _s("adapter store directory (default: DATA_DIR/adapters)", default=None)
@@ -50,6 +53,15 @@ class Settings:
     job_max_attempts: int = _s("workers that may start one job before it fails", default=3)
     spawn_worker: bool = _s("`serve` also runs a trainer worker process", default=True)
     grace_s: float = _s("seconds to finish in-flight calls on SIGTERM", default=20.0)
+    drain_delay_s: float = _s(
+        "on SIGTERM, seconds to keep serving while health says NOT_SERVING (lets load "
+        "balancers stop routing here first)",
+        default=0.0,
+    )
+    tls_cert_file: Path | None = _s("PEM certificate chain; with tls_key_file enables TLS", default=None)
+    tls_key_file: Path | None = _s("PEM private key for tls_cert_file", default=None)
+    tls_client_ca_file: Path | None = _s("PEM CA bundle; when set, clients must present a certificate it signed", default=None)
+    log_payloads: bool = _s("log Predict input texts (off: no prompt or training text is ever logged)", default=False)
     log_format: str = _s("console or json", default="console", meta={"choices": ("console", "json")})
     log_level: str = _s(
         "debug, info, warning, error",
@@ -71,6 +83,13 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return validate(dataclasses.replace(self, **changes))
+
+    def redacted(self) -> dict[str, object]:
+        """Every setting by name, secrets (fields marked secret) shown as ***."""
+        return {
+            f.name: ("***" if f.metadata.get("secret") and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
 
     def to_env(self) -> dict[str, str]:
         """The settings as TUNESERVE_* variables, to start a child process with the same config."""
@@ -108,7 +127,8 @@ def validate(s: Settings) -> Settings:
         if not cond:
             raise ConfigError(f"setting {name} ({ENV_PREFIX}{name.upper()}): {what}")
 
-    need(0 <= s.port <= 65535, "port", "must be 0..65535")
+    for name in ("port", "metrics_port", "worker_metrics_port"):
+        need(0 <= getattr(s, name) <= 65535, name, "must be 0..65535")
     for name in ("max_batch_rows", "max_queue_rows", "max_predict_inputs", "max_text_chars",
                  "max_resident_adapters", "max_train_examples", "max_lora_rank", "job_max_attempts"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
@@ -119,6 +139,14 @@ def validate(s: Settings) -> Settings:
     need(s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps", "device",
          "must be cpu, cuda, cuda:N or mps")
     need(bool(s.base_model), "base_model", "must not be empty")
+    need(s.drain_delay_s >= 0, "drain_delay_s", "must not be negative")
+    need((s.tls_cert_file is None) == (s.tls_key_file is None), "tls_key_file",
+         "tls_cert_file and tls_key_file go together")
+    need(s.tls_client_ca_file is None or s.tls_cert_file is not None, "tls_client_ca_file",
+         "needs tls_cert_file and tls_key_file")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        need(path is None or Path(path).is_file(), name, f"{path} is not a readable file")
     for f in fields(s):
         choices = f.metadata.get("choices")
         if choices:
@@ -126,14 +154,38 @@ def validate(s: Settings) -> Settings:
     return s
 
 
+def _read_config_file(path: Path, known: Mapping[str, Any]) -> dict[str, Any]:
+    """A TOML file of `setting = value` lines (names as in `tuneserve config show`)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    values = {}
+    for name, value in data.items():
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown setting {name}")
+        values[name] = _convert(name, known[name].type, str(value).lower() if isinstance(value, bool) else str(value))
+    return values
+
+
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
 ) -> Settings:
-    """Defaults <- TUNESERVE_* environment <- explicit overrides (CLI flags, not None)."""
+    """Defaults <- config file <- TUNESERVE_* environment <- explicit overrides (CLI flags).
+    The file is `config_file`, else $TUNESERVE_CONFIG when set."""
     env = os.environ if env is None else env
     known = {f.name: f for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG") or None
+    values: dict[str, Any] = _read_config_file(Path(config_file), known) if config_file else {}
     for key, raw in env.items():
+        if key == ENV_PREFIX + "CONFIG":
+            continue
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX):].lower()
             if name not in known:

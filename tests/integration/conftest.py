@@ -63,6 +63,7 @@ class Proc:
     def __init__(self, role: str, data_dir: Path, log_dir: Path, port: int = 0, **settings: object) -> None:
         self.role = role
         self.port = port
+        self.metrics_port = free_port()
         self.log_path = log_dir / f"{role}-{port or os.getpid()}-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}
         env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
@@ -71,6 +72,8 @@ class Proc:
         env["TUNESERVE_TORCH_THREADS"] = "1"  # 2 cores: one for the API, one for the worker
         env["TUNESERVE_REGISTRY_POLL_S"] = "0.2"
         env["TUNESERVE_WORKER_POLL_S"] = "0.2"
+        env["TUNESERVE_METRICS_PORT"] = str(self.metrics_port)
+        env["TUNESERVE_WORKER_METRICS_PORT"] = str(self.metrics_port)
         for key, value in settings.items():
             env[f"TUNESERVE_{key.upper()}"] = str(value)
         self._log = open(self.log_path, "w")
@@ -87,6 +90,20 @@ class Proc:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def metrics(self) -> dict[str, float]:
+        """Scrape this process's /metrics: {'name{labels}': value}."""
+        from urllib.request import urlopen
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 
 from tuneserve.v1 import (
     adapters_pb2,
@@ -27,11 +28,13 @@ from tuneserve_server.config import Settings
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.errors import InvalidRequest, NotFound, NotReady
 from tuneserve_server.naming import AdapterRef, namespace_of
+from tuneserve_server.observability.metrics import JOBS_SUBMITTED
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training.jobs import JobState
 from tuneserve_server.training.validation import build_job_spec
 
+log = structlog.get_logger("tuneserve.api")
 R = TypeVar("R")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
@@ -65,8 +68,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     async def Train(self, request, context):  # noqa: N802, ANN001, ANN201
         if not self.engine.ready:
             raise NotReady("the base model is still loading; retry shortly")
+        structlog.contextvars.bind_contextvars(adapter=request.adapter_name)
         spec = build_job_spec(convert.train_input(request), self.engine.train_limits())
         job, created = await asyncio.to_thread(self.store.create_job, spec)
+        if created:
+            JOBS_SUBMITTED.inc()
+            log.info("job queued", job_id=job.id, train_examples=job.train_examples)
         return training_pb2.TrainResponse(job=convert.job_pb(job), created=created)
 
     @_rpc
@@ -129,8 +136,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     @_rpc
     async def Predict(self, request, context):  # noqa: N802, ANN001, ANN201
         namespace = namespace_of(request.namespace)
+        structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
         ref = AdapterRef.parse(namespace, request.adapter) if request.adapter else None
-        result = await self.engine.classify(ref, self._inputs(request))
+        inputs = self._inputs(request)
+        if self.settings.log_payloads:
+            log.info("predict inputs", inputs=inputs)
+        result = await self.engine.classify(ref, inputs)
         return inference_pb2.PredictResponse(
             predictions=[
                 convert.classification_pb(s, request.return_probabilities) for s in result.scores

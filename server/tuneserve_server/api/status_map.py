@@ -63,5 +63,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    _, status = status_for(exc)
-    await context.abort_with_status(rpc_status.to_status(status))
+    code, status = status_for(exc)
+    trailing = tuple(rpc_status.to_status(status).trailing_metadata)
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    if request_id:  # abort replaces the trailing metadata: keep the request id in it
+        trailing += (("x-request-id", request_id),)
+    await context.abort(code, status.message, trailing)

@@ -4,6 +4,7 @@ executor thread. The API layer calls `classify`; nothing here knows about gRPC."
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +25,13 @@ from tuneserve_server.modeling import (
     resolve_base_model,
 )
 from tuneserve_server.naming import AdapterRef
+from tuneserve_server.observability.metrics import (
+    ADAPTER_LABELS,
+    ADAPTER_LATENCY,
+    ADAPTER_REQUESTS,
+    BASE_ADAPTER_LABEL,
+    adapter_label_name,
+)
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.storage.records import AdapterVersionRecord
@@ -74,7 +82,7 @@ class InferenceEngine:
             await asyncio.gather(self._poll_task, return_exceptions=True)
         if self.batcher:
             await self.batcher.stop()
-        self.executor.shutdown(wait=True)
+        await asyncio.to_thread(self.executor.shutdown, True)
 
     def _load(self) -> None:
         """Runs on the torch thread: base model, peft wrapper with the anchor slot, warm-up."""
@@ -150,14 +158,18 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------ predict
     async def classify(self, ref: AdapterRef | None, texts: list[str]) -> ClassifyResult:
+        """Resolve, queue, wait. Per-adapter request count and latency (whole call, any
+        outcome) are recorded for requests that resolved to an adapter or the base model;
+        unknown names never become labels."""
+        start = time.perf_counter()
+        record = None
+        key = None
         if not self.ready or self.batcher is None:
             raise NotReady("the model is still loading; retry shortly")
         if self.task is not TaskType.CLASSIFICATION:
             raise FailedPrecondition(
                 f"this server serves {self.source.model_id}, a {self.task.value} model, not a classifier"
             )
-        record = None
-        key = None
         if ref is not None:
             try:
                 record = self.catalog.resolve(ref)
@@ -167,5 +179,12 @@ class InferenceEngine:
             if record.task is not TaskType.CLASSIFICATION:
                 raise FailedPrecondition(f"adapter {ref.name} is a {record.task.value} adapter")
             key = AdapterKey(record.namespace, record.name, record.version)
-        scores = await self.batcher.submit(key, texts)
+        try:
+            scores = await self.batcher.submit(key, texts)
+        finally:
+            label = ADAPTER_LABELS.label(
+                BASE_ADAPTER_LABEL if record is None else adapter_label_name(record.namespace, record.name)
+            )
+            ADAPTER_REQUESTS.labels(label).inc()
+            ADAPTER_LATENCY.labels(label).observe(time.perf_counter() - start)
         return ClassifyResult(record, scores)

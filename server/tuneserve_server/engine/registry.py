@@ -16,6 +16,14 @@ import torch
 
 from tuneserve_server.errors import FailedPrecondition
 from tuneserve_server.modeling import AdapterMeta, load_head
+from tuneserve_server.observability.metrics import (
+    ADAPTER_EVICTIONS,
+    ADAPTER_LOAD_FAILURES,
+    ADAPTER_LOAD_SECONDS,
+    ADAPTER_LOADS,
+    ADAPTERS_RESIDENT,
+    ADAPTERS_RESIDENT_BYTES,
+)
 
 ANCHOR_SLOT = "anchor"  # a zero adapter that stays active, so peft always has one
 
@@ -62,6 +70,7 @@ class AdapterRegistry:
         self.device = device
         self._resident: OrderedDict[AdapterKey, ResidentAdapter] = OrderedDict()
         self._next_slot = 0
+        self._resident_bytes = 0
         self.loads = 0
         self.evictions = 0
 
@@ -74,6 +83,10 @@ class AdapterRegistry:
 
     def __len__(self) -> int:
         return len(self._resident)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self._resident_bytes
 
     # ------------------------------------------------------------------ checks
     def check_compatible(self, key: AdapterKey, meta: AdapterMeta) -> None:
@@ -100,6 +113,17 @@ class AdapterRegistry:
         return entry
 
     def _load(self, key: AdapterKey, directory: Path, keep: set[AdapterKey]) -> ResidentAdapter:
+        start = time.perf_counter()
+        try:
+            entry = self._load_into_slot(key, directory, keep)
+        except Exception:
+            ADAPTER_LOAD_FAILURES.inc()
+            raise
+        ADAPTER_LOADS.inc()
+        ADAPTER_LOAD_SECONDS.observe(time.perf_counter() - start)
+        return entry
+
+    def _load_into_slot(self, key: AdapterKey, directory: Path, keep: set[AdapterKey]) -> ResidentAdapter:
         meta = AdapterMeta.read(directory)
         self.check_compatible(key, meta)
         head = load_head(directory, self.device)
@@ -115,8 +139,14 @@ class AdapterRegistry:
         ) + sum(p.numel() * p.element_size() for p in head.parameters())
         entry = ResidentAdapter(key, slot, meta, head, size)
         self._resident[key] = entry
+        self._resident_bytes += size
         self.loads += 1
+        self._publish()
         return entry
+
+    def _publish(self) -> None:
+        ADAPTERS_RESIDENT.set(len(self._resident))
+        ADAPTERS_RESIDENT_BYTES.set(self._resident_bytes)
 
     def _make_room(self, keep: set[AdapterKey]) -> None:
         while len(self._resident) >= self.max_resident:
@@ -129,11 +159,14 @@ class AdapterRegistry:
                 )
             self.unload(victim)
             self.evictions += 1
+            ADAPTER_EVICTIONS.inc()
 
     def unload(self, key: AdapterKey) -> bool:
         entry = self._resident.pop(key, None)
         if entry is None:
             return False
+        self._resident_bytes -= entry.size_bytes
+        self._publish()
         self.model.delete_adapter(entry.slot)
         self.model.set_adapter(ANCHOR_SLOT)
         # Dropping the last references frees the slot's tensors and head at once (refcounting;

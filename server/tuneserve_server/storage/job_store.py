@@ -33,6 +33,9 @@ class JobStore(Protocol):
         page_token: str = "",
     ) -> tuple[list[Job], str]: ...
 
+    def count_jobs_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state, across namespaces (states with none: absent)."""
+
     def cancel_job(self, namespace: str, job_id: str) -> Job:
         """QUEUED -> CANCELLED at once; RUNNING -> cancel requested (the worker stops it);
         terminal -> FailedPrecondition."""

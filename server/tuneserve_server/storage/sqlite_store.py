@@ -228,6 +228,11 @@ class SqliteStore:
         token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
         return [self._job(r) for r in rows[:size]], token
 
+    def count_jobs_by_state(self) -> dict[JobState, int]:
+        with self._read() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {JobState(r["state"]): int(r["n"]) for r in rows}
+
     def cancel_job(self, namespace: str, job_id: str) -> Job:
         now = time.time()
         with self._write() as db:

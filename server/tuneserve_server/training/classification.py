@@ -24,6 +24,12 @@ from tuneserve_server.modeling import (
     mean_pool,
     save_head,
 )
+from tuneserve_server.observability.metrics import (
+    TRAIN_EXAMPLES_PER_SECOND,
+    TRAIN_LOSS,
+    TRAIN_STEP,
+    TRAIN_TOTAL_STEPS,
+)
 from tuneserve_server.training.jobs import JobProgress, JobSpec, LabelledText, TaskType
 from tuneserve_server.training.metrics import accuracy, macro_f1
 
@@ -120,7 +126,12 @@ class ClassificationRecipe:
         self.head.train()
         step, loss_ema = 0, None
         self.examples_seen = 0
+        TRAIN_STEP.set(0)
+        TRAIN_TOTAL_STEPS.set(total)
+        TRAIN_LOSS.set(math.nan)
+        TRAIN_EXAMPLES_PER_SECOND.set(0)
         self.on_progress(JobProgress(0, total, 0, None))
+        started = time.monotonic()
         for epoch in range(1, opt.epochs + 1):
             for idx in _batches(len(features), opt.batch_size, rng):
                 if step >= total:
@@ -137,6 +148,11 @@ class ClassificationRecipe:
                 self.examples_seen += len(idx)
                 value = float(loss.detach())
                 loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
+                elapsed = time.monotonic() - started
+                TRAIN_STEP.set(step)
+                TRAIN_LOSS.set(loss_ema)
+                if elapsed > 0:
+                    TRAIN_EXAMPLES_PER_SECOND.set(self.examples_seen / elapsed)
                 self.on_progress(JobProgress(step, total, epoch, loss_ema))
 
     # ---------------------------------------------------------------- evaluate

@@ -18,6 +18,7 @@ import structlog
 
 from tuneserve_server.config import Settings
 from tuneserve_server.modeling import BaseModelSource, resolve_base_model
+from tuneserve_server.observability.metrics import JOBS, TRAIN_RUNNING
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore, LeaseLost
 from tuneserve_server.storage.records import AdapterVersionRecord
@@ -104,6 +105,7 @@ class TrainerWorker:
         beat.start()
         stop_watch.start()
         staging = self.adapters.staging_dir()
+        TRAIN_RUNNING.set(1)
         try:
             if spec.task is not TaskType.CLASSIFICATION:
                 raise ValueError(f"no recipe for task {spec.task.value}")
@@ -128,6 +130,7 @@ class TrainerWorker:
                 created_at=job.created_at,
             )
             self.store.complete_job(job.id, self.worker_id, result.metrics, record)
+            JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobCancelled:
             beat.beat()
@@ -138,6 +141,7 @@ class TrainerWorker:
             log.error("job failed", error=repr(exc), traceback=traceback.format_exc())
             self._finish(job.id, JobState.FAILED, f"training failed: {type(exc).__name__}: {exc}")
         finally:
+            TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -161,6 +165,7 @@ class TrainerWorker:
     def _finish(self, job_id: str, state: JobState, error: str) -> None:
         try:
             self.store.finish_job(job_id, self.worker_id, state, error)
+            JOBS.labels(state.value).inc()
         except LeaseLost:
             log.warning("lease lost before the job could be marked", state=state.value)
 

@@ -193,3 +193,63 @@ def test_a_per_request_exception_reaches_only_its_caller():
     assert good == ["a:good"]
     assert isinstance(bad, ValueError) and "default/b@1" in str(bad)
     assert fine == ["base:fine"]
+
+
+def test_rows_of_a_request_cancelled_while_queued_leave_the_queue_bound_at_once():
+    """Under overload with expiring deadlines, cancelled requests must not keep the queue
+    "full": their rows leave the count before the batcher gets to their entries."""
+    rec = Recorder()
+    rec.gate.clear()  # the executor is busy: nothing queued is taken until the gate opens
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        running = asyncio.create_task(batcher.submit(KEY_A, ["running"]))
+        await _until(rec.entered.is_set)
+        doomed = asyncio.create_task(batcher.submit(KEY_B, ["d1", "d2", "d3"]))
+        await _until(lambda: batcher.queued_rows == 3)
+        with pytest.raises(CapacityExceeded):
+            await batcher.submit(KEY_A, ["x"])
+        doomed.cancel()
+        await asyncio.gather(doomed, return_exceptions=True)
+        queued_after_cancel = batcher.queued_rows
+        # A deadline passing while queued frees its rows the same way.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit(KEY_B, ["t1", "t2"]), timeout=0.01)
+        queued_after_timeout = batcher.queued_rows
+        fits = asyncio.create_task(batcher.submit(KEY_A, ["f1", "f2", "f3"]))  # the whole bound
+        await _until(lambda: batcher.queued_rows == 3)
+        rec.gate.set()
+        results = await asyncio.gather(running, fits)
+        return results, queued_after_cancel, queued_after_timeout, batcher.queued_rows
+
+    results, after_cancel, after_timeout, final = run_with_batcher(rec, body, max_queue_rows=3)
+    assert (after_cancel, after_timeout, final) == (0, 0, 0)
+    assert results == [["a:running"], ["a:f1", "a:f2", "a:f3"]]
+    ran = [t for b in rec.batches for _, t in b]
+    assert ran == [("running",), ("f1", "f2", "f3")]  # the dropped requests never ran
+
+
+def test_many_cancelled_requests_are_skipped_and_the_count_never_goes_negative():
+    rec = Recorder()
+    rec.gate.clear()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        running = asyncio.create_task(batcher.submit(KEY_A, ["running"]))
+        await _until(rec.entered.is_set)
+        doomed = [asyncio.create_task(batcher.submit(KEY_B, [f"d{i}"])) for i in range(100)]
+        kept = asyncio.create_task(batcher.submit(KEY_A, ["kept"]))
+        more = [asyncio.create_task(batcher.submit(KEY_B, [f"e{i}"])) for i in range(50)]
+        await _until(lambda: batcher.queued_rows == 151)
+        for task in doomed + more:
+            task.cancel()
+        await asyncio.gather(*doomed, *more, return_exceptions=True)
+        queued = batcher.queued_rows
+        rec.gate.set()
+        results = await asyncio.gather(running, kept)
+        last = await batcher.submit(KEY_B, ["last"])
+        return results, last, queued, batcher.queued_rows
+
+    (running, kept), last, queued, final = run_with_batcher(rec, body)
+    assert queued == 1  # only "kept" still counts
+    assert (running, kept, last) == (["a:running"], ["a:kept"], ["b:last"])
+    assert [t for b in rec.batches for _, t in b] == [("running",), ("kept",), ("last",)]
+    assert final == 0
