@@ -22,8 +22,7 @@ from tuneserve_server.api.servicers import AdapterServicer, InferenceServicer, T
 from tuneserve_server.config import ConfigError, Settings
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
-from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
-from tuneserve_server.storage.sqlite_store import SqliteStore
+from tuneserve_server.storage.factory import build_stores
 
 log = structlog.get_logger("tuneserve.app")
 
@@ -32,11 +31,6 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
 )
-
-
-def build_stores(settings: Settings) -> tuple[SqliteStore, LocalAdapterStore]:
-    store = SqliteStore(settings.job_db_path, max_attempts=settings.job_max_attempts)
-    return store, LocalAdapterStore(settings.adapter_path)
 
 
 class ApiServer:

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_worker(settings: Settings, parent_pid: int | None) -> int:
     import structlog
 
-    from tuneserve_server.app import build_stores
+    from tuneserve_server.storage.factory import build_stores
     from tuneserve_server.observability.metrics import serve_metrics
     from tuneserve_server.training.worker import TrainerWorker, wait_for_parent_exit
 
