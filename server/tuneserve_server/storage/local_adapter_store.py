@@ -2,7 +2,10 @@
 
 Layout: root/<namespace>/<name>/<version>/ with the adapter's files. A version is staged
 under root/.staging/, every file fsynced, then renamed into place: rename is atomic on one
-filesystem, so a reader sees either no version or the whole of it."""
+filesystem, so a reader sees either no version or the whole of it. Each version carries
+MANIFEST.json (storage/manifest.py), written at publish and checked on every open: on a
+shared (ReadWriteMany) volume that catches a file damaged or changed after publish before a
+replica loads it."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from tuneserve_server.errors import NotFound
+from tuneserve_server.storage.manifest import payload_size, verify_directory, write_manifest
 
 
 def _fsync_tree(path: Path) -> int:
@@ -48,19 +52,29 @@ class LocalAdapterStore:
         return path
 
     def publish(self, staged_dir: Path, namespace: str, name: str, version: int) -> int:
-        size = _fsync_tree(staged_dir)
         final = self._path(namespace, name, version)
-        final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             raise FileExistsError(f"adapter version {final} already published")
-        os.rename(staged_dir, final)
+        files, _ = write_manifest(staged_dir)
+        _fsync_tree(staged_dir)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # rename(2) replaces an existing *empty* directory, so the check above is not
+            # enough against a racing publisher; a non-empty one (every published version
+            # has its manifest) makes the rename fail instead.
+            os.rename(staged_dir, final)
+        except OSError as exc:
+            if final.exists():
+                raise FileExistsError(f"adapter version {final} already published") from exc
+            raise
         _fsync_dir(final.parent)
-        return size
+        return payload_size(files)
 
     def open(self, namespace: str, name: str, version: int) -> Path:
         path = self._path(namespace, name, version)
         if not path.is_dir():
             raise NotFound(f"adapter files for {namespace}/{name}@{version} are missing")
+        verify_directory(path, f"{namespace}/{name}@{version}")
         return path
 
     def delete(self, namespace: str, name: str, version: int) -> None:

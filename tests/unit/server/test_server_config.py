@@ -98,3 +98,32 @@ def test_to_env_round_trips_through_load_settings():
     assert "TUNESERVE_ADAPTER_DIR" not in env  # None is left out, so the default applies
     assert load_settings(env=env) == original
     assert load_settings(env=Settings().to_env()) == Settings()
+
+
+def test_database_url_is_read_passed_to_workers_and_masked_by_config_show(capsys, monkeypatch):
+    dsn = "postgresql://tuneserve:s3cret-pw@db.internal:5432/tuneserve"
+    assert Settings().database_url == ""  # default: SQLite in data_dir
+    s = load_settings(env={"TUNESERVE_DATABASE_URL": dsn})
+    assert s.database_url == dsn
+    assert load_settings(env=s.to_env()).database_url == dsn  # the worker child gets it
+    assert s.redacted()["database_url"] == "***"
+    assert Settings().redacted()["database_url"] == ""  # unset stays visibly unset
+
+    from tuneserve_server.cli import main
+
+    monkeypatch.delenv("TUNESERVE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TUNESERVE_CONFIG", raising=False)
+    # main() configures logging onto capsys' stream; keep later tests' logging off it.
+    monkeypatch.setattr(
+        "tuneserve_server.observability.logging.configure_logging", lambda *a, **k: None
+    )
+    assert main(["config", "show", "--database-url", dsn]) == 0
+    out = capsys.readouterr().out
+    assert "database_url = ***" in out.splitlines()
+    assert "s3cret" not in out and "db.internal" not in out
+
+
+def test_client_target_variable_is_not_a_setting():
+    from tuneserve_server.config import load_settings
+
+    assert load_settings(env={"TUNESERVE_TARGET": "localhost:1"}).port == 50051
