@@ -23,6 +23,7 @@ from tuneserve_client.types import (
     Classification,
     Job,
     LabelScore,
+    LoadedAdapter,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidArgument",
     "Job",
     "LabelScore",
+    "LoadedAdapter",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete = adapter_cmds.add_parser("delete", help="delete one version (NAME@VERSION) or all (NAME)")
     delete.add_argument("adapter", metavar="NAME[@VERSION]")
     delete.set_defaults(handler=_cmd_adapters_delete)
+    load = adapter_cmds.add_parser("load", help="make an adapter resident on the server (warm-up)")
+    load.add_argument("adapter", metavar="NAME[@VERSION]")
+    load.add_argument("--pin", action="store_true", help="never evict it (a bare NAME follows new versions)")
+    load.set_defaults(handler=_cmd_adapters_load)
+    unload = adapter_cmds.add_parser("unload", help="unpin and release an adapter on the server")
+    unload.add_argument("adapter", metavar="NAME[@VERSION]")
+    unload.set_defaults(handler=_cmd_adapters_unload)
 
     health = commands.add_parser("health", help="check the server's health (exit 0 when SERVING)")
     health.add_argument("--service", default="", help="one service, e.g. tuneserve.v1.InferenceService")
@@ -269,6 +276,20 @@ def _cmd_adapters_delete(client: Client, args: argparse.Namespace, out: TextIO) 
     deleted = client.delete_adapter(args.adapter)
     text = f"deleted {args.adapter}: versions {', '.join(map(str, deleted)) or '(none)'}"
     _emit(out, args, {"adapter": args.adapter, "deleted_versions": deleted}, text)
+    return 0
+
+
+def _cmd_adapters_load(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    r = client.load_adapter(args.adapter, pin=args.pin)
+    text = f"{r.name}@{r.version} resident{' (pinned)' if r.pinned else ''}, {r.size_bytes} bytes, loaded in {r.load_seconds:.2f}s"
+    _emit(out, args, dataclasses.asdict(r), text)
+    return 0
+
+
+def _cmd_adapters_unload(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    versions = client.unload_adapter(args.adapter)
+    text = f"released {args.adapter}: versions {', '.join(map(str, versions)) or '(none resident)'}"
+    _emit(out, args, {"adapter": args.adapter, "unloaded_versions": versions}, text)
     return 0
 
 

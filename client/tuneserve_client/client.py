@@ -24,6 +24,7 @@ from tuneserve_client.types import (
     Adapter,
     Classification,
     Job,
+    LoadedAdapter,
     adapter_from_pb,
     job_from_pb,
     prediction_from_pb,
@@ -323,6 +324,19 @@ class Client:
         request = adapters_pb2.DeleteAdapterRequest(namespace=self.namespace, adapter=adapter)
         response = self._call(self._adapters.DeleteAdapter, request, timeout)
         return list(response.deleted_versions)
+
+    def load_adapter(self, adapter: str, *, pin: bool = False, timeout: float | None = None) -> LoadedAdapter:
+        """Make "name" (latest) or "name@version" resident on the server that answers (warm-up);
+        with pin=True it is never evicted there, and a pinned bare name follows new versions."""
+        request = adapters_pb2.LoadAdapterRequest(namespace=self.namespace, adapter=adapter, pin=pin)
+        r = self._call(self._adapters.LoadAdapter, request, timeout)
+        return LoadedAdapter(r.adapter_name, r.adapter_version, r.pinned, r.size_bytes, r.load_seconds)
+
+    def unload_adapter(self, adapter: str, *, timeout: float | None = None) -> list[int]:
+        """Unpin and release "name" (all resident versions) or "name@version" on the server that
+        answers; returns the versions released. The adapter stays registered."""
+        request = adapters_pb2.UnloadAdapterRequest(namespace=self.namespace, adapter=adapter)
+        return list(self._call(self._adapters.UnloadAdapter, request, timeout).unloaded_versions)
 
     def _pages(
         self,

@@ -72,6 +72,19 @@ class AdapterVersion:
     lora_rank: int | None
     size_bytes: int
     resident: bool
+    pinned: bool = False
+    last_used: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """What LoadAdapter made resident on the server that answered."""
+
+    name: str
+    version: int
+    pinned: bool
+    size_bytes: int
+    load_seconds: float
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,8 @@ def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:
         lora_rank=pb.lora.rank if pb.HasField("lora") and pb.lora.HasField("rank") else None,
         size_bytes=pb.size_bytes,
         resident=pb.resident,
+        pinned=pb.pinned,
+        last_used=_time(pb, "last_used"),
     )
 
 

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AdapterVersion(_message.Message):
-    __slots__ = ("version", "job_id", "created_at", "labels", "metrics", "lora", "size_bytes", "resident")
+    __slots__ = ("version", "job_id", "created_at", "labels", "metrics", "lora", "size_bytes", "resident", "pinned", "last_used")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class AdapterVersion(_message.Message):
     LORA_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
     version: int
     job_id: str
     created_at: _timestamp_pb2.Timestamp
@@ -35,7 +37,9 @@ class AdapterVersion(_message.Message):
     lora: _common_pb2.LoraConfig
     size_bytes: int
     resident: bool
-    def __init__(self, version: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., size_bytes: _Optional[int] = ..., resident: _Optional[bool] = ...) -> None: ...
+    pinned: bool
+    last_used: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., size_bytes: _Optional[int] = ..., resident: _Optional[bool] = ..., pinned: _Optional[bool] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("namespace", "name", "task", "base_model", "versions", "latest_version")
@@ -98,3 +102,41 @@ class DeleteAdapterResponse(_message.Message):
     DELETED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     deleted_versions: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, deleted_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LoadAdapterRequest(_message.Message):
+    __slots__ = ("namespace", "adapter", "pin")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    adapter: str
+    pin: bool
+    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., pin: _Optional[bool] = ...) -> None: ...
+
+class LoadAdapterResponse(_message.Message):
+    __slots__ = ("adapter_name", "adapter_version", "pinned", "size_bytes", "load_seconds")
+    ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    adapter_name: str
+    adapter_version: int
+    pinned: bool
+    size_bytes: int
+    load_seconds: float
+    def __init__(self, adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ..., pinned: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ...) -> None: ...
+
+class UnloadAdapterRequest(_message.Message):
+    __slots__ = ("namespace", "adapter")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    adapter: str
+    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
+
+class UnloadAdapterResponse(_message.Message):
+    __slots__ = ("unloaded_versions",)
+    UNLOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    unloaded_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, unloaded_versions: _Optional[_Iterable[int]] = ...) -> None: ...

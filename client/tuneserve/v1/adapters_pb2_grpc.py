@@ -50,6 +50,16 @@ class AdapterServiceStub:
                 request_serializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/LoadAdapter',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.LoadAdapterResponse.FromString,
+                _registered_method=True)
+        self.UnloadAdapter = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/UnloadAdapter',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterServiceServicer:
@@ -75,6 +85,23 @@ class AdapterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request, context):
+        """Makes an adapter version resident in THIS server process now (warm-up), optionally
+        pinned so LRU eviction never removes it. A pin on "name" follows the name: each new
+        version is loaded and pinned as it is published, and the old one released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadAdapter(self, request, context):
+        """Unpins and releases an adapter (all resident versions of "name", or "name@version")
+        from THIS server process. It stays registered and loads again on demand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +119,16 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.LoadAdapterRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.LoadAdapterResponse.SerializeToString,
+            ),
+            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadAdapter,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +213,60 @@ class AdapterService:
             '/tuneserve.v1.AdapterService/DeleteAdapter',
             tuneserve_dot_v1_dot_adapters__pb2.DeleteAdapterRequest.SerializeToString,
             tuneserve_dot_v1_dot_adapters__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/LoadAdapter',
+            tuneserve_dot_v1_dot_adapters__pb2.LoadAdapterRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.LoadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/UnloadAdapter',
+            tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
@@ -128,7 +128,28 @@ def classification_pb(scores: ClassScores, with_probabilities: bool) -> inferenc
     return inference_pb2.Prediction(classification=out)
 
 
-def adapter_pb(records: list[AdapterVersionRecord], resident: set[tuple[str, str, int]]) -> adapters_pb2.Adapter:
+Residency = dict[tuple[str, str, int], tuple[bool, float, int]]  # key -> (pinned, last_used, bytes)
+
+
+def _version_pb(r: AdapterVersionRecord, residency: Residency) -> adapters_pb2.AdapterVersion:
+    here = residency.get((r.namespace, r.name, r.version))
+    out = adapters_pb2.AdapterVersion(
+        version=r.version,
+        job_id=r.job_id,
+        created_at=_ts(r.created_at),
+        labels=list(r.labels),
+        metrics=r.metrics,
+        lora=common_pb2.LoraConfig(rank=r.lora_rank),
+        size_bytes=r.size_bytes,
+        resident=here is not None,
+        pinned=bool(here and here[0]),
+    )
+    if here is not None:
+        out.last_used.FromDatetime(datetime.fromtimestamp(here[1], UTC))
+    return out
+
+
+def adapter_pb(records: list[AdapterVersionRecord], residency: Residency) -> adapters_pb2.Adapter:
     last = records[-1]
     return adapters_pb2.Adapter(
         namespace=last.namespace,
@@ -136,17 +157,5 @@ def adapter_pb(records: list[AdapterVersionRecord], resident: set[tuple[str, str
         task=TASK_TO_PB[last.task],
         base_model=last.base_model,
         latest_version=last.version,
-        versions=[
-            adapters_pb2.AdapterVersion(
-                version=r.version,
-                job_id=r.job_id,
-                created_at=_ts(r.created_at),
-                labels=list(r.labels),
-                metrics=r.metrics,
-                lora=common_pb2.LoraConfig(rank=r.lora_rank),
-                size_bytes=r.size_bytes,
-                resident=(r.namespace, r.name, r.version) in resident,
-            )
-            for r in records
-        ],
+        versions=[_version_pb(r, residency) for r in records],
     )

@@ -157,10 +157,8 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         self.adapter_store = adapter_store
         self.engine = engine
 
-    async def _resident(self) -> set[tuple[str, str, int]]:
-        if not self.engine.ready:
-            return set()
-        return {(k.namespace, k.name, k.version) for k in await self.engine.resident_keys()}
+    async def _residency(self) -> convert.Residency:
+        return {(k.namespace, k.name, k.version): v for k, v in (await self.engine.residency()).items()}
 
     @_rpc
     async def ListAdapters(self, request, context):  # noqa: N802, ANN001, ANN201
@@ -174,14 +172,14 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
             )
         )
         records = await asyncio.to_thread(self.store.adapter_versions, namespace)
-        resident = await self._resident()
+        residency = await self._residency()
         wanted = set(names)
         by_name: dict[str, list] = {}
         for rec in records:
             if rec.name in wanted:
                 by_name.setdefault(rec.name, []).append(rec)
         return adapters_pb2.ListAdaptersResponse(
-            adapters=[convert.adapter_pb(by_name[n], resident) for n in names if n in by_name],
+            adapters=[convert.adapter_pb(by_name[n], residency) for n in names if n in by_name],
             next_page_token=token,
         )
 
@@ -193,7 +191,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         records = await asyncio.to_thread(self.store.adapter_versions, ref.namespace, ref.name)
         if not records:
             raise NotFound(f"adapter {ref.name!r} not found in namespace {ref.namespace!r}")
-        return adapters_pb2.GetAdapterResponse(adapter=convert.adapter_pb(records, await self._resident()))
+        return adapters_pb2.GetAdapterResponse(adapter=convert.adapter_pb(records, await self._residency()))
 
     @_rpc
     async def DeleteAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
@@ -205,3 +203,19 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
             await asyncio.to_thread(self.adapter_store.delete, rec.namespace, rec.name, rec.version)
         await self.engine.refresh()
         return adapters_pb2.DeleteAdapterResponse(deleted_versions=[r.version for r in deleted])
+
+    @_rpc
+    async def LoadAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
+        ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
+        structlog.contextvars.bind_contextvars(adapter=request.adapter)
+        record, pinned, size, seconds = await self.engine.load_adapter(ref, pin=request.pin)
+        return adapters_pb2.LoadAdapterResponse(
+            adapter_name=record.name, adapter_version=record.version, pinned=pinned,
+            size_bytes=size, load_seconds=seconds,
+        )
+
+    @_rpc
+    async def UnloadAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
+        ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
+        structlog.contextvars.bind_contextvars(adapter=request.adapter)
+        return adapters_pb2.UnloadAdapterResponse(unloaded_versions=await self.engine.unload_adapter(ref))

@@ -50,7 +50,12 @@ class ClassificationRunner:
         out: dict[AdapterKey, ResidentAdapter | Exception] = {}
         for key in sorted(keys):
             try:
-                directory = self.adapter_store.open(key.namespace, key.name, key.version)
+                # Open (download, verify checksums) only to load: a resident version was
+                # verified when it loaded, and deletions reach the registry through the catalog.
+                directory = (
+                    None if self.registry.get(key) is not None
+                    else self.adapter_store.open(key.namespace, key.name, key.version)
+                )
                 out[key] = self.registry.ensure(key, directory, keep=keys)
             except Exception as exc:  # fails only the requests for this adapter
                 out[key] = exc

@@ -4,6 +4,7 @@ executor thread. The API layer calls `classify`; nothing here knows about gRPC."
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class InferenceEngine:
         self.catalog = AdapterCatalog()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         self.ready = False
+        self._pinned_names: set[tuple[str, str]] = set()
         self._poll_task: asyncio.Task[None] | None = None
         self.batcher: Batcher | None = None
 
@@ -92,6 +94,8 @@ class InferenceEngine:
             torch.set_num_threads(self.settings.torch_threads)
         self.source = resolve_base_model(self.settings.base_model)
         self.tokenizer, encoder = load_encoder(self.source, self.settings.device)
+        self.dtype = getattr(torch, self.settings.serving_dtype)
+        encoder.to(self.dtype)
         self.task = base_task(encoder)
         self.linear_modules = module_names(encoder)
         self.default_targets = default_target_modules(encoder)
@@ -107,6 +111,7 @@ class InferenceEngine:
             max_resident=self.settings.max_resident_adapters,
             max_rank=self.settings.max_lora_rank,
             device=self.settings.device,
+            dtype=self.dtype,
         )
         self.runner = ClassificationRunner(
             self.tokenizer, self.registry, self.adapter_store, device=self.settings.device
@@ -138,11 +143,15 @@ class InferenceEngine:
             for rec in records:
                 if not rec.deleted:
                     log.info("adapter version available", adapter=f"{rec.namespace}/{rec.name}@{rec.version}")
+            if superseded and self.ready:
+                await self._follow_pins(superseded)
             gone = set(deleted) | set(superseded)
             if gone and self.ready:
-                await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.registry.unload_where, gone.__contains__
+                # Deleted versions go even if pinned; superseded ones unless pinned by version.
+                await self._on_torch_thread(
+                    functools.partial(self.registry.unload_where, set(deleted).__contains__, include_pinned=True)
                 )
+                await self._on_torch_thread(self.registry.unload_where, gone.__contains__)
 
     async def _poll(self) -> None:
         while True:
@@ -152,9 +161,80 @@ class InferenceEngine:
             except Exception:
                 log.warning("registry poll failed", exc_info=True)
 
-    async def resident_keys(self) -> set[AdapterKey]:
-        loop = asyncio.get_running_loop()
-        return set(await loop.run_in_executor(self.executor, self.registry.resident_keys))
+    async def resolve(self, ref: AdapterRef) -> AdapterVersionRecord:
+        try:
+            return self.catalog.resolve(ref)
+        except NotFound:  # maybe published since the last poll: look once more, now
+            await self.refresh()
+            return self.catalog.resolve(ref)
+
+    # ------------------------------------------------------------------ residency control
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise NotReady("the model is still loading; retry shortly")
+
+    async def _on_torch_thread(self, fn, *args):  # noqa: ANN001, ANN002, ANN202
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def load_adapter(self, ref: AdapterRef, *, pin: bool) -> tuple[AdapterVersionRecord, bool, int, float]:
+        """Make a version resident (and pinned) here. Returns (record, pinned, bytes, seconds
+        spent loading). A pin on a bare name follows the name to new versions."""
+        self._require_ready()
+        record = await self.resolve(ref)
+        key = AdapterKey(record.namespace, record.name, record.version)
+        start = time.perf_counter()
+        loaded_before = self.registry.get(key) is not None
+        directory = None if loaded_before else await asyncio.to_thread(
+            self.adapter_store.open, key.namespace, key.name, key.version
+        )
+
+        def ensure() -> tuple[bool, int]:
+            local = directory
+            if local is None and self.registry.get(key) is None:  # evicted since we looked
+                local = self.adapter_store.open(key.namespace, key.name, key.version)
+            entry = self.registry.ensure(key, local)
+            if pin:
+                entry.pinned = True
+            return entry.pinned, entry.size_bytes
+
+        pinned, size = await self._on_torch_thread(ensure)
+        if pin and ref.version is None:
+            self._pinned_names.add((record.namespace, record.name))
+        return record, pinned, size, 0.0 if loaded_before else time.perf_counter() - start
+
+    async def unload_adapter(self, ref: AdapterRef) -> list[int]:
+        """Unpin and release `name` (every resident version) or `name@version` here."""
+        self._require_ready()
+        await self.resolve(AdapterRef(ref.namespace, ref.name))  # NotFound for unknown names
+        if ref.version is None:
+            self._pinned_names.discard((ref.namespace, ref.name))
+
+        def matches(key: AdapterKey) -> bool:
+            return (key.namespace, key.name) == (ref.namespace, ref.name) and (
+                ref.version is None or key.version == ref.version
+            )
+
+        gone = await self._on_torch_thread(
+            functools.partial(self.registry.unload_where, matches, include_pinned=True)
+        )
+        return sorted(k.version for k in gone)
+
+    async def residency(self) -> dict[AdapterKey, tuple[bool, float, int]]:
+        """{key: (pinned, last_used, size_bytes)} of what is resident in this process."""
+        if not self.ready:
+            return {}
+        return await self._on_torch_thread(self.registry.snapshot)
+
+    async def _follow_pins(self, superseded: list[AdapterKey]) -> None:
+        """A pinned name got a new version: load and pin it before the old one goes."""
+        for ns, name in {(k.namespace, k.name) for k in superseded} & self._pinned_names:
+            try:
+                await self.load_adapter(AdapterRef(ns, name), pin=True)
+                for old in (k for k in superseded if (k.namespace, k.name) == (ns, name)):
+                    await self._on_torch_thread(self.registry.set_pinned, old, False)
+            except Exception:
+                log.warning("could not load the new version of a pinned adapter", adapter=f"{ns}/{name}",
+                            exc_info=True)
 
     # ------------------------------------------------------------------ predict
     async def classify(self, ref: AdapterRef | None, texts: list[str]) -> ClassifyResult:
@@ -171,11 +251,7 @@ class InferenceEngine:
                 f"this server serves {self.source.model_id}, a {self.task.value} model, not a classifier"
             )
         if ref is not None:
-            try:
-                record = self.catalog.resolve(ref)
-            except NotFound:  # maybe published since the last poll: look once more, now
-                await self.refresh()
-                record = self.catalog.resolve(ref)
+            record = await self.resolve(ref)
             if record.task is not TaskType.CLASSIFICATION:
                 raise FailedPrecondition(f"adapter {ref.name} is a {record.task.value} adapter")
             key = AdapterKey(record.namespace, record.name, record.version)

@@ -60,6 +60,7 @@ class AdapterRegistry:
         max_resident: int,
         max_rank: int,
         device: str,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = peft_model
         self.base_model_id = base_model_id
@@ -68,6 +69,7 @@ class AdapterRegistry:
         self.max_resident = max_resident
         self.max_rank = max_rank
         self.device = device
+        self.dtype = dtype
         self._resident: OrderedDict[AdapterKey, ResidentAdapter] = OrderedDict()
         self._next_slot = 0
         self._resident_bytes = 0
@@ -103,10 +105,15 @@ class AdapterRegistry:
             raise FailedPrecondition(f"adapter {key} cannot be served: {'; '.join(problems)}")
 
     # ------------------------------------------------------------------ state changes
-    def ensure(self, key: AdapterKey, directory: Path, keep: Iterable[AdapterKey] = ()) -> ResidentAdapter:
-        """Make `key` resident (loading from `directory` if needed) and mark it used."""
+    def ensure(
+        self, key: AdapterKey, directory: Path | None, keep: Iterable[AdapterKey] = ()
+    ) -> ResidentAdapter:
+        """Make `key` resident (loading from `directory` if needed) and mark it used;
+        `directory` may be None only when `key` is resident."""
         entry = self._resident.get(key)
         if entry is None:
+            if directory is None:
+                raise ValueError(f"adapter {key} is not resident and no directory was given")
             entry = self._load(key, directory, set(keep) | {key})
         entry.last_used = time.time()
         self._resident.move_to_end(key)
@@ -132,7 +139,12 @@ class AdapterRegistry:
         self._make_room(keep)
         slot = f"s{self._next_slot}"
         self._next_slot += 1
-        self.model.load_adapter(str(directory), adapter_name=slot)
+        # Adapter weights in the serving dtype: no per-call casts in the forward pass.
+        self.model.load_adapter(str(directory), adapter_name=slot, autocast_adapter_dtype=False)
+        for name, param in self.model.named_parameters():
+            if f".{slot}." in name and param.dtype != self.dtype:
+                param.data = param.data.to(self.dtype)
+        head = head.to(self.dtype)
         self.model.eval()
         size = sum(
             p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{slot}." in n
@@ -175,8 +187,20 @@ class AdapterRegistry:
         del entry
         return True
 
-    def unload_where(self, predicate) -> list[AdapterKey]:  # noqa: ANN001 - simple callable
-        gone = [k for k, e in self._resident.items() if not e.pinned and predicate(k)]
+    def unload_where(self, predicate, *, include_pinned: bool = False) -> list[AdapterKey]:  # noqa: ANN001
+        """Unload every resident key matching `predicate` (pinned ones only if asked)."""
+        gone = [k for k, e in self._resident.items() if (include_pinned or not e.pinned) and predicate(k)]
         for key in gone:
             self.unload(key)
         return gone
+
+    def set_pinned(self, key: AdapterKey, pinned: bool) -> bool:
+        entry = self._resident.get(key)
+        if entry is None:
+            return False
+        entry.pinned = pinned
+        return True
+
+    def snapshot(self) -> dict[AdapterKey, tuple[bool, float, int]]:
+        """{key: (pinned, last_used, size_bytes)} of every resident adapter."""
+        return {k: (e.pinned, e.last_used, e.size_bytes) for k, e in self._resident.items()}

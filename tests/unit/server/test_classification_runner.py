@@ -179,3 +179,25 @@ def test_more_adapters_than_slots_fail_only_the_overflow(world, tokenizer, loop)
     (b_again,) = runner.run([request(loop, KEY_B, TEXTS_B)])
     assert torch.allclose(probs(b_again), reference(world, tokenizer, KEY_B, TEXTS_B), atol=1e-5)
     assert runner.registry.resident_keys() == [KEY_B]
+
+
+def test_the_store_is_opened_to_load_only_not_per_batch(world, tokenizer, loop):
+    """open() verifies checksums (and on S3 fetches the manifest): it runs when a version
+    loads, not for every batch that uses an already resident one."""
+    runner = make_runner(world, tokenizer, max_resident=1)
+    opened = []
+    real_open = runner.adapter_store.open
+
+    class CountingStore:
+        def open(self, namespace, name, version):  # noqa: ANN001, ANN201
+            opened.append((namespace, name, version))
+            return real_open(namespace, name, version)
+
+    runner.adapter_store = CountingStore()
+    for _ in range(3):
+        (a,) = runner.run([request(loop, KEY_A, TEXTS_A2)])
+        assert isinstance(a, list)
+    assert opened == [(KEY_A.namespace, KEY_A.name, KEY_A.version)]
+    runner.run([request(loop, KEY_B, TEXTS_B)])  # evicts A (one slot)
+    runner.run([request(loop, KEY_A, TEXTS_A2)])  # so A is opened again to load
+    assert [o[1] for o in opened] == ["sentiment", "topics", "sentiment"]
