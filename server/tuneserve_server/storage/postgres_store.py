@@ -22,8 +22,9 @@ made safe when many processes on many machines share the database:
   next writer waits on that lock, so seqs are handed out in commit order: whoever can see
   seq N can see every seq below it, and readers need nothing special. Registry writes (one
   per finished training job or delete) are rare and short, so serialising them costs
-  little (claim+complete in bench/job_queue.py); claims and heartbeats never touch it. Lock order is always
-  jobs row -> registry_clock -> adapter_versions rows, so writers cannot deadlock.
+  little (claim+complete in bench/job_queue.py); claims and heartbeats never touch it. Lock
+  order is always jobs row -> registry_clock -> adapter_versions rows, so writers cannot
+  deadlock.
 * Every registry change also sends `NOTIFY tuneserve_registry, '<schema>:<seq>'`
   (delivered at commit); `registry_listener()` lets a replica wake its poller early. Polling
   (adapter_changes) stays the mechanism that guarantees delivery.
