@@ -82,9 +82,17 @@ class TrainerWorker:
 
     def run_forever(self) -> None:
         log.info("worker started", worker_id=self.worker_id, base_model=self.settings.base_model)
+        backoff = self.settings.worker_poll_s
         while not (self.stopping.is_set() or self.draining.is_set()):
-            if not self.run_once():
-                self.stopping.wait(self.settings.worker_poll_s)
+            try:
+                worked = self.run_once()
+                backoff = self.settings.worker_poll_s
+            except Exception:  # the store is unreachable: keep trying, do not die
+                log.error("job store error; retrying", retry_in_s=backoff, exc_info=True)
+                worked = False
+                backoff = min(max(backoff, 0.5) * 2, 30.0)
+            if not worked:
+                self.stopping.wait(backoff)
         log.info("worker stopped", worker_id=self.worker_id)
 
     def run_once(self) -> bool:
