@@ -61,6 +61,12 @@ class Settings:
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
     worker_lease_s: float = _s("job lease; a worker silent this long loses the job", default=60.0)
     worker_poll_s: float = _s("how often an idle worker looks for queued jobs", default=0.5)
+    checkpoint_every_steps: int = _s("a training checkpoint every N optimiser steps (0: only on shutdown)", default=50)
+    checkpoint_dir: Path | None = _s(
+        "where checkpoints live; shared by every worker that may resume a job "
+        "(default: ADAPTER_DIR/.checkpoints, or DATA_DIR/checkpoints with an S3 adapter store)",
+        default=None,
+    )
     job_max_attempts: int = _s("workers that may start one job before it fails", default=3)
     spawn_worker: bool = _s("`serve` also runs a trainer worker process", default=True)
     grace_s: float = _s("seconds to finish in-flight calls on SIGTERM", default=20.0)
@@ -87,6 +93,12 @@ class Settings:
     @property
     def adapter_path(self) -> Path:
         return self.adapter_dir or self.data_dir / "adapters"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.checkpoint_dir is not None:
+            return self.checkpoint_dir
+        return self.data_dir / "checkpoints" if self.adapter_store_url else self.adapter_path / ".checkpoints"
 
     @property
     def target(self) -> str:
@@ -147,6 +159,7 @@ def validate(s: Settings) -> Settings:
         need(getattr(s, name) >= 0, name, "must not be negative")
     need(s.worker_lease_s >= 2, "worker_lease_s", "must be at least 2 seconds")
     need(s.torch_threads >= 0, "torch_threads", "must not be negative")
+    need(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must not be negative")
     need(s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps", "device",
          "must be cpu, cuda, cuda:N or mps")
     need(bool(s.base_model), "base_model", "must not be empty")

@@ -102,6 +102,10 @@ TRAIN_EXAMPLES_PER_SECOND = Gauge(
     "tuneserve_train_examples_per_second",
     "Training throughput of the running (or last) job since its first step",
 )
+TRAIN_LAST_CHECKPOINT = Gauge(
+    "tuneserve_train_last_checkpoint_timestamp_seconds",
+    "Unix time of the running job's last checkpoint (age = time() - this)",
+)
 TRAIN_RUNNING = Gauge("tuneserve_train_running", "1 while this worker trains a job")
 
 JOBS_BY_STATE_NAME = "tuneserve_jobs_by_state"  # API process, computed at scrape time

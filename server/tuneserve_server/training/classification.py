@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import torch
 import torch.nn.functional as F
 
@@ -26,16 +27,23 @@ from tuneserve_server.modeling import (
 )
 from tuneserve_server.observability.metrics import (
     TRAIN_EXAMPLES_PER_SECOND,
+    TRAIN_LAST_CHECKPOINT,
     TRAIN_LOSS,
     TRAIN_STEP,
     TRAIN_TOTAL_STEPS,
 )
+from tuneserve_server.training import checkpoint
+from tuneserve_server.training.checkpoint import TrainPosition
 from tuneserve_server.training.jobs import JobProgress, JobSpec, LabelledText, TaskType
 from tuneserve_server.training.metrics import accuracy, macro_f1
 
 
 class JobCancelled(Exception):
     """Raised inside the loop when the job's cancel flag is set."""
+
+
+class JobPreempted(Exception):
+    """Raised inside the loop when the worker is shutting down; a checkpoint was saved."""
 
 
 @dataclass
@@ -45,6 +53,7 @@ class TrainResult:
 
 
 ProgressSink = Callable[[JobProgress], None]
+log = structlog.get_logger("tuneserve.training")
 
 
 def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -62,13 +71,20 @@ class ClassificationRecipe:
         device: str = "cpu",
         job_id: str = "",
         cancel: threading.Event | None = None,
+        preempt: threading.Event | None = None,
         on_progress: ProgressSink | None = None,
+        checkpoint_dir: Path | None = None,
+        checkpoint_every: int = 0,
     ) -> None:
         self.spec = spec
         self.source = source
         self.device = device
         self.job_id = job_id
         self.cancel = cancel or threading.Event()
+        self.preempt = preempt or threading.Event()
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resumed_from_step = 0
         self.on_progress = on_progress or (lambda p: None)
         self.labels = tuple(sorted({ex.label for ex in spec.train}))
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
@@ -121,21 +137,38 @@ class ClassificationRecipe:
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
         optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
+        pos = TrainPosition()
+        if self.checkpoint_dir is not None:
+            restored = checkpoint.load(self.checkpoint_dir, self.model, self.head, optimizer, schedule)
+            if restored is not None:
+                pos = restored
+                self.resumed_from_step = pos.step
+                log.info("resumed from checkpoint", step=pos.step, epoch=pos.epoch)
         rng = random.Random(opt.seed)
         self.model.train()
         self.head.train()
-        step, loss_ema = 0, None
-        self.examples_seen = 0
-        TRAIN_STEP.set(0)
+        self.examples_seen = pos.examples_seen
+        TRAIN_STEP.set(pos.step)
         TRAIN_TOTAL_STEPS.set(total)
-        TRAIN_LOSS.set(math.nan)
+        TRAIN_LOSS.set(math.nan if pos.loss_ema is None else pos.loss_ema)
         TRAIN_EXAMPLES_PER_SECOND.set(0)
-        self.on_progress(JobProgress(0, total, 0, None))
-        started = time.monotonic()
+        self.on_progress(JobProgress(pos.step, total, pos.epoch, pos.loss_ema))
+        started, seen_at_start = time.monotonic(), pos.examples_seen
+        self.examples_this_run = 0
         for epoch in range(1, opt.epochs + 1):
-            for idx in _batches(len(features), opt.batch_size, rng):
-                if step >= total:
+            # Every epoch's order is drawn even when skipped, so a resumed job sees exactly
+            # the batches the interrupted one would have.
+            batches = _batches(len(features), opt.batch_size, rng)
+            if epoch < pos.epoch:
+                continue
+            for number, idx in enumerate(batches):
+                if epoch == pos.epoch and number < pos.batches_done:
+                    continue
+                if pos.step >= total:
                     break
+                if self.preempt.is_set():
+                    self._checkpoint(optimizer, schedule, pos)
+                    raise JobPreempted()
                 if self.cancel.is_set():
                     raise JobCancelled()
                 batch = self._collate([features[i] for i in idx])
@@ -144,16 +177,30 @@ class ClassificationRecipe:
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                self.examples_seen += len(idx)
                 value = float(loss.detach())
-                loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
+                pos = TrainPosition(
+                    step=pos.step + 1,
+                    epoch=epoch,
+                    batches_done=number + 1,
+                    loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
+                    examples_seen=pos.examples_seen + len(idx),
+                )
+                self.examples_seen = pos.examples_seen
+                self.examples_this_run = pos.examples_seen - seen_at_start
                 elapsed = time.monotonic() - started
-                TRAIN_STEP.set(step)
-                TRAIN_LOSS.set(loss_ema)
+                TRAIN_STEP.set(pos.step)
+                TRAIN_LOSS.set(pos.loss_ema)
                 if elapsed > 0:
-                    TRAIN_EXAMPLES_PER_SECOND.set(self.examples_seen / elapsed)
-                self.on_progress(JobProgress(step, total, epoch, loss_ema))
+                    TRAIN_EXAMPLES_PER_SECOND.set((pos.examples_seen - seen_at_start) / elapsed)
+                self.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema))
+                if self.checkpoint_every and pos.step % self.checkpoint_every == 0 and pos.step < total:
+                    self._checkpoint(optimizer, schedule, pos)
+
+    def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:  # noqa: ANN001
+        if self.checkpoint_dir is None:
+            return
+        checkpoint.save(self.checkpoint_dir, self.model, self.head, optimizer, schedule, pos)
+        TRAIN_LAST_CHECKPOINT.set(time.time())
 
     # ---------------------------------------------------------------- evaluate
     @torch.no_grad()
@@ -202,7 +249,7 @@ class ClassificationRecipe:
         train_s = time.monotonic() - start
         metrics = self.evaluate()
         metrics["train_seconds"] = train_s
-        metrics["train_examples_per_second"] = (
-            self.examples_seen / train_s if train_s else 0.0
-        )
+        metrics["train_examples_per_second"] = self.examples_this_run / train_s if train_s else 0.0
+        if self.resumed_from_step:
+            metrics["resumed_from_step"] = float(self.resumed_from_step)
         return TrainResult(metrics, self.save(directory, metrics))

@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 import uuid
+from pathlib import Path
 
 import structlog
 
@@ -22,7 +23,8 @@ from tuneserve_server.observability.metrics import JOBS, TRAIN_RUNNING
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore, LeaseLost
 from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.classification import ClassificationRecipe, JobCancelled
+from tuneserve_server.training import checkpoint
+from tuneserve_server.training.classification import ClassificationRecipe, JobCancelled, JobPreempted
 from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState, TaskType
 
 log = structlog.get_logger("tuneserve.worker")
@@ -70,7 +72,7 @@ class TrainerWorker:
         self.store = store
         self.adapters = adapters
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.stopping = threading.Event()  # stop now: release the running job to the queue
+        self.stopping = threading.Event()  # stop now: checkpoint the running job, release it
         self.draining = threading.Event()  # stop when idle: finish the running job first
         self._source: BaseModelSource | None = None
 
@@ -109,9 +111,8 @@ class TrainerWorker:
         log.info("job claimed", adapter=spec.adapter_name, attempt=job.attempts,
                  train_examples=len(spec.train), validation_examples=len(spec.validation))
         beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.worker_lease_s)
-        stop_watch = threading.Thread(target=self._forward_stop, args=(beat,), daemon=True)
         beat.start()
-        stop_watch.start()
+        checkpoints = self.settings.checkpoint_path / job.id
         staging = self.adapters.staging_dir()
         TRAIN_RUNNING.set(1)
         try:
@@ -123,7 +124,8 @@ class TrainerWorker:
 
             recipe = ClassificationRecipe(
                 spec, self.source, device=self.settings.device, job_id=job.id,
-                cancel=beat.cancel, on_progress=progress,
+                cancel=beat.cancel, preempt=self.stopping, on_progress=progress,
+                checkpoint_dir=checkpoints, checkpoint_every=self.settings.checkpoint_every_steps,
             )
             result = recipe.run(staging)
             beat.beat()  # record the final step before the job is marked done
@@ -140,34 +142,30 @@ class TrainerWorker:
             self.store.complete_job(job.id, self.worker_id, result.metrics, record)
             JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
+        except JobPreempted:
+            beat.beat()
+            self.store.release_job(job.id, self.worker_id)
+            log.info("job checkpointed and released to the queue on shutdown", step=beat.progress.step)
         except JobCancelled:
             beat.beat()
-            self._settle_interrupted(job, beat)
+            self._settle_interrupted(job, beat, checkpoints)
         except LeaseLost:
             log.warning("lease lost; another worker owns the job now")
         except Exception as exc:
             log.error("job failed", error=repr(exc), traceback=traceback.format_exc())
             self._finish(job.id, JobState.FAILED, f"training failed: {type(exc).__name__}: {exc}")
+            checkpoint.remove(checkpoints)
         finally:
             TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _forward_stop(self, beat: _Heartbeat) -> None:
-        """Turn a worker shutdown into the running job's cancel flag."""
-        while beat.is_alive():
-            if self.stopping.wait(0.2):
-                beat.cancel.set()
-                return
-
-    def _settle_interrupted(self, job: Job, beat: _Heartbeat) -> None:
+    def _settle_interrupted(self, job: Job, beat: _Heartbeat, checkpoints: Path) -> None:
         if beat.lost.is_set():
             log.warning("lease lost; another worker owns the job now")
-        elif self.stopping.is_set():
-            self.store.release_job(job.id, self.worker_id)
-            log.info("job released to the queue on shutdown")
         else:
             self._finish(job.id, JobState.CANCELLED, "cancelled by request")
+            checkpoint.remove(checkpoints)
             log.info("job cancelled")
 
     def _finish(self, job_id: str, state: JobState, error: str) -> None:
