@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
-from tuneserve_client import Client, NotFound, ResourceExhausted
+from tuneserve_client import Client, NotFound
 
 from conftest import Proc, banking77, free_port, wait_serving
 

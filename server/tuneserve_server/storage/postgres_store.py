@@ -53,18 +53,12 @@ from psycopg_pool import ConnectionPool
 from tuneserve_server.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from tuneserve_server.storage.job_store import LeaseLost
 from tuneserve_server.storage.records import AdapterVersionRecord
+from tuneserve_server.storage.rows import adapter_from_row, job_from_row
 
 # The paging rules are the reference implementation's, shared so both stores accept and
 # refuse exactly the same page sizes and tokens.
 from tuneserve_server.storage.sqlite_store import _page_after, _page_size
-from tuneserve_server.training.jobs import (
-    Hyperparameters,
-    Job,
-    JobProgress,
-    JobSpec,
-    JobState,
-    TaskType,
-)
+from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 REGISTRY_CHANNEL = "tuneserve_registry"
@@ -579,42 +573,8 @@ class PostgresStore:
 
     @staticmethod
     def _job(row: dict[str, Any]) -> Job:
-        return Job(
-            id=row["id"],
-            namespace=row["namespace"],
-            adapter_name=row["adapter_name"],
-            task=TaskType(row["task"]),
-            state=JobState(row["state"]),
-            request_id=row["request_id"],
-            hyperparameters=Hyperparameters.from_dict(json.loads(row["hyperparameters_json"])),
-            train_examples=row["train_examples"],
-            validation_examples=row["validation_examples"],
-            created_at=_ts(row["created_at"]),
-            updated_at=_ts(row["updated_at"]),
-            started_at=_ts(row["started_at"]),
-            finished_at=_ts(row["finished_at"]),
-            progress=JobProgress(row["step"], row["total_steps"], row["epoch"], row["train_loss"]),
-            metrics=json.loads(row["metrics_json"]),
-            error=row["error"],
-            adapter_version=row["adapter_version"],
-            attempts=row["attempts"],
-            cancel_requested=bool(row["cancel_requested"]),
-        )
+        return job_from_row(row, _ts)
 
     @staticmethod
     def _adapter(row: dict[str, Any]) -> AdapterVersionRecord:
-        return AdapterVersionRecord(
-            namespace=row["namespace"],
-            name=row["name"],
-            version=row["version"],
-            job_id=row["job_id"],
-            task=TaskType(row["task"]),
-            base_model=row["base_model"],
-            labels=tuple(json.loads(row["labels_json"])),
-            metrics=json.loads(row["metrics_json"]),
-            lora_rank=row["lora_rank"],
-            size_bytes=row["size_bytes"],
-            created_at=_ts(row["created_at"]),
-            deleted=bool(row["deleted"]),
-            seq=row["seq"],
-        )
+        return adapter_from_row(row, _ts)
