@@ -1,0 +1,1067 @@
+"""Serving many LoRA adapters on one MiniLM base: throughput, latency, mixing cost, bf16,
+cold loads and memory, against the naive one-request-at-a-time baseline.
+
+One run, all on this machine:
+
+ 1. Setup (in this process, no server): train ONE real Banking77 adapter with the service's
+    own recipe (`ClassificationRecipe`, a job in a real `SqliteStore`, claimed like a worker
+    claims it), then publish --adapters distinct adapters `bench-a00`..: `bench-a00` is the
+    trained adapter as is, the others are copies with small Gaussian noise added to their
+    LoRA B matrices (same labels, different weights). Each one is a job in the job store and
+    a version in the `LocalAdapterStore` (checksum manifest), registered with
+    `complete_job` exactly as `training/worker.py` does it.
+ 2. `tuneserve api` (no worker) on free localhost ports, float32, default batching and torch
+    threads, `--max-resident-adapters 64`.
+ 3. Memory: the server's /metrics (`tuneserve_process_resident_memory_bytes`,
+    `tuneserve_adapters_resident_bytes`) with 0 adapters resident, then 1, 8, 32, 64 (each
+    made resident with LoadAdapter; the first load of each is timed too).
+ 4. Throughput: --clients threads here, one `tuneserve_client.Client` (own channel) each,
+    send 1-text Predict calls one after another; request n (thread t, its j-th call,
+    n = t + clients*j) names adapter n % K and text n of test.csv. For K = 1, 8, 64:
+    --warmup s untimed, then --seconds s timed; throughput = calls completed in the window /
+    window; p50/p99 of their latency. The server's own metrics (batches, rows per batch,
+    forward time, queue time) are diffed over the same window.
+ 5. Cold loads: UnloadAdapter then LoadAdapter for --cold-n adapters; `load_seconds` from
+    the response (store -> resident: open + checksum verify + peft load + head).
+ 6. Accuracy of `bench-a00` on all 3,080 Banking77 test queries (Predict, 64 per call).
+ 7. The server stops; the naive baseline runs in this process on the idle machine:
+    transformers AutoModel + peft PeftModel with the first 8 adapters (`load_adapter`), one
+    request at a time: `set_adapter(name)`, tokenize one text, forward, mean pool, that
+    adapter's head, softmax. Same request sequence, same warm-up and window. Then a short
+    in-process profile of one 16-row forward with 1 / 8 / 16 distinct adapters
+    (`adapter_names=`, as the server calls peft).
+ 8. `tuneserve api --serving-dtype bfloat16`: K = 8 throughput and the same accuracy run.
+
+Prints the tables and rewrites the "## Serving: many adapters" section of
+docs/benchmarks.md. The server process and temp dir are removed even on failure. By default
+it first waits (up to --max-wait-min, polling every 30 s) for the 1-minute load average to
+drop below --quiet-load, since the machine is shared.
+
+    .venv/bin/python bench/serving.py                                   # the full run (~10 min)
+    .venv/bin/python bench/serving.py --seconds 2 --warmup 1 --k 1,8 --no-wait --no-docs  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+import warnings
+from pathlib import Path
+
+# bench/harness.py: bench/ is already on sys.path when run as `python bench/serving.py`;
+# the insert covers other ways of loading this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    DOCS,
+    Server,
+    code_version,
+    cpu_model,
+    free_port,
+    log,
+    percentile,
+    read_csv,
+    training_subset,
+    write_docs,
+)
+
+SECTION = "## Serving: many adapters (bench/serving.py)"
+NAMESPACE = "default"
+PREFIX = "bench-a"
+PREDICT_BATCH = 64
+BASELINE_ADAPTERS = 8
+PROFILE_ROWS = 16
+MB = 1024 * 1024
+
+# Measured in-process on this machine earlier (quoted from the issue, not re-measured here).
+REFERENCES = (
+    ("one request at a time, set_adapter per request, 8 adapters", "72 req/s"),
+    ("peft mixed-adapter batches of 32, float32, 8 adapters", "177 req/s"),
+    ("the same batches of 32, a single adapter", "229 req/s"),
+)
+
+
+def adapter_name(i: int) -> str:
+    return f"{PREFIX}{i:02d}"
+
+
+# --------------------------------------------------------------------------- server
+class ApiServer(Server):
+    """`tuneserve api` (no trainer worker) as a child process; the harness's Server supplies
+    wait_serving / stop / log_tail. Adds a /metrics port and the serving settings under test."""
+
+    def __init__(self, data_dir: Path, *, dtype: str, max_resident: int, threads: int = 0) -> None:  # noqa: D107
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"api-{dtype}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}
+        env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+        self.cmd = [
+            sys.executable, "-m", "tuneserve_server.cli", "api",
+            "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir),
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+            "--max-resident-adapters", str(max_resident), "--serving-dtype", dtype,
+            "--grace-s", "5", "--registry-poll-s", "0.5", "--torch-threads", str(threads),
+        ]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        log(f"started tuneserve api ({dtype}) pid {self.proc.pid} on {self.target}, metrics :{self.metrics_port}")
+
+    def metrics(self) -> dict[str, float]:
+        """One scrape of /metrics: {'name{labels}': value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+        return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def metric_delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+# --------------------------------------------------------------------------- setup
+def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epochs: int, seed: int,
+                   noise: float) -> dict[str, object]:
+    """Train bench-a00 with the real recipe as a real job, publish it and `count - 1` noisy
+    copies through the real stores. Returns facts about the training for the report."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tuneserve_server.modeling import ADAPTER_META, DEFAULT_TARGETS, resolve_base_model
+    from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
+    from tuneserve_server.storage.records import AdapterVersionRecord
+    from tuneserve_server.storage.sqlite_store import SqliteStore
+    from tuneserve_server.training.classification import ClassificationRecipe
+    from tuneserve_server.training.jobs import TaskType
+    from tuneserve_server.training.validation import TrainInput, TrainLimits, build_job_spec
+
+    store = SqliteStore(data_dir / "jobs.db")
+    adapters = LocalAdapterStore(data_dir / "adapters")
+    source = resolve_base_model("minilm")
+    targets = DEFAULT_TARGETS["bert"]
+    limits = TrainLimits(
+        served_task=TaskType.CLASSIFICATION, base_model=source.model_id, max_train_examples=100_000,
+        max_text_chars=4096, max_lora_rank=64, linear_modules=frozenset(targets), default_targets=targets,
+    )
+    examples = training_subset(None, per_label)
+    worker_id = f"bench-serving-{os.getpid()}"
+
+    def job_for(name: str):  # noqa: ANN202
+        spec = build_job_spec(TrainInput(
+            namespace=NAMESPACE, adapter_name=name, task=TaskType.CLASSIFICATION,
+            request_id=f"bench-serving-{name}-{uuid.uuid4().hex[:8]}", train=examples, validation=[],
+            validation_fraction=0.1, optimizer={"epochs": epochs, "seed": seed},
+        ), limits)
+        job, _ = store.create_job(spec)
+        claimed = store.claim_job(worker_id, 3600)
+        if claimed is None or claimed[0].id != job.id:
+            raise RuntimeError("the bench's job store had another queued job")
+        return claimed
+
+    def publish(job, spec, staged: Path, metrics: dict[str, float], meta) -> None:  # noqa: ANN001
+        version = store.reserve_adapter_version(spec.namespace, spec.adapter_name)
+        size = adapters.publish(staged, spec.namespace, spec.adapter_name, version)
+        store.complete_job(job.id, worker_id, metrics, AdapterVersionRecord(
+            namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job.id,
+            task=spec.task, base_model=meta.base_model, labels=meta.labels, metrics=metrics,
+            lora_rank=meta.lora_rank, size_bytes=size, created_at=job.created_at,
+        ))
+
+    # ---- the one real training job
+    t0 = time.monotonic()
+    job, spec = job_for(adapter_name(0))
+    staging = adapters.staging_dir()
+    recipe = ClassificationRecipe(spec, source, device="cpu", job_id=job.id)
+    result = recipe.run(staging)
+    examples_seen = recipe.examples_seen
+    total_steps = -(-len(spec.train) // spec.hyperparameters.optimizer.batch_size) * epochs
+    del recipe
+    gc.collect()
+    train_s = time.monotonic() - t0
+    pristine = work / "trained"
+    shutil.copytree(staging, pristine)
+    publish(job, spec, staging, result.metrics, result.meta)
+    log(f"trained {adapter_name(0)}: {len(spec.train)} train / {len(spec.validation)} validation examples, "
+        f"{total_steps} steps, {train_s:.0f}s, validation accuracy {result.metrics['accuracy']:.3f}")
+
+    # ---- noisy copies, each its own job and version
+    t1 = time.monotonic()
+    for i in range(1, count):
+        job_i, spec_i = job_for(adapter_name(i))
+        staged = adapters.staging_dir()
+        for item in pristine.iterdir():
+            shutil.copy2(item, staged / item.name)
+        weights = staged / "adapter_model.safetensors"
+        tensors = load_file(str(weights))
+        gen = torch.Generator().manual_seed(1000 + i)
+        for key, value in tensors.items():
+            if "lora_B" in key:
+                tensors[key] = value + torch.randn(value.shape, generator=gen, dtype=value.dtype) * (
+                    noise * float(value.float().std())
+                )
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        meta_json = json.loads((staged / ADAPTER_META).read_text())
+        meta_json["job_id"] = job_i.id
+        (staged / ADAPTER_META).write_text(json.dumps(meta_json, indent=2))
+        publish(job_i, spec_i, staged, result.metrics, result.meta)
+    log(f"published {count} adapters ({count - 1} noisy copies in {time.monotonic() - t1:.1f}s)")
+    store.close()
+    return {
+        "train_examples": len(spec.train),
+        "validation_examples": len(spec.validation),
+        "steps": total_steps,
+        "examples_seen": examples_seen,
+        "train_seconds": train_s,
+        "validation_accuracy": result.metrics["accuracy"],
+        "labels": len(result.meta.labels),
+        "adapter_file_bytes": sum(p.stat().st_size for p in pristine.iterdir()),
+    }
+
+
+def adapter_dir(data_dir: Path, i: int) -> Path:
+    return data_dir / "adapters" / NAMESPACE / adapter_name(i) / "1"
+
+
+# --------------------------------------------------------------------------- load
+def drive(target: str, refs: list[str], texts: list[str], clients: int, warmup_s: float, seconds: float,
+          server: ApiServer | None = None) -> dict[str, object]:
+    """`clients` threads, one Client each, 1-text Predict calls back to back. Returns
+    throughput and latency over the timed window (calls completed inside it), and the
+    server's metrics diffed over the window."""
+    from tuneserve_client import Client
+
+    barrier = threading.Barrier(clients + 1)
+    go = threading.Event()
+    clock: dict[str, float] = {}
+    done: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+
+    def worker(t: int) -> None:
+        with Client(target, timeout=60, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
+            client.predict(refs[t % len(refs)], [texts[t % len(texts)]])  # connect
+            barrier.wait()  # every client connected ...
+            go.wait()  # ... and the clock set after that
+            end = clock["end"]
+            j = 0
+            mine = done[t]
+            while True:
+                n = t + clients * j
+                j += 1
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    return
+                try:
+                    client.predict(refs[n % len(refs)], [texts[n % len(texts)]])
+                except Exception as exc:  # count it, keep going
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                mine.append((t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(clients)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    clock["from"] = time.perf_counter() + warmup_s
+    clock["end"] = clock["from"] + seconds
+    go.set()
+    time.sleep(max(0.0, clock["from"] - time.perf_counter()))
+    m0 = server.metrics() if server else {}
+    cpu0 = (cpu_seconds(os.getpid()), cpu_seconds(server.proc.pid) if server else float("nan"))
+    time.sleep(max(0.0, clock["end"] - time.perf_counter()))
+    cpu1 = (cpu_seconds(os.getpid()), cpu_seconds(server.proc.pid) if server else float("nan"))
+    m1 = server.metrics() if server else {}
+    for th in threads:
+        th.join()
+    lat = [e - s for calls in done for s, e in calls if clock["from"] <= e <= clock["end"]]
+    out: dict[str, object] = {
+        "calls": len(lat),
+        "rps": len(lat) / seconds,
+        "p50": percentile(lat, 50) * 1000 if lat else float("nan"),
+        "p99": percentile(lat, 99) * 1000 if lat else float("nan"),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "client_cpu": (cpu1[0] - cpu0[0]) / seconds,  # cores busy in this (client) process
+        "server_cpu": (cpu1[1] - cpu0[1]) / seconds,
+    }
+    if server:
+        batches = metric_delta(m0, m1, "tuneserve_forward_seconds_count")
+        taken = metric_delta(m0, m1, "tuneserve_batch_rows_count")  # batches formed (may differ by one)
+        rows = metric_delta(m0, m1, "tuneserve_batch_rows_sum")
+        qn = metric_delta(m0, m1, "tuneserve_predict_queue_seconds_count")
+        rpc_n = metric_delta(m0, m1, 'tuneserve_rpc_latency_seconds_count{method="Predict"}')
+        forward_s = metric_delta(m0, m1, "tuneserve_forward_seconds_sum")
+        out.update(
+            batches=batches,
+            rows_per_batch=div(rows, taken),
+            adapters_per_batch=div(metric_delta(m0, m1, "tuneserve_batch_adapters_sum"),
+                                   metric_delta(m0, m1, "tuneserve_batch_adapters_count")),
+            forward_ms=forward_s / batches * 1000 if batches else float("nan"),
+            forward_busy=forward_s / seconds,
+            queue_ms=metric_delta(m0, m1, "tuneserve_predict_queue_seconds_sum") / qn * 1000 if qn else float("nan"),
+            rpc_ms=(metric_delta(m0, m1, 'tuneserve_rpc_latency_seconds_sum{method="Predict"}') / rpc_n * 1000
+                    if rpc_n else float("nan")),
+        )
+    return out
+
+
+def accuracy(client, ref: str, rows: list[tuple[str, str]]) -> tuple[float, list[str], float]:  # noqa: ANN001
+    """Test accuracy of `ref` over `rows`, its predicted labels, and the seconds it took."""
+    t0 = time.perf_counter()
+    predicted: list[str] = []
+    for i in range(0, len(rows), PREDICT_BATCH):
+        predicted += [p.label for p in client.predict(ref, [t for t, _ in rows[i:i + PREDICT_BATCH]], timeout=300)]
+    correct = sum(p == y for p, (_, y) in zip(predicted, rows, strict=True))
+    return correct / len(rows), predicted, time.perf_counter() - t0
+
+
+def memory_curve(server: ApiServer, client, points: list[int]) -> tuple[list[dict[str, float]], list[float]]:  # noqa: ANN001
+    """From a fresh server (nothing resident): RSS and adapter bytes at 0 and at each point,
+    loading adapters 0.. in order. Returns the rows and each first load's load_seconds."""
+    def row(n: int) -> dict[str, float]:
+        gc.collect()
+        time.sleep(0.3)
+        m = server.metrics()
+        return {
+            "resident": n,
+            "rss": m.get("tuneserve_process_resident_memory_bytes", float("nan")),
+            "adapter_bytes": m.get("tuneserve_adapters_resident_bytes", float("nan")),
+            "count": m.get("tuneserve_adapters_resident", float("nan")),
+        }
+
+    rows = [row(0)]
+    first_loads: list[float] = []
+    loaded = 0
+    for target_n in points:
+        while loaded < target_n:
+            first_loads.append(client.load_adapter(adapter_name(loaded)).load_seconds)
+            loaded += 1
+        rows.append(row(loaded))
+    return rows, first_loads
+
+
+# --------------------------------------------------------------------------- in-process
+class NaiveBaseline:
+    """What a user would write without the service: transformers + peft, every adapter
+    loaded into one PeftModel, one request at a time with set_adapter per request."""
+
+    def __init__(self, dirs: dict[str, Path]) -> None:
+        import torch
+        import transformers
+        from peft import PeftModel
+        from transformers import AutoModel, AutoTokenizer
+
+        from tuneserve_server.modeling import AdapterMeta, load_head, resolve_base_model
+
+        transformers.utils.logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        self.torch = torch
+        source = resolve_base_model("minilm")
+        self.tokenizer = AutoTokenizer.from_pretrained(source.path)
+        base = AutoModel.from_pretrained(source.path).eval()
+        self.base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+        names = list(dirs)
+        self.model = PeftModel.from_pretrained(base, str(dirs[names[0]]), adapter_name=names[0])
+        for name in names[1:]:
+            self.model.load_adapter(str(dirs[name]), adapter_name=name)
+        self.model.eval()
+        self.heads = {name: load_head(d, "cpu") for name, d in dirs.items()}
+        self.labels = {name: AdapterMeta.read(d).labels for name, d in dirs.items()}
+
+    def add(self, name: str, directory: Path) -> None:
+        from tuneserve_server.modeling import AdapterMeta, load_head
+
+        self.model.load_adapter(str(directory), adapter_name=name)
+        self.model.eval()
+        self.heads[name] = load_head(directory, "cpu")
+        self.labels[name] = AdapterMeta.read(directory).labels
+
+    def predict(self, name: str, text: str) -> tuple[str, float]:
+        from tuneserve_server.modeling import mean_pool
+
+        torch = self.torch
+        self.model.set_adapter(name)
+        with torch.inference_mode():
+            enc = self.tokenizer([text], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            probs = torch.softmax(self.heads[name](mean_pool(hidden, enc["attention_mask"])), -1)[0]
+            i = int(probs.argmax())
+        return self.labels[name][i], float(probs[i])
+
+    def forward_rows(self, texts: list[str], adapter_names: list[str] | None) -> None:
+        """One forward of `texts` (encoder only), with peft's mixed-batch `adapter_names`, or
+        with the active adapter when None."""
+        with self.torch.inference_mode():
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+            if adapter_names is None:
+                self.model(**enc)
+            else:
+                self.model(**enc, adapter_names=adapter_names)
+
+
+def run_baseline(model: NaiveBaseline, refs: list[str], texts: list[str], warmup_s: float,
+                 seconds: float) -> dict[str, object]:
+    n = 0
+    start = time.perf_counter()
+    t_from = start + warmup_s
+    t_end = t_from + seconds
+    lat: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= t_end:
+            break
+        model.predict(refs[n % len(refs)], texts[n % len(texts)])
+        t1 = time.perf_counter()
+        if t1 >= t_from and t1 <= t_end:
+            lat.append(t1 - t0)
+        n += 1
+    return {"calls": len(lat), "rps": len(lat) / seconds, "p50": percentile(lat, 50) * 1000,
+            "p99": percentile(lat, 99) * 1000, "errors": 0}
+
+
+def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tuple[str, float, float]]:
+    """Median ms of one PROFILE_ROWS-row encoder forward, by how the rows name adapters;
+    cases interleaved rep by rep. Returns (case, median ms, ms per row)."""
+    names = sorted(model.heads)
+    rows = texts[:PROFILE_ROWS]
+    model.model.set_adapter(names[0])
+    cases = {
+        f"{PROFILE_ROWS} rows, 1 adapter, set_adapter (no adapter_names)": None,
+        f"{PROFILE_ROWS} rows, 1 adapter via adapter_names": [names[0]] * PROFILE_ROWS,
+        f"{PROFILE_ROWS} rows, 8 adapters via adapter_names": [names[i % 8] for i in range(PROFILE_ROWS)],
+        f"{PROFILE_ROWS} rows, {PROFILE_ROWS} adapters via adapter_names": [names[i % PROFILE_ROWS]
+                                                                           for i in range(PROFILE_ROWS)],
+        "1 row, 1 adapter, set_adapter": "single",
+    }
+    samples: dict[str, list[float]] = {c: [] for c in cases}
+    for _ in range(3):  # warm-up
+        for case, arg in cases.items():
+            model.forward_rows(rows[:1] if arg == "single" else rows, None if arg == "single" else arg)
+    for _ in range(reps):
+        for case, arg in cases.items():
+            t0 = time.perf_counter()
+            model.forward_rows(rows[:1] if arg == "single" else rows, None if arg == "single" else arg)
+            samples[case].append(time.perf_counter() - t0)
+    out = []
+    for case, vals in samples.items():
+        ms = percentile(vals, 50) * 1000
+        out.append((case, ms, ms / (1 if "1 row" in case else PROFILE_ROWS)))
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def wait_quiet(threshold: float, max_minutes: float) -> tuple[bool, float]:
+    """Poll the 1-minute load average every 30 s until it is below `threshold`."""
+    t0 = time.monotonic()
+    while True:
+        load1 = os.getloadavg()[0]
+        if load1 < threshold:
+            return True, time.monotonic() - t0
+        if time.monotonic() - t0 >= max_minutes * 60:
+            return False, time.monotonic() - t0
+        log(f"load average {load1:.2f} >= {threshold}; waiting ({(time.monotonic() - t0) / 60:.1f} min so far)")
+        time.sleep(30)
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def div(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def yes(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def first_load_bands(n: int) -> list[tuple[int, int]]:
+    """Index ranges of the first loads (adapter i loads with i others resident) to compare:
+    the first 8 and the last 8."""
+    return [(0, 8), (n - 8, n)] if n >= 24 else []
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 matmul instructions (AVX512-BF16 or AMX-BF16) on this CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def interpretation(args, res) -> str:  # noqa: ANN001
+    """The reading of the numbers, written from the numbers."""
+    tput, base = res["tput"], res["baseline"]
+    k1, k8, k64 = tput.get(1), tput.get(8), tput.get(64)
+    prof = {case: ms for case, ms, _ in res["profile"]}
+    r = PROFILE_ROWS
+    p_set = prof[f"{r} rows, 1 adapter, set_adapter (no adapter_names)"]
+    p_n1 = prof[f"{r} rows, 1 adapter via adapter_names"]
+    p_n8 = prof[f"{r} rows, 8 adapters via adapter_names"]
+    p_n16 = prof[f"{r} rows, {r} adapters via adapter_names"]
+    p_one = prof["1 row, 1 adapter, set_adapter"]
+    out = []
+    if k8:
+        speed = div(k8["rps"], base["rps"])
+        need = 4 * base["rps"]
+        out.append(
+            f"- **Service vs. the naive loop: {speed:.2f}x.** The loop pays a whole forward per request "
+            f"({div(1000, base['rps']):.1f} ms per request; a 1-row forward alone is {p_one:.1f} ms in the "
+            f"profile). The service ran {k8['rows_per_batch']:.1f} rows per forward at K=8 "
+            f"({k8['forward_ms']:.1f} ms per batch, {div(k8['forward_ms'], k8['rows_per_batch']):.2f} ms per row), "
+            f"its torch thread busy {k8['forward_busy'] * 100:.0f}% of the window. "
+            + (
+                f"4x would be {need:.0f} req/s, i.e. at most {div(1000, need):.2f} ms of forward per row even with "
+                f"the torch thread busy all the time; at {div(k8['forward_ms'], k8['rows_per_batch']):.2f} ms per row "
+                f"the forward pass itself is what stops it, and with {args.clients} clients that each wait for their "
+                f"answer no batch can exceed {args.clients} rows."
+                if speed < 4 else "The goal is met."
+            )
+        )
+        if k8["rows_per_batch"] < 0.75 * args.clients:
+            per_k = ", ".join(f"K={k} {t['rows_per_batch']:.1f}" for k, t in tput.items())
+            out.append(
+                f"- **Batches are half full:** {args.clients} clients, but {k8['rows_per_batch']:.1f} rows per "
+                f"batch at K=8 ({per_k}). "
+                f"The clients a batch answers send their next call while the following batch is already "
+                f"running (the batcher takes what is queued, waiting at most `max_batch_wait_ms` = 2 ms), so the "
+                f"{args.clients} clients settle into two cohorts that alternate, each batch holding about half of "
+                f"them. Every batch pays the fixed per-forward cost (a 1-row forward is {p_one:.1f} ms, a "
+                f"{r}-row one {p_set:.1f} ms in the profile)."
+            )
+    if k1 and (k8 or k64):
+        mix = ", ".join(
+            f"K={k} {div(t['rps'], k1['rps']):.2f} ({t['adapters_per_batch']:.1f} distinct adapters per batch)"
+            for k, t in tput.items() if k != 1
+        )
+        out.append(
+            f"- **Mixing cost** (throughput vs. K=1): {mix}. peft's mixed-batch path (`adapter_names=`) runs "
+            f"every LoRA layer once per distinct adapter in the batch (gather that adapter's rows, two small "
+            f"matmuls, scatter-add them back), so a batch's cost grows with its distinct adapters, not only its "
+            f"rows. In-process, one {r}-row forward takes {p_set:.1f} ms with a single active adapter "
+            f"(`set_adapter`), {p_n1:.1f} ms naming that one adapter through `adapter_names` (what the server "
+            f"does at K=1), {p_n8:.1f} ms with 8 and {p_n16:.1f} ms with {r} distinct adapters "
+            f"({div(p_n8, p_n1):.2f}x and {div(p_n16, p_n1):.2f}x the one-adapter batch)."
+        )
+    if k8:
+        out.append(
+            f"- **Client side:** during the K=8 window the server process used {k8['server_cpu']:.2f} cores "
+            f"and the {args.clients} client threads (gRPC, protobuf, Python) {k8['client_cpu']:.2f} cores of the "
+            f"{res['meta']['cpus']}; the server's own time per Predict was {k8['rpc_ms']:.1f} ms of the client's "
+            f"{k8['p50']:.1f} ms p50, and requests waited {k8['queue_ms']:.1f} ms on average in the batcher's queue"
+            + (" (about one forward: behind the batch in progress)." if k8["queue_ms"] > 0.5 * k8["forward_ms"]
+               else ".")
+        )
+    bf = res.get("bf16_tput")
+    if bf and k8:
+        ratio = div(bf["rps"], k8["rps"])
+        hw = res["meta"].get("bf16_hw")
+        pass_ratio = div(res["acc32_s"], res["acc16_s"])
+        out.append(
+            f"- **bfloat16:** x{ratio:.2f} the float32 throughput at K=8 (16 clients, small batches) and "
+            f"x{pass_ratio:.2f} on the accuracy pass ({PREDICT_BATCH}-row calls: {res['acc16_s']:.0f} s vs "
+            f"{res['acc32_s']:.0f} s); accuracy {(res['acc16'] - res['acc32']) * 100:+.2f} points. "
+            + ("This CPU has no native bfloat16 matmul instructions (no AVX512-BF16 or AMX-BF16 in "
+               "/proc/cpuinfo), so here bfloat16 halves the weight bytes but does not buy speed; it is meant for "
+               "GPUs and CPUs with bfloat16 units." if not hw else
+               "This CPU has bfloat16 matmul instructions.")
+        )
+    mem = res["memory"]
+    if len(mem) > 1:
+        last = mem[-1]
+        per = (last["rss"] - mem[0]["rss"]) / last["resident"]
+        out.append(
+            f"- **Memory:** each resident adapter adds about {per / MB:.2f} MiB of RSS against its own "
+            f"{res['adapter_size'] / MB:.2f} MiB of weights; the {res['base_bytes'] / MB:.0f} MiB base is held "
+            f"once. At {last['resident']} adapters they take {(last['rss'] - mem[0]['rss']) / MB:.0f} MiB "
+            f"together (each is {div(res['adapter_size'], res['base_bytes']) * 100:.1f}% of the base: LoRA r=16 on all "
+            f"of MiniLM's attention and feed-forward layers, plus the head)."
+        )
+    first = res["first_loads"]
+    bands = first_load_bands(len(first))
+    if bands:
+        (lo0, hi0), (lo1, hi1) = bands
+        cold = [c[0] for c in res["cold"]]
+        out.append(
+            f"- **Cold loads** take {percentile(cold, 50) * 1000:.0f} ms p50 with {len(first) - 1} other adapters "
+            f"resident; the first loads after start took {percentile(first[lo0:hi0], 50) * 1000:.0f} ms p50 with "
+            f"{lo0}-{hi0 - 1} others resident and {percentile(first[lo1:hi1], 50) * 1000:.0f} ms with "
+            f"{lo1}-{hi1 - 1}: the load time grows with the number of adapters already in the model."
+            if percentile(first[lo1:hi1], 50) > 1.3 * percentile(first[lo0:hi0], 50) else
+            f"- **Cold loads** take {percentile(cold, 50) * 1000:.0f} ms p50; the first loads after start took "
+            f"{percentile(first[lo0:hi0], 50) * 1000:.0f} ms p50 with {lo0}-{hi0 - 1} others resident and "
+            f"{percentile(first[lo1:hi1], 50) * 1000:.0f} ms with {lo1}-{hi1 - 1}."
+        )
+    return "\n".join(out)
+
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=16, help="concurrent gRPC client threads")
+    ap.add_argument("--k", default="1,8,64", help="adapter counts to spread requests over")
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed window per measurement")
+    ap.add_argument("--warmup", type=float, default=3.0, help="untimed seconds before each window")
+    ap.add_argument("--adapters", type=int, default=64, help="adapters to publish (bench-a00..)")
+    ap.add_argument("--max-resident", type=int, default=64, help="server --max-resident-adapters")
+    ap.add_argument("--memory-points", default="1,8,32,64", help="resident adapter counts to read RSS at")
+    ap.add_argument("--cold-n", type=int, default=16, help="adapters to unload and load again (cold loads)")
+    ap.add_argument("--per-label", type=int, default=10, help="Banking77 training examples per label")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs for bench-a00")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--noise", type=float, default=0.05,
+                    help="std of the noise added to the copies' LoRA B, relative to each matrix's std")
+    ap.add_argument("--profile-reps", type=int, default=10, help="timed forwards per case in the profile")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads for the server (--torch-threads) and the in-process side "
+                         "(0: torch's default on both)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 server")
+    ap.add_argument("--test-rows", type=int, default=0,
+                    help="Banking77 test rows for the accuracy passes (0: all 3,080; fewer only for quick checks)")
+    ap.add_argument("--quiet-load", type=float, default=2.5, help="1-minute load average to wait for")
+    ap.add_argument("--max-wait-min", type=float, default=25.0, help="longest wait for a quiet machine")
+    ap.add_argument("--no-wait", action="store_true", help="start at once, whatever the load")
+    ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to rewrite")
+    ap.add_argument("--no-docs", action="store_true", help="print the tables only")
+    ap.add_argument("--save-json", type=Path, default=None, help="also write the raw results to this file")
+    ap.add_argument("--render-json", type=Path, default=None,
+                    help="measure nothing: print (and write to --docs) the report of a --save-json file")
+    args = ap.parse_args(argv)
+    if args.render_json:
+        saved = json.loads(args.render_json.read_text())
+        res = saved["results"]
+        res["tput"] = {int(k): v for k, v in res["tput"].items()}
+        run_args = argparse.Namespace(**{**vars(ap.parse_args([])), **saved["args"]})
+        body, summary = report(run_args, res)
+        print(summary)
+        if not args.no_docs:
+            write_docs(args.docs, SECTION, body)
+            log(f"wrote section to {args.docs}")
+        return 0
+    ks = [int(x) for x in args.k.split(",") if x]
+    points = [int(x) for x in args.memory_points.split(",") if x]
+    needed = max([*ks, *points, args.cold_n, BASELINE_ADAPTERS, PROFILE_ROWS])
+    if args.adapters < needed:
+        ap.error(f"--adapters must be at least {needed} for these settings")
+    if args.max_resident < max([*ks, *points]):
+        ap.error("--max-resident must hold the largest K and memory point")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.no_wait:
+        quiet, waited = os.getloadavg()[0] < args.quiet_load, 0.0
+    else:
+        quiet, waited = wait_quiet(args.quiet_load, args.max_wait_min)
+    log(f"load average {os.getloadavg()[0]:.2f} ({'quiet' if quiet else 'NOT quiet'}; waited {waited / 60:.1f} min)")
+
+    import torch
+    from tuneserve_client import Client
+
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    test_rows = read_csv("test")
+    texts = [t for t, _ in test_rows]  # the request texts: always the whole test set
+    if args.test_rows:
+        test_rows = test_rows[:args.test_rows]
+    tmp = Path(tempfile.mkdtemp(prefix="tuneserve-bench-serving-"))
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    server: ApiServer | None = None
+    res: dict[str, object] = {"tput": {}, "loads": []}
+
+    def phase(name: str) -> None:
+        res["loads"].append((name, os.getloadavg()[0]))
+    try:
+        phase("setup (training)")
+        setup = build_adapters(data_dir, tmp, args.adapters, args.per_label, args.epochs, args.seed, args.noise)
+        res["setup"] = setup
+        res["setup_s"] = time.monotonic() - started
+
+        # ---- float32 server -----------------------------------------------------------
+        phase("float32 server")
+        t_srv = time.monotonic()
+        server = ApiServer(data_dir, dtype="float32", max_resident=args.max_resident, threads=args.threads)
+        server.wait_serving()
+        res["start_s"] = time.monotonic() - t_srv
+        log(f"float32 server SERVING after {res['start_s']:.1f}s")
+        with Client(server.target, timeout=120) as client:
+            mem_rows, first_loads = memory_curve(server, client, points)
+            res["memory"] = mem_rows
+            res["first_loads"] = first_loads
+            res["adapter_size"] = client.load_adapter(adapter_name(0)).size_bytes  # in serving dtype
+            log("memory: " + ", ".join(f"{r['resident']}: {r['rss'] / MB:.0f} MiB" for r in mem_rows))
+
+            for k in ks:
+                refs = [adapter_name(i) for i in range(k)]
+                for ref in refs:
+                    client.load_adapter(ref)
+                phase(f"K={k}")
+                r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
+                res["tput"][k] = r
+                log(f"K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                    f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}")
+
+            phase("cold loads")
+            cold = []
+            for i in range(args.cold_n):
+                client.unload_adapter(adapter_name(i))
+                t0 = time.perf_counter()
+                loaded = client.load_adapter(adapter_name(i))
+                cold.append((loaded.load_seconds, time.perf_counter() - t0))
+            res["cold"] = cold
+            log(f"cold loads p50 {percentile([c[0] for c in cold], 50) * 1000:.0f} ms")
+
+            res["rss_after_traffic"] = server.metrics().get("tuneserve_process_resident_memory_bytes", float("nan"))
+            for i in range(args.adapters):
+                client.unload_adapter(adapter_name(i))
+            time.sleep(0.3)
+            m = server.metrics()
+            res["rss_after_unload_all"] = m.get("tuneserve_process_resident_memory_bytes", float("nan"))
+
+            res["test_rows"] = len(test_rows)
+            phase("float32 accuracy")
+            acc32, pred32, acc32_s = accuracy(client, adapter_name(0), test_rows)
+            res["acc32"], res["acc32_s"] = acc32, acc32_s
+            log(f"float32 accuracy of {adapter_name(0)}: {acc32:.4f} ({acc32_s:.0f}s)")
+        server.stop()
+        server = None
+
+        # ---- naive baseline, in this process, server stopped ----------------------------
+        gc.collect()
+        phase("naive baseline")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        res["inproc_threads"] = torch.get_num_threads()
+        dirs = {adapter_name(i): adapter_dir(data_dir, i) for i in range(BASELINE_ADAPTERS)}
+        naive = NaiveBaseline(dirs)
+        res["base_bytes"] = naive.base_bytes
+        res["baseline"] = run_baseline(naive, list(dirs), texts, args.warmup, args.seconds)
+        log(f"naive baseline: {res['baseline']['rps']:.1f} req/s")
+        for i in range(BASELINE_ADAPTERS, PROFILE_ROWS):
+            naive.add(adapter_name(i), adapter_dir(data_dir, i))
+        phase("profile")
+        res["profile"] = profile_mixing(naive, texts, args.profile_reps)
+        del naive
+        gc.collect()
+
+        # ---- bfloat16 server -----------------------------------------------------------
+        if not args.no_bf16:
+            phase("bfloat16 server")
+            server = ApiServer(data_dir, dtype="bfloat16", max_resident=args.max_resident, threads=args.threads)
+            server.wait_serving()
+            with Client(server.target, timeout=300) as client:
+                refs = [adapter_name(i) for i in range(8)]
+                for ref in refs:
+                    client.load_adapter(ref)
+                res["bf16_adapter_size"] = client.load_adapter(adapter_name(0)).size_bytes
+                res["bf16_rss8"] = server.metrics().get("tuneserve_process_resident_memory_bytes", float("nan"))
+                r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
+                res["bf16_tput"] = r
+                log(f"bf16 K=8: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms")
+                acc16, pred16, acc16_s = accuracy(client, adapter_name(0), test_rows)
+                res["acc16"], res["acc16_s"] = acc16, acc16_s
+                res["agree"] = sum(a == b for a, b in zip(pred32, pred16, strict=True))
+                log(f"bfloat16 accuracy: {acc16:.4f} ({acc16_s:.0f}s)")
+            server.stop()
+            server = None
+    except BaseException:
+        if server is not None:
+            server.stop()
+            tail = server.log_tail()
+            if tail:
+                print(f"--- server log (tail) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    phase("end")
+    res["meta"] = {
+        "date": dt.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "code": code_version(),
+        "argv": sys.argv[1:],
+        "load_before": load_before[0],
+        "load_after": os.getloadavg()[0],
+        "quiet": quiet,
+        "waited_s": waited,
+        "runtime_s": time.monotonic() - started,
+        "bf16_hw": cpu_has_bf16(),
+    }
+    if args.save_json:
+        saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        args.save_json.write_text(json.dumps({"args": saved_args, "results": res}, indent=1))
+        log(f"raw results in {args.save_json}")
+    body, summary = report(args, res)
+    print()
+    print(summary)
+    if not args.no_docs:
+        write_docs(args.docs, SECTION, body)
+        log(f"wrote section to {args.docs}")
+    return 0
+
+
+# --------------------------------------------------------------------------- report
+def report(args, res):  # noqa: ANN001, ANN201, PLR0915
+    meta = res["meta"]
+    setup = res["setup"]
+    tput = res["tput"]
+    base = res["baseline"]
+    k1 = tput.get(1)
+
+    t_lines = [
+        "| K adapters | throughput (req/s) | p50 (ms) | p99 (ms) | vs. naive baseline | vs. K=1 | calls | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| naive baseline, in-process (8 adapters) | {base['rps']:.1f} | {base['p50']:.1f} | {base['p99']:.1f} "
+        f"| 1.00x | | {base['calls']} | 0 |",
+    ]
+    for k, r in tput.items():
+        vs1 = f"{div(r['rps'], k1['rps']):.2f}" if k1 else "n/a"
+        t_lines.append(
+            f"| service, K={k} | **{r['rps']:.1f}** | {r['p50']:.1f} | {r['p99']:.1f} | {div(r['rps'], base['rps']):.2f}x "
+            f"| {vs1} | {r['calls']} | {r['errors']} |"
+        )
+    bf = res.get("bf16_tput")
+    if bf:
+        t_lines.append(
+            f"| service, K=8, bfloat16 | {bf['rps']:.1f} | {bf['p50']:.1f} | {bf['p99']:.1f} "
+            f"| {div(bf['rps'], base['rps']):.2f}x | | {bf['calls']} | {bf['errors']} |"
+        )
+    throughput_table = "\n".join(t_lines)
+
+    s_lines = [
+        "| run | batches/s | rows per batch | adapters per batch | forward per batch (ms) | forward per row (ms) "
+        "| torch thread busy | queue wait (ms) | server RPC time (ms) | client p50 (ms) | server CPU (cores) "
+        "| client CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = [(f"K={k}", r) for k, r in tput.items()] + ([("K=8 bfloat16", bf)] if bf else [])
+    for name, r in runs:
+        s_lines.append(
+            f"| {name} | {r['batches'] / args.seconds:.1f} | {fmt(r['rows_per_batch'])} | {fmt(r['adapters_per_batch'])} "
+            f"| {fmt(r['forward_ms'])} | {fmt(div(r['forward_ms'], r['rows_per_batch']), 2)} | {r['forward_busy'] * 100:.0f}% "
+            f"| {fmt(r['queue_ms'])} | {fmt(r['rpc_ms'])} | {r['p50']:.1f} | {fmt(r['server_cpu'], 2)} "
+            f"| {fmt(r['client_cpu'], 2)} |"
+        )
+    server_table = "\n".join(s_lines)
+
+    p_lines = ["| one encoder forward, in-process | median (ms) | per row (ms) |", "|---|---:|---:|"]
+    for case, ms, per_row in res["profile"]:
+        p_lines.append(f"| {case} | {ms:.1f} | {per_row:.2f} |")
+    profile_table = "\n".join(p_lines)
+
+    mem = res["memory"]
+    adapter_size = res["adapter_size"]
+    m0 = mem[0]
+    m_lines = [
+        "| adapters resident | process RSS (MiB) | RSS growth over 0 (MiB) | growth per adapter (MiB) "
+        "| tuneserve_adapters_resident_bytes (MiB) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in mem:
+        grow = r["rss"] - m0["rss"]
+        per = grow / r["resident"] / MB if r["resident"] else float("nan")
+        m_lines.append(f"| {r['resident']} | {r['rss'] / MB:.0f} | {grow / MB:.1f} | {fmt(per, 2)} "
+                       f"| {r['adapter_bytes'] / MB:.1f} |")
+    memory_table = "\n".join(m_lines)
+    last = mem[-1]
+    per_adapter_rss = (last["rss"] - m0["rss"]) / last["resident"]
+    ratio_mem = per_adapter_rss / adapter_size
+    base_bytes = res["base_bytes"]
+    mem_ok = ratio_mem <= 1.5
+
+    cold_s = [c[0] for c in res["cold"]]
+    cold_rpc = [c[1] for c in res["cold"]]
+    first = res["first_loads"]
+    cold_line = (
+        f"| unload, then LoadAdapter ({len(cold_s)} adapters) | {percentile(cold_s, 50) * 1000:.0f} "
+        f"| {percentile(cold_s, 95) * 1000:.0f} | {percentile(cold_rpc, 50) * 1000:.0f} |\n"
+        f"| first load after start ({len(first)} adapters, memory phase) | {percentile(first, 50) * 1000:.0f} "
+        f"| {percentile(first, 95) * 1000:.0f} | |"
+    )
+    for lo, hi in first_load_bands(len(first)):
+        band = first[lo:hi]
+        cold_line += (f"\n| ... of those, with {lo}-{hi - 1} others already resident | "
+                      f"{percentile(band, 50) * 1000:.0f} | {percentile(band, 95) * 1000:.0f} | |")
+    cold_table = ("| cold load (store -> resident) | load_seconds p50 (ms) | p95 (ms) | LoadAdapter RPC p50 (ms) |\n"
+                  "|---|---:|---:|---:|\n" + cold_line)
+
+    k8 = tput.get(8)
+    speedup = div(k8["rps"], base["rps"]) if k8 else float("nan")
+    mix8 = div(k8["rps"], k1["rps"]) if (k8 and k1) else float("nan")
+    k64 = tput.get(64)
+    mix64 = div(k64["rps"], k1["rps"]) if (k64 and k1) else float("nan")
+    acc32 = res["acc32"]
+    acc16 = res.get("acc16")
+    bf_speed = div(bf["rps"], k8["rps"]) if (bf and k8) else float("nan")
+
+    goal_lines = [
+        "| goal | measured | |",
+        "|---|---|---|",
+        f"| service >= 4x the naive baseline's throughput, {args.clients} clients over 8 adapters, through gRPC "
+        f"| {fmt(speedup, 2)}x ({fmt(k8['rps'] if k8 else float('nan'))} vs {base['rps']:.1f} req/s) | {yes(speedup >= 4)} |",
+        f"| mixing cost: K=8 / K=1 >= 0.9 | {fmt(mix8, 2)} | {yes(mix8 >= 0.9)} |",
+        f"| mixing cost: K=64 / K=1 >= 0.9 | {fmt(mix64, 2)} | {yes(mix64 >= 0.9)} |",
+    ]
+    if acc16 is not None:
+        goal_lines.append(
+            f"| bfloat16 mode: accuracy difference and speed-up reported | accuracy {acc16 * 100:.2f}% vs "
+            f"{acc32 * 100:.2f}% float32 ({(acc16 - acc32) * 100:+.2f} points); throughput x{bf_speed:.2f} of float32 "
+            f"at K=8 | reported ({'slower' if bf_speed < 1 else 'faster'} here) |"
+        )
+    goal_lines += [
+        f"| cold adapter load p50/p95 reported | {percentile(cold_s, 50) * 1000:.0f} / "
+        f"{percentile(cold_s, 95) * 1000:.0f} ms | reported |",
+        f"| memory: base + about the adapters' own bytes (no base copy per adapter); read as RSS growth "
+        f"per adapter <= 1.5x its own bytes | {per_adapter_rss / MB:.2f} MiB per adapter vs "
+        f"{adapter_size / MB:.2f} MiB own bytes ({ratio_mem:.2f}x; base weights {base_bytes / MB:.0f} MiB) "
+        f"| {yes(mem_ok)} |",
+    ]
+    goals_table = "\n".join(goal_lines)
+
+    bf16_text = ""
+    if acc16 is not None:
+        bf16_text = (
+            f"\n**bfloat16 serving** (`--serving-dtype bfloat16`, a fresh server): Banking77 test accuracy of "
+            f"`{adapter_name(0)}` {acc16 * 100:.2f}% vs {acc32 * 100:.2f}% in float32 "
+            f"({(acc16 - acc32) * 100:+.2f} points; {res['agree']}/{res['test_rows']} predictions identical); "
+            f"K=8 throughput {bf['rps']:.1f} vs {k8['rps'] if k8 else float('nan'):.1f} req/s = x{bf_speed:.2f} "
+            f"(p50 {bf['p50']:.1f} vs {k8['p50'] if k8 else float('nan'):.1f} ms). Resident adapter size "
+            f"{res['bf16_adapter_size'] / MB:.2f} MiB (float32: {adapter_size / MB:.2f} MiB); process RSS with 8 "
+            f"adapters {res['bf16_rss8'] / MB:.0f} MiB. Time for the {res['test_rows']}-query accuracy pass: "
+            f"{res['acc16_s']:.0f} s in bfloat16, {res['acc32_s']:.0f} s in float32.\n"
+        )
+
+    reading = interpretation(args, res)
+    summary = "\n\n".join([throughput_table, goals_table, reading, server_table, profile_table, memory_table,
+                           cold_table])
+    summary += "\n" + bf16_text
+
+    shown, skip = [], False
+    for a in meta["argv"]:  # the measuring command, without where its raw results went
+        if skip or a.startswith("--save-json"):
+            skip = a == "--save-json"
+            continue
+        shown.append(a)
+    cmd = " ".join([".venv/bin/python bench/serving.py", *shown])
+    waited = meta["waited_s"]
+    quiet_text = (
+        f"it waited {waited / 60:.1f} min for the 1-minute load average to drop below {args.quiet_load:g}"
+        if meta["quiet"] else
+        f"the 1-minute load average never dropped below {args.quiet_load:g} within {args.max_wait_min:g} min "
+        f"of polling, so it ran anyway: the absolute numbers carry that background load"
+    )
+    if args.no_wait:
+        quiet_text = "started at once (--no-wait)"
+    threads_text = (
+        f"{args.threads} (server `--torch-threads {args.threads}`, in-process `torch.set_num_threads`)"
+        if args.threads else
+        f"torch's default on both sides ({res.get('inproc_threads', '?')} in-process; the server leaves "
+        f"`torch_threads` at 0, the same default)"
+    )
+    loads_text = ", ".join(f"{name} {load:.1f}" for name, load in res.get("loads", []))
+    body = f"""\
+Measured {meta['date']} on a {meta['cpus']}-core CPU machine ({meta['cpu_model']}),
+Python {meta['python']}, torch {meta['torch']}. Code: {meta['code']}. One run of
+`{cmd}` ({meta['runtime_s'] / 60:.1f} min). The box is shared with other jobs: {quiet_text}; 1-minute load
+average {meta['load_before']:.2f} at the start and {meta['load_after']:.2f} at the end (the benchmark's own
+server and client threads count in the second figure). 1-minute load average as each phase began:
+{loads_text}. Read the numbers as "about this much".
+
+- **Adapters:** one LoRA adapter trained in the bench process with the service's recipe
+  (`ClassificationRecipe`, r=16 on query/key/value/dense, defaults otherwise) on
+  {setup['train_examples']} Banking77 training queries ({args.per_label} per label, all {setup['labels']} labels,
+  {setup['validation_examples']} held out), {args.epochs} epoch(s) = {setup['steps']} steps,
+  {setup['train_seconds']:.0f} s; validation accuracy {setup['validation_accuracy'] * 100:.1f}%, Banking77 test
+  accuracy {acc32 * 100:.2f}% (chance: 1.3%). It is `{adapter_name(0)}`; `{adapter_name(1)}`..`{adapter_name(args.adapters - 1)}`
+  are copies with Gaussian noise ({args.noise:g} x each matrix's std) added to the LoRA B matrices.
+  Each of the {args.adapters} is a job and a version in the real stores (`SqliteStore`,
+  `LocalAdapterStore` with its checksum manifest), registered with `complete_job` as a worker
+  does; {setup['adapter_file_bytes'] / MB:.2f} MiB of files each.
+- **Server:** `tuneserve api` on localhost, `--max-resident-adapters {args.max_resident}`, default batching
+  (`max_batch_rows` 64, `max_batch_wait_ms` 2), float32 unless stated. Torch intra-op threads:
+  {threads_text}.
+- **Load:** {args.clients} client threads in the bench process, one `tuneserve_client.Client`
+  (own channel) each, 1-text `Predict` calls back to back; call n = t + {args.clients}*j
+  (thread t, its j-th call) names adapter n % K and Banking77 test query n. All K adapters
+  made resident first (LoadAdapter). {args.warmup:g} s untimed, then {args.seconds:g} s timed:
+  throughput = calls completed in the window / {args.seconds:g} s; latency = the client's
+  wall time per call. The clients share the 2 cores with the server.
+- **Naive baseline:** in the bench process with the server stopped: `AutoModel` +
+  `PeftModel.from_pretrained` / `load_adapter` for the first 8 adapters, then one request at
+  a time: `set_adapter(name)`, tokenize, forward, mean pool, that adapter's head, softmax;
+  the same request sequence (adapter n % 8, query n), the same warm-up and window.
+- **Reference** (measured in-process on this machine earlier, quoted from the issue, not
+  re-measured): {'; '.join(f'{a}: {b}' for a, b in REFERENCES)}.
+
+{throughput_table}
+
+{goals_table}
+
+{reading}
+
+**Where the time goes** (the server's own metrics, diffed over each timed window):
+
+{server_table}
+
+The same peft forward in-process (median of {args.profile_reps}, interleaved), to separate
+the cost of `adapter_names` mixing from the gRPC/batcher path:
+
+{profile_table}
+
+**Memory** (server /metrics; a fresh float32 server, adapters made resident one by one
+with LoadAdapter before any Predict traffic). Each adapter's own bytes in the serving dtype
+(LoRA A/B of every targeted layer + head, as the server counts them): {adapter_size / MB:.2f} MiB; the
+base model's weights: {base_bytes / MB:.0f} MiB.
+
+{memory_table}
+
+RSS after the throughput runs (64 resident): {res['rss_after_traffic'] / MB:.0f} MiB; after unloading all
+adapters again: {res['rss_after_unload_all'] / MB:.0f} MiB.
+
+**Cold loads** (`load_seconds` in the LoadAdapter reply: open and checksum-verify the version
+in the adapter store, peft `load_adapter` into a slot, head; the server idle):
+
+{cold_table}
+{bf16_text}
+"""
+    return body, summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
