@@ -18,13 +18,15 @@ from tuneserve_client import Client
 from conftest import ROOT, Proc, free_port
 
 SERVICES = ("", "tuneserve.v1.InferenceService", "tuneserve.v1.TrainingService")
+# How a stopping gRPC server refuses a call that arrives after it stopped accepting.
+REFUSED = ("UNAVAILABLE", "CANCELLED")
 
 
 def health(target: str, service: str = "") -> str:
     with grpc.insecure_channel(target) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=1
+                health_pb2.HealthCheckRequest(service=service), timeout=5
             )
         except grpc.RpcError as exc:
             return exc.code().name
@@ -89,7 +91,7 @@ def test_health_cli(cluster):
 
 
 def test_health_transitions_and_sigterm_fails_no_inflight_predict(cluster, trained, tmp_path):
-    api = Proc("api", cluster.data_dir, tmp_path, port=free_port(), drain_delay_s=1.5, grace_s=20)
+    api = Proc("api", cluster.data_dir, tmp_path, port=free_port(), drain_delay_s=4, grace_s=20)
     seen: list[str] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -116,7 +118,7 @@ def test_health_transitions_and_sigterm_fails_no_inflight_predict(cluster, train
                     results.append((started, "OK"))
                 except Exception as exc:  # noqa: BLE001
                     results.append((started, getattr(getattr(exc, "code", None), "name", repr(exc))))
-                    if "UNAVAILABLE" in results[-1][1]:
+                    if results[-1][1] in REFUSED:
                         return
 
     threads = [threading.Thread(target=burst) for _ in range(4)]
@@ -125,8 +127,12 @@ def test_health_transitions_and_sigterm_fails_no_inflight_predict(cluster, train
     time.sleep(2.0)
     sigterm_at = time.monotonic()
     api.proc.send_signal(15)
-    time.sleep(0.5)
-    assert health(api.target) == "NOT_SERVING"  # draining: still answering, not ready
+    draining = []  # what health says during the drain delay: still answering, not ready
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until and "NOT_SERVING" not in draining:
+        draining.append(health(api.target))
+        time.sleep(0.05)
+    assert "NOT_SERVING" in draining, draining
     rc = api.proc.wait(60)
     stop.set()
     for t in threads:
@@ -134,7 +140,9 @@ def test_health_transitions_and_sigterm_fails_no_inflight_predict(cluster, train
     assert rc == 0, api.log()[-3000:]
     before = [outcome for started, outcome in results if started < sigterm_at]
     assert len(before) >= 4 and set(before) == {"OK"}, before
-    assert {outcome for _, outcome in results} <= {"OK", "UNAVAILABLE"}, results
+    # Calls that began after SIGTERM either ran (during the drain) or were refused with a
+    # status by the stopping server; none hangs or fails otherwise.
+    assert {outcome for _, outcome in results} <= {"OK", *REFUSED}, results
 
 
 @pytest.mark.parametrize(
