@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = tmp / "data"
     server: Server | None = None
     load_max = load_before[0]
+    load_samples: list[float] = []  # 1-minute load average at each progress line
     try:
         server = Server(data_dir, free_port())  # default --torch-threads and batcher settings
         server.wait_serving()
@@ -200,11 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                 now = time.monotonic()
                 if job.done or now - last_print >= args.progress_s:
                     last_print = now
-                    load_max = max(load_max, os.getloadavg()[0])
+                    load = os.getloadavg()[0]
+                    load_max = max(load_max, load)
+                    if job.state == "RUNNING":
+                        load_samples.append(load)
                     loss = f"{job.train_loss:.4f}" if job.train_loss is not None else "-"
                     print(f"[progress] {job.state} step {job.step}/{job.total_steps or '?'} "
                           f"epoch {job.epoch} loss {loss} elapsed {now - submitted:.0f}s "
-                          f"load {os.getloadavg()[0]:.2f}", flush=True)
+                          f"load {load:.2f}", flush=True)
                 if job.done:
                     break
                 if now > deadline:
@@ -305,15 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hyperparameters: {hp_text}")
     print(f"code: {code}")
     print(f"load average before / max seen / after: {load_before[0]:.2f} / {load_max:.2f} / "
-          f"{load_after[0]:.2f}; total runtime {total_s:.0f}s")
+          f"{load_after[0]:.2f}; mean while training {sum(load_samples) / max(len(load_samples), 1):.2f}; "
+          f"total runtime {total_s:.0f}s")
 
+    cores = os.cpu_count() or 1
+    load_mean = sum(load_samples) / len(load_samples) if load_samples else float("nan")
+    # The trainer alone keeps the load average near the core count (torch uses every core);
+    # well above that, other jobs are taking CPU from it.
+    contention = "" if not load_mean > 1.5 * cores else (
+        f"\n**While the job trained, the 1-minute load average was {load_mean:.2f} on average "
+        f"(peak {load_max:.2f}) on {cores} cores: other jobs took CPU from the trainer, so the "
+        f"train time and examples/s below are much worse than an idle machine gives** (DESIGN.md "
+        f"quotes ~46 examples/s for float32 MiniLM LoRA training, batch 32, on this machine). "
+        f"The accuracies are unaffected."
+    )
     # Rendered on every run (so a quick check exercises it), written only by the full one.
     body = f"""\
 Measured {dt.date.today().isoformat()} on a {os.cpu_count()}-core CPU machine ({cpu_model()}),
 Python {platform.python_version()}, torch {torch.__version__}. One run of the script
 (1-minute load average {load_before[0]:.2f} before, at most {load_max:.2f} while it ran,
 {load_after[0]:.2f} after, on {os.cpu_count()} cores; the box is shared, so the times move
-with other jobs; the accuracies do not depend on them).
+with other jobs; the accuracies do not depend on them).{contention}
 
 - **Command:** `{command}` (about {max(1, round(total_s / 60))} min here, server start to stop);
   code: {code}.

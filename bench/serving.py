@@ -479,6 +479,30 @@ def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tu
     return out
 
 
+def thread_check(model: NaiveBaseline, texts: list[str], reps: int, restore: int) -> list[tuple[int, float, float]]:
+    """Median ms of a 1-row and a PROFILE_ROWS-row forward with 1 and with 2 torch threads,
+    interleaved: how much the thread count matters on this (shared) box right now."""
+    import torch
+
+    rows = texts[:PROFILE_ROWS]
+    samples: dict[int, tuple[list[float], list[float]]] = {1: ([], []), 2: ([], [])}
+    try:
+        for rep in range(reps + 2):
+            for threads, (one, many) in samples.items():
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                model.forward_rows(rows[:1], None)
+                t1 = time.perf_counter()
+                model.forward_rows(rows, None)
+                t2 = time.perf_counter()
+                if rep >= 2:  # two warm-up rounds
+                    one.append(t1 - t0)
+                    many.append(t2 - t1)
+    finally:
+        torch.set_num_threads(restore)
+    return [(th, percentile(one, 50) * 1000, percentile(many, 50) * 1000) for th, (one, many) in samples.items()]
+
+
 # --------------------------------------------------------------------------- helpers
 def wait_quiet(threshold: float, max_minutes: float) -> tuple[bool, float]:
     """Poll the 1-minute load average every 30 s until it is below `threshold`."""
@@ -509,6 +533,55 @@ def first_load_bands(n: int) -> list[tuple[int, int]]:
     """Index ranges of the first loads (adapter i loads with i others resident) to compare:
     the first 8 and the last 8."""
     return [(0, 8), (n - 8, n)] if n >= 24 else []
+
+
+def load_compare(path: Path) -> dict[str, object]:
+    """The headline numbers of another saved run, for a side-by-side line in the report."""
+    saved = json.loads(Path(path).read_text())
+    r, a = saved["results"], saved["args"]
+    tput = {int(k): v for k, v in r["tput"].items()}
+    return {
+        "argv": r["meta"]["argv"],
+        "date": r["meta"]["date"],
+        "threads": (f"{a['threads']}" if a.get("threads") else
+                    f"torch's default ({r.get('inproc_threads', '?')})"),
+        "load_before": r["meta"]["load_before"],
+        "load_after": r["meta"]["load_after"],
+        "baseline": r["baseline"]["rps"],
+        "baseline_p50": r["baseline"]["p50"],
+        "tput": {k: (v["rps"], v["p50"], v["rows_per_batch"], v["forward_ms"]) for k, v in tput.items()},
+        "bf16": r["bf16_tput"]["rps"] if r.get("bf16_tput") else None,
+        "profile_one_row": next((ms for case, ms, _ in r["profile"] if case.startswith("1 row")), float("nan")),
+    }
+
+
+def compare_text(c: dict[str, object]) -> str:
+    shown, skip = [], False
+    for a in c["argv"]:
+        if skip or a.startswith(("--save-json", "--compare-json")):
+            skip = a in ("--save-json", "--compare-json")
+            continue
+        shown.append(a)
+    cmd = " ".join([".venv/bin/python bench/serving.py", *shown])
+    tput = c["tput"]
+    k1 = tput.get(1)
+    lines = [
+        f"**The same benchmark with other torch threads** (`{cmd}`, {c['date']}, torch threads: "
+        f"{c['threads']} on both sides, 1-minute load "
+        f"{c['load_before']:.2f} at the start, {c['load_after']:.2f} at the end):",
+        "",
+        "| run | throughput (req/s) | p50 (ms) | vs. naive baseline | vs. K=1 | rows per batch | forward per batch (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| naive baseline (8 adapters) | {c['baseline']:.1f} | {c['baseline_p50']:.1f} | 1.00x | | 1 | |",
+    ]
+    for k, (rps, p50, rows, fwd) in tput.items():
+        lines.append(
+            f"| service, K={k} | {rps:.1f} | {p50:.1f} | {div(rps, c['baseline']):.2f}x "
+            f"| {div(rps, k1[0]) if k1 else float('nan'):.2f} | {rows:.1f} | {fwd:.1f} |"
+        )
+    if c["bf16"] is not None:
+        lines.append(f"| service, K=8, bfloat16 | {c['bf16']:.1f} | | {div(c['bf16'], c['baseline']):.2f}x | | | |")
+    return "\n".join(lines)
 
 
 def cpu_has_bf16() -> bool:
@@ -608,6 +681,19 @@ def interpretation(args, res) -> str:  # noqa: ANN001
             f"together (each is {div(res['adapter_size'], res['base_bytes']) * 100:.1f}% of the base: LoRA r=16 on all "
             f"of MiniLM's attention and feed-forward layers, plus the head)."
         )
+    tc = {th: (a, b) for th, a, b in res.get("thread_check", [])}
+    if 1 in tc and 2 in tc:
+        slower = div(tc[2][0], tc[1][0])
+        used = args.threads or res.get("inproc_threads", 0)
+        out.append(
+            f"- **Torch threads** (this run: {used}): during the profile a 1-row forward took {tc[1][0]:.1f} ms "
+            f"with 1 thread and {tc[2][0]:.1f} ms with 2 ({PROFILE_ROWS} rows: {tc[1][1]:.1f} vs {tc[2][1]:.1f} ms). "
+            + (f"With 2 threads on this shared 2-vCPU machine, anything else running (other jobs, the "
+               f"server's own gRPC/asyncio thread) stalls torch's thread team: {slower:.1f}x slower, which "
+               f"swamps everything else measured here."
+               if slower > 1.5 else
+               "Two threads did not hurt at the time of the profile.")
+        )
     first = res["first_loads"]
     bands = first_load_bands(len(first))
     if bands:
@@ -656,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to rewrite")
     ap.add_argument("--no-docs", action="store_true", help="print the tables only")
     ap.add_argument("--save-json", type=Path, default=None, help="also write the raw results to this file")
+    ap.add_argument("--compare-json", type=Path, default=None,
+                    help="a --save-json file of another run (e.g. other --threads) to summarise next to this one")
     ap.add_argument("--render-json", type=Path, default=None,
                     help="measure nothing: print (and write to --docs) the report of a --save-json file")
     args = ap.parse_args(argv)
@@ -664,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
         res = saved["results"]
         res["tput"] = {int(k): v for k, v in res["tput"].items()}
         run_args = argparse.Namespace(**{**vars(ap.parse_args([])), **saved["args"]})
+        if args.compare_json:
+            res["compare"] = load_compare(args.compare_json)
         body, summary = report(run_args, res)
         print(summary)
         if not args.no_docs:
@@ -687,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from tuneserve_client import Client
+
+    if args.threads:  # the bench process too (training, baseline, profile)
+        torch.set_num_threads(args.threads)
 
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -772,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
             naive.add(adapter_name(i), adapter_dir(data_dir, i))
         phase("profile")
         res["profile"] = profile_mixing(naive, texts, args.profile_reps)
+        res["thread_check"] = thread_check(naive, texts, args.profile_reps, res["inproc_threads"])
         del naive
         gc.collect()
 
@@ -823,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_s": time.monotonic() - started,
         "bf16_hw": cpu_has_bf16(),
     }
+    if args.compare_json:
+        res["compare"] = load_compare(args.compare_json)
     if args.save_json:
         saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.save_json.write_text(json.dumps({"args": saved_args, "results": res}, indent=1))
@@ -883,6 +979,9 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
     p_lines = ["| one encoder forward, in-process | median (ms) | per row (ms) |", "|---|---:|---:|"]
     for case, ms, per_row in res["profile"]:
         p_lines.append(f"| {case} | {ms:.1f} | {per_row:.2f} |")
+    for threads, ms1, ms16 in res.get("thread_check", []):
+        p_lines.append(f"| 1 row / {PROFILE_ROWS} rows, 1 adapter, set_adapter, {threads} torch thread(s) "
+                       f"| {ms1:.1f} / {ms16:.1f} | {ms1:.2f} / {ms16 / PROFILE_ROWS:.2f} |")
     profile_table = "\n".join(p_lines)
 
     mem = res["memory"]
@@ -971,11 +1070,13 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
     summary = "\n\n".join([throughput_table, goals_table, reading, server_table, profile_table, memory_table,
                            cold_table])
     summary += "\n" + bf16_text
+    if res.get("compare"):
+        summary += "\n" + compare_text(res["compare"]) + "\n"
 
     shown, skip = [], False
     for a in meta["argv"]:  # the measuring command, without where its raw results went
-        if skip or a.startswith("--save-json"):
-            skip = a == "--save-json"
+        if skip or a.startswith(("--save-json", "--compare-json")):
+            skip = a in ("--save-json", "--compare-json")
             continue
         shown.append(a)
     cmd = " ".join([".venv/bin/python bench/serving.py", *shown])
@@ -994,6 +1095,7 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
         f"torch's default on both sides ({res.get('inproc_threads', '?')} in-process; the server leaves "
         f"`torch_threads` at 0, the same default)"
     )
+    compare_block = compare_text(res["compare"]) + "\n\n" if res.get("compare") else ""
     loads_text = ", ".join(f"{name} {load:.1f}" for name, load in res.get("loads", []))
     body = f"""\
 Measured {meta['date']} on a {meta['cpus']}-core CPU machine ({meta['cpu_model']}),
@@ -1044,7 +1146,7 @@ the cost of `adapter_names` mixing from the gRPC/batcher path:
 
 {profile_table}
 
-**Memory** (server /metrics; a fresh float32 server, adapters made resident one by one
+{compare_block}**Memory** (server /metrics; a fresh float32 server, adapters made resident one by one
 with LoadAdapter before any Predict traffic). Each adapter's own bytes in the serving dtype
 (LoRA A/B of every targeted layer + head, as the server counts them): {adapter_size / MB:.2f} MiB; the
 base model's weights: {base_bytes / MB:.0f} MiB.
