@@ -24,11 +24,31 @@ class ClassificationExample(_message.Message):
     label: str
     def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class CausalLMExample(_message.Message):
+    __slots__ = ("prompt", "completion", "messages")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    completion: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, prompt: _Optional[str] = ..., completion: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
 class Example(_message.Message):
-    __slots__ = ("classification",)
+    __slots__ = ("classification", "causal_lm")
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    CAUSAL_LM_FIELD_NUMBER: _ClassVar[int]
     classification: ClassificationExample
-    def __init__(self, classification: _Optional[_Union[ClassificationExample, _Mapping]] = ...) -> None: ...
+    causal_lm: CausalLMExample
+    def __init__(self, classification: _Optional[_Union[ClassificationExample, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMExample, _Mapping]] = ...) -> None: ...
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -43,7 +63,7 @@ class LoraConfig(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OptimizerConfig(_message.Message):
-    __slots__ = ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "seed", "max_seq_length")
+    __slots__ = ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "seed", "max_seq_length", "gradient_accumulation_steps")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +72,7 @@ class OptimizerConfig(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     batch_size: int
     epochs: int
@@ -60,12 +81,37 @@ class OptimizerConfig(_message.Message):
     weight_decay: float
     seed: int
     max_seq_length: int
-    def __init__(self, learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ...) -> None: ...
+    gradient_accumulation_steps: int
+    def __init__(self, learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ...) -> None: ...
+
+class EvaluationConfig(_message.Message):
+    __slots__ = ("eval_every_steps", "metric_for_best", "early_stopping_patience", "calibrate")
+    EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FOR_BEST_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
+    eval_every_steps: int
+    metric_for_best: str
+    early_stopping_patience: int
+    calibrate: bool
+    def __init__(self, eval_every_steps: _Optional[int] = ..., metric_for_best: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., calibrate: _Optional[bool] = ...) -> None: ...
+
+class CausalLMConfig(_message.Message):
+    __slots__ = ("train_on_prompt", "sample_generations")
+    TRAIN_ON_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    train_on_prompt: bool
+    sample_generations: int
+    def __init__(self, train_on_prompt: _Optional[bool] = ..., sample_generations: _Optional[int] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("lora", "optimizer")
+    __slots__ = ("lora", "optimizer", "evaluation", "causal_lm")
     LORA_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    CAUSAL_LM_FIELD_NUMBER: _ClassVar[int]
     lora: LoraConfig
     optimizer: OptimizerConfig
-    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ...) -> None: ...
+    evaluation: EvaluationConfig
+    causal_lm: CausalLMConfig
+    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationConfig, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMConfig, _Mapping]] = ...) -> None: ...

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,17 +7,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_EOS: _ClassVar[FinishReason]
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_EOS: FinishReason
+
+class GenerationParams(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed", "raw_prompt")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    RAW_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    raw_prompt: bool
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., raw_prompt: _Optional[bool] = ...) -> None: ...
+
 class PredictRequest(_message.Message):
-    __slots__ = ("namespace", "adapter", "inputs", "return_probabilities")
+    __slots__ = ("namespace", "adapter", "inputs", "return_probabilities", "generation")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     adapter: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     return_probabilities: bool
-    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., return_probabilities: _Optional[bool] = ...) -> None: ...
+    generation: GenerationParams
+    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., return_probabilities: _Optional[bool] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -36,11 +68,25 @@ class Classification(_message.Message):
     probabilities: _containers.RepeatedCompositeFieldContainer[LabelScore]
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., probabilities: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
 
+class Generation(_message.Message):
+    __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
 class Prediction(_message.Message):
-    __slots__ = ("classification",)
+    __slots__ = ("classification", "generation")
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ...) -> None: ...
+    generation: Generation
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("predictions", "adapter_name", "adapter_version")
@@ -51,3 +97,27 @@ class PredictResponse(_message.Message):
     adapter_name: str
     adapter_version: int
     def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ...) -> None: ...
+
+class PredictStreamRequest(_message.Message):
+    __slots__ = ("namespace", "adapter", "input", "generation")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    adapter: str
+    input: str
+    generation: GenerationParams
+    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., input: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+
+class PredictStreamResponse(_message.Message):
+    __slots__ = ("delta", "final", "adapter_name", "adapter_version")
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    delta: str
+    final: Generation
+    adapter_name: str
+    adapter_version: int
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[Generation, _Mapping]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ...) -> None: ...

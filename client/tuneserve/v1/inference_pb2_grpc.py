@@ -40,6 +40,11 @@ class InferenceServiceStub:
                 request_serializer=tuneserve_dot_v1_dot_inference__pb2.PredictRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_inference__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.unary_stream(
+                '/tuneserve.v1.InferenceService/PredictStream',
+                request_serializer=tuneserve_dot_v1_dot_inference__pb2.PredictStreamRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_inference__pb2.PredictStreamResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -52,6 +57,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictStream(self, request, context):
+        """Causal LM: streams the generated text of one input as it is produced. Cancelling the
+        call stops the generation and frees its batch slot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=tuneserve_dot_v1_dot_inference__pb2.PredictRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_inference__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=tuneserve_dot_v1_dot_inference__pb2.PredictStreamRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_inference__pb2.PredictStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +107,33 @@ class InferenceService:
             '/tuneserve.v1.InferenceService/Predict',
             tuneserve_dot_v1_dot_inference__pb2.PredictRequest.SerializeToString,
             tuneserve_dot_v1_dot_inference__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneserve.v1.InferenceService/PredictStream',
+            tuneserve_dot_v1_dot_inference__pb2.PredictStreamRequest.SerializeToString,
+            tuneserve_dot_v1_dot_inference__pb2.PredictStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

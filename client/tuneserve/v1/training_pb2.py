@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tuneserve.v1 import common_pb2 as tuneserve_dot_v1_dot_common__pb2
+from tuneserve.v1 import datasets_pb2 as tuneserve_dot_v1_dot_datasets__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btuneserve/v1/training.proto\x12\x0ctuneserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tuneserve/v1/common.proto\"\xc9\x02\n\x0cTrainRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x02 \x01(\t\x12$\n\x04task\x18\x03 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12\x30\n\x11training_examples\x18\x04 \x03(\x0b\x32\x15.tuneserve.v1.Example\x12\x32\n\x13validation_examples\x18\x05 \x03(\x0b\x32\x15.tuneserve.v1.Example\x12 \n\x13validation_fraction\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x36\n\x0fhyperparameters\x18\x07 \x01(\x0b\x32\x1d.tuneserve.v1.Hyperparameters\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x16\n\x14_validation_fraction\"@\n\rTrainResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tuneserve.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"g\n\x0bJobProgress\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\x17\n\ntrain_loss\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\r\n\x0b_train_loss\"\x91\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x03 \x01(\t\x12$\n\x04task\x18\x04 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.tuneserve.v1.JobState\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08progress\x18\t \x01(\x0b\x32\x19.tuneserve.v1.JobProgress\x12/\n\x07metrics\x18\n \x03(\x0b\x32\x1e.tuneserve.v1.Job.MetricsEntry\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x0c \x01(\r\x12\x36\n\x0fhyperparameters\x18\r \x01(\x0b\x32\x1d.tuneserve.v1.Hyperparameters\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x16\n\x0etrain_examples\x18\x0f \x01(\r\x12\x1b\n\x13validation_examples\x18\x10 \x01(\r\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\r\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\rGetJobRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tuneserve.v1.Job\"\x89\x01\n\x0fListJobsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.tuneserve.v1.JobState\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.tuneserve.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x10\x43\x61ncelJobRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tuneserve.v1.Job*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xb1\x02\n\x0fTrainingService\x12@\n\x05Train\x12\x1a.tuneserve.v1.TrainRequest\x1a\x1b.tuneserve.v1.TrainResponse\x12\x43\n\x06GetJob\x12\x1b.tuneserve.v1.GetJobRequest\x1a\x1c.tuneserve.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.tuneserve.v1.ListJobsRequest\x1a\x1e.tuneserve.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.tuneserve.v1.CancelJobRequest\x1a\x1f.tuneserve.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btuneserve/v1/training.proto\x12\x0ctuneserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tuneserve/v1/common.proto\x1a\x1btuneserve/v1/datasets.proto\"\xfc\x02\n\x0cTrainRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x02 \x01(\t\x12$\n\x04task\x18\x03 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12\x30\n\x11training_examples\x18\x04 \x03(\x0b\x32\x15.tuneserve.v1.Example\x12\x32\n\x13validation_examples\x18\x05 \x03(\x0b\x32\x15.tuneserve.v1.Example\x12 \n\x13validation_fraction\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x36\n\x0fhyperparameters\x18\x07 \x01(\x0b\x32\x1d.tuneserve.v1.Hyperparameters\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\ndataset_id\x18\t \x01(\t\x12\x1d\n\x15validation_dataset_id\x18\n \x01(\tB\x16\n\x14_validation_fraction\"o\n\rTrainResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tuneserve.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12-\n\x0b\x64\x61ta_report\x18\x03 \x01(\x0b\x32\x18.tuneserve.v1.DataReport\"\xf9\x01\n\x0bJobProgress\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\x17\n\ntrain_loss\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12 \n\x13\x65xamples_per_second\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x0b\x65ta_seconds\x18\x07 \x01(\x02H\x03\x88\x01\x01\x42\r\n\x0b_train_lossB\x10\n\x0e_learning_rateB\x16\n\x14_examples_per_secondB\x0e\n\x0c_eta_seconds\"H\n\x10SampleGeneration\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x11\n\tgenerated\x18\x03 \x01(\t\"\xca\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x03 \x01(\t\x12$\n\x04task\x18\x04 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.tuneserve.v1.JobState\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08progress\x18\t \x01(\x0b\x32\x19.tuneserve.v1.JobProgress\x12/\n\x07metrics\x18\n \x03(\x0b\x32\x1e.tuneserve.v1.Job.MetricsEntry\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x0c \x01(\r\x12\x36\n\x0fhyperparameters\x18\r \x01(\x0b\x32\x1d.tuneserve.v1.Hyperparameters\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x16\n\x0etrain_examples\x18\x0f \x01(\r\x12\x1b\n\x13validation_examples\x18\x10 \x01(\r\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\r\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0b\x64\x61ta_report\x18\x13 \x01(\x0b\x32\x18.tuneserve.v1.DataReport\x12\x12\n\ndataset_id\x18\x14 \x01(\t\x12\x1d\n\x15validation_dataset_id\x18\x15 \x01(\t\x12:\n\x12sample_generations\x18\x16 \x03(\x0b\x32\x1e.tuneserve.v1.SampleGeneration\x12\x19\n\x11resumed_from_step\x18\x17 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\rGetJobRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tuneserve.v1.Job\"\x89\x01\n\x0fListJobsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.tuneserve.v1.JobState\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.tuneserve.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x10\x43\x61ncelJobRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tuneserve.v1.Job\"L\n\x0fWatchJobRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\"\xcb\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04type\x18\x04 \x01(\x0e\x32\x1a.tuneserve.v1.JobEventType\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.tuneserve.v1.JobState\x12+\n\x08progress\x18\x06 \x01(\x0b\x32\x19.tuneserve.v1.JobProgress\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.tuneserve.v1.JobEvent.MetricsEntry\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"9\n\x10WatchJobResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.tuneserve.v1.JobEvent*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xd9\x01\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14JOB_EVENT_TYPE_STATE\x10\x01\x12\x1b\n\x17JOB_EVENT_TYPE_PROGRESS\x10\x02\x12\x1d\n\x19JOB_EVENT_TYPE_EVALUATION\x10\x03\x12\x1d\n\x19JOB_EVENT_TYPE_CHECKPOINT\x10\x04\x12\x1a\n\x16JOB_EVENT_TYPE_WARNING\x10\x05\x12\x18\n\x14JOB_EVENT_TYPE_ERROR\x10\x06\x32\xfe\x02\n\x0fTrainingService\x12@\n\x05Train\x12\x1a.tuneserve.v1.TrainRequest\x1a\x1b.tuneserve.v1.TrainResponse\x12\x43\n\x06GetJob\x12\x1b.tuneserve.v1.GetJobRequest\x1a\x1c.tuneserve.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.tuneserve.v1.ListJobsRequest\x1a\x1e.tuneserve.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.tuneserve.v1.CancelJobRequest\x1a\x1f.tuneserve.v1.CancelJobResponse\x12K\n\x08WatchJob\x12\x1d.tuneserve.v1.WatchJobRequest\x1a\x1e.tuneserve.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_METRICSENTRY']._loaded_options = None
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1697
-  _globals['_JOBSTATE']._serialized_end=1851
-  _globals['_TRAINREQUEST']._serialized_start=106
-  _globals['_TRAINREQUEST']._serialized_end=435
-  _globals['_TRAINRESPONSE']._serialized_start=437
-  _globals['_TRAINRESPONSE']._serialized_end=501
-  _globals['_JOBPROGRESS']._serialized_start=503
-  _globals['_JOBPROGRESS']._serialized_end=606
-  _globals['_JOB']._serialized_start=609
-  _globals['_JOB']._serialized_end=1266
-  _globals['_JOB_METRICSENTRY']._serialized_start=1220
-  _globals['_JOB_METRICSENTRY']._serialized_end=1266
-  _globals['_GETJOBREQUEST']._serialized_start=1268
-  _globals['_GETJOBREQUEST']._serialized_end=1318
-  _globals['_GETJOBRESPONSE']._serialized_start=1320
-  _globals['_GETJOBRESPONSE']._serialized_end=1368
-  _globals['_LISTJOBSREQUEST']._serialized_start=1371
-  _globals['_LISTJOBSREQUEST']._serialized_end=1508
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1510
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1586
-  _globals['_CANCELJOBREQUEST']._serialized_start=1588
-  _globals['_CANCELJOBREQUEST']._serialized_end=1641
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1643
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1694
-  _globals['_TRAININGSERVICE']._serialized_start=1854
-  _globals['_TRAININGSERVICE']._serialized_end=2159
+  _globals['_JOBEVENT_METRICSENTRY']._loaded_options = None
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=2701
+  _globals['_JOBSTATE']._serialized_end=2855
+  _globals['_JOBEVENTTYPE']._serialized_start=2858
+  _globals['_JOBEVENTTYPE']._serialized_end=3075
+  _globals['_TRAINREQUEST']._serialized_start=135
+  _globals['_TRAINREQUEST']._serialized_end=515
+  _globals['_TRAINRESPONSE']._serialized_start=517
+  _globals['_TRAINRESPONSE']._serialized_end=628
+  _globals['_JOBPROGRESS']._serialized_start=631
+  _globals['_JOBPROGRESS']._serialized_end=880
+  _globals['_SAMPLEGENERATION']._serialized_start=882
+  _globals['_SAMPLEGENERATION']._serialized_end=954
+  _globals['_JOB']._serialized_start=957
+  _globals['_JOB']._serialized_end=1799
+  _globals['_JOB_METRICSENTRY']._serialized_start=1753
+  _globals['_JOB_METRICSENTRY']._serialized_end=1799
+  _globals['_GETJOBREQUEST']._serialized_start=1801
+  _globals['_GETJOBREQUEST']._serialized_end=1851
+  _globals['_GETJOBRESPONSE']._serialized_start=1853
+  _globals['_GETJOBRESPONSE']._serialized_end=1901
+  _globals['_LISTJOBSREQUEST']._serialized_start=1904
+  _globals['_LISTJOBSREQUEST']._serialized_end=2041
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2043
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2119
+  _globals['_CANCELJOBREQUEST']._serialized_start=2121
+  _globals['_CANCELJOBREQUEST']._serialized_end=2174
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2176
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2227
+  _globals['_WATCHJOBREQUEST']._serialized_start=2229
+  _globals['_WATCHJOBREQUEST']._serialized_end=2305
+  _globals['_JOBEVENT']._serialized_start=2308
+  _globals['_JOBEVENT']._serialized_end=2639
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=1753
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=1799
+  _globals['_WATCHJOBRESPONSE']._serialized_start=2641
+  _globals['_WATCHJOBRESPONSE']._serialized_end=2698
+  _globals['_TRAININGSERVICE']._serialized_start=3078
+  _globals['_TRAININGSERVICE']._serialized_end=3460
 # @@protoc_insertion_point(module_scope)

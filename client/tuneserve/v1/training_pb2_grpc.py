@@ -55,6 +55,11 @@ class TrainingServiceStub:
                 request_serializer=tuneserve_dot_v1_dot_training__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_training__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/tuneserve.v1.TrainingService/WatchJob',
+                request_serializer=tuneserve_dot_v1_dot_training__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_training__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -88,6 +93,16 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJob(self, request, context):
+        """The job's events in order: state changes, progress, evaluations, checkpoints, warnings,
+        errors. Replays every event after `after_sequence`, then follows live until the job
+        ends (the stream then completes). Reconnect with the last sequence seen to resume
+        without gaps or duplicates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +125,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=tuneserve_dot_v1_dot_training__pb2.CancelJobRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_training__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=tuneserve_dot_v1_dot_training__pb2.WatchJobRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_training__pb2.WatchJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +241,33 @@ class TrainingService:
             '/tuneserve.v1.TrainingService/CancelJob',
             tuneserve_dot_v1_dot_training__pb2.CancelJobRequest.SerializeToString,
             tuneserve_dot_v1_dot_training__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneserve.v1.TrainingService/WatchJob',
+            tuneserve_dot_v1_dot_training__pb2.WatchJobRequest.SerializeToString,
+            tuneserve_dot_v1_dot_training__pb2.WatchJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
