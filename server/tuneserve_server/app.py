@@ -18,7 +18,9 @@ from grpc_reflection.v1alpha import reflection
 from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
 from tuneserve.v1 import training_pb2, training_pb2_grpc
 from tuneserve_server.api.interceptors import RequestContextInterceptor
-from tuneserve_server.api.servicers import AdapterServicer, InferenceServicer, TrainingServicer
+from tuneserve_server.api.adapter_servicer import AdapterServicer
+from tuneserve_server.api.inference_servicer import InferenceServicer
+from tuneserve_server.api.training_servicer import TrainingServicer
 from tuneserve_server.config import ConfigError, Settings
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics

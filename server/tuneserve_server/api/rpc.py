@@ -1,0 +1,40 @@
+"""What every servicer shares: `rpc` turns any exception into a status through the one
+table in status_map, so handlers only validate, convert, delegate and convert back. Blocking
+store calls run in a thread, torch work on the engine's executor: the event loop only routes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from tuneserve_server.api.status_map import abort_with
+from tuneserve_server.errors import InvalidRequest
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def rpc(fn: Handler[R]) -> Handler[R]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await fn(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def require_id(value: str, field: str = "job_id") -> str:
+    if not value:
+        raise InvalidRequest.field(field, "is required")
+    return value
+
+
