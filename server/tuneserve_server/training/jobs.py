@@ -56,27 +56,96 @@ class OptimizerSettings:
     weight_decay: float = 0.01
     seed: int = 42
     max_seq_length: int = 128
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    eval_every_steps: int = 0  # 0: at the end of every epoch
+    metric_for_best: str = ""  # "": the task's default (macro_f1 / eval_loss)
+    early_stopping_patience: int = 0  # 0: never stop early
+    calibrate: bool = True
+
+
+@dataclass(frozen=True)
+class CausalLMSettings:
+    train_on_prompt: bool = False
+    sample_generations: int = 3
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
     lora: LoraSettings = field(default_factory=LoraSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    causal_lm: CausalLMSettings = field(default_factory=CausalLMSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hyperparameters:
+        # Rows written before a section existed read back with that section's defaults.
         lora = dict(data.get("lora", {}))
         lora["target_modules"] = tuple(lora.get("target_modules", ()))
-        return cls(LoraSettings(**lora), OptimizerSettings(**data.get("optimizer", {})))
+        return cls(
+            LoraSettings(**lora),
+            OptimizerSettings(**data.get("optimizer", {})),
+            EvaluationSettings(**data.get("evaluation", {})),
+            CausalLMSettings(**data.get("causal_lm", {})),
+        )
 
 
 @dataclass(frozen=True)
 class LabelledText:
+    """A classification example."""
+
     text: str
     label: str
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str  # system | user | assistant
+    content: str
+
+
+@dataclass(frozen=True)
+class CausalExample:
+    """A causal-LM example: prompt + completion, or a conversation whose last turn is the
+    assistant reply to learn."""
+
+    prompt: str = ""
+    completion: str = ""
+    messages: tuple[ChatTurn, ...] = ()
+
+    def conversation(self) -> tuple[ChatTurn, ...]:
+        """The example as chat turns; the last one is the assistant reply."""
+        if self.messages:
+            return self.messages
+        return (ChatTurn("user", self.prompt), ChatTurn("assistant", self.completion))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.messages:
+            return {"messages": [[m.role, m.content] for m in self.messages]}
+        return {"prompt": self.prompt, "completion": self.completion}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CausalExample:
+        if "messages" in data:
+            return cls(messages=tuple(ChatTurn(r, c) for r, c in data["messages"]))
+        return cls(prompt=data["prompt"], completion=data["completion"])
+
+
+Example = LabelledText | CausalExample
+
+
+def _example_json(e: Example) -> Any:
+    return [e.text, e.label] if isinstance(e, LabelledText) else e.to_json()
+
+
+def _example_from_json(data: Any) -> Example:
+    return CausalExample.from_json(data) if isinstance(data, dict) else LabelledText(*data)
 
 
 @dataclass(frozen=True)
@@ -87,9 +156,11 @@ class JobSpec:
     adapter_name: str
     task: TaskType
     request_id: str
-    train: tuple[LabelledText, ...]
-    validation: tuple[LabelledText, ...]
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
     hyperparameters: Hyperparameters
+    dataset_id: str = ""
+    validation_dataset_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,9 +168,11 @@ class JobSpec:
             "adapter_name": self.adapter_name,
             "task": self.task.value,
             "request_id": self.request_id,
-            "train": [[e.text, e.label] for e in self.train],
-            "validation": [[e.text, e.label] for e in self.validation],
+            "train": [_example_json(e) for e in self.train],
+            "validation": [_example_json(e) for e in self.validation],
             "hyperparameters": self.hyperparameters.to_dict(),
+            "dataset_id": self.dataset_id,
+            "validation_dataset_id": self.validation_dataset_id,
         }
 
     @classmethod
@@ -109,9 +182,11 @@ class JobSpec:
             adapter_name=data["adapter_name"],
             task=TaskType(data["task"]),
             request_id=data["request_id"],
-            train=tuple(LabelledText(t, lab) for t, lab in data["train"]),
-            validation=tuple(LabelledText(t, lab) for t, lab in data["validation"]),
+            train=tuple(_example_from_json(e) for e in data["train"]),
+            validation=tuple(_example_from_json(e) for e in data["validation"]),
             hyperparameters=Hyperparameters.from_dict(data["hyperparameters"]),
+            dataset_id=data.get("dataset_id", ""),
+            validation_dataset_id=data.get("validation_dataset_id", ""),
         )
 
 
@@ -121,6 +196,9 @@ class JobProgress:
     total_steps: int = 0
     epoch: int = 0
     train_loss: float | None = None
+    learning_rate: float | None = None
+    examples_per_second: float | None = None
+    eta_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +222,35 @@ class Job:
     adapter_version: int = 0
     attempts: int = 0
     cancel_requested: bool = False
+    dataset_id: str = ""
+    validation_dataset_id: str = ""
+    data_report: dict[str, Any] = field(default_factory=dict)  # DataReport.to_dict()
+    # Causal LM: [{"prompt", "reference", "generated"}, ...] from the final adapter.
+    sample_generations: list[dict[str, str]] = field(default_factory=list)
+    resumed_from_step: int = 0
 
     def with_(self, **changes: Any) -> Job:
         return replace(self, **changes)
+
+
+class EventType(str, enum.Enum):
+    STATE = "state"
+    PROGRESS = "progress"
+    EVALUATION = "evaluation"
+    CHECKPOINT = "checkpoint"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event log; `sequence` is 1, 2, 3, ... per job, without gaps."""
+
+    job_id: str
+    type: EventType
+    sequence: int = 0  # assigned by the store on append
+    time: datetime | None = None
+    state: JobState | None = None
+    progress: JobProgress | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
