@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState
+from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.training.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
 
 
 class LeaseLost(Exception):
@@ -18,8 +18,9 @@ class LeaseLost(Exception):
 
 class JobStore(Protocol):
     # --- jobs, caller side
-    def create_job(self, spec: JobSpec) -> tuple[Job, bool]:
-        """Insert a QUEUED job; idempotent on (namespace, request_id): returns (job, created)."""
+    def create_job(self, spec: JobSpec, report: dict | None = None) -> tuple[Job, bool]:
+        """Insert a QUEUED job (with the data report it passed); idempotent on
+        (namespace, request_id): returns (job, created)."""
 
     def get_job(self, namespace: str, job_id: str) -> Job: ...
 
@@ -52,15 +53,62 @@ class JobStore(Protocol):
         Raises LeaseLost when the job is no longer this worker's."""
 
     def complete_job(
-        self, job_id: str, worker_id: str, metrics: dict[str, float], adapter: AdapterVersionRecord
+        self,
+        job_id: str,
+        worker_id: str,
+        metrics: dict[str, float],
+        adapter: AdapterVersionRecord,
+        outputs: dict | None = None,
     ) -> Job:
-        """Mark SUCCEEDED and register the adapter version, in one transaction."""
+        """Mark SUCCEEDED and register the adapter version, in one transaction. `outputs`:
+        what the job produced besides the adapter ({"sample_generations": [...]})."""
 
     def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:
         """Mark FAILED or CANCELLED."""
 
     def release_job(self, job_id: str, worker_id: str) -> Job:
         """Give a RUNNING job back to the queue (worker shutdown); the attempt is not counted."""
+
+    def record_resume(self, job_id: str, worker_id: str, step: int) -> None:
+        """Note that this attempt resumed from a checkpoint at `step` (and log an event)."""
+
+    # --- job events: every state change is logged by the store in the same transaction
+    def append_events(self, job_id: str, events: Sequence[JobEvent]) -> list[int]:
+        """Append events (their sequence numbers are assigned here: 1, 2, 3, ... per job,
+        without gaps); returns the sequence numbers."""
+
+    def list_events(
+        self, namespace: str, job_id: str, after_seq: int = 0, limit: int = 500
+    ) -> list[JobEvent]:
+        """Events with sequence > after_seq, in order. NotFound for a job not in namespace."""
+
+    # --- datasets: uploads arrive in chunks, are verified and parsed, then stored whole
+    def begin_upload(
+        self, namespace: str, upload_id: str, header: dict
+    ) -> UploadState | DatasetRecord:
+        """Start or resume an upload (AlreadyExists when upload_id names another file); a
+        finished upload_id returns its dataset."""
+
+    def add_upload_chunk(self, namespace: str, upload_id: str, offset: int, data: bytes) -> int:
+        """Append bytes at `offset`, which must equal the bytes received so far; returns
+        the new total."""
+
+    def upload_bytes(self, namespace: str, upload_id: str) -> bytes: ...
+
+    def discard_upload(self, namespace: str, upload_id: str) -> None: ...
+
+    def finish_upload(self, record: DatasetRecord, content: bytes) -> tuple[DatasetRecord, bool]:
+        """Store the dataset and drop its upload, in one transaction; (dataset, created)."""
+
+    def get_dataset(self, namespace: str, dataset_id: str) -> DatasetRecord: ...
+
+    def dataset_content(self, namespace: str, dataset_id: str) -> bytes: ...
+
+    def list_datasets(
+        self, namespace: str, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[DatasetRecord], str]: ...
+
+    def delete_dataset(self, namespace: str, dataset_id: str) -> None: ...
 
     # --- adapter registry
     def reserve_adapter_version(self, namespace: str, name: str) -> int:

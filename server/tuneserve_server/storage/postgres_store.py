@@ -52,13 +52,20 @@ from psycopg_pool import ConnectionPool
 
 from tuneserve_server.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from tuneserve_server.storage.job_store import LeaseLost
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.storage.rows import adapter_from_row, job_from_row
+from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.storage.rows import (
+    PROGRESS_EXTRAS,
+    adapter_from_row,
+    dataset_from_row,
+    event_body_json,
+    event_from_row,
+    job_from_row,
+)
 
 # The paging rules are the reference implementation's, shared so both stores accept and
 # refuse exactly the same page sizes and tokens.
 from tuneserve_server.storage.sqlite_store import _page_after, _page_size
-from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState
+from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 REGISTRY_CHANNEL = "tuneserve_registry"
@@ -215,20 +222,25 @@ class PostgresStore:
             yield conn
 
     # ------------------------------------------------------------------ jobs, caller side
-    def create_job(self, spec: JobSpec) -> tuple[Job, bool]:
+    def create_job(self, spec: JobSpec, report: dict | None = None) -> tuple[Job, bool]:
         if _nul(spec.request_id):
             raise InvalidRequest.field("request_id", "must not contain NUL characters")
         spec_json = json.dumps(spec.to_dict(), separators=(",", ":"), sort_keys=True)
         fingerprint = hashlib.sha256(spec_json.encode()).hexdigest()
+        info_json = json.dumps({
+            "dataset_id": spec.dataset_id,
+            "validation_dataset_id": spec.validation_dataset_id,
+            "data_report": report or {},
+        })
         job_id = "job-" + uuid.uuid4().hex[:20]
-        with self._conn() as db:
+        with self._tx() as db:
             # ON CONFLICT DO NOTHING waits for a concurrent insert of the same key to commit
             # or roll back, so two racing submits of one request_id make one job.
             row = db.execute(
                 """INSERT INTO jobs (id, namespace, request_id, fingerprint, adapter_name, task,
                    state, spec_json, hyperparameters_json, train_examples, validation_examples,
-                   created_at, updated_at)
-                   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, now(), now())
+                   created_at, updated_at, info_json)
+                   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, now(), now(), %s)
                    ON CONFLICT (namespace, request_id) DO NOTHING RETURNING *""",
                 (
                     job_id,
@@ -242,9 +254,11 @@ class PostgresStore:
                     json.dumps(spec.hyperparameters.to_dict()),
                     len(spec.train),
                     len(spec.validation),
+                    _text(info_json),
                 ),
             ).fetchone()
             if row is not None:
+                self._state_event(db, job_id, JobState.QUEUED, "queued")
                 return self._job(row), True
             row = db.execute(
                 "SELECT * FROM jobs WHERE namespace = %s AND request_id = %s",
@@ -323,6 +337,7 @@ class PostgresStore:
                        error = 'cancelled by request' WHERE id = %s RETURNING *""",
                     (JobState.CANCELLED.value, job_id),
                 ).fetchone()
+                self._state_event(db, job_id, JobState.CANCELLED, "cancelled by request")
             else:
                 row = db.execute(
                     """UPDATE jobs SET cancel_requested = TRUE, updated_at = now()
@@ -346,6 +361,11 @@ class PostgresStore:
                    RETURNING *""",
                 (_RUNNING, worker_id, lease_seconds, _QUEUED, _QUEUED),
             ).fetchone()
+            if row is not None:
+                self._state_event(
+                    db, row["id"], JobState.RUNNING,
+                    f"started by worker {worker_id} (attempt {row['attempts']})",
+                )
         if row is None:
             return None
         return self._job(row), JobSpec.from_dict(json.loads(row["spec_json"]))
@@ -355,7 +375,7 @@ class PostgresStore:
         once max_attempts workers have lost the job. Rows another transaction holds (a
         heartbeat renewing, another reaper) are skipped, and a row whose lease was renewed
         after this statement began fails the re-checked WHERE clause and is left alone."""
-        db.execute(
+        reaped = db.execute(
             """UPDATE jobs SET
                  state = CASE WHEN cancel_requested THEN %(cancelled)s
                               WHEN attempts >= %(max)s THEN %(failed)s
@@ -369,7 +389,8 @@ class PostgresStore:
                  updated_at = now(), lease_owner = NULL, lease_expires = NULL
                WHERE seq IN (SELECT seq FROM jobs WHERE state = %(running)s AND lease_expires < now()
                              FOR UPDATE SKIP LOCKED)
-                 AND state = %(running)s AND lease_expires < now()""",
+                 AND state = %(running)s AND lease_expires < now()
+               RETURNING id, state, error""",
             {
                 "cancelled": JobState.CANCELLED.value,
                 "failed": JobState.FAILED.value,
@@ -377,7 +398,13 @@ class PostgresStore:
                 "running": _RUNNING,
                 "max": self.max_attempts,
             },
-        )
+        ).fetchall()
+        for row in reaped:  # the UPDATE holds these rows' locks: event seqs stay in order
+            state = JobState(row["state"])
+            message = row["error"] if state.terminal else (
+                "the worker's lease expired; queued again to resume from its last checkpoint"
+            )
+            self._state_event(db, row["id"], state, message)
 
     @staticmethod
     def _lock_owned(db: psycopg.Connection[dict[str, Any]], job_id: str, worker_id: str) -> None:
@@ -394,7 +421,8 @@ class PostgresStore:
         with self._conn() as db:
             row = db.execute(
                 """UPDATE jobs SET lease_expires = now() + make_interval(secs => %s), step = %s,
-                   total_steps = %s, epoch = %s, train_loss = %s, updated_at = now()
+                   total_steps = %s, epoch = %s, train_loss = %s, updated_at = now(),
+                   progress_json = (progress_json::jsonb || %s::jsonb)::text
                    WHERE id = %s AND state = %s AND lease_owner = %s
                    RETURNING cancel_requested""",
                 (
@@ -403,6 +431,7 @@ class PostgresStore:
                     progress.total_steps,
                     progress.epoch,
                     progress.train_loss,
+                    json.dumps({k: getattr(progress, k) for k in PROGRESS_EXTRAS}),
                     job_id,
                     _RUNNING,
                     worker_id,
@@ -413,7 +442,12 @@ class PostgresStore:
         return bool(row["cancel_requested"])
 
     def complete_job(
-        self, job_id: str, worker_id: str, metrics: dict[str, float], adapter: AdapterVersionRecord
+        self,
+        job_id: str,
+        worker_id: str,
+        metrics: dict[str, float],
+        adapter: AdapterVersionRecord,
+        outputs: dict | None = None,
     ) -> Job:
         with self._tx() as db:
             self._lock_owned(db, job_id, worker_id)  # lock order: jobs row, then the clock
@@ -439,37 +473,275 @@ class PostgresStore:
             row = db.execute(
                 """UPDATE jobs SET state = %s, metrics_json = %s, adapter_version = %s,
                    finished_at = now(), updated_at = now(), lease_owner = NULL,
-                   lease_expires = NULL WHERE id = %s RETURNING *""",
-                (JobState.SUCCEEDED.value, json.dumps(metrics), adapter.version, job_id),
+                   lease_expires = NULL, outputs_json = %s WHERE id = %s RETURNING *""",
+                (
+                    JobState.SUCCEEDED.value, json.dumps(metrics), adapter.version,
+                    _text(json.dumps(outputs or {})), job_id,
+                ),
             ).fetchone()
+            self._state_event(
+                db, job_id, JobState.SUCCEEDED,
+                f"published adapter {adapter.name}@{adapter.version}", metrics,
+            )
             self._notify(db, seq)
         return self._job(row)
 
     def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:
         if state not in (JobState.FAILED, JobState.CANCELLED):
             raise ValueError(f"finish_job takes FAILED or CANCELLED, not {state}")
-        with self._conn() as db:
+        with self._tx() as db:
             row = db.execute(
                 """UPDATE jobs SET state = %s, error = %s, finished_at = now(), updated_at = now(),
                    lease_owner = NULL, lease_expires = NULL
                    WHERE id = %s AND state = %s AND lease_owner = %s RETURNING *""",
                 (state.value, _text(error), job_id, _RUNNING, worker_id),
             ).fetchone()
-        if row is None:
-            raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
+            if row is None:
+                raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
+            if state is JobState.FAILED:
+                self._event(db, JobEvent(job_id, EventType.ERROR, message=error))
+            self._state_event(db, job_id, state, error)
         return self._job(row)
 
     def release_job(self, job_id: str, worker_id: str) -> Job:
-        with self._conn() as db:
+        with self._tx() as db:
             row = db.execute(
                 """UPDATE jobs SET state = %s, attempts = GREATEST(attempts - 1, 0),
                    lease_owner = NULL, lease_expires = NULL, updated_at = now()
                    WHERE id = %s AND state = %s AND lease_owner = %s RETURNING *""",
                 (_QUEUED, job_id, _RUNNING, worker_id),
             ).fetchone()
-        if row is None:
-            raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
+            if row is None:
+                raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
+            self._state_event(
+                db, job_id, JobState.QUEUED,
+                "released by a stopping worker after a checkpoint; it resumes from there",
+            )
         return self._job(row)
+
+    def record_resume(self, job_id: str, worker_id: str, step: int) -> None:
+        with self._tx() as db:
+            row = db.execute(
+                """UPDATE jobs SET updated_at = now(),
+                   progress_json = (progress_json::jsonb || %s::jsonb)::text
+                   WHERE id = %s AND state = %s AND lease_owner = %s
+                   RETURNING total_steps, epoch""",
+                (json.dumps({"resumed_from_step": step}), job_id, _RUNNING, worker_id),
+            ).fetchone()
+            if row is None:
+                raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
+            self._event(db, JobEvent(
+                job_id, EventType.CHECKPOINT, message=f"resumed from the checkpoint at step {step}",
+                progress=JobProgress(step=step, total_steps=row["total_steps"], epoch=row["epoch"]),
+            ))
+
+    # ------------------------------------------------------------------ job events
+    def append_events(self, job_id: str, events: Sequence[JobEvent]) -> list[int]:
+        with self._tx() as db:
+            # The job row's lock orders this append against every other one for the job.
+            if db.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone() is None:
+                raise NotFound(f"job {job_id!r} not found")
+            return [self._event(db, e) for e in events]
+
+    def list_events(
+        self, namespace: str, job_id: str, after_seq: int = 0, limit: int = 500
+    ) -> list[JobEvent]:
+        if _nul(namespace, job_id):
+            raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+        with self._conn() as db:
+            if db.execute(
+                "SELECT 1 FROM jobs WHERE id = %s AND namespace = %s", (job_id, namespace)
+            ).fetchone() is None:
+                raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+            rows = db.execute(
+                "SELECT * FROM job_events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (job_id, after_seq, limit),
+            ).fetchall()
+        return [event_from_row(r, _ts) for r in rows]
+
+    @staticmethod
+    def _event(db: psycopg.Connection[dict[str, Any]], event: JobEvent) -> int:
+        """Append under the job row's lock, which the caller's transaction holds."""
+        row = db.execute(
+            """INSERT INTO job_events (job_id, seq, time, type, body_json)
+               SELECT %s, COALESCE(MAX(seq), 0) + 1, now(), %s, %s FROM job_events
+               WHERE job_id = %s RETURNING seq""",
+            (event.job_id, event.type.value, _text(event_body_json(event)), event.job_id),
+        ).fetchone()
+        return int(row["seq"])
+
+    def _state_event(
+        self,
+        db: psycopg.Connection[dict[str, Any]],
+        job_id: str,
+        state: JobState,
+        message: str,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        self._event(db, JobEvent(job_id, EventType.STATE, state=state, message=message,
+                                 metrics=metrics or {}))
+
+    # ------------------------------------------------------------------ datasets
+    _DATASET_COLUMNS = """seq, id, namespace, upload_id, display_name, task, format, size_bytes,
+        sha256, rows, usable_rows, report_json, text_field, label_field, created_at"""
+
+    def begin_upload(
+        self, namespace: str, upload_id: str, header: dict
+    ) -> UploadState | DatasetRecord:
+        if _nul(namespace, upload_id):
+            raise InvalidRequest.field("header.upload_id", "must not contain NUL characters")
+        header_json = _text(json.dumps(header, sort_keys=True))
+        with self._tx() as db:
+            done = db.execute(
+                f"SELECT {self._DATASET_COLUMNS} FROM datasets WHERE namespace = %s AND upload_id = %s",
+                (namespace, upload_id),
+            ).fetchone()
+            if done is not None:
+                if (done["sha256"], done["size_bytes"]) != (header["sha256"], header["size_bytes"]):
+                    raise AlreadyExists(
+                        f"upload_id {upload_id!r} already uploaded a different file "
+                        f"(dataset {done['id']})"
+                    )
+                return dataset_from_row(done, _ts)
+            db.execute(
+                """INSERT INTO dataset_uploads (namespace, upload_id, header_json, created_at)
+                   VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING""",
+                (namespace, upload_id, header_json),
+            )
+            row = db.execute(
+                """SELECT header_json, received FROM dataset_uploads
+                   WHERE namespace = %s AND upload_id = %s""",
+                (namespace, upload_id),
+            ).fetchone()
+        if json.loads(row["header_json"]) != json.loads(header_json):
+            raise AlreadyExists(
+                f"upload_id {upload_id!r} is in use by an upload of a different file; "
+                "use a new upload_id"
+            )
+        return UploadState(namespace, upload_id, header, int(row["received"]))
+
+    def add_upload_chunk(self, namespace: str, upload_id: str, offset: int, data: bytes) -> int:
+        with self._tx() as db:
+            row = db.execute(
+                """SELECT received FROM dataset_uploads WHERE namespace = %s AND upload_id = %s
+                   FOR UPDATE""",
+                (namespace, upload_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"upload {upload_id!r} not found in namespace {namespace!r}")
+            if offset != row["received"]:
+                raise FailedPrecondition(
+                    f"chunk at offset {offset} does not continue the upload, which has "
+                    f"{row['received']} bytes; send from offset {row['received']}"
+                )
+            db.execute(
+                """INSERT INTO dataset_upload_chunks (namespace, upload_id, start_byte, data)
+                   VALUES (%s, %s, %s, %s)""",
+                (namespace, upload_id, offset, data),
+            )
+            received = offset + len(data)
+            db.execute(
+                "UPDATE dataset_uploads SET received = %s WHERE namespace = %s AND upload_id = %s",
+                (received, namespace, upload_id),
+            )
+        return received
+
+    def upload_bytes(self, namespace: str, upload_id: str) -> bytes:
+        with self._conn() as db:
+            rows = db.execute(
+                """SELECT data FROM dataset_upload_chunks WHERE namespace = %s AND upload_id = %s
+                   ORDER BY start_byte""",
+                (namespace, upload_id),
+            ).fetchall()
+        return b"".join(bytes(r["data"]) for r in rows)
+
+    def discard_upload(self, namespace: str, upload_id: str) -> None:
+        with self._tx() as db:
+            self._drop_upload(db, namespace, upload_id)
+
+    @staticmethod
+    def _drop_upload(db: psycopg.Connection[dict[str, Any]], namespace: str, upload_id: str) -> None:
+        for table in ("dataset_upload_chunks", "dataset_uploads"):
+            db.execute(
+                f"DELETE FROM {table} WHERE namespace = %s AND upload_id = %s", (namespace, upload_id)
+            )
+
+    def finish_upload(self, record: DatasetRecord, content: bytes) -> tuple[DatasetRecord, bool]:
+        with self._tx() as db:
+            row = db.execute(
+                f"""INSERT INTO datasets (id, namespace, upload_id, display_name, task, format,
+                   size_bytes, sha256, rows, usable_rows, report_json, text_field, label_field,
+                   created_at, content)
+                   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, now(), %s)
+                   ON CONFLICT (namespace, upload_id) DO NOTHING
+                   RETURNING {self._DATASET_COLUMNS}""",
+                (
+                    record.id, record.namespace, record.upload_id, _text(record.display_name),
+                    record.task.value, record.format, record.size_bytes, record.sha256,
+                    record.rows, record.usable_rows, _text(json.dumps(record.report)),
+                    record.text_field, record.label_field, content,
+                ),
+            ).fetchone()
+            created = row is not None
+            if not created:
+                row = db.execute(
+                    f"""SELECT {self._DATASET_COLUMNS} FROM datasets
+                        WHERE namespace = %s AND upload_id = %s""",
+                    (record.namespace, record.upload_id),
+                ).fetchone()
+            self._drop_upload(db, record.namespace, record.upload_id)
+        return dataset_from_row(row, _ts), created
+
+    def get_dataset(self, namespace: str, dataset_id: str) -> DatasetRecord:
+        row = None
+        if not _nul(namespace, dataset_id):
+            with self._conn() as db:
+                row = db.execute(
+                    f"SELECT {self._DATASET_COLUMNS} FROM datasets WHERE id = %s AND namespace = %s",
+                    (dataset_id, namespace),
+                ).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found in namespace {namespace!r}")
+        return dataset_from_row(row, _ts)
+
+    def dataset_content(self, namespace: str, dataset_id: str) -> bytes:
+        row = None
+        if not _nul(namespace, dataset_id):
+            with self._conn() as db:
+                row = db.execute(
+                    "SELECT content FROM datasets WHERE id = %s AND namespace = %s",
+                    (dataset_id, namespace),
+                ).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found in namespace {namespace!r}")
+        return bytes(row["content"])
+
+    def list_datasets(
+        self, namespace: str, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[DatasetRecord], str]:
+        size = _page_size(page_size)
+        after = _page_after(page_token)
+        if _nul(namespace):
+            return [], ""
+        sql = f"SELECT {self._DATASET_COLUMNS} FROM datasets WHERE namespace = %s"
+        args: list[object] = [namespace]
+        if after is not None:
+            sql += " AND seq < %s"
+            args.append(after)
+        with self._conn() as db:
+            rows = db.execute(sql + " ORDER BY seq DESC LIMIT %s", [*args, size + 1]).fetchall()
+        token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
+        return [dataset_from_row(r, _ts) for r in rows[:size]], token
+
+    def delete_dataset(self, namespace: str, dataset_id: str) -> None:
+        gone = 0
+        if not _nul(namespace, dataset_id):
+            with self._conn() as db:
+                gone = db.execute(
+                    "DELETE FROM datasets WHERE id = %s AND namespace = %s", (dataset_id, namespace)
+                ).rowcount
+        if not gone:
+            raise NotFound(f"dataset {dataset_id!r} not found in namespace {namespace!r}")
 
     # ------------------------------------------------------------------ adapter registry
     def reserve_adapter_version(self, namespace: str, name: str) -> int:

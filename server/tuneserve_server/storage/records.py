@@ -27,3 +27,33 @@ class AdapterVersionRecord:
     # Monotonic change counter across the registry: replicas poll for seq > last seen.
     seq: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """An uploaded training file, stored once, trained from by id."""
+
+    id: str
+    namespace: str
+    display_name: str
+    task: TaskType
+    format: str  # "jsonl" | "csv"
+    size_bytes: int
+    sha256: str
+    rows: int
+    usable_rows: int
+    report: dict[str, object]  # DataReport.to_dict() of the file on its own
+    text_field: str
+    label_field: str
+    upload_id: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """An upload in progress: the header it started with and how many bytes have arrived."""
+
+    namespace: str
+    upload_id: str
+    header: dict[str, object]
+    received: int

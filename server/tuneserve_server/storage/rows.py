@@ -8,13 +8,39 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import Hyperparameters, Job, JobProgress, JobState, TaskType
+from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord
+from tuneserve_server.training.jobs import (
+    EventType,
+    Hyperparameters,
+    Job,
+    JobEvent,
+    JobProgress,
+    JobState,
+    TaskType,
+)
 
 Timestamp = Callable[[Any], datetime | None]
 
 
+# JobProgress fields beyond the four with columns of their own live in progress_json.
+PROGRESS_EXTRAS = ("learning_rate", "examples_per_second", "eta_seconds")
+
+
+def progress_extras_json(progress: JobProgress, resumed_from_step: int | None = None) -> str:
+    data: dict[str, Any] = {k: getattr(progress, k) for k in PROGRESS_EXTRAS}
+    if resumed_from_step is not None:
+        data["resumed_from_step"] = resumed_from_step
+    return json.dumps(data)
+
+
+def _json(row: Mapping[str, Any], column: str) -> dict[str, Any]:
+    return json.loads(row[column] or "{}")
+
+
 def job_from_row(row: Mapping[str, Any], ts: Timestamp) -> Job:
+    info = _json(row, "info_json")
+    extras = _json(row, "progress_json")
+    outputs = _json(row, "outputs_json")
     return Job(
         id=row["id"],
         namespace=row["namespace"],
@@ -29,12 +55,69 @@ def job_from_row(row: Mapping[str, Any], ts: Timestamp) -> Job:
         updated_at=ts(row["updated_at"]),
         started_at=ts(row["started_at"]),
         finished_at=ts(row["finished_at"]),
-        progress=JobProgress(row["step"], row["total_steps"], row["epoch"], row["train_loss"]),
+        progress=JobProgress(
+            row["step"], row["total_steps"], row["epoch"], row["train_loss"],
+            **{k: extras.get(k) for k in PROGRESS_EXTRAS},
+        ),
         metrics=json.loads(row["metrics_json"]),
         error=row["error"],
         adapter_version=row["adapter_version"],
         attempts=row["attempts"],
         cancel_requested=bool(row["cancel_requested"]),
+        dataset_id=info.get("dataset_id", ""),
+        validation_dataset_id=info.get("validation_dataset_id", ""),
+        data_report=info.get("data_report", {}),
+        sample_generations=outputs.get("sample_generations", []),
+        resumed_from_step=int(extras.get("resumed_from_step", 0)),
+    )
+
+
+def event_body_json(event: JobEvent) -> str:
+    p = event.progress
+    return json.dumps(
+        {
+            "state": event.state.value if event.state else None,
+            "progress": None if p is None else {
+                "step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
+                "train_loss": p.train_loss,
+                **{k: getattr(p, k) for k in PROGRESS_EXTRAS},
+            },
+            "metrics": event.metrics,
+            "message": event.message,
+        }
+    )
+
+
+def event_from_row(row: Mapping[str, Any], ts: Timestamp) -> JobEvent:
+    body = json.loads(row["body_json"])
+    return JobEvent(
+        job_id=row["job_id"],
+        type=EventType(row["type"]),
+        sequence=int(row["seq"]),
+        time=ts(row["time"]),
+        state=JobState(body["state"]) if body.get("state") else None,
+        progress=JobProgress(**body["progress"]) if body.get("progress") else None,
+        metrics=body.get("metrics") or {},
+        message=body.get("message", ""),
+    )
+
+
+def dataset_from_row(row: Mapping[str, Any], ts: Timestamp) -> DatasetRecord:
+    return DatasetRecord(
+        id=row["id"],
+        namespace=row["namespace"],
+        display_name=row["display_name"],
+        task=TaskType(row["task"]),
+        format=row["format"],
+        size_bytes=int(row["size_bytes"]),
+        sha256=row["sha256"],
+        rows=int(row["rows"]),
+        usable_rows=int(row["usable_rows"]),
+        report=json.loads(row["report_json"]),
+        text_field=row["text_field"],
+        label_field=row["label_field"],
+        upload_id=row["upload_id"],
+        created_at=ts(row["created_at"]),
     )
 
 

@@ -18,9 +18,24 @@ from pathlib import Path
 
 from tuneserve_server.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from tuneserve_server.storage.job_store import LeaseLost
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.storage.rows import adapter_from_row, job_from_row
-from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState
+from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.storage.rows import (
+    adapter_from_row,
+    dataset_from_row,
+    event_body_json,
+    event_from_row,
+    job_from_row,
+    progress_extras_json,
+)
+from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
+
+# Columns added after the first release: a database created by an older version gets them
+# on open (ALTER TABLE ... ADD COLUMN keeps every row).
+_ADDED_JOB_COLUMNS = {
+    "info_json": "TEXT NOT NULL DEFAULT '{}'",
+    "progress_json": "TEXT NOT NULL DEFAULT '{}'",
+    "outputs_json": "TEXT NOT NULL DEFAULT '{}'",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,6 +66,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
     lease_expires REAL,
+    info_json TEXT NOT NULL DEFAULT '{}',
+    progress_json TEXT NOT NULL DEFAULT '{}',
+    outputs_json TEXT NOT NULL DEFAULT '{}',
     UNIQUE (namespace, request_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
@@ -80,6 +98,49 @@ CREATE TABLE IF NOT EXISTS adapter_counters (
 );
 CREATE TABLE IF NOT EXISTS registry_clock (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO registry_clock (id, seq) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    type TEXT NOT NULL,
+    body_json TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    task TEXT NOT NULL,
+    format TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    usable_rows INTEGER NOT NULL,
+    report_json TEXT NOT NULL,
+    text_field TEXT NOT NULL,
+    label_field TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    content BLOB NOT NULL,
+    UNIQUE (namespace, upload_id)
+);
+CREATE INDEX IF NOT EXISTS datasets_ns ON datasets (namespace, seq);
+CREATE TABLE IF NOT EXISTS dataset_uploads (
+    namespace TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    header_json TEXT NOT NULL,
+    received INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (namespace, upload_id)
+);
+CREATE TABLE IF NOT EXISTS dataset_upload_chunks (
+    namespace TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    start_byte INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (namespace, upload_id, start_byte)
+);
 """
 
 
@@ -122,6 +183,11 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._lock:
+            have = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+            if have:
+                for column, decl in _ADDED_JOB_COLUMNS.items():
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
             self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -145,9 +211,14 @@ class SqliteStore:
             yield self._db
 
     # ------------------------------------------------------------------ jobs, caller side
-    def create_job(self, spec: JobSpec) -> tuple[Job, bool]:
+    def create_job(self, spec: JobSpec, report: dict | None = None) -> tuple[Job, bool]:
         spec_json = json.dumps(spec.to_dict(), separators=(",", ":"), sort_keys=True)
         fingerprint = hashlib.sha256(spec_json.encode()).hexdigest()
+        info_json = json.dumps({
+            "dataset_id": spec.dataset_id,
+            "validation_dataset_id": spec.validation_dataset_id,
+            "data_report": report or {},
+        })
         now = time.time()
         with self._write() as db:
             row = db.execute(
@@ -165,7 +236,7 @@ class SqliteStore:
             db.execute(
                 """INSERT INTO jobs (id, namespace, request_id, fingerprint, adapter_name, task,
                    state, spec_json, hyperparameters_json, train_examples, validation_examples,
-                   created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                   created_at, updated_at, info_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (
                     job_id,
                     spec.namespace,
@@ -180,8 +251,10 @@ class SqliteStore:
                     len(spec.validation),
                     now,
                     now,
+                    info_json,
                 ),
             )
+            self._state_event(db, job_id, JobState.QUEUED, "queued", now)
             return self._job(self._row(db, job_id)), True
 
     def get_job(self, namespace: str, job_id: str) -> Job:
@@ -244,6 +317,7 @@ class SqliteStore:
                        error = 'cancelled by request' WHERE id = ?""",
                     (JobState.CANCELLED.value, now, now, job_id),
                 )
+                self._state_event(db, job_id, JobState.CANCELLED, "cancelled by request", now)
             else:
                 db.execute(
                     "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
@@ -268,6 +342,10 @@ class SqliteStore:
                 (JobState.RUNNING.value, worker_id, now + lease_seconds, now, now, row["id"]),
             )
             claimed = self._row(db, row["id"])
+            self._state_event(
+                db, row["id"], JobState.RUNNING,
+                f"started by worker {worker_id} (attempt {claimed['attempts']})", now,
+            )
         return self._job(claimed), JobSpec.from_dict(json.loads(claimed["spec_json"]))
 
     def _reap_expired(self, db: sqlite3.Connection, now: float) -> None:
@@ -287,12 +365,18 @@ class SqliteStore:
                        updated_at = ? WHERE id = ?""",
                     (JobState.QUEUED.value, now, row["id"]),
                 )
+                self._state_event(
+                    db, row["id"], JobState.QUEUED,
+                    "the worker's lease expired; queued again to resume from its last checkpoint",
+                    now,
+                )
                 continue
             db.execute(
                 """UPDATE jobs SET state = ?, error = ?, finished_at = ?, updated_at = ?,
                    lease_owner = NULL, lease_expires = NULL WHERE id = ?""",
                 (state.value, error, now, now, row["id"]),
             )
+            self._state_event(db, row["id"], state, error, now)
 
     def _owned(self, db: sqlite3.Connection, job_id: str, worker_id: str) -> sqlite3.Row:
         row = db.execute(
@@ -311,13 +395,16 @@ class SqliteStore:
             row = self._owned(db, job_id, worker_id)
             db.execute(
                 """UPDATE jobs SET lease_expires = ?, step = ?, total_steps = ?, epoch = ?,
-                   train_loss = ?, updated_at = ? WHERE id = ?""",
+                   train_loss = ?, progress_json = ?, updated_at = ? WHERE id = ?""",
                 (
                     now + lease_seconds,
                     progress.step,
                     progress.total_steps,
                     progress.epoch,
                     progress.train_loss,
+                    progress_extras_json(
+                        progress, json.loads(row["progress_json"]).get("resumed_from_step", 0)
+                    ),
                     now,
                     job_id,
                 ),
@@ -325,7 +412,12 @@ class SqliteStore:
             return bool(row["cancel_requested"])
 
     def complete_job(
-        self, job_id: str, worker_id: str, metrics: dict[str, float], adapter: AdapterVersionRecord
+        self,
+        job_id: str,
+        worker_id: str,
+        metrics: dict[str, float],
+        adapter: AdapterVersionRecord,
+        outputs: dict | None = None,
     ) -> Job:
         now = time.time()
         with self._write() as db:
@@ -352,9 +444,16 @@ class SqliteStore:
             )
             db.execute(
                 """UPDATE jobs SET state = ?, metrics_json = ?, adapter_version = ?,
-                   finished_at = ?, updated_at = ?, lease_owner = NULL, lease_expires = NULL
-                   WHERE id = ?""",
-                (JobState.SUCCEEDED.value, json.dumps(metrics), adapter.version, now, now, job_id),
+                   finished_at = ?, updated_at = ?, lease_owner = NULL, lease_expires = NULL,
+                   outputs_json = ? WHERE id = ?""",
+                (
+                    JobState.SUCCEEDED.value, json.dumps(metrics), adapter.version, now, now,
+                    json.dumps(outputs or {}), job_id,
+                ),
+            )
+            self._state_event(
+                db, job_id, JobState.SUCCEEDED,
+                f"published adapter {adapter.name}@{adapter.version}", now, metrics,
             )
             return self._job(self._row(db, job_id))
 
@@ -369,6 +468,9 @@ class SqliteStore:
                    lease_owner = NULL, lease_expires = NULL WHERE id = ?""",
                 (state.value, error, now, now, job_id),
             )
+            if state is JobState.FAILED:
+                self._event(db, JobEvent(job_id, EventType.ERROR, message=error), now)
+            self._state_event(db, job_id, state, error, now)
             return self._job(self._row(db, job_id))
 
     def release_job(self, job_id: str, worker_id: str) -> Job:
@@ -380,7 +482,225 @@ class SqliteStore:
                    lease_expires = NULL, updated_at = ? WHERE id = ?""",
                 (JobState.QUEUED.value, now, job_id),
             )
+            self._state_event(
+                db, job_id, JobState.QUEUED,
+                "released by a stopping worker after a checkpoint; it resumes from there", now,
+            )
             return self._job(self._row(db, job_id))
+
+    def record_resume(self, job_id: str, worker_id: str, step: int) -> None:
+        now = time.time()
+        with self._write() as db:
+            row = self._owned(db, job_id, worker_id)
+            extras = json.loads(row["progress_json"])
+            extras["resumed_from_step"] = step
+            db.execute(
+                "UPDATE jobs SET progress_json = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(extras), now, job_id),
+            )
+            self._event(db, JobEvent(
+                job_id, EventType.CHECKPOINT, message=f"resumed from the checkpoint at step {step}",
+                progress=JobProgress(step=step, total_steps=row["total_steps"], epoch=row["epoch"]),
+            ), now)
+
+    # ------------------------------------------------------------------ job events
+    def append_events(self, job_id: str, events: Sequence[JobEvent]) -> list[int]:
+        now = time.time()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise NotFound(f"job {job_id!r} not found")
+            return [self._event(db, e, now) for e in events]
+
+    def list_events(
+        self, namespace: str, job_id: str, after_seq: int = 0, limit: int = 500
+    ) -> list[JobEvent]:
+        with self._read() as db:
+            if db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND namespace = ?", (job_id, namespace)
+            ).fetchone() is None:
+                raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+            rows = db.execute(
+                "SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (job_id, after_seq, limit),
+            ).fetchall()
+        return [event_from_row(r, _ts) for r in rows]
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, event: JobEvent, now: float) -> int:
+        # Inside BEGIN IMMEDIATE: writers are serialised, so MAX + 1 is gap- and race-free.
+        seq = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?", (event.job_id,)
+        ).fetchone()[0]
+        db.execute(
+            "INSERT INTO job_events (job_id, seq, time, type, body_json) VALUES (?,?,?,?,?)",
+            (event.job_id, seq, now, event.type.value, event_body_json(event)),
+        )
+        return int(seq)
+
+    def _state_event(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        state: JobState,
+        message: str,
+        now: float,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        self._event(
+            db, JobEvent(job_id, EventType.STATE, state=state, message=message,
+                         metrics=metrics or {}), now,
+        )
+
+    # ------------------------------------------------------------------ datasets
+    def begin_upload(
+        self, namespace: str, upload_id: str, header: dict
+    ) -> UploadState | DatasetRecord:
+        """Start or resume an upload. A finished upload_id returns its dataset."""
+        now = time.time()
+        with self._write() as db:
+            done = db.execute(
+                "SELECT * FROM datasets WHERE namespace = ? AND upload_id = ?",
+                (namespace, upload_id),
+            ).fetchone()
+            if done is not None:
+                if (done["sha256"], done["size_bytes"]) != (header["sha256"], header["size_bytes"]):
+                    raise AlreadyExists(
+                        f"upload_id {upload_id!r} already uploaded a different file "
+                        f"(dataset {done['id']})"
+                    )
+                return dataset_from_row(done, _ts)
+            row = db.execute(
+                "SELECT * FROM dataset_uploads WHERE namespace = ? AND upload_id = ?",
+                (namespace, upload_id),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    """INSERT INTO dataset_uploads (namespace, upload_id, header_json, created_at)
+                       VALUES (?,?,?,?)""",
+                    (namespace, upload_id, json.dumps(header, sort_keys=True), now),
+                )
+                return UploadState(namespace, upload_id, header, 0)
+            if json.loads(row["header_json"]) != header:
+                raise AlreadyExists(
+                    f"upload_id {upload_id!r} is in use by an upload of a different file; "
+                    "use a new upload_id"
+                )
+            return UploadState(namespace, upload_id, header, int(row["received"]))
+
+    def add_upload_chunk(self, namespace: str, upload_id: str, offset: int, data: bytes) -> int:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT received FROM dataset_uploads WHERE namespace = ? AND upload_id = ?",
+                (namespace, upload_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"upload {upload_id!r} not found in namespace {namespace!r}")
+            if offset != row["received"]:
+                raise FailedPrecondition(
+                    f"chunk at offset {offset} does not continue the upload, which has "
+                    f"{row['received']} bytes; send from offset {row['received']}"
+                )
+            db.execute(
+                """INSERT INTO dataset_upload_chunks (namespace, upload_id, start_byte, data)
+                   VALUES (?,?,?,?)""",
+                (namespace, upload_id, offset, data),
+            )
+            received = offset + len(data)
+            db.execute(
+                "UPDATE dataset_uploads SET received = ? WHERE namespace = ? AND upload_id = ?",
+                (received, namespace, upload_id),
+            )
+            return received
+
+    def upload_bytes(self, namespace: str, upload_id: str) -> bytes:
+        with self._read() as db:
+            rows = db.execute(
+                """SELECT data FROM dataset_upload_chunks WHERE namespace = ? AND upload_id = ?
+                   ORDER BY start_byte""",
+                (namespace, upload_id),
+            ).fetchall()
+        return b"".join(bytes(r["data"]) for r in rows)
+
+    def discard_upload(self, namespace: str, upload_id: str) -> None:
+        with self._write() as db:
+            self._drop_upload(db, namespace, upload_id)
+
+    @staticmethod
+    def _drop_upload(db: sqlite3.Connection, namespace: str, upload_id: str) -> None:
+        for table in ("dataset_upload_chunks", "dataset_uploads"):
+            db.execute(
+                f"DELETE FROM {table} WHERE namespace = ? AND upload_id = ?", (namespace, upload_id)
+            )
+
+    def finish_upload(self, record: DatasetRecord, content: bytes) -> tuple[DatasetRecord, bool]:
+        now = time.time()
+        with self._write() as db:
+            done = db.execute(
+                "SELECT * FROM datasets WHERE namespace = ? AND upload_id = ?",
+                (record.namespace, record.upload_id),
+            ).fetchone()
+            if done is not None:
+                return dataset_from_row(done, _ts), False
+            db.execute(
+                """INSERT INTO datasets (id, namespace, upload_id, display_name, task, format,
+                   size_bytes, sha256, rows, usable_rows, report_json, text_field, label_field,
+                   created_at, content) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (
+                    record.id, record.namespace, record.upload_id, record.display_name,
+                    record.task.value, record.format, record.size_bytes, record.sha256,
+                    record.rows, record.usable_rows, json.dumps(record.report),
+                    record.text_field, record.label_field, now, content,
+                ),
+            )
+            self._drop_upload(db, record.namespace, record.upload_id)
+            row = db.execute("SELECT * FROM datasets WHERE id = ?", (record.id,)).fetchone()
+            return dataset_from_row(row, _ts), True
+
+    def get_dataset(self, namespace: str, dataset_id: str) -> DatasetRecord:
+        with self._read() as db:
+            row = db.execute(
+                """SELECT id, namespace, upload_id, display_name, task, format, size_bytes, sha256,
+                   rows, usable_rows, report_json, text_field, label_field, created_at
+                   FROM datasets WHERE id = ? AND namespace = ?""",
+                (dataset_id, namespace),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found in namespace {namespace!r}")
+        return dataset_from_row(row, _ts)
+
+    def dataset_content(self, namespace: str, dataset_id: str) -> bytes:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT content FROM datasets WHERE id = ? AND namespace = ?", (dataset_id, namespace)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found in namespace {namespace!r}")
+        return bytes(row["content"])
+
+    def list_datasets(
+        self, namespace: str, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[DatasetRecord], str]:
+        size = _page_size(page_size)
+        after = _page_after(page_token)
+        sql = """SELECT seq, id, namespace, upload_id, display_name, task, format, size_bytes,
+                  sha256, rows, usable_rows, report_json, text_field, label_field, created_at
+                  FROM datasets WHERE namespace = ?"""
+        args: list[object] = [namespace]
+        if after is not None:
+            sql += " AND seq < ?"
+            args.append(after)
+        with self._read() as db:
+            rows = db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, size + 1]).fetchall()
+        token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
+        return [dataset_from_row(r, _ts) for r in rows[:size]], token
+
+    def delete_dataset(self, namespace: str, dataset_id: str) -> None:
+        with self._write() as db:
+            gone = db.execute(
+                "DELETE FROM datasets WHERE id = ? AND namespace = ?", (dataset_id, namespace)
+            ).rowcount
+        if not gone:
+            raise NotFound(f"dataset {dataset_id!r} not found in namespace {namespace!r}")
 
     # ------------------------------------------------------------------ adapter registry
     def reserve_adapter_version(self, namespace: str, name: str) -> int:

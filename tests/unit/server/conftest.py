@@ -143,3 +143,38 @@ def tiny_base() -> TinyBase:
 @pytest.fixture(scope="session")
 def make_tiny_base() -> type[TinyBase]:
     return TinyBase
+
+
+# ---------------------------------------------------------------- job stores
+# Every JobStore implementation: SQLite (a file) and PostgreSQL (the real server; a fresh
+# schema per test). `open_store(**kwargs)` opens another instance on the same database, as
+# another process would; every instance is closed after the test.
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request, tmp_path):  # noqa: ANN201
+    from tuneserve_server.storage.job_store import JobStore
+
+    opened: list[JobStore] = []
+    if request.param == "sqlite":
+        from tuneserve_server.storage.sqlite_store import SqliteStore
+
+        path = tmp_path / "jobs.db"
+
+        def make(**kwargs: object) -> JobStore:
+            opened.append(SqliteStore(path, **kwargs))
+            return opened[-1]
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")  # skips (with the reason) or fails
+        from tuneserve_server.storage.postgres_store import PostgresStore
+
+        def make(**kwargs: object) -> JobStore:
+            opened.append(PostgresStore(dsn, **kwargs))
+            return opened[-1]
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(open_store):  # noqa: ANN001, ANN201
+    return open_store()

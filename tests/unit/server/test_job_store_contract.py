@@ -23,35 +23,6 @@ from tuneserve_server.training.jobs import JobProgress, JobState, TaskType
 OpenStore = Callable[..., JobStore]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_store(request, tmp_path):  # noqa: ANN201
-    opened: list[JobStore] = []
-    if request.param == "sqlite":
-        from tuneserve_server.storage.sqlite_store import SqliteStore
-
-        path = tmp_path / "jobs.db"
-
-        def make(**kwargs: object) -> JobStore:
-            opened.append(SqliteStore(path, **kwargs))
-            return opened[-1]
-    else:
-        dsn = request.getfixturevalue("postgres_dsn")  # skips (with the reason) or fails
-        from tuneserve_server.storage.postgres_store import PostgresStore
-
-        def make(**kwargs: object) -> JobStore:
-            opened.append(PostgresStore(dsn, **kwargs))
-            return opened[-1]
-
-    yield make
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def store(open_store: OpenStore) -> JobStore:
-    return open_store()
-
-
 def _record(spec, version: int, job_id: str = "") -> AdapterVersionRecord:
     return AdapterVersionRecord(
         namespace=spec.namespace,
