@@ -13,7 +13,9 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -25,7 +27,14 @@ from tuneserve_server.storage.job_store import JobStore, LeaseLost
 from tuneserve_server.storage.records import AdapterVersionRecord
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.classification import ClassificationRecipe, JobCancelled, JobPreempted
-from tuneserve_server.training.jobs import Job, JobProgress, JobSpec, JobState, TaskType
+from tuneserve_server.training.jobs import (
+    Job,
+    JobEvent,
+    JobProgress,
+    JobSpec,
+    JobState,
+    TaskType,
+)
 
 log = structlog.get_logger("tuneserve.worker")
 
@@ -57,6 +66,31 @@ class _Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+
+def recipe_class(task: TaskType) -> type[Any]:
+    """The training recipe for a task family (each has the same constructor and run())."""
+    if task is TaskType.CLASSIFICATION:
+        return ClassificationRecipe
+    if task is TaskType.CAUSAL_LM:
+        from tuneserve_server.training.causal_lm import CausalLMRecipe
+
+        return CausalLMRecipe
+    raise ValueError(f"no recipe for task {task.value}")
+
+
+class _EventLog:
+    """The recipe's events, appended to the job's log. A store error loses that one event
+    (logged), never the training run."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+
+    def __call__(self, event: JobEvent) -> None:
+        try:
+            self.store.append_events(self.job_id, [replace(event, job_id=self.job_id)])
+        except Exception:
+            log.warning("could not record a job event", event_type=event.type.value, exc_info=True)
 
 
 class TrainerWorker:
@@ -115,19 +149,26 @@ class TrainerWorker:
         checkpoints = self.settings.checkpoint_path / job.id
         staging = self.adapters.staging_dir()
         TRAIN_RUNNING.set(1)
+        events = _EventLog(self.store, job.id)
+        recipe: Any = None
+        resume_noted = False
         try:
-            if spec.task is not TaskType.CLASSIFICATION:
-                raise ValueError(f"no recipe for task {spec.task.value}")
-
             def progress(p: JobProgress) -> None:
+                nonlocal resume_noted
                 beat.progress = p
+                resumed = getattr(recipe, "resumed_from_step", 0)
+                if resumed and not resume_noted:
+                    resume_noted = True
+                    self._note_resume(job.id, resumed)
 
-            recipe = ClassificationRecipe(
+            recipe = recipe_class(spec.task)(
                 spec, self.source, device=self.settings.device, job_id=job.id,
-                cancel=beat.cancel, preempt=self.stopping, on_progress=progress,
+                cancel=beat.cancel, preempt=self.stopping, on_progress=progress, on_event=events,
                 checkpoint_dir=checkpoints, checkpoint_every=self.settings.checkpoint_every_steps,
             )
             result = recipe.run(staging)
+            if getattr(recipe, "resumed_from_step", 0) and not resume_noted:
+                self._note_resume(job.id, recipe.resumed_from_step)
             beat.beat()  # record the final step before the job is marked done
             if beat.lost.is_set():
                 raise LeaseLost(job.id)
@@ -139,7 +180,9 @@ class TrainerWorker:
                 metrics=result.metrics, lora_rank=result.meta.lora_rank, size_bytes=size,
                 created_at=job.created_at,
             )
-            self.store.complete_job(job.id, self.worker_id, result.metrics, record)
+            samples = getattr(result, "sample_generations", None)
+            outputs = {"sample_generations": list(samples)} if samples else None
+            self.store.complete_job(job.id, self.worker_id, result.metrics, record, outputs)
             JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobPreempted:
@@ -159,6 +202,14 @@ class TrainerWorker:
             TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _note_resume(self, job_id: str, step: int) -> None:
+        try:
+            self.store.record_resume(job_id, self.worker_id, step)
+        except LeaseLost:
+            raise
+        except Exception:
+            log.warning("could not record the resume step", step=step, exc_info=True)
 
     def _settle_interrupted(self, job: Job, beat: _Heartbeat, checkpoints: Path) -> None:
         if beat.lost.is_set():
