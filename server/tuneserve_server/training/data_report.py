@@ -1,0 +1,554 @@
+"""The data report: what is in a training (and validation) set and what is wrong with it,
+computed before any job is queued. Mirrors the proto's DataReport; stored with jobs and
+datasets as `to_dict()` JSON.
+
+Checks and their severities (thresholds in `ReportThresholds`):
+
+    no_usable_rows           ERROR    no usable training rows
+    rows_dropped             WARNING  rows the parser dropped, by reason
+    too_few_labels           ERROR    classification with fewer than 2 training labels
+    label_too_rare           ERROR    a training label with < min_examples_per_label rows
+    unseen_validation_label  ERROR    a validation label never seen in training
+    imbalance                WARNING  most / least frequent training label > imbalance_warning_ratio
+    duplicates               WARNING  repeated rows (within a split) over duplicate_warning_fraction
+    conflicting_labels       WARNING  a normalised text with more than one label;
+                             ERROR    when over max_conflict_fraction of the distinct texts
+    leakage                  WARNING  any validation row whose normalised text is in training;
+                             ERROR    when over max_leakage_fraction of the validation rows
+    over_length              WARNING  rows longer than max_seq_length tokens (truncated)
+
+"Normalised" means Unicode NFKC, case-folded, punctuation (Unicode category P) removed,
+whitespace collapsed. Exact duplicates repeat an earlier row of the same split exactly (classification:
+text and label; causal LM: every turn); near duplicates repeat one only after normalising.
+Near-duplicate detection is by hashing the normalised text, so it is O(n): it finds rows that
+normalise to the same string, not rows that merely look alike (no edit distance, no
+embeddings). Conflicts and leakage use the normalised text alone for classification; for
+causal LM, leakage uses the whole normalised example (prompt and completion), and there are
+no conflicts (several completions for one prompt are normal).
+
+Row numbers in issues are the callers' (1-based within their file or list); each message
+says which split they belong to."""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tuneserve_server.training.jobs import (
+    CausalExample,
+    Example,
+    LabelledText,
+    TaskType,
+)
+
+MAX_EXAMPLE_ROWS = 5  # row numbers an issue or a drop reason carries
+
+
+class Severity(str, enum.Enum):
+    WARNING = "WARNING"  # training can go ahead; look at it
+    ERROR = "ERROR"  # training is refused
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    severity: Severity
+    code: str
+    message: str
+    rows: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity.value,
+            "code": self.code,
+            "message": self.message,
+            "rows": list(self.rows),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataIssue:
+        return cls(
+            Severity(data["severity"]), data["code"], data.get("message", ""),
+            tuple(data.get("rows", ())),
+        )
+
+
+@dataclass(frozen=True)
+class LabelCount:
+    label: str
+    train: int = 0
+    validation: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "train": self.train, "validation": self.validation}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelCount:
+        return cls(data["label"], data.get("train", 0), data.get("validation", 0))
+
+
+@dataclass(frozen=True)
+class DroppedRows:
+    reason: str  # empty_text | missing_label | bad_utf8 | bad_row | over_length
+    count: int
+    rows: tuple[int, ...] = ()  # the first few, ascending
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "count": self.count, "rows": list(self.rows)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DroppedRows:
+        return cls(data["reason"], data.get("count", 0), tuple(data.get("rows", ())))
+
+
+@dataclass(frozen=True)
+class DataReport:
+    total_rows: int = 0
+    usable_rows: int = 0
+    train_rows: int = 0
+    validation_rows: int = 0
+    dropped: tuple[DroppedRows, ...] = ()
+    labels: tuple[LabelCount, ...] = ()  # most frequent in training first
+    imbalance_ratio: float = 0.0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    conflicting_texts: int = 0
+    leaked_validation_rows: int = 0
+    truncated_rows: int = 0
+    max_tokens: int = 0
+    mean_tokens: float = 0.0
+    issues: tuple[DataIssue, ...] = ()  # errors first
+
+    @property
+    def ok(self) -> bool:
+        """False when any issue is an ERROR."""
+        return not self.errors
+
+    @property
+    def errors(self) -> list[DataIssue]:
+        return [i for i in self.issues if i.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[DataIssue]:
+        return [i for i in self.issues if i.severity is Severity.WARNING]
+
+    def error_summary(self) -> str:
+        """The ERROR messages in one line (for a rejection's status message); "" if none."""
+        return "; ".join(i.message for i in self.errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_rows": self.total_rows,
+            "usable_rows": self.usable_rows,
+            "train_rows": self.train_rows,
+            "validation_rows": self.validation_rows,
+            "dropped": [d.to_dict() for d in self.dropped],
+            "labels": [c.to_dict() for c in self.labels],
+            "imbalance_ratio": self.imbalance_ratio,
+            "exact_duplicates": self.exact_duplicates,
+            "near_duplicates": self.near_duplicates,
+            "conflicting_texts": self.conflicting_texts,
+            "leaked_validation_rows": self.leaked_validation_rows,
+            "truncated_rows": self.truncated_rows,
+            "max_tokens": self.max_tokens,
+            "mean_tokens": self.mean_tokens,
+            "issues": [i.to_dict() for i in self.issues],
+            "ok": self.ok,  # derived; from_dict recomputes it from the issues
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataReport:
+        """Reads `to_dict()` output; keys it lacks (older rows) take their defaults."""
+        return cls(
+            total_rows=data.get("total_rows", 0),
+            usable_rows=data.get("usable_rows", 0),
+            train_rows=data.get("train_rows", 0),
+            validation_rows=data.get("validation_rows", 0),
+            dropped=tuple(DroppedRows.from_dict(d) for d in data.get("dropped", ())),
+            labels=tuple(LabelCount.from_dict(c) for c in data.get("labels", ())),
+            imbalance_ratio=float(data.get("imbalance_ratio", 0.0)),
+            exact_duplicates=data.get("exact_duplicates", 0),
+            near_duplicates=data.get("near_duplicates", 0),
+            conflicting_texts=data.get("conflicting_texts", 0),
+            leaked_validation_rows=data.get("leaked_validation_rows", 0),
+            truncated_rows=data.get("truncated_rows", 0),
+            max_tokens=data.get("max_tokens", 0),
+            mean_tokens=float(data.get("mean_tokens", 0.0)),
+            issues=tuple(DataIssue.from_dict(i) for i in data.get("issues", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ReportThresholds:
+    """Where a finding becomes a warning or an error.
+
+    min_examples_per_label = 2: a training label with fewer rows is an ERROR (one example
+        cannot be learnt from, nor held out for validation).
+    max_leakage_fraction = 0.05: any validation row also in training is a WARNING; more than
+        5% of the validation rows is an ERROR (the evaluation would overstate quality).
+    imbalance_warning_ratio = 10: a WARNING when the most frequent training label has more
+        than 10x the rows of the least frequent.
+    duplicate_warning_fraction = 0.05: a WARNING when repeated rows (exact + near) are more
+        than 5% of the usable rows; 0 warns on any. The counts are reported either way.
+    max_conflict_fraction = 0.10: any text with conflicting labels is a WARNING; more than
+        10% of the distinct (normalised) texts is an ERROR (the labels are not trustworthy).
+    """
+
+    min_examples_per_label: int = 2
+    max_leakage_fraction: float = 0.05
+    imbalance_warning_ratio: float = 10.0
+    duplicate_warning_fraction: float = 0.05
+    max_conflict_fraction: float = 0.10
+
+
+Rows = Sequence[tuple[int, Example]]
+
+class _PunctuationTable(dict[int, int | None]):
+    """str.translate table deleting Unicode punctuation (categories P*), filled as
+    characters are met, so translating stays in C after the first sight of each one."""
+
+    def __missing__(self, codepoint: int) -> int | None:
+        value = None if unicodedata.category(chr(codepoint)).startswith("P") else codepoint
+        self[codepoint] = value
+        return value
+
+
+_PUNCTUATION = _PunctuationTable()
+
+
+def normalise(text: str) -> str:
+    """Case, width, punctuation and whitespace folded away (symbols such as currency signs
+    stay); the text itself, case-folded, where nothing would remain."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(folded.translate(_PUNCTUATION).split()) or " ".join(folded.split())
+
+
+def render_causal(example: CausalExample) -> str:
+    """The example's turns as one text, for measuring token length when the caller does not
+    pass the recipe's own rendering."""
+    return "\n".join(turn.content for turn in example.conversation())
+
+
+def build_report(
+    task: TaskType,
+    train: Rows,
+    validation: Rows,
+    *,
+    total_rows: int,
+    dropped: Mapping[str, list[int]],
+    token_lengths: Callable[[list[str]], list[int]] | None = None,
+    max_seq_length: int | None = None,
+    thresholds: ReportThresholds = ReportThresholds(),
+    render: Callable[[CausalExample], str] = render_causal,
+) -> DataReport:
+    """The report on `train` and `validation` ((row number, example) pairs). `total_rows`
+    counts every row read, `dropped` maps a drop reason to its row numbers (what the parser
+    returned). `token_lengths` measures texts (classification: the text; causal LM: the
+    example as `render` writes it); without it the token fields stay 0."""
+    b = _Builder(task, sorted(train, key=_row_no), sorted(validation, key=_row_no), thresholds)
+    b.dropped(total_rows, dropped)
+    if task is TaskType.CLASSIFICATION:
+        b.labels()
+        b.conflicts()
+    b.duplicates()
+    b.leakage()
+    if token_lengths is not None:
+        b.token_lengths(token_lengths, max_seq_length, render)
+    return b.report(total_rows)
+
+
+def _row_no(item: tuple[int, Example]) -> int:
+    return item[0]
+
+
+def _first(rows: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted(rows)[:MAX_EXAMPLE_ROWS])
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:MAX_EXAMPLE_ROWS])
+    more = ", ..." if len(rows) > MAX_EXAMPLE_ROWS else ""
+    return f"{'row' if len(rows) == 1 else 'rows'} {shown}{more}"
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "0%"
+
+
+def _exact_key(ex: Example) -> Any:
+    if isinstance(ex, LabelledText):
+        return (ex.text, ex.label)
+    return tuple((t.role, t.content) for t in ex.conversation())
+
+
+def _text_key(ex: Example) -> str:
+    """Classification: the normalised text; causal LM: the whole normalised example."""
+    if isinstance(ex, LabelledText):
+        return normalise(ex.text)
+    return "\x1f".join(f"{t.role}\x1e{normalise(t.content)}" for t in ex.conversation())
+
+
+def _near_key(ex: Example, text_key: str) -> Any:
+    """Same for rows that repeat each other after normalising (classification: with the
+    same label)."""
+    return (text_key, ex.label) if isinstance(ex, LabelledText) else text_key
+
+
+class _Builder:
+    def __init__(self, task: TaskType, train: Rows, validation: Rows, t: ReportThresholds) -> None:
+        self.task = task
+        self.train = train
+        self.validation = validation
+        self.t = t
+        self.issues: list[DataIssue] = []
+        self.fields: dict[str, Any] = {}
+        # Normalised text per row, computed once: normalising is the costly part.
+        self.train_keys = [_text_key(ex) for _, ex in train]
+        self.val_keys = [_text_key(ex) for _, ex in validation]
+
+    def _issue(self, severity: Severity, code: str, message: str, rows: Iterable[int]) -> None:
+        self.issues.append(DataIssue(severity, code, message, _first(rows)))
+
+    def report(self, total_rows: int) -> DataReport:
+        issues = sorted(self.issues, key=lambda i: i.severity is not Severity.ERROR)
+        return DataReport(
+            total_rows=total_rows,
+            usable_rows=len(self.train) + len(self.validation),
+            train_rows=len(self.train),
+            validation_rows=len(self.validation),
+            issues=tuple(issues),
+            **self.fields,
+        )
+
+    # ------------------------------------------------------------------ drops
+    def dropped(self, total_rows: int, dropped: Mapping[str, list[int]]) -> None:
+        entries = sorted(
+            (DroppedRows(reason, len(rows), _first(rows)) for reason, rows in dropped.items() if rows),
+            key=lambda d: (-d.count, d.reason),
+        )
+        self.fields["dropped"] = tuple(entries)
+        n_dropped = sum(d.count for d in entries)
+        why = ", ".join(f"{d.count} {d.reason}" for d in entries)
+        if not self.train:
+            if n_dropped:
+                detail = f"all {_plural(total_rows, 'row')} were dropped ({why})"
+            elif self.validation:
+                detail = "every row is in the validation split"
+            else:
+                detail = "the data has no rows"
+            self._issue(
+                Severity.ERROR, "no_usable_rows",
+                f"no usable training rows: {detail}; fix the rows listed under dropped",
+                (r for rows in dropped.values() for r in rows),
+            )
+        elif n_dropped:
+            rows = sorted(r for rows in dropped.values() for r in rows)
+            self._issue(
+                Severity.WARNING, "rows_dropped",
+                f"{n_dropped} of {_plural(total_rows, 'row')} were dropped ({why}), first at "
+                f"{_rows_text(rows)}; fix them to train on them",
+                rows,
+            )
+
+    # ------------------------------------------------------------------ labels
+    def labels(self) -> None:
+        train_counts = Counter(ex.label for _, ex in self.train)
+        val_counts = Counter(ex.label for _, ex in self.validation)
+        every = set(train_counts) | set(val_counts)
+        order = sorted(every, key=lambda lb: (-train_counts[lb], -val_counts[lb], lb))
+        self.fields["labels"] = tuple(
+            LabelCount(lb, train_counts[lb], val_counts[lb]) for lb in order
+        )
+        if train_counts:
+            most, least = max(train_counts.values()), min(train_counts.values())
+            ratio = most / least
+            self.fields["imbalance_ratio"] = ratio
+            if ratio > self.t.imbalance_warning_ratio:
+                big = next(lb for lb in order if train_counts[lb] == most)
+                small = next(lb for lb in reversed(order) if train_counts[lb] == least)
+                self._issue(
+                    Severity.WARNING, "imbalance",
+                    f"label {_quote(big)} has {most} training examples and {_quote(small)} has "
+                    f"{least} (ratio {ratio:.1f}, above {self.t.imbalance_warning_ratio:g}); the "
+                    "model will favour the frequent labels: add examples of the rare ones",
+                    (),
+                )
+        if self.train and len(train_counts) < 2:
+            only = f" ({_quote(next(iter(train_counts)))})" if train_counts else ""
+            self._issue(
+                Severity.ERROR, "too_few_labels",
+                f"the training data has {_plural(len(train_counts), 'distinct label')}{only}; "
+                "a classifier needs at least 2",
+                (),
+            )
+        rare = [lb for lb in reversed(order) if 0 < train_counts[lb] < self.t.min_examples_per_label]
+        if rare:
+            need = self.t.min_examples_per_label
+            if len(rare) == 1:
+                n = train_counts[rare[0]]
+                what = f"label {_quote(rare[0])} has {_plural(n, 'training example')}"
+            else:
+                shown = ", ".join(f"{_quote(lb)} ({train_counts[lb]})" for lb in rare[:5])
+                more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+                what = f"{len(rare)} labels have too few training examples: {shown}{more}"
+            rare_set = set(rare)
+            self._issue(
+                Severity.ERROR, "label_too_rare",
+                f"{what}; at least {need} are needed per label: add examples or remove the label",
+                (r for r, ex in self.train if ex.label in rare_set),
+            )
+        unseen = sorted(set(val_counts) - set(train_counts))
+        if unseen and self.train:  # no training rows at all is no_usable_rows
+            unseen_set = set(unseen)
+            rows = [r for r, ex in self.validation if ex.label in unseen_set]
+            shown = ", ".join(_quote(lb) for lb in unseen[:5])
+            more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+            what = (
+                f"validation label {shown} never appears" if len(unseen) == 1
+                else f"{len(unseen)} validation labels ({shown}{more}) never appear"
+            )
+            self._issue(
+                Severity.ERROR, "unseen_validation_label",
+                f"{what} in training (validation {_rows_text(rows)}); add training examples "
+                "or drop those validation rows",
+                rows,
+            )
+
+    def conflicts(self) -> None:
+        keyed = [
+            *(("training", k, r, ex) for k, (r, ex) in zip(self.train_keys, self.train, strict=True)),
+            *(("validation", k, r, ex) for k, (r, ex) in zip(self.val_keys, self.validation, strict=True)),
+        ]
+        labels_of: dict[str, set[str]] = defaultdict(set)
+        for _, key, _, ex in keyed:
+            labels_of[key].add(ex.label)  # type: ignore[union-attr]
+        conflicting = {k for k, labels in labels_of.items() if len(labels) > 1}
+        self.fields["conflicting_texts"] = len(conflicting)
+        if not conflicting:
+            return
+        hits = [(split, key, row, ex) for split, key, row, ex in keyed if key in conflicting]
+        _, first_key, _, first_ex = hits[0]
+        rows_of = {
+            split: [r for s, _, r, _ in hits if s == split] for split in ("training", "validation")
+        }
+        example_where = "; ".join(
+            f"{split} {_rows_text([r for s, k, r, _ in hits if s == split and k == first_key])}"
+            for split in ("training", "validation")
+            if any(s == split and k == first_key for s, k, _, _ in hits)
+        )
+        fraction = len(conflicting) / len(labels_of)
+        too_many = fraction > self.t.max_conflict_fraction
+        limit = f", above the {self.t.max_conflict_fraction:.0%} limit" if too_many else ""
+        where = "; ".join(f"{s} {_rows_text(rs)}" for s, rs in rows_of.items() if rs)
+        verb = "appears" if len(conflicting) == 1 else "appear"
+        self._issue(
+            Severity.ERROR if too_many else Severity.WARNING, "conflicting_labels",
+            f"{_plural(len(conflicting), 'text')} ({fraction:.1%} of the distinct texts{limit}) "
+            f"{verb} with more than one label, e.g. {_quote(first_ex.text)} as "  # type: ignore[union-attr]
+            f"{' and '.join(_quote(lb) for lb in sorted(labels_of[first_key]))} "
+            f"({example_where}); all: {where}. Fix the labels or remove the rows",
+            rows_of["training"] or rows_of["validation"],
+        )
+
+    # ------------------------------------------------------------------ repeats
+    def duplicates(self) -> None:
+        exact = near = 0
+        repeated: list[tuple[str, int, int]] = []  # (split, row, earlier row)
+        splits = (("training", self.train, self.train_keys), ("validation", self.validation, self.val_keys))
+        for split, rows, text_keys in splits:
+            seen_exact: dict[Any, int] = {}
+            seen_near: dict[Any, int] = {}
+            for (row, ex), text_key in zip(rows, text_keys, strict=True):
+                ek, nk = _exact_key(ex), _near_key(ex, text_key)
+                if ek in seen_exact:
+                    exact += 1
+                    repeated.append((split, row, seen_exact[ek]))
+                elif nk in seen_near:
+                    near += 1
+                    repeated.append((split, row, seen_near[nk]))
+                seen_exact.setdefault(ek, row)
+                seen_near.setdefault(nk, row)
+        self.fields["exact_duplicates"] = exact
+        self.fields["near_duplicates"] = near
+        usable = len(self.train) + len(self.validation)
+        if not repeated or (exact + near) / usable <= self.t.duplicate_warning_fraction:
+            return
+        split, row, earlier = repeated[0]
+        self._issue(
+            Severity.WARNING, "duplicates",
+            f"{exact + near} of {usable} rows ({_percent(exact + near, usable)}) repeat an "
+            f"earlier row of their split: {exact} exactly, {near} after normalising case, "
+            f"whitespace and punctuation (e.g. {split} row {row} repeats row {earlier}); "
+            "repeated rows weigh more in training: remove them",
+            (r for s, r, _ in repeated if s == split),
+        )
+
+    def leakage(self) -> None:
+        if not self.validation or not self.train:
+            self.fields["leaked_validation_rows"] = 0
+            return
+        in_train = set(self.train_keys)
+        leaked = [r for k, (r, _) in zip(self.val_keys, self.validation, strict=True) if k in in_train]
+        self.fields["leaked_validation_rows"] = len(leaked)
+        if not leaked:
+            return
+        n_val = len(self.validation)
+        too_many = len(leaked) / n_val > self.t.max_leakage_fraction
+        limit = f", above the {self.t.max_leakage_fraction:.0%} limit" if too_many else ""
+        what = "text" if self.task is TaskType.CLASSIFICATION else "prompt and completion"
+        self._issue(
+            Severity.ERROR if too_many else Severity.WARNING, "leakage",
+            f"{len(leaked)} of {n_val} validation rows ({_percent(len(leaked), n_val)}{limit}) "
+            f"are also in training (same {what} after normalising): validation {_rows_text(leaked)}; "
+            "evaluation would overstate quality: remove them from one split",
+            leaked,
+        )
+
+    # ------------------------------------------------------------------ tokens
+    def token_lengths(
+        self,
+        measure: Callable[[list[str]], list[int]],
+        max_seq_length: int | None,
+        render: Callable[[CausalExample], str],
+    ) -> None:
+        rows = [*self.train, *self.validation]
+        texts = [ex.text if isinstance(ex, LabelledText) else render(ex) for _, ex in rows]
+        lengths = list(measure(texts)) if texts else []
+        if len(lengths) != len(texts):
+            raise ValueError(f"token_lengths returned {len(lengths)} lengths for {len(texts)} texts")
+        if not lengths:
+            return
+        self.fields["max_tokens"] = max(lengths)
+        self.fields["mean_tokens"] = sum(lengths) / len(lengths)
+        if max_seq_length is None:
+            return
+        over = [(n, r, i < len(self.train)) for i, (n, (r, _)) in enumerate(zip(lengths, rows, strict=True))
+                if n > max_seq_length]
+        self.fields["truncated_rows"] = len(over)
+        if not over:
+            return
+        train_over = [r for _, r, is_train in over if is_train]
+        val_over = [r for _, r, is_train in over if not is_train]
+        where = "; ".join(
+            f"{split} {_rows_text(rs)}"
+            for split, rs in (("training", train_over), ("validation", val_over)) if rs
+        )
+        self._issue(
+            Severity.WARNING, "over_length",
+            f"{len(over)} of {len(rows)} rows are longer than max_seq_length={max_seq_length} "
+            f"tokens (the longest has {max(lengths)}) and will be truncated ({where}); raise "
+            "max_seq_length or shorten them",
+            train_over or val_over,
+        )
