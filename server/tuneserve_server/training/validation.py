@@ -1,19 +1,27 @@
-"""Turns a caller's Train request into a JobSpec, or an InvalidRequest naming every bad field.
+"""Turns a caller's Train request (and the datasets it names) into a JobSpec and the data
+report it passed, or an InvalidRequest naming every bad field.
 
-Runs at submit time, before anything is queued. Field paths follow the proto
-(`training_examples[3].classification.label`, `hyperparameters.lora.rank`)."""
+Runs at submit time (and for ValidateDataset), before anything is queued. Field paths follow
+the proto (`training_examples[3].classification.label`, `hyperparameters.lora.rank`)."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from tuneserve_server.errors import FailedPrecondition, FieldViolation, InvalidRequest
+from tuneserve_server.errors import DataRejected, FailedPrecondition, FieldViolation, InvalidRequest
 from tuneserve_server.naming import is_valid_name, namespace_of
+from tuneserve_server.training.data_report import DataReport, build_report, normalise, render_causal
+from tuneserve_server.training.datafile import ParsedRows
+from tuneserve_server.training.evaluation import METRICS
 from tuneserve_server.training.jobs import (
+    CausalExample,
+    CausalLMSettings,
+    EvaluationSettings,
+    Example,
     Hyperparameters,
     JobSpec,
     LabelledText,
@@ -37,22 +45,34 @@ class TrainLimits:
     linear_modules: frozenset[str]
     default_targets: tuple[str, ...]
     max_positions: int = 512
+    # Token counter for the data report's length checks (a tokenizer of the served base that
+    # is safe to call off the torch thread); None: lengths are not measured.
+    count_tokens: Callable[[list[str]], list[int]] | None = None
+
+
+InlineExample = tuple[str, str] | CausalExample | None
+T = TypeVar("T")
 
 
 @dataclass
 class TrainInput:
     """The request as the servicer hands it over: plain values, proto types stripped.
-    An example is (text, label), or None where the example is not a classification one."""
+    An example is (text, label) for classification, a CausalExample for causal LM, or None
+    where the proto example has neither."""
 
     namespace: str
     adapter_name: str
     task: TaskType | None
     request_id: str
-    train: Sequence[tuple[str, str] | None]
-    validation: Sequence[tuple[str, str] | None]
+    train: Sequence[InlineExample]
+    validation: Sequence[InlineExample]
     validation_fraction: float | None = None
     lora: dict[str, Any] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    causal_lm: dict[str, Any] = field(default_factory=dict)
+    dataset_id: str = ""
+    validation_dataset_id: str = ""
 
 
 # name -> (low, high, low inclusive, high inclusive, description)
@@ -65,6 +85,14 @@ _OPTIMIZER_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "weight_decay": (0.0, 1.0, True, True),
     "seed": (0, 2**32 - 1, True, True),
     "max_seq_length": (8, 8192, True, True),
+    "gradient_accumulation_steps": (1, 1024, True, True),
+}
+_EVALUATION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "eval_every_steps": (0, 1_000_000, True, True),
+    "early_stopping_patience": (0, 1000, True, True),
+}
+_CAUSAL_LM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "sample_generations": (0, 100, True, True),
 }
 _LORA_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "alpha": (0.0, 4096.0, False, True),
@@ -96,51 +124,129 @@ class _Violations:
             raise InvalidRequest(f"{summary}: {first.field}: {first.description}{more}", self.items)
 
 
+_ROLES = ("system", "user", "assistant")
+
+
+def _classification(row: tuple[str, str], path: str, limits: TrainLimits, v: _Violations) -> LabelledText | None:
+    text, label = row
+    bad = False
+    if not text.strip():
+        v.add(f"{path}.classification.text", "must not be empty")
+        bad = True
+    elif len(text) > limits.max_text_chars:
+        v.add(f"{path}.classification.text", f"longer than {limits.max_text_chars} characters")
+        bad = True
+    if not label.strip():
+        v.add(f"{path}.classification.label", "must not be empty")
+        bad = True
+    return None if bad else LabelledText(text, label.strip())
+
+
+def _causal(ex: CausalExample, path: str, limits: TrainLimits, v: _Violations) -> CausalExample | None:
+    before = len(v.items)
+    if ex.messages:
+        if ex.prompt or ex.completion:
+            v.add(f"{path}.causal_lm", "give prompt and completion, or messages, not both")
+        for j, turn in enumerate(ex.messages):
+            if turn.role not in _ROLES:
+                v.add(f"{path}.causal_lm.messages[{j}].role", f"must be one of {', '.join(_ROLES)}")
+            if not turn.content.strip():
+                v.add(f"{path}.causal_lm.messages[{j}].content", "must not be empty")
+            elif len(turn.content) > limits.max_text_chars:
+                v.add(f"{path}.causal_lm.messages[{j}].content",
+                      f"longer than {limits.max_text_chars} characters")
+        if ex.messages[-1].role != "assistant":
+            v.add(f"{path}.causal_lm.messages",
+                  "must end with the assistant reply to learn (role 'assistant')")
+    else:
+        for name in ("prompt", "completion"):
+            value = getattr(ex, name)
+            if not value.strip():
+                v.add(f"{path}.causal_lm.{name}", "must not be empty")
+            elif len(value) > limits.max_text_chars:
+                v.add(f"{path}.causal_lm.{name}", f"longer than {limits.max_text_chars} characters")
+    return ex if len(v.items) == before else None
+
+
 def _examples(
-    rows: Sequence[tuple[str, str] | None], field_name: str, limits: TrainLimits, v: _Violations
-) -> list[LabelledText]:
-    out = []
+    rows: Sequence[InlineExample],
+    field_name: str,
+    task: TaskType | None,
+    limits: TrainLimits,
+    v: _Violations,
+) -> list[tuple[int, Example]]:
+    """Inline examples are the caller's own values: a bad one is a field error (a file's bad
+    rows, by contrast, are dropped and reported)."""
+    out: list[tuple[int, Example]] = []
     for i, row in enumerate(rows):
         path = f"{field_name}[{i}]"
-        if row is None:
-            v.add(path, "must be a classification example (text and label)")
-            continue
-        text, label = row
-        bad = False
-        if not text.strip():
-            v.add(f"{path}.classification.text", "must not be empty")
-            bad = True
-        elif len(text) > limits.max_text_chars:
-            v.add(f"{path}.classification.text", f"longer than {limits.max_text_chars} characters")
-            bad = True
-        if not label.strip():
-            v.add(f"{path}.classification.label", "must not be empty")
-            bad = True
+        if task is TaskType.CAUSAL_LM:
+            ok = _causal(row, path, limits, v) if isinstance(row, CausalExample) else v.add(
+                path, "must be a causal_lm example (prompt and completion, or messages)"
+            )
+        elif isinstance(row, tuple):
+            ok = _classification(row, path, limits, v)
+        else:
+            ok = v.add(path, "must be a classification example (text and label)")
         if len(v.items) >= 20:  # enough to act on; do not build a megabyte error
             break
-        if not bad:
-            out.append(LabelledText(text, label.strip()))
+        if ok is not None:
+            out.append((i + 1, ok))
     return out
+
+
+def _split(
+    items: Sequence[T], label_of: Callable[[T], str], fraction: float, seed: int,
+    key_of: Callable[[T], str] | None = None,
+) -> tuple[list[T], list[T]]:
+    """Hold out about `fraction` of each label; a label with one example stays in training.
+    Items with the same `key_of` (normalised text) go to the same side, so repeated texts
+    never leak from training into validation."""
+    groups: dict[tuple[str, str], list[T]] = {}
+    for i, item in enumerate(items):
+        key = key_of(item) if key_of else str(i)
+        groups.setdefault((label_of(item), key), []).append(item)
+    by_label: dict[str, list[list[T]]] = defaultdict(list)
+    for (label, _), group in groups.items():
+        by_label[label].append(group)
+    rng = random.Random(seed)
+    train: list[T] = []
+    held: list[T] = []
+    for label in sorted(by_label):
+        label_groups = by_label[label][:]
+        rng.shuffle(label_groups)
+        size = sum(len(g) for g in label_groups)
+        want = round(size * fraction)
+        want = min(max(want, 1), size - 1) if size > 1 else 0
+        taken = 0
+        for group in label_groups:
+            if taken < want and len(label_groups) > 1 and taken + len(group) <= max(want, 1):
+                held += group
+                taken += len(group)
+            else:
+                train += group
+    rng.shuffle(train)
+    return train, held
 
 
 def stratified_split(
     examples: Sequence[LabelledText], fraction: float, seed: int
 ) -> tuple[list[LabelledText], list[LabelledText]]:
     """Hold out about `fraction` of each label; a label with one example stays in training."""
-    by_label: dict[str, list[LabelledText]] = defaultdict(list)
-    for ex in examples:
-        by_label[ex.label].append(ex)
-    rng = random.Random(seed)
-    train, held = [], []
-    for label in sorted(by_label):
-        group = by_label[label][:]
-        rng.shuffle(group)
-        k = round(len(group) * fraction)
-        k = min(max(k, 1), len(group) - 1) if len(group) > 1 else 0
-        held += group[:k]
-        train += group[k:]
-    rng.shuffle(train)
-    return train, held
+    return _split(examples, lambda ex: ex.label, fraction, seed)
+
+
+def split_rows(
+    rows: Sequence[tuple[int, Example]], fraction: float, seed: int
+) -> tuple[list[tuple[int, Example]], list[tuple[int, Example]]]:
+    """The validation hold-out: stratified by label for classification, uniform for causal
+    LM (every example in one group)."""
+    return _split(
+        rows, lambda r: r[1].label if isinstance(r[1], LabelledText) else "", fraction, seed,
+        key_of=lambda r: normalise(
+            r[1].text if isinstance(r[1], LabelledText) else render_causal(r[1])
+        ),
+    )
 
 
 def _hyperparameters(req: TrainInput, limits: TrainLimits, v: _Violations) -> Hyperparameters:
@@ -178,10 +284,68 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: _Violations) -> Hy
             "hyperparameters.optimizer.max_seq_length",
             f"the base model takes at most {limits.max_positions} tokens",
         )
-    return Hyperparameters(LoraSettings(**lora_kw), OptimizerSettings(**opt_kw))
+    eval_kw = _ranged(req.evaluation, _EVALUATION_RANGES, "evaluation", v)
+    metric = req.evaluation.get("metric_for_best")
+    if metric:
+        if metric not in METRICS:
+            v.add("hyperparameters.evaluation.metric_for_best",
+                  f"must be one of {', '.join(METRICS)}, or empty for the task's default")
+        eval_kw["metric_for_best"] = metric
+    if req.evaluation.get("calibrate") is not None:
+        eval_kw["calibrate"] = bool(req.evaluation["calibrate"])
+    lm_kw = _ranged(req.causal_lm, _CAUSAL_LM_RANGES, "causal_lm", v)
+    if req.causal_lm.get("train_on_prompt") is not None:
+        lm_kw["train_on_prompt"] = bool(req.causal_lm["train_on_prompt"])
+    return Hyperparameters(
+        LoraSettings(**lora_kw), OptimizerSettings(**opt_kw),
+        EvaluationSettings(**eval_kw), CausalLMSettings(**lm_kw),
+    )
+
+
+def _ranged(
+    values: dict[str, Any], ranges: dict[str, tuple[float, float, bool, bool]], section: str, v: _Violations
+) -> dict[str, Any]:
+    """The given integer settings of one section, each checked against its range."""
+    out: dict[str, Any] = {}
+    for name, rng in ranges.items():
+        value = values.get(name)
+        if value is not None:
+            if not _in_range(value, rng):
+                v.add(f"hyperparameters.{section}.{name}", _range_text(rng))
+            out[name] = int(value)
+    return out
+
+
+# Which request field a report issue points at, by where the rows came from.
+_VALIDATION_ISSUES = {"unseen_validation_label", "leakage"}
+
+
+def _report_violations(report: DataReport, req: TrainInput) -> list[FieldViolation]:
+    out = []
+    for issue in report.errors:
+        if issue.code in _VALIDATION_ISSUES and (req.validation or req.validation_dataset_id):
+            where = "validation_dataset_id" if req.validation_dataset_id else "validation_examples"
+        else:
+            where = "dataset_id" if req.dataset_id else "training_examples"
+        out.append(FieldViolation(where, issue.message))
+    return out
 
 
 def build_job_spec(req: TrainInput, limits: TrainLimits) -> JobSpec:
+    """`prepare_job` for inline examples, without the report."""
+    return prepare_job(req, limits)[0]
+
+
+def prepare_job(
+    req: TrainInput,
+    limits: TrainLimits,
+    train_file: ParsedRows | None = None,
+    validation_file: ParsedRows | None = None,
+) -> tuple[JobSpec, DataReport]:
+    """Check a Train request and its data; the JobSpec to queue and the data report it
+    passed. `train_file` / `validation_file`: the parsed datasets named by dataset_id /
+    validation_dataset_id (the caller loads them). Field errors raise InvalidRequest; data
+    that fails the report's hard checks raises DataRejected carrying the whole report."""
     v = _Violations()
     namespace = namespace_of(req.namespace)
     if not req.request_id:
@@ -197,42 +361,69 @@ def build_job_spec(req: TrainInput, limits: TrainLimits) -> JobSpec:
             f"this server serves {limits.base_model}, a {limits.served_task.value} model; "
             f"it cannot train a {req.task.value} adapter"
         )
-    if not req.train:
-        v.add("training_examples", "must not be empty")
+    if req.dataset_id and req.train:
+        v.add("training_examples", "give training_examples or dataset_id, not both")
+    elif not req.train and not req.dataset_id:
+        v.add("training_examples", "must not be empty (or name an uploaded dataset in dataset_id)")
     elif len(req.train) > limits.max_train_examples:
         v.add("training_examples", f"more than {limits.max_train_examples} examples")
-    train = _examples(req.train, "training_examples", limits, v)
-    validation = _examples(req.validation, "validation_examples", limits, v)
+    if req.validation_dataset_id and req.validation:
+        v.add("validation_examples", "give validation_examples or validation_dataset_id, not both")
+    train = _examples(req.train, "training_examples", req.task, limits, v)
+    validation = _examples(req.validation, "validation_examples", req.task, limits, v)
     hyper = _hyperparameters(req, limits, v)
 
     fraction = req.validation_fraction
+    has_validation = bool(req.validation or req.validation_dataset_id)
     if fraction is not None:
-        if req.validation:
-            v.add("validation_fraction", "give validation_examples or validation_fraction, not both")
+        if has_validation:
+            v.add("validation_fraction", "give validation examples or validation_fraction, not both")
         elif not 0.0 < fraction <= 0.5:
             v.add("validation_fraction", "must be in (0, 0.5]")
     v.raise_if_any("invalid Train request")
 
-    labels = Counter(ex.label for ex in train)
-    if len(labels) < 2:
-        v.add("training_examples", f"needs at least 2 distinct labels, found {len(labels)}")
-    if req.validation:
-        unseen = sorted({ex.label for ex in validation} - set(labels))
-        if unseen:
-            v.add("validation_examples", f"labels never seen in training: {', '.join(unseen[:5])}")
-    else:
-        train, validation = stratified_split(
-            train, fraction or DEFAULT_VALIDATION_FRACTION, hyper.optimizer.seed
-        )
+    total_rows = len(req.train) + len(req.validation)
+    dropped: dict[str, list[int]] = {}
+    for parsed in (train_file, validation_file):
+        if parsed is not None:
+            total_rows += parsed.total_rows
+            for reason, rows in parsed.dropped.items():
+                dropped.setdefault(reason, []).extend(rows)
+    if train_file is not None:
+        train = list(train_file.examples)
+    if validation_file is not None:
+        validation = list(validation_file.examples)
+    if len(train) > limits.max_train_examples:
+        field_name = "dataset_id" if req.dataset_id else "training_examples"
+        v.add(field_name, f"more than {limits.max_train_examples} examples")
+    if not has_validation and train:
+        train, validation = split_rows(train, fraction or DEFAULT_VALIDATION_FRACTION, hyper.optimizer.seed)
         if not validation:
             v.add("training_examples", "too few examples to hold out a validation split")
     v.raise_if_any("invalid training data")
-    return JobSpec(
+
+    assert req.task is not None
+    report = build_report(
+        req.task, train, validation, total_rows=total_rows, dropped=dropped,
+        token_lengths=limits.count_tokens, max_seq_length=hyper.optimizer.max_seq_length,
+    )
+    if not report.ok:
+        violations = _report_violations(report, req)
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise DataRejected(
+            f"training data rejected: {violations[0].field}: {violations[0].description}{more}",
+            violations,
+            report.to_dict(),
+        )
+    spec = JobSpec(
         namespace=namespace,
         adapter_name=req.adapter_name,
         task=req.task,
         request_id=req.request_id,
-        train=tuple(train),
-        validation=tuple(validation),
+        train=tuple(ex for _, ex in train),
+        validation=tuple(ex for _, ex in validation),
         hyperparameters=hyper,
+        dataset_id=req.dataset_id,
+        validation_dataset_id=req.validation_dataset_id,
     )
+    return spec, report

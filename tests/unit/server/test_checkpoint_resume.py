@@ -14,12 +14,15 @@ from tuneserve_server.training.classification import ClassificationRecipe, JobPr
 from tuneserve_server.training.jobs import TaskType
 from tuneserve_server.training.validation import TrainInput, TrainLimits, build_job_spec
 
-TEXTS = [
+_TEXTS = [
     ("my card has not arrived", "card"), ("where is my new card", "card"), ("card still missing", "card"),
     ("card delivery is late", "card"), ("exchange rate for euros", "fx"), ("what rate do you use", "fx"),
     ("currency conversion fee", "fx"), ("dollar to pound rate", "fx"), ("top up failed", "topup"),
     ("my top-up did not work", "topup"), ("could not add money", "topup"), ("top up declined", "topup"),
-] * 2
+]
+# Two phrasings of each (not exact copies: the data report refuses a validation split that
+# leaks into training).
+TEXTS = _TEXTS + [(f"{text} again", label) for text, label in _TEXTS]
 
 
 @pytest.fixture(scope="module")
