@@ -1,8 +1,12 @@
 """The classification recipe: LoRA on the encoder plus a linear head over mean-pooled tokens.
 
-setup -> train -> evaluate -> save, driven by the worker. The loop tokenizes once and pads
-each batch to its own longest row (Banking77 queries are ~14 tokens; padding everything to
-max_seq_length would waste most of the work)."""
+setup -> train (evaluating on the held-out split every epoch or every N optimiser steps,
+keeping the best weights, stopping early when asked) -> restore the best weights -> fit the
+temperature on the validation logits -> save, driven by the worker.
+
+The loop tokenizes once and pads each batch to its own longest row; batches are drawn from
+length-sorted buckets (Banking77 queries are ~14 tokens, with a long tail: padding a random
+batch to its longest row, let alone to max_seq_length, wastes most of the work)."""
 
 from __future__ import annotations
 
@@ -32,9 +36,17 @@ from tuneserve_server.observability.metrics import (
     TRAIN_STEP,
     TRAIN_TOTAL_STEPS,
 )
-from tuneserve_server.training import checkpoint
-from tuneserve_server.training.checkpoint import TrainPosition
-from tuneserve_server.training.jobs import JobProgress, JobSpec, LabelledText, TaskType
+from tuneserve_server.training import calibration, checkpoint
+from tuneserve_server.training.checkpoint import Extras, TrainPosition
+from tuneserve_server.training.evaluation import BestTracker, resolve_metric
+from tuneserve_server.training.jobs import (
+    EventType,
+    JobEvent,
+    JobProgress,
+    JobSpec,
+    LabelledText,
+    TaskType,
+)
 from tuneserve_server.training.metrics import accuracy, macro_f1
 
 
@@ -53,13 +65,59 @@ class TrainResult:
 
 
 ProgressSink = Callable[[JobProgress], None]
+EventSink = Callable[[JobEvent], None]
 log = structlog.get_logger("tuneserve.training")
+
+EVAL_BATCH = 64
+# Buckets of this many batches are sorted by length; the batches, not the rows, are shuffled.
+BUCKET_BATCHES = 50
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): only then is
+    bfloat16 autocast faster than float32 here (without it, it is several times slower)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def training_autocast_dtype(device: str, precision: str) -> torch.dtype | None:
+    """The autocast dtype for the training forward pass: "float32" never autocasts,
+    "bfloat16" always does, "auto" does where it pays (CUDA with bf16, a CPU with native bf16)."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else None
 
 
 def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
     order = list(range(n))
     rng.shuffle(order)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle the rows, cut them into buckets of BUCKET_BATCHES batches, sort each bucket by
+    length so each batch holds rows of about one length, then shuffle the batches. Every
+    row appears exactly once; the same rng state gives the same batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * BUCKET_BATCHES
+    batches: list[list[int]] = []
+    for i in range(0, len(order), span):
+        bucket = sorted(order[i : i + span], key=lambda j: lengths[j], reverse=True)
+        batches += [bucket[k : k + batch_size] for k in range(0, len(bucket), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 class ClassificationRecipe:
@@ -75,6 +133,11 @@ class ClassificationRecipe:
         on_progress: ProgressSink | None = None,
         checkpoint_dir: Path | None = None,
         checkpoint_every: int = 0,
+        on_event: EventSink | None = None,
+        progress_interval_s: float = 2.0,
+        progress_every_steps: int = 0,
+        group_by_length: bool = True,
+        precision: str = "auto",
     ) -> None:
         self.spec = spec
         self.source = source
@@ -86,8 +149,31 @@ class ClassificationRecipe:
         self.checkpoint_every = checkpoint_every
         self.resumed_from_step = 0
         self.on_progress = on_progress or (lambda p: None)
+        self.on_event = on_event
+        self.progress_interval_s = progress_interval_s
+        self.progress_every_steps = progress_every_steps
+        self.group_by_length = group_by_length
+        # Evaluation always runs in float32: the temperature is fitted on the logits serving sees.
+        self.autocast_dtype = training_autocast_dtype(device, precision)
         self.labels = tuple(sorted({ex.label for ex in spec.train}))
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
+        ev = spec.hyperparameters.evaluation
+        self.tracker = BestTracker(
+            resolve_metric(ev.metric_for_best, TaskType.CLASSIFICATION), ev.early_stopping_patience
+        )
+        # The best evaluation's LoRA weights ("adapter.*"), head ("head.*") and validation
+        # logits ("logits"), and its metrics: what is published, not the last step's.
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.stopped_early = False
+        self.temperature = 1.0
+        self.eval_seconds = 0.0
+        self.checkpoint_seconds = 0.0
+        self.examples_this_run = 0
+        self.total_steps = 0
+        self.progress = JobProgress()
+        self._last_progress_event = -math.inf
+        self._run_started = time.monotonic()
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -113,7 +199,7 @@ class ClassificationRecipe:
             truncation=True,
             max_length=self.spec.hyperparameters.optimizer.max_seq_length,
         )
-        return [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
+        return [{k: enc[k][i] for k in enc} for i in range(len(rows))]
 
     def _collate(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad(features, return_tensors="pt")
@@ -123,25 +209,74 @@ class ClassificationRecipe:
         out = self.model(**batch).last_hidden_state
         return self.head(mean_pool(out, batch["attention_mask"]))
 
+    def _targets(self, rows: tuple[LabelledText, ...]) -> torch.Tensor:
+        return torch.tensor([self.label_ids[r.label] for r in rows], dtype=torch.long)
+
+    def _emit(self, type_: EventType, **fields: object) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(JobEvent(job_id="", type=type_, **fields))  # type: ignore[arg-type]
+        except Exception:  # a broken event sink must not fail the training job
+            log.warning("event sink failed", event_type=type_.value, exc_info=True)
+
+    def _warn(self, message: str) -> None:
+        log.warning(message)
+        self._emit(EventType.WARNING, progress=self.progress, message=message)
+
     # ---------------------------------------------------------------- train
+    def accumulate_gradients(
+        self, group: list[list[int]], features: list[dict[str, list[int]]], targets: torch.Tensor
+    ) -> float:
+        """Forward and backward over the batches of one optimiser step. Each batch's summed
+        loss is divided by the rows of the whole group, so the gradients are those of the mean
+        loss over every row, however the rows are split into batches. Returns that mean."""
+        rows = sum(len(idx) for idx in group)
+        total = 0.0
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        for idx in group:
+            batch = self._collate([features[i] for i in idx])
+            with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                logits = self._logits(batch)
+            loss = F.cross_entropy(logits.float(), targets[idx].to(self.device), reduction="sum") / rows
+            loss.backward()
+            total += float(loss.detach())
+        return total
+
+    def _epoch_batches(self, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+        if self.group_by_length:
+            return length_grouped_batches(lengths, batch_size, rng)
+        return _batches(len(lengths), batch_size, rng)
+
+    def plan(self) -> tuple[int, int]:
+        """(optimiser steps per epoch, total optimiser steps) for this job's data."""
+        opt = self.spec.hyperparameters.optimizer
+        accum = max(1, opt.gradient_accumulation_steps)
+        steps_per_epoch = math.ceil(math.ceil(len(self.spec.train) / opt.batch_size) / accum)
+        total = steps_per_epoch * opt.epochs
+        return steps_per_epoch, min(total, opt.max_steps) if opt.max_steps else total
+
     def train(self) -> None:
         from transformers import get_linear_schedule_with_warmup
 
-        opt = self.spec.hyperparameters.optimizer
+        hp = self.spec.hyperparameters
+        opt, ev = hp.optimizer, hp.evaluation
+        accum = max(1, opt.gradient_accumulation_steps)
         features = self._encode(self.spec.train)
-        targets = torch.tensor([self.label_ids[r.label] for r in self.spec.train])
-        steps_per_epoch = math.ceil(len(features) / opt.batch_size)
-        total = steps_per_epoch * opt.epochs
-        if opt.max_steps:
-            total = min(total, opt.max_steps)
+        lengths = [len(f["input_ids"]) for f in features]
+        targets = self._targets(self.spec.train)
+        _, total = self.plan()
+        self.total_steps = total
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
         optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
         pos = TrainPosition()
         if self.checkpoint_dir is not None:
-            restored = checkpoint.load(self.checkpoint_dir, self.model, self.head, optimizer, schedule)
+            restored = checkpoint.load_with_extras(self.checkpoint_dir, self.model, self.head, optimizer, schedule)
             if restored is not None:
-                pos = restored
+                pos, extras = restored
+                self._restore_extras(extras)
                 self.resumed_from_step = pos.step
                 log.info("resumed from checkpoint", step=pos.step, epoch=pos.epoch)
         rng = random.Random(opt.seed)
@@ -152,78 +287,219 @@ class ClassificationRecipe:
         TRAIN_TOTAL_STEPS.set(total)
         TRAIN_LOSS.set(math.nan if pos.loss_ema is None else pos.loss_ema)
         TRAIN_EXAMPLES_PER_SECOND.set(0)
-        self.on_progress(JobProgress(pos.step, total, pos.epoch, pos.loss_ema))
-        started, seen_at_start = time.monotonic(), pos.examples_seen
+        self._run_started, seen_at_start = time.monotonic(), pos.examples_seen
         self.examples_this_run = 0
+        self._report_progress(pos, schedule, event=True)
         for epoch in range(1, opt.epochs + 1):
             # Every epoch's order is drawn even when skipped, so a resumed job sees exactly
             # the batches the interrupted one would have.
-            batches = _batches(len(features), opt.batch_size, rng)
+            batches = self._epoch_batches(lengths, opt.batch_size, rng)
             if epoch < pos.epoch:
                 continue
-            for number, idx in enumerate(batches):
-                if epoch == pos.epoch and number < pos.batches_done:
+            skip = pos.batches_done if epoch == pos.epoch else 0
+            last_group = (len(batches) - 1) // accum * accum
+            for first in range(0, len(batches), accum):
+                if first < skip:
                     continue
                 if pos.step >= total:
                     break
+                # Interruptions land between optimiser steps, never inside an accumulation.
                 if self.preempt.is_set():
                     self._checkpoint(optimizer, schedule, pos)
                     raise JobPreempted()
                 if self.cancel.is_set():
                     raise JobCancelled()
-                batch = self._collate([features[i] for i in idx])
-                loss = F.cross_entropy(self._logits(batch), targets[idx].to(self.device))
-                loss.backward()
+                group = batches[first : first + accum]
+                value = self.accumulate_gradients(group, features, targets)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                value = float(loss.detach())
                 pos = TrainPosition(
                     step=pos.step + 1,
                     epoch=epoch,
-                    batches_done=number + 1,
+                    batches_done=first + len(group),
                     loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
-                    examples_seen=pos.examples_seen + len(idx),
+                    examples_seen=pos.examples_seen + sum(len(idx) for idx in group),
                 )
                 self.examples_seen = pos.examples_seen
                 self.examples_this_run = pos.examples_seen - seen_at_start
-                elapsed = time.monotonic() - started
                 TRAIN_STEP.set(pos.step)
                 TRAIN_LOSS.set(pos.loss_ema)
-                if elapsed > 0:
-                    TRAIN_EXAMPLES_PER_SECOND.set((pos.examples_seen - seen_at_start) / elapsed)
-                self.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema))
+                self._report_progress(pos, schedule)
+                due = (
+                    pos.step == total
+                    or (ev.eval_every_steps > 0 and pos.step % ev.eval_every_steps == 0)
+                    or (ev.eval_every_steps == 0 and first == last_group)
+                )
+                if due:
+                    self._evaluate_and_track(pos)
+                    if self.tracker.should_stop:
+                        self.stopped_early = True
+                        self._warn(
+                            f"stopped early at step {pos.step}: {self.tracker.metric} did not improve "
+                            f"for {self.tracker.patience} evaluations; keeping step "
+                            f"{self.tracker.best_step} ({self.tracker.metric} {self.tracker.best_value:.4f})"
+                        )
+                        break
                 if self.checkpoint_every and pos.step % self.checkpoint_every == 0 and pos.step < total:
                     self._checkpoint(optimizer, schedule, pos)
+            if self.stopped_early or pos.step >= total:
+                break
+        self.final_position = pos
 
-    def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:  # noqa: ANN001
+    def _report_progress(self, pos: TrainPosition, schedule, event: bool = False) -> None:
+        now = time.monotonic()
+        elapsed = now - self._run_started
+        steps_this_run = pos.step - self.resumed_from_step
+        eps = self.examples_this_run / elapsed if elapsed > 0 and self.examples_this_run else None
+        eta = (self.total_steps - pos.step) * elapsed / steps_this_run if steps_this_run > 0 else None
+        self.progress = JobProgress(
+            step=pos.step,
+            total_steps=self.total_steps,
+            epoch=pos.epoch,
+            train_loss=pos.loss_ema,
+            learning_rate=float(schedule.get_last_lr()[0]),
+            examples_per_second=eps,
+            eta_seconds=eta,
+        )
+        if eps is not None:
+            TRAIN_EXAMPLES_PER_SECOND.set(eps)
+        self.on_progress(self.progress)
+        event = (
+            event
+            or pos.step == self.total_steps
+            or now - self._last_progress_event >= self.progress_interval_s
+            or (self.progress_every_steps > 0 and pos.step % self.progress_every_steps == 0)
+        )
+        if event:
+            self._last_progress_event = now
+            self._emit(EventType.PROGRESS, progress=self.progress)
+
+    def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:
         if self.checkpoint_dir is None:
             return
-        checkpoint.save(self.checkpoint_dir, self.model, self.head, optimizer, schedule, pos)
+        started = time.monotonic()
+        extras = Extras(self.best_state, {"tracker": self.tracker.to_dict(), "best_metrics": self.best_metrics})
+        checkpoint.save(self.checkpoint_dir, self.model, self.head, optimizer, schedule, pos, extras)
+        self.checkpoint_seconds += time.monotonic() - started
         TRAIN_LAST_CHECKPOINT.set(time.time())
+        self._emit(
+            EventType.CHECKPOINT, progress=self.progress,
+            message=f"checkpoint at step {pos.step} saved to {self.checkpoint_dir}",
+        )
+
+    def _restore_extras(self, extras: Extras) -> None:
+        state = extras.state or {}
+        if "tracker" in state:
+            self.tracker = BestTracker.from_dict(state["tracker"])
+        self.best_metrics = {k: float(v) for k, v in (state.get("best_metrics") or {}).items()}
+        self.best_state = extras.best
 
     # ---------------------------------------------------------------- evaluate
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def validation_logits(self) -> torch.Tensor:
+        """Float32 logits of every validation row (in spec order), computed in eval mode in
+        length-sorted batches."""
+        was_training = self.model.training
         self.model.eval()
         self.head.eval()
-        rows = self.spec.validation
-        features = self._encode(rows)
-        y_true = [self.label_ids[r.label] for r in rows]
-        y_pred: list[int] = []
-        loss_sum = 0.0
-        for i in range(0, len(features), 64):
-            batch = self._collate(features[i : i + 64])
-            logits = self._logits(batch).float()
-            y = torch.tensor(y_true[i : i + 64], device=logits.device)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            y_pred += logits.argmax(-1).tolist()
+        if not hasattr(self, "_val_features"):
+            self._val_features = self._encode(self.spec.validation)
+        features = self._val_features
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        logits = torch.zeros(len(features), len(self.labels))
+        for i in range(0, len(order), EVAL_BATCH):
+            idx = order[i : i + EVAL_BATCH]
+            logits[idx] = self._logits(self._collate([features[j] for j in idx])).float().cpu()
+        if was_training:
+            self.model.train()
+            self.head.train()
+        return logits
+
+    def _metrics(self, logits: torch.Tensor) -> dict[str, float]:
+        y = self._targets(self.spec.validation)
+        y_true, y_pred = y.tolist(), logits.argmax(-1).tolist()
         return {
             "accuracy": accuracy(y_true, y_pred),
             "macro_f1": macro_f1(y_true, y_pred, len(self.labels)),
-            "eval_loss": loss_sum / max(len(rows), 1),
-            "validation_examples": float(len(rows)),
+            "eval_loss": float(F.cross_entropy(logits, y, reduction="mean")) if len(y_true) else 0.0,
+            "validation_examples": float(len(y_true)),
         }
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics of the weights as they are now."""
+        return self._metrics(self.validation_logits())
+
+    def _evaluate_and_track(self, pos: TrainPosition) -> None:
+        started = time.monotonic()
+        logits = self.validation_logits()
+        metrics = self._metrics(logits)
+        improved = self.tracker.update(metrics, pos.step, pos.epoch)
+        if improved:
+            self._snapshot(logits)
+            self.best_metrics = dict(metrics)
+        self.eval_seconds += time.monotonic() - started
+        shown = dict(metrics)
+        shown["best_step"] = float(self.tracker.best_step)
+        shown[f"best_{self.tracker.metric}"] = float(self.tracker.best_value)  # type: ignore[arg-type]
+        note = "new best" if improved else f"no improvement for {self.tracker.since_best} evaluation(s)"
+        log.info("evaluated", step=pos.step, improved=improved, **metrics)
+        self._emit(
+            EventType.EVALUATION, progress=self.progress, metrics=shown,
+            message=f"step {pos.step}: {self.tracker.metric} {metrics[self.tracker.metric]:.4f} ({note})",
+        )
+
+    def _snapshot(self, logits: torch.Tensor) -> None:
+        from peft import get_peft_model_state_dict
+
+        state = {f"adapter.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        state["head.weight"] = self.head.weight.detach().clone()
+        state["head.bias"] = self.head.bias.detach().clone()
+        state["logits"] = logits.detach().clone()
+        self.best_state = state
+
+    def restore_best(self) -> None:
+        """Load the best evaluation's weights into the model and head."""
+        from peft import set_peft_model_state_dict
+
+        assert self.best_state is not None
+        adapter = {k[len("adapter."):]: v for k, v in self.best_state.items() if k.startswith("adapter.")}
+        set_peft_model_state_dict(self.model, adapter)
+        with torch.no_grad():
+            self.head.weight.copy_(self.best_state["head.weight"])
+            self.head.bias.copy_(self.best_state["head.bias"])
+
+    def finish(self) -> dict[str, float]:
+        """Restore the best weights and fit the temperature; the metrics to publish."""
+        if self.best_state is None:  # nothing was evaluated (cannot happen after train())
+            logits = self.validation_logits()
+            self._snapshot(logits)
+            self.best_metrics = self._metrics(logits)
+            self.tracker.update(self.best_metrics, getattr(self, "final_position", TrainPosition()).step, 0)
+        self.restore_best()
+        self.model.eval()
+        self.head.eval()
+        metrics = dict(self.best_metrics)
+        metrics["best_step"] = float(self.tracker.best_step)
+        metrics["best_epoch"] = float(self.tracker.best_epoch)
+        metrics["evaluations"] = float(self.tracker.evaluations)
+        metrics["stopped_early"] = 1.0 if self.stopped_early else 0.0
+        if self.stopped_early:
+            metrics["stopped_at_step"] = float(self.final_position.step)
+        started = time.monotonic()
+        logits = self.best_state["logits"]  # type: ignore[index]
+        y = self._targets(self.spec.validation)
+        wanted = self.spec.hyperparameters.evaluation.calibrate
+        fit = wanted and len(y) >= calibration.MIN_ROWS
+        if wanted and not fit:
+            self._warn(
+                f"temperature scaling skipped: {len(y)} validation rows are too few to fit it "
+                f"(needs {calibration.MIN_ROWS}); Predict uses plain softmax probabilities"
+            )
+        metrics.update(calibration.calibration_report(logits, y, fit))
+        self.temperature = metrics["temperature"]
+        self.eval_seconds += time.monotonic() - started
+        return metrics
 
     # ---------------------------------------------------------------- save
     def save(self, directory: Path, metrics: dict[str, float]) -> AdapterMeta:
@@ -238,6 +514,7 @@ class ClassificationRecipe:
             target_modules=tuple(hp.lora.target_modules),
             metrics=metrics,
             job_id=self.job_id,
+            temperature=self.temperature,
         )
         (directory / "tuneserve.json").write_text(meta.to_json())
         return meta
@@ -246,10 +523,13 @@ class ClassificationRecipe:
         start = time.monotonic()
         self.setup()
         self.train()
+        metrics = self.finish()
         train_s = time.monotonic() - start
-        metrics = self.evaluate()
         metrics["train_seconds"] = train_s
         metrics["train_examples_per_second"] = self.examples_this_run / train_s if train_s else 0.0
+        metrics["eval_seconds"] = self.eval_seconds
+        metrics["checkpoint_seconds"] = self.checkpoint_seconds
+        metrics["total_steps"] = float(self.total_steps)
         if self.resumed_from_step:
             metrics["resumed_from_step"] = float(self.resumed_from_step)
         return TrainResult(metrics, self.save(directory, metrics))
