@@ -56,6 +56,11 @@ class Settings:
     max_predict_inputs: int = _s("most texts in one Predict call", default=256)
     max_text_chars: int = _s("longest text accepted, in characters", default=4096)
     max_resident_adapters: int = _s("adapters kept loaded before LRU eviction", default=32)
+    max_concurrent_loads: int = _s(
+        "adapters read from the store at once (download, checksum, tensors) on the loader threads, "
+        "off the torch thread; concurrent requests for one cold adapter share one load",
+        default=2,
+    )
     max_train_examples: int = _s("most inline training examples in one Train call", default=100_000)
     max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
@@ -153,7 +158,7 @@ def validate(s: Settings) -> Settings:
     for name in ("port", "metrics_port", "worker_metrics_port"):
         need(0 <= getattr(s, name) <= 65535, name, "must be 0..65535")
     for name in ("max_batch_rows", "max_queue_rows", "max_predict_inputs", "max_text_chars",
-                 "max_resident_adapters", "max_train_examples", "max_lora_rank", "job_max_attempts"):
+                 "max_resident_adapters", "max_concurrent_loads", "max_train_examples", "max_lora_rank", "job_max_attempts"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     for name in ("max_batch_wait_ms", "registry_poll_s", "worker_poll_s", "grace_s"):
         need(getattr(s, name) >= 0, name, "must not be negative")

@@ -16,7 +16,9 @@ from tuneserve_server.config import Settings
 from tuneserve_server.engine.batching import Batcher
 from tuneserve_server.engine.catalog import AdapterCatalog
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
-from tuneserve_server.engine.registry import ANCHOR_SLOT, AdapterKey, AdapterRegistry
+from tuneserve_server.engine.loading import AdapterLoader
+from tuneserve_server.engine.lora_batched import LoraBank
+from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.errors import FailedPrecondition, NotFound, NotReady
 from tuneserve_server.modeling import (
     base_task,
@@ -59,11 +61,15 @@ class InferenceEngine:
         self._pinned_names: set[tuple[str, str]] = set()
         self._poll_task: asyncio.Task[None] | None = None
         self.batcher: Batcher | None = None
+        self.loader: AdapterLoader | None = None  # cold loads off the torch thread
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self._load)
+        self.loader = AdapterLoader(
+            self.registry, self.adapter_store, self.executor, max_concurrent=self.settings.max_concurrent_loads
+        )
         await self.refresh()
         self.batcher = Batcher(
             self.runner.run,
@@ -84,12 +90,13 @@ class InferenceEngine:
             await asyncio.gather(self._poll_task, return_exceptions=True)
         if self.batcher:
             await self.batcher.stop()
+        if self.loader:
+            await asyncio.to_thread(self.loader.shutdown)
         await asyncio.to_thread(self.executor.shutdown, True)
 
     def _load(self) -> None:
-        """Runs on the torch thread: base model, peft wrapper with the anchor slot, warm-up."""
-        from peft import LoraConfig, get_peft_model
-
+        """Runs on the torch thread: base model, its LoRA bank (every Linear an adapter may
+        target gets gathered per-row LoRA: engine/lora_batched.py), warm-up."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self.source = resolve_base_model(self.settings.base_model)
@@ -100,9 +107,8 @@ class InferenceEngine:
         self.linear_modules = module_names(encoder)
         self.default_targets = default_target_modules(encoder)
         self.max_positions = int(getattr(encoder.config, "max_position_embeddings", 512))
-        anchor = LoraConfig(r=1, target_modules=[self.default_targets[0]], init_lora_weights=True)
-        model = get_peft_model(encoder, anchor, adapter_name=ANCHOR_SLOT)
-        model.eval()
+        bank = LoraBank(encoder, self.linear_modules, capacity=self.settings.max_resident_adapters, dtype=self.dtype)
+        model = encoder
         self.registry = AdapterRegistry(
             model,
             base_model_id=self.source.model_id,
@@ -112,13 +118,15 @@ class InferenceEngine:
             max_rank=self.settings.max_lora_rank,
             device=self.settings.device,
             dtype=self.dtype,
+            bank=bank,
         )
         self.runner = ClassificationRunner(
             self.tokenizer, self.registry, self.adapter_store, device=self.settings.device
         )
         with torch.inference_mode():  # warm-up: first-call allocations happen now, not on a user
             enc = self.tokenizer(["warm up"], return_tensors="pt").to(self.settings.device)
-            model(**enc, adapter_names=["__base__"])
+            with bank.selecting([None], self.settings.device):
+                model(**enc)
 
     def train_limits(self) -> TrainLimits:
         return TrainLimits(
@@ -184,20 +192,16 @@ class InferenceEngine:
         key = AdapterKey(record.namespace, record.name, record.version)
         start = time.perf_counter()
         loaded_before = self.registry.get(key) is not None
-        directory = None if loaded_before else await asyncio.to_thread(
-            self.adapter_store.open, key.namespace, key.name, key.version
-        )
-
-        def ensure() -> tuple[bool, int]:
-            local = directory
-            if local is None and self.registry.get(key) is None:  # evicted since we looked
-                local = self.adapter_store.open(key.namespace, key.name, key.version)
-            entry = self.registry.ensure(key, local)
-            if pin:
-                entry.pinned = True
-            return entry.pinned, entry.size_bytes
-
-        pinned, size = await self._on_torch_thread(ensure)
+        assert self.loader is not None
+        while True:
+            entry = await self.loader.ensure(key)  # store open + reads on the loader threads
+            if not pin:
+                pinned, size = entry.pinned, entry.size_bytes
+                break
+            if await self._on_torch_thread(self.registry.set_pinned, key, True):
+                pinned, size = True, entry.size_bytes
+                break
+            # evicted between its install and the pin (a burst of other loads): load it again
         if pin and ref.version is None:
             self._pinned_names.add((record.namespace, record.name))
         return record, pinned, size, 0.0 if loaded_before else time.perf_counter() - start
@@ -256,6 +260,8 @@ class InferenceEngine:
                 raise FailedPrecondition(f"adapter {ref.name} is a {record.task.value} adapter")
             key = AdapterKey(record.namespace, record.name, record.version)
         try:
+            if key is not None and self.loader is not None and not self.loader.is_resident(key):
+                await self.loader.ensure(key)  # cold: load off the torch thread, then queue
             scores = await self.batcher.submit(key, texts)
         finally:
             label = ADAPTER_LABELS.label(
