@@ -17,13 +17,17 @@ from tuneserve_client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from tuneserve_client.reports import DataIssue, DataReport, Dataset, JobEvent
 from tuneserve_client.types import (
     Adapter,
     AdapterVersion,
     Classification,
+    Generation,
+    GenerationStream,
     Job,
     LabelScore,
     LoadedAdapter,
+    SampleGeneration,
 )
 
 __all__ = [
@@ -35,16 +39,23 @@ __all__ = [
     "Classification",
     "Client",
     "DataFileError",
+    "DataIssue",
+    "DataReport",
+    "Dataset",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Generation",
+    "GenerationStream",
     "Internal",
     "InvalidArgument",
     "Job",
+    "JobEvent",
     "LabelScore",
     "LoadedAdapter",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "SampleGeneration",
     "TuneserveError",
     "Unauthenticated",
     "Unavailable",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from tuneserve.v1 import datasets_pb2
+
+from tuneserve_client.reports import data_report_from_pb
 
 REQUEST_ID_METADATA_KEY = "x-request-id"
 
@@ -23,6 +26,8 @@ class TuneserveError(Exception):
         self.message = message
         self.field_violations = list(field_violations or [])
         self.request_id = request_id
+        # Train / ValidateDataset refusals carry the whole data report (reports.DataReport).
+        self.data_report = None
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -144,6 +149,7 @@ def from_rpc_error(err: grpc.RpcError) -> TuneserveError:
         request_id = _metadata_value(_call_attr(err, "initial_metadata"), REQUEST_ID_METADATA_KEY)
 
     status = None
+    data_report = None
     if hasattr(err, "trailing_metadata") and hasattr(err, "code"):
         try:
             status = rpc_status.from_call(err)
@@ -160,5 +166,11 @@ def from_rpc_error(err: grpc.RpcError) -> TuneserveError:
                 info = error_details_pb2.RequestInfo()
                 detail.Unpack(info)
                 request_id = info.request_id or None
+            elif detail.Is(datasets_pb2.DataReport.DESCRIPTOR):
+                report = datasets_pb2.DataReport()
+                detail.Unpack(report)
+                data_report = data_report_from_pb(report)
 
-    return error_class(code)(code, message, violations, request_id)
+    error = error_class(code)(code, message, violations, request_id)
+    error.data_report = data_report
+    return error

@@ -16,9 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tuneserve.v1 import training_pb2, training_pb2_grpc
-from tuneserve_server.api.interceptors import RequestContextInterceptor
+from tuneserve.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
 from tuneserve_server.api.adapter_servicer import AdapterServicer
+from tuneserve_server.api.dataset_servicer import DatasetServicer
+from tuneserve_server.api.interceptors import RequestContextInterceptor
 from tuneserve_server.api.inference_servicer import InferenceServicer
 from tuneserve_server.api.training_servicer import TrainingServicer
 from tuneserve_server.config import ConfigError, Settings
@@ -32,6 +33,7 @@ SERVICE_NAMES = (
     training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
+    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
 )
 
 
@@ -52,7 +54,10 @@ class ApiServer:
             ]
         )
         training_pb2_grpc.add_TrainingServiceServicer_to_server(
-            TrainingServicer(self.store, self.engine), self.server
+            TrainingServicer(self.store, self.engine, watch_poll_s=settings.watch_poll_s), self.server
+        )
+        datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetServicer(settings, self.store, self.engine), self.server
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(settings, self.engine), self.server

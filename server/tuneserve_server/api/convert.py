@@ -34,27 +34,41 @@ def _present(msg, names: tuple[str, ...]) -> dict[str, object]:  # noqa: ANN001 
     return {n: getattr(msg, n) for n in names if msg.HasField(n)}
 
 
-def _example(ex: common_pb2.Example) -> tuple[str, str] | None:
-    if ex.WhichOneof("example") != "classification":
+def _example(ex: common_pb2.Example) -> InlineExample:
+    kind = ex.WhichOneof("example")
+    if kind == "classification":
+        return ex.classification.text, ex.classification.label
+    if kind == "causal_lm":
+        lm = ex.causal_lm
+        return CausalExample(
+            prompt=lm.prompt, completion=lm.completion,
+            messages=tuple(ChatTurn(m.role, m.content) for m in lm.messages),
+        )
+    return None
+
+
+def _task(value: int, field: str = "task") -> TaskType | None:
+    if value == common_pb2.TASK_TYPE_UNSPECIFIED:
         return None
-    return ex.classification.text, ex.classification.label
+    if value in TASK_FROM_PB:
+        return TASK_FROM_PB[value]
+    raise InvalidRequest.field(field, f"unknown task type {value}")
 
 
 def train_input(req: training_pb2.TrainRequest) -> TrainInput:
-    if req.task == common_pb2.TASK_TYPE_UNSPECIFIED:
-        task = None
-    elif req.task in TASK_FROM_PB:
-        task = TASK_FROM_PB[req.task]
-    else:
-        raise InvalidRequest.field("task", f"unknown task type {req.task}")
+    task = _task(req.task)
     hp = req.hyperparameters
     lora = _present(hp.lora, ("rank", "alpha", "dropout"))
     lora["target_modules"] = list(hp.lora.target_modules)
     optimizer = _present(
         hp.optimizer,
         ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay",
-         "seed", "max_seq_length"),
+         "seed", "max_seq_length", "gradient_accumulation_steps"),
     )
+    evaluation = _present(hp.evaluation, ("eval_every_steps", "early_stopping_patience", "calibrate"))
+    evaluation["metric_for_best"] = hp.evaluation.metric_for_best
+    causal_lm = _present(hp.causal_lm, ("sample_generations",))
+    causal_lm["train_on_prompt"] = hp.causal_lm.train_on_prompt
     return TrainInput(
         namespace=req.namespace,
         adapter_name=req.adapter_name,
@@ -65,11 +79,33 @@ def train_input(req: training_pb2.TrainRequest) -> TrainInput:
         validation_fraction=req.validation_fraction if req.HasField("validation_fraction") else None,
         lora=lora,
         optimizer=optimizer,
+        evaluation=evaluation,
+        causal_lm=causal_lm,
+        dataset_id=req.dataset_id,
+        validation_dataset_id=req.validation_dataset_id,
+    )
+
+
+def validate_input(req: datasets_pb2.ValidateDatasetRequest) -> TrainInput:
+    """ValidateDataset runs Train's checks: the same input, with a placeholder adapter name
+    and request id (nothing is queued)."""
+    optimizer = {"max_seq_length": req.max_seq_length} if req.HasField("max_seq_length") else {}
+    return TrainInput(
+        namespace=req.namespace,
+        adapter_name="validate",
+        task=_task(req.task),
+        request_id="validate",
+        train=[_example(e) for e in req.training_examples],
+        validation=[_example(e) for e in req.validation_examples],
+        validation_fraction=req.validation_fraction if req.HasField("validation_fraction") else None,
+        optimizer=optimizer,
+        dataset_id=req.dataset_id,
+        validation_dataset_id=req.validation_dataset_id,
     )
 
 
 def hyperparameters_pb(hp: Hyperparameters) -> common_pb2.Hyperparameters:
-    lora, opt = hp.lora, hp.optimizer
+    lora, opt, ev, lm = hp.lora, hp.optimizer, hp.evaluation, hp.causal_lm
     return common_pb2.Hyperparameters(
         lora=common_pb2.LoraConfig(
             rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules)
@@ -78,16 +114,52 @@ def hyperparameters_pb(hp: Hyperparameters) -> common_pb2.Hyperparameters:
             learning_rate=opt.learning_rate, batch_size=opt.batch_size, epochs=opt.epochs,
             max_steps=opt.max_steps, warmup_ratio=opt.warmup_ratio, weight_decay=opt.weight_decay,
             seed=opt.seed, max_seq_length=opt.max_seq_length,
+            gradient_accumulation_steps=opt.gradient_accumulation_steps,
+        ),
+        evaluation=common_pb2.EvaluationConfig(
+            eval_every_steps=ev.eval_every_steps, metric_for_best=ev.metric_for_best,
+            early_stopping_patience=ev.early_stopping_patience, calibrate=ev.calibrate,
+        ),
+        causal_lm=common_pb2.CausalLMConfig(
+            train_on_prompt=lm.train_on_prompt, sample_generations=lm.sample_generations
         ),
     )
 
 
-def job_pb(job: Job) -> training_pb2.Job:
-    progress = training_pb2.JobProgress(
-        step=job.progress.step, total_steps=job.progress.total_steps, epoch=job.progress.epoch
+def progress_pb(p: JobProgress) -> training_pb2.JobProgress:
+    out = training_pb2.JobProgress(step=p.step, total_steps=p.total_steps, epoch=p.epoch)
+    for name in ("train_loss", "learning_rate", "examples_per_second", "eta_seconds"):
+        value = getattr(p, name)
+        if value is not None:
+            setattr(out, name, value)
+    return out
+
+
+def data_report_pb(data: dict[str, Any]) -> datasets_pb2.DataReport:
+    r = DataReport.from_dict(data)
+    return datasets_pb2.DataReport(
+        total_rows=r.total_rows, usable_rows=r.usable_rows, train_rows=r.train_rows,
+        validation_rows=r.validation_rows,
+        dropped=[datasets_pb2.DroppedRows(reason=d.reason, count=d.count, rows=list(d.rows))
+                 for d in r.dropped],
+        labels=[datasets_pb2.LabelCount(label=c.label, train=c.train, validation=c.validation)
+                for c in r.labels],
+        imbalance_ratio=r.imbalance_ratio, exact_duplicates=r.exact_duplicates,
+        near_duplicates=r.near_duplicates, conflicting_texts=r.conflicting_texts,
+        leaked_validation_rows=r.leaked_validation_rows, truncated_rows=r.truncated_rows,
+        max_tokens=r.max_tokens, mean_tokens=r.mean_tokens,
+        issues=[
+            datasets_pb2.DataIssue(
+                severity=datasets_pb2.IssueSeverity.Value(f"ISSUE_SEVERITY_{i.severity.value}"),
+                code=i.code, message=i.message, rows=list(i.rows),
+            )
+            for i in r.issues
+        ],
+        ok=r.ok,
     )
-    if job.progress.train_loss is not None:
-        progress.train_loss = job.progress.train_loss
+
+
+def job_pb(job: Job) -> training_pb2.Job:
     return training_pb2.Job(
         id=job.id,
         namespace=job.namespace,

@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 from tuneserve_server.errors import (
     AlreadyExists,
     CapacityExceeded,
+    DataRejected,
     FailedPrecondition,
     InvalidRequest,
     NotFound,
@@ -53,6 +54,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
                 )
             )
             status.details.append(detail)
+        if isinstance(exc, DataRejected):  # the whole data report, so the caller sees every issue
+            from tuneserve_server.api.convert import data_report_pb
+
+            report = any_pb2.Any()
+            report.Pack(data_report_pb(exc.report))
+            status.details.append(report)
         return code, status
     error_id = uuid.uuid4().hex[:12]
     log.error("unexpected error", error_id=error_id, exc_info=exc)

@@ -1,0 +1,225 @@
+"""Uploaded datasets: the upload header's checks, an upload session that appends verified
+chunks to the store, and reading a stored dataset back as parsed rows. No gRPC here.
+
+An upload is resumable: the store keeps the bytes received so far under (namespace,
+upload_id). A client that lost its connection sends the same header and the file again
+from any offset at or below what the server holds; chunks the server already has are
+compared byte for byte and skipped, the rest appended. The file is checked (size, SHA-256,
+every row parsed) only once it is complete; a file that fails is discarded so the next try
+starts clean."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tuneserve_server.errors import FailedPrecondition, FieldViolation, InvalidRequest, NotFound
+from tuneserve_server.naming import namespace_of
+from tuneserve_server.storage.job_store import JobStore
+from tuneserve_server.storage.records import DatasetRecord, UploadState
+from tuneserve_server.training.data_report import DataReport, build_report
+from tuneserve_server.training.datafile import ParsedRows, parse_dataset
+from tuneserve_server.training.jobs import JobSpec, TaskType
+from tuneserve_server.training.validation import TrainInput, TrainLimits, prepare_job
+
+FORMATS = ("jsonl", "csv")
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    namespace: str
+    display_name: str
+    task: TaskType | None
+    format: str  # "jsonl" | "csv" | "" (unknown)
+    size_bytes: int
+    sha256: str
+    upload_id: str
+    text_field: str = ""
+    label_field: str = ""
+
+    def identity(self) -> dict[str, object]:
+        """What must match when an upload is resumed: the same file, read the same way."""
+        return {
+            "task": self.task.value if self.task else "",
+            "format": self.format,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "text_field": self.text_field,
+            "label_field": self.label_field,
+        }
+
+
+def check_header(h: UploadHeader, *, max_bytes: int, served_task: TaskType) -> None:
+    problems: list[tuple[str, str]] = []
+    if not _UPLOAD_ID.fullmatch(h.upload_id):
+        problems.append(("header.upload_id",
+                         "is required: 1-128 of A-Z a-z 0-9 . _ : -, e.g. a UUID"))
+    if h.task is None:
+        problems.append(("header.task", "is required (TASK_TYPE_CLASSIFICATION or TASK_TYPE_CAUSAL_LM)"))
+    if h.format not in FORMATS:
+        problems.append(("header.format", "must be DATASET_FORMAT_JSONL or DATASET_FORMAT_CSV"))
+    if not 1 <= h.size_bytes <= max_bytes:
+        problems.append(("header.size_bytes", f"must be in [1, {max_bytes}] (the server's max_dataset_bytes)"))
+    if not _SHA256.fullmatch(h.sha256):
+        problems.append(("header.sha256", "must be the file's SHA-256 as 64 lower-case hex digits"))
+    if len(h.display_name) > 200:
+        problems.append(("header.display_name", "longer than 200 characters"))
+    for name in ("text_field", "label_field"):
+        if len(getattr(h, name)) > 100:
+            problems.append((f"header.{name}", "longer than 100 characters"))
+    if problems:
+        field, text = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidRequest(
+            f"invalid upload header: {field}: {text}{more}",
+            [FieldViolation(f, d) for f, d in problems],
+        )
+    if h.task is not served_task:
+        raise FailedPrecondition(
+            f"this server trains {served_task.value} models; it cannot use a "
+            f"{h.task.value if h.task else 'unknown'} dataset"
+        )
+
+
+class UploadSession:
+    """One UploadDataset call: begin, add chunks in order, finish. Blocking (store calls):
+    the servicer runs each step in a thread."""
+
+    def __init__(self, store: JobStore, header: UploadHeader) -> None:
+        self.store = store
+        self.header = header
+        self.namespace = header.namespace
+        self.done: DatasetRecord | None = None
+        self.received = 0
+        self._stored: bytes | None = None  # the bytes held before this call, read on demand
+
+    def begin(self) -> DatasetRecord | None:
+        """Start or resume; returns the dataset when this upload_id already finished."""
+        state = self.store.begin_upload(self.namespace, self.header.upload_id, self.header.identity())
+        if isinstance(state, UploadState):
+            self.received = state.received
+            return None
+        self.done = state
+        return state
+
+    def add(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if end > self.header.size_bytes:
+            raise InvalidRequest.field(
+                "chunk.data", f"bytes up to offset {end} exceed header.size_bytes ({self.header.size_bytes})"
+            )
+        if offset > self.received:
+            raise FailedPrecondition(
+                f"chunk at offset {offset} leaves a gap: the server holds {self.received} bytes "
+                f"of upload {self.header.upload_id!r}; send from offset {self.received}"
+            )
+        overlap = min(end, self.received) - offset
+        if overlap > 0:  # a re-sent chunk: it must match what is already stored
+            if self._stored is None:
+                self._stored = self.store.upload_bytes(self.namespace, self.header.upload_id)
+            if self._stored[offset : offset + overlap] != data[:overlap]:
+                raise FailedPrecondition(
+                    f"re-sent bytes at offset {offset} differ from the ones already uploaded; "
+                    "start over with a new upload_id"
+                )
+        if end > self.received:
+            fresh = data[max(overlap, 0):]
+            self.received = self.store.add_upload_chunk(
+                self.namespace, self.header.upload_id, self.received, fresh
+            )
+
+    def finish(
+        self,
+        *,
+        max_text_chars: int,
+        count_tokens: Callable[[list[str]], list[int]] | None,
+        max_seq_length: int,
+    ) -> tuple[DatasetRecord, bool]:
+        if self.done is not None:
+            return self.done, False
+        h = self.header
+        if self.received < h.size_bytes:
+            raise FailedPrecondition(
+                f"upload {h.upload_id!r} is incomplete: {self.received} of {h.size_bytes} bytes; "
+                f"send the rest from offset {self.received} with the same upload_id"
+            )
+        content = self.store.upload_bytes(self.namespace, h.upload_id)
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != h.sha256:
+            self.store.discard_upload(self.namespace, h.upload_id)
+            raise InvalidRequest.field(
+                "header.sha256",
+                f"the uploaded bytes hash to {digest}, not {h.sha256}; the upload was discarded, send it again",
+            )
+        assert h.task is not None
+        try:
+            parsed = parse_dataset(
+                content, h.format, h.task, text_field=h.text_field, label_field=h.label_field,
+                max_text_chars=max_text_chars, field="header",
+            )
+        except InvalidRequest:
+            self.store.discard_upload(self.namespace, h.upload_id)
+            raise
+        report = build_report(
+            h.task, parsed.examples, [], total_rows=parsed.total_rows, dropped=parsed.dropped,
+            token_lengths=count_tokens, max_seq_length=max_seq_length,
+        )
+        if not parsed.examples:
+            self.store.discard_upload(self.namespace, h.upload_id)
+            raise InvalidRequest.field("chunk.data", f"the file has no usable rows: {report.error_summary()}")
+        record = DatasetRecord(
+            id="ds-" + uuid.uuid4().hex[:20], namespace=self.namespace,
+            display_name=h.display_name, task=h.task, format=h.format, size_bytes=h.size_bytes,
+            sha256=h.sha256, rows=parsed.total_rows, usable_rows=parsed.usable_rows,
+            report=report.to_dict(), text_field=h.text_field, label_field=h.label_field,
+            upload_id=h.upload_id,
+        )
+        return self.store.finish_upload(record, content)
+
+
+def load_rows(
+    store: JobStore,
+    namespace: str,
+    dataset_id: str,
+    *,
+    task: TaskType | None,
+    max_text_chars: int,
+    field: str,
+) -> ParsedRows:
+    """A stored dataset's rows, for Train and ValidateDataset. NOT_FOUND names the field."""
+    try:
+        record = store.get_dataset(namespace, dataset_id)
+        content = store.dataset_content(namespace, dataset_id)
+    except NotFound as exc:
+        raise NotFound(f"{field}: {exc.message}") from None
+    if task is not None and record.task is not task:
+        raise InvalidRequest.field(
+            field, f"dataset {dataset_id} holds {record.task.value} examples, not {task.value}"
+        )
+    return parse_dataset(
+        content, record.format, record.task, text_field=record.text_field,
+        label_field=record.label_field, max_text_chars=max_text_chars, field=field,
+    )
+
+
+def prepare_train(store: JobStore, req: TrainInput, limits: TrainLimits) -> tuple[JobSpec, DataReport]:
+    """Train's and ValidateDataset's whole data path: load the datasets the request names,
+    then `prepare_job` (checks, split, report). Blocking."""
+    namespace = namespace_of(req.namespace)
+    # A dataset named beside inline examples is not loaded: prepare_job refuses the pair.
+    files = [
+        None if not dataset_id or inline else load_rows(
+            store, namespace, dataset_id, task=req.task,
+            max_text_chars=limits.max_text_chars, field=field,
+        )
+        for dataset_id, inline, field in (
+            (req.dataset_id, req.train, "dataset_id"),
+            (req.validation_dataset_id, req.validation, "validation_dataset_id"),
+        )
+    ]
+    return prepare_job(req, limits, train_file=files[0], validation_file=files[1])
