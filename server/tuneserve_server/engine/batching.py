@@ -2,7 +2,10 @@
 
 Requests wait in one queue; the batcher takes the first, then keeps taking until the batch
 holds `max_batch_rows` rows or `max_wait_ms` has passed, and hands the batch to the torch
-executor as one forward pass. A caller whose deadline passes or who cancels is dropped from
+executor as one forward pass. It stops waiting early once as many callers are queued as were
+just answered plus were waiting then: callers that send their next request as soon as they
+get an answer (a closed loop, as most services call) join one batch instead of splitting into
+two alternating half-full ones. A caller whose deadline passes or who cancels is dropped from
 the queue: its future is cancelled, its rows leave the queue bound at once (a done-callback),
 and the batcher skips its entry. Past `max_queue_rows` queued rows, new requests fail at once
 with CapacityExceeded instead of piling up."""
@@ -74,6 +77,10 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
+        self._queued_requests = 0
+        # Callers likely to be back soon: those the last batch answered plus those queued then.
+        # A batch starts once this many are queued (or max_batch_rows rows, or max_wait_ms).
+        self._expected = 0
 
     @property
     def queued_rows(self) -> int:
@@ -95,6 +102,7 @@ class Batcher:
             )
         request = PendingRequest(key, texts, asyncio.get_running_loop().create_future())
         request.queued = True
+        self._queued_requests += 1
         self._queue.append(request)
         self._set_queued_rows(self._queued_rows + request.rows)
         request.future.add_done_callback(functools.partial(self._settled, request))
@@ -109,6 +117,7 @@ class Batcher:
 
     def _unqueue(self, request: PendingRequest) -> None:
         request.queued = False
+        self._queued_requests -= 1
         self._set_queued_rows(self._queued_rows - request.rows)
 
     def _settled(self, request: PendingRequest, _future: asyncio.Future[Any]) -> None:
@@ -171,7 +180,11 @@ class Batcher:
                 await self._wakeup.wait()
             # Give concurrent callers a moment to join this batch.
             deadline = loop.time() + self.max_wait
-            while self._queued_rows < self.max_batch_rows and loop.time() < deadline:
+            while (
+                self._queued_rows < self.max_batch_rows
+                and not (self._expected and self._queued_requests >= self._expected)
+                and loop.time() < deadline
+            ):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
@@ -186,6 +199,7 @@ class Batcher:
                 results = await loop.run_in_executor(self.executor, self._run, batch)
             except Exception as exc:  # the whole batch failed: every caller hears why
                 results = [exc] * len(batch)
+            self._expected = len(batch) + self._queued_requests
             for request, result in zip(batch, results, strict=True):
                 if request.future.done():
                     continue

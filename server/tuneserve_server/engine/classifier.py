@@ -1,5 +1,7 @@
 """The torch side of classification serving: one forward pass for a batch of requests that
-may each name a different adapter (peft `adapter_names=`, "__base__" for the base)."""
+may each name a different adapter: the registry's LoRA bank picks each row's adapter (one
+gathered product per layer), or without a bank peft's `adapter_names=` ("__base__" for the
+base)."""
 
 from __future__ import annotations
 
@@ -90,20 +92,26 @@ class ClassificationRunner:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
-        hidden = self.registry.model(**enc, adapter_names=slots).last_hidden_state
+        bank = self.registry.bank
+        if bank is not None:
+            with bank.selecting(slots, self.device):
+                hidden = self.registry.model(**enc).last_hidden_state
+        else:
+            hidden = self.registry.model(**enc, adapter_names=slots).last_hidden_state
         pooled = mean_pool(hidden, enc["attention_mask"])
         by_slot: dict[str, list[int]] = defaultdict(list)
         for row, slot in enumerate(slots):
             by_slot[slot].append(row)
-        probs: list[torch.Tensor | None] = [None] * len(texts)
+        probs: list[list[float] | None] = [None] * len(texts)
         slot_entry = {e.slot: e for e in resident.values() if not isinstance(e, Exception)}
         for slot, rows in by_slot.items():
             entry = slot_entry[slot]
-            logits = entry.head(pooled[rows]).float() / entry.meta.temperature
-            for row, p in zip(rows, torch.softmax(logits, -1).cpu(), strict=True):
+            picked = pooled[rows[0]:rows[0] + 1] if len(rows) == 1 else pooled[rows]
+            logits = entry.head(picked).float() / entry.meta.temperature
+            for row, p in zip(rows, torch.softmax(logits, -1).cpu().tolist(), strict=True):
                 probs[row] = p
         for row, owner in enumerate(owners):
             entry = resident[batch[owner].key]
             if results[owner] is None:
                 results[owner] = []
-            results[owner].append(ClassScores(entry.meta.labels, tuple(probs[row].tolist())))
+            results[owner].append(ClassScores(entry.meta.labels, tuple(probs[row])))

@@ -1,8 +1,16 @@
 """Which adapters are resident in the one base model, under internal slot ids.
 
-Every method here runs on the torch executor thread (one thread), so a batch in progress
-and a load/evict/unload never interleave: an adapter a batch uses cannot be evicted under it.
-User-facing names never reach peft; each resident version gets a slot id `s<N>`."""
+Every state change here runs on the torch executor thread (one thread), so a batch in
+progress and a load/evict/unload never interleave: an adapter a batch uses cannot be evicted
+under it. User-facing names never reach the model; each resident version gets a slot id `s<N>`.
+
+A load has two steps: `prepare` (read the adapter's files, check them against the base,
+read the head and LoRA factors; touches no shared state, so it may run on any thread) and
+`install` (the cheap step that puts them into a slot; torch thread). `ensure` does both.
+
+Two ways to hold the LoRA weights: with a `LoraBank` (engine/lora_batched.py) the adapters'
+factors are stacked per layer and a mixed batch is one gathered product per layer; without
+one, the model is a peft model and each adapter is a peft adapter (`adapter_names=`)."""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tuneserve_server.engine.lora_batched import LoraBank, LoraWeights, read_lora
 from tuneserve_server.errors import FailedPrecondition
 from tuneserve_server.modeling import AdapterMeta, load_head
 from tuneserve_server.observability.metrics import (
@@ -24,6 +33,7 @@ from tuneserve_server.observability.metrics import (
     ADAPTERS_RESIDENT,
     ADAPTERS_RESIDENT_BYTES,
 )
+from tuneserve_server.training.jobs import TaskType
 
 ANCHOR_SLOT = "anchor"  # a zero adapter that stays active, so peft always has one
 
@@ -43,10 +53,22 @@ class ResidentAdapter:
     key: AdapterKey
     slot: str
     meta: AdapterMeta
-    head: torch.nn.Linear
+    head: torch.nn.Linear | None  # None for causal-LM adapters
     size_bytes: int
     last_used: float = field(default_factory=time.time)
     pinned: bool = False
+
+
+@dataclass
+class PreparedAdapter:
+    """An adapter read from its directory and checked, not yet resident (see `prepare`)."""
+
+    key: AdapterKey
+    directory: Path
+    meta: AdapterMeta
+    head: torch.nn.Linear | None  # None for causal-LM adapters
+    lora: LoraWeights | None  # None: the peft path reads the files itself on install
+    seconds: float  # spent preparing
 
 
 class AdapterRegistry:
@@ -61,8 +83,10 @@ class AdapterRegistry:
         max_rank: int,
         device: str,
         dtype: torch.dtype = torch.float32,
+        bank: LoraBank | None = None,
     ) -> None:
         self.model = peft_model
+        self.bank = bank
         self.base_model_id = base_model_id
         self.linear_modules = linear_modules
         self.hidden_size = hidden_size
@@ -114,42 +138,77 @@ class AdapterRegistry:
         if entry is None:
             if directory is None:
                 raise ValueError(f"adapter {key} is not resident and no directory was given")
-            entry = self._load(key, directory, set(keep) | {key})
+            try:
+                prepared = self.prepare(key, directory)
+            except Exception:
+                ADAPTER_LOAD_FAILURES.inc()
+                raise
+            entry = self.install(prepared, set(keep) | {key})
         entry.last_used = time.time()
         self._resident.move_to_end(key)
         return entry
 
-    def _load(self, key: AdapterKey, directory: Path, keep: set[AdapterKey]) -> ResidentAdapter:
+    def prepare(self, key: AdapterKey, directory: Path) -> PreparedAdapter:
+        """Read and check an adapter without touching the model or the registry's state (any
+        thread): its config against the base, its head, and (with a bank) its LoRA factors
+        in the serving dtype."""
         start = time.perf_counter()
-        try:
-            entry = self._load_into_slot(key, directory, keep)
-        except Exception:
-            ADAPTER_LOAD_FAILURES.inc()
-            raise
-        ADAPTER_LOADS.inc()
-        ADAPTER_LOAD_SECONDS.observe(time.perf_counter() - start)
-        return entry
-
-    def _load_into_slot(self, key: AdapterKey, directory: Path, keep: set[AdapterKey]) -> ResidentAdapter:
         meta = AdapterMeta.read(directory)
         self.check_compatible(key, meta)
-        head = load_head(directory, self.device)
-        if head.in_features != self.hidden_size or head.out_features != len(meta.labels):
-            raise FailedPrecondition(f"adapter {key} has a head that does not fit its labels or the base")
+        head = None  # causal-LM adapters have no head: the base model's LM head serves them
+        if meta.task is not TaskType.CAUSAL_LM:
+            head = load_head(directory, self.device)
+            if head.in_features != self.hidden_size or head.out_features != len(meta.labels):
+                raise FailedPrecondition(f"adapter {key} has a head that does not fit its labels or the base")
+            head = head.to(self.dtype)
+        lora = None
+        if self.bank is not None:
+            try:
+                lora = read_lora(directory, dtype=self.dtype, module_paths=self.bank.module_paths())
+            except FailedPrecondition as exc:
+                raise FailedPrecondition(f"adapter {key} cannot be served: {exc}") from None
+        return PreparedAdapter(key, directory, meta, head, lora, time.perf_counter() - start)
+
+    def install(self, prepared: PreparedAdapter, keep: Iterable[AdapterKey] = ()) -> ResidentAdapter:
+        """Torch thread: put a prepared adapter into a slot (evicting by LRU if needed) and
+        mark it used. A key that is already resident stays as it is."""
+        key = prepared.key
+        entry = self._resident.get(key)
+        if entry is None:
+            start = time.perf_counter()
+            try:
+                entry = self._install(prepared, set(keep) | {key})
+            except Exception:
+                ADAPTER_LOAD_FAILURES.inc()
+                raise
+            ADAPTER_LOADS.inc()
+            ADAPTER_LOAD_SECONDS.observe(prepared.seconds + time.perf_counter() - start)
+        entry.last_used = time.time()
+        self._resident.move_to_end(key)
+        return entry
+
+    def _install(self, prepared: PreparedAdapter, keep: set[AdapterKey]) -> ResidentAdapter:
+        key, head = prepared.key, prepared.head
         self._make_room(keep)
         slot = f"s{self._next_slot}"
         self._next_slot += 1
-        # Adapter weights in the serving dtype: no per-call casts in the forward pass.
-        self.model.load_adapter(str(directory), adapter_name=slot, autocast_adapter_dtype=False)
-        for name, param in self.model.named_parameters():
-            if f".{slot}." in name and param.dtype != self.dtype:
-                param.data = param.data.to(self.dtype)
-        head = head.to(self.dtype)
-        self.model.eval()
-        size = sum(
-            p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{slot}." in n
-        ) + sum(p.numel() * p.element_size() for p in head.parameters())
-        entry = ResidentAdapter(key, slot, meta, head, size)
+        if self.bank is not None:
+            assert prepared.lora is not None, "prepared without the bank"
+            self.bank.install(slot, prepared.lora)
+            size = prepared.lora.nbytes
+        else:
+            # Adapter weights in the serving dtype: no per-call casts in the forward pass.
+            self.model.load_adapter(str(prepared.directory), adapter_name=slot, autocast_adapter_dtype=False)
+            for name, param in self.model.named_parameters():
+                if f".{slot}." in name and param.dtype != self.dtype:
+                    param.data = param.data.to(self.dtype)
+            self.model.eval()
+            size = sum(
+                p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{slot}." in n
+            )
+        if head is not None:
+            size += sum(p.numel() * p.element_size() for p in head.parameters())
+        entry = ResidentAdapter(key, slot, prepared.meta, head, size)
         self._resident[key] = entry
         self._resident_bytes += size
         self.loads += 1
@@ -179,8 +238,11 @@ class AdapterRegistry:
             return False
         self._resident_bytes -= entry.size_bytes
         self._publish()
-        self.model.delete_adapter(entry.slot)
-        self.model.set_adapter(ANCHOR_SLOT)
+        if self.bank is not None:
+            self.bank.remove(entry.slot)
+        else:
+            self.model.delete_adapter(entry.slot)
+            self.model.set_adapter(ANCHOR_SLOT)
         # Dropping the last references frees the slot's tensors and head at once (refcounting;
         # the unit tests check it). No gc.collect(): a full collection costs ~0.4 s with
         # transformers loaded and would stall every batch queued behind this executor thread.

