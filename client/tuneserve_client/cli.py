@@ -14,7 +14,8 @@ from typing import Any, TextIO
 from tuneserve_client.client import DEFAULT_TARGET, Client
 from tuneserve_client.datafiles import DataFileError, read_examples
 from tuneserve_client.errors import TuneserveError
-from tuneserve_client.types import JOB_STATES, Adapter, Job
+from tuneserve_client.reports import DataReport, JobEvent
+from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job
 
 SERVER_COMMANDS = ("serve", "api", "worker", "config")
 EXIT_ERROR = 1  # an RPC failed, or a waited-for job did not succeed
@@ -44,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="submit a training job")
     train.add_argument("--adapter", required=True, help="adapter name to train a new version of")
-    train.add_argument(
-        "--data", required=True, metavar="FILE", help="training examples (.csv or .jsonl)"
-    )
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="FILE", help="training examples (.csv or .jsonl), sent inline")
+    source.add_argument("--dataset", metavar="ID", help="an uploaded dataset (see `datasets upload`)")
     train.add_argument("--validation", metavar="FILE", help="validation examples (.csv or .jsonl)")
+    train.add_argument("--validation-dataset", metavar="ID", help="an uploaded validation dataset")
     train.add_argument("--validation-fraction", type=float, metavar="F")
     train.add_argument("--text-field", default="text", metavar="NAME",
                        help="CSV column / JSON key holding the text (default: text)")
@@ -59,7 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lora-rank", type=_positive_int, metavar="N")
     train.add_argument("--max-steps", type=_positive_int, metavar="N")
     train.add_argument("--seed", type=_non_negative_int, metavar="N")
-    train.add_argument("--wait", action="store_true", help="wait for the job and print its metrics")
+    train.add_argument("--grad-accum", type=_positive_int, metavar="N",
+                       help="gradient accumulation steps (effective batch = batch size x N)")
+    train.add_argument("--eval-every", type=_positive_int, metavar="N",
+                       help="evaluate every N steps (default: every epoch)")
+    train.add_argument("--metric-for-best", choices=("accuracy", "macro_f1", "eval_loss"),
+                       help="metric that picks the published checkpoint")
+    train.add_argument("--early-stopping-patience", type=_positive_int, metavar="N",
+                       help="stop after N evaluations without improvement")
+    train.add_argument("--no-calibrate", action="store_true",
+                       help="skip temperature scaling of the probabilities")
+    follow = train.add_mutually_exclusive_group()
+    follow.add_argument("--wait", action="store_true", help="wait for the job and print its metrics")
+    follow.add_argument("--watch", action="store_true",
+                        help="stream the job's events with a live progress bar until it ends")
     train.set_defaults(handler=_cmd_train)
 
     jobs = commands.add_parser("jobs", help="list, inspect, cancel or wait for jobs")
@@ -75,12 +90,49 @@ def build_parser() -> argparse.ArgumentParser:
         ("get", _cmd_jobs_get, "show a job"),
         ("cancel", _cmd_jobs_cancel, "cancel a queued or running job"),
         ("wait", _cmd_jobs_wait, "wait for a job to finish, printing progress"),
+        ("watch", _cmd_jobs_watch, "stream a job's events with a live progress bar until it ends"),
     ):
         sub = jobs_cmds.add_parser(name, help=text)
         sub.add_argument("job_id", metavar="ID")
         sub.set_defaults(handler=handler)
+        if name == "watch":
+            sub.add_argument("--after", type=_non_negative_int, default=0, metavar="SEQ",
+                             help="only events after this sequence number (resume a watch)")
 
-    predict = commands.add_parser("predict", help="classify texts")
+    datasets = commands.add_parser("datasets", help="upload, list, inspect, check or delete datasets")
+    dataset_cmds = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
+    upload = dataset_cmds.add_parser("upload", help="upload a .csv or .jsonl file; prints its id")
+    upload.add_argument("file", metavar="FILE")
+    upload.add_argument("--task", default="classification", choices=("classification", "causal_lm"))
+    upload.add_argument("--format", choices=("csv", "jsonl"), help="default: from the file suffix")
+    upload.add_argument("--name", help="display name (default: the file name)")
+    upload.add_argument("--text-field", default="", metavar="NAME",
+                        help="column / key of the text (causal LM: the prompt)")
+    upload.add_argument("--label-field", default="", metavar="NAME",
+                        help="column / key of the label (causal LM: the completion)")
+    upload.add_argument("--upload-id", metavar="KEY",
+                        help="resume an interrupted upload by sending the same file with its key")
+    upload.set_defaults(handler=_cmd_datasets_upload)
+    dataset_cmds.add_parser("list", help="list datasets, newest first").set_defaults(
+        handler=_cmd_datasets_list
+    )
+    for name, handler, text in (
+        ("get", _cmd_datasets_get, "show a dataset and its data report"),
+        ("delete", _cmd_datasets_delete, "delete a dataset"),
+    ):
+        sub = dataset_cmds.add_parser(name, help=text)
+        sub.add_argument("dataset_id", metavar="ID")
+        sub.set_defaults(handler=handler)
+    check = dataset_cmds.add_parser(
+        "validate", help="run Train's data checks (no job): prints the data report"
+    )
+    check.add_argument("dataset_id", metavar="ID")
+    check.add_argument("--task", default="classification", choices=("classification", "causal_lm"))
+    check.add_argument("--validation-dataset", metavar="ID")
+    check.add_argument("--validation-fraction", type=float, metavar="F")
+    check.set_defaults(handler=_cmd_datasets_validate)
+
+    predict = commands.add_parser("predict", help="classify texts, or generate text on a causal-LM server")
     predict.add_argument(
         "--adapter", default="", help="name or name@version (default: the base model)"
     )
@@ -89,8 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "texts", nargs="+", metavar="TEXT",
-        help="texts to classify; '-' reads one per line from stdin",
+        help="texts to classify (or prompts to complete); '-' reads one per line from stdin",
     )
+    gen = predict.add_argument_group("generation (causal-LM servers)")
+    gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    gen.add_argument("--max-new-tokens", type=int, metavar="N", help="default: the server's")
+    gen.add_argument("--temperature", type=float, metavar="T", help="0: greedy (default)")
+    gen.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens")
+    gen.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence (repeatable)")
+    gen.add_argument("--seed", type=int, help="same seed, same output")
+    gen.add_argument("--raw-prompt", action="store_true", help="send the text as-is, not as a chat user turn")
     predict.set_defaults(handler=_cmd_predict)
 
     adapters = commands.add_parser("adapters", help="list, inspect or delete adapters")
@@ -184,12 +245,19 @@ def _cmd_health(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     fields = {"text_field": args.text_field, "label_field": args.label_field}
-    examples = read_examples(args.data, **fields)
+    examples = read_examples(args.data, **fields) if args.data else ()
     validation = read_examples(args.validation, **fields) if args.validation else None
     job = client.train(
         args.adapter,
         examples,
+        dataset=args.dataset,
         validation=validation,
+        validation_dataset=args.validation_dataset,
+        gradient_accumulation_steps=args.grad_accum,
+        eval_every_steps=args.eval_every,
+        metric_for_best=args.metric_for_best,
+        early_stopping_patience=args.early_stopping_patience,
+        calibrate=False if args.no_calibrate else None,
         validation_fraction=args.validation_fraction,
         epochs=args.epochs,
         learning_rate=args.learning_rate,
@@ -198,12 +266,14 @@ def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         max_steps=args.max_steps,
         seed=args.seed,
     )
-    if not args.wait:
+    if not args.json and job.data_report and job.data_report.warnings:
+        print(_describe_report(job.data_report), file=sys.stderr)
+    if not (args.wait or args.watch):
         _emit(out, args, job, job.id)
         return 0
     if not args.json:
         print(job.id, file=out, flush=True)
-    return _wait(client, job, args, out)
+    return _watch(client, job.id, 0, args, out) if args.watch else _wait(client, job, args, out)
 
 
 def _cmd_jobs_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -232,6 +302,140 @@ def _cmd_jobs_wait(client: Client, args: argparse.Namespace, out: TextIO) -> int
     return _wait(client, args.job_id, args, out)
 
 
+def _cmd_jobs_watch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return _watch(client, args.job_id, args.after, args, out)
+
+
+def _watch(client: Client, job_id: str, after: int, args: argparse.Namespace, out: TextIO) -> int:
+    """Events as they come: a progress bar redrawn in place on a terminal (one line per
+    update otherwise), and a line for each state change, evaluation, checkpoint, warning
+    and error. Exit status: 0 when the job SUCCEEDED."""
+    live = out.isatty() and not args.json
+    bar_shown = False
+    state = ""
+    for event in client.watch_job(job_id, after_sequence=after):
+        if args.json:
+            print(json.dumps(_jsonable(event)), file=out, flush=True)
+        elif event.type == "PROGRESS":
+            line = _progress_bar(event)
+            if live:
+                print("\r" + line.ljust(100), end="", file=out, flush=True)
+                bar_shown = True
+            else:
+                print(line, file=out, flush=True)
+        else:
+            if bar_shown:
+                print(file=out)
+                bar_shown = False
+            print(_event_line(event), file=out, flush=True)
+        if event.state:
+            state = event.state
+    if bar_shown:
+        print(file=out)
+    if not state:  # resumed after the end: ask for the outcome
+        state = client.get_job(job_id).state
+    return 0 if state == "SUCCEEDED" else EXIT_ERROR
+
+
+def _progress_bar(e: JobEvent, width: int = 24) -> str:
+    fraction = e.step / e.total_steps if e.total_steps else 0.0
+    filled = int(round(width * min(fraction, 1.0)))
+    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {e.step}/{e.total_steps or '?'}",
+             f"{fraction:4.0%}", f"epoch {e.epoch}"]
+    if e.train_loss is not None:
+        parts.append(f"loss {e.train_loss:.4f}")
+    if e.learning_rate is not None:
+        parts.append(f"lr {e.learning_rate:.2e}")
+    if e.examples_per_second:
+        parts.append(f"{e.examples_per_second:.1f} ex/s")
+    if e.eta_seconds is not None:
+        parts.append(f"ETA {_duration(e.eta_seconds)}")
+    return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _event_line(e: JobEvent) -> str:
+    stamp = e.time.strftime("%H:%M:%S") if e.time else "--:--:--"
+    if e.type == "STATE":
+        text = f"{e.state}" + (f": {e.message}" if e.message else "")
+    elif e.type == "EVALUATION":
+        text = f"evaluation at step {e.step}: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(e.metrics.items()))
+    else:
+        text = f"{e.type.lower()}: {e.message}" + (f" (step {e.step})" if e.step else "")
+    return f"{stamp} #{e.sequence} {text}"
+
+
+def _cmd_datasets_upload(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    dataset = client.upload_dataset(
+        args.file, task=args.task, format=args.format, display_name=args.name,
+        text_field=args.text_field, label_field=args.label_field, upload_id=args.upload_id,
+    )
+    _emit(out, args, dataset, dataset.id)
+    if not args.json and dataset.report is not None:
+        print(_describe_report(dataset.report), file=sys.stderr)
+    return 0
+
+
+def _cmd_datasets_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    datasets = list(client.list_datasets())
+    rows = [[d.id, d.display_name, d.task, d.format, str(d.usable_rows), str(d.rows),
+             str(d.size_bytes), _time(d.created_at)] for d in datasets]
+    _emit(out, args, datasets,
+          _table(["ID", "NAME", "TASK", "FORMAT", "USABLE", "ROWS", "BYTES", "CREATED"], rows))
+    return 0
+
+
+def _cmd_datasets_get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    d = client.get_dataset(args.dataset_id)
+    text = "\n".join([
+        f"id:          {d.id}", f"name:        {d.display_name}", f"task:        {d.task}",
+        f"format:      {d.format}", f"rows:        {d.usable_rows} usable of {d.rows}",
+        f"size:        {d.size_bytes} bytes", f"sha256:      {d.sha256}",
+        f"created:     {_time(d.created_at)}",
+    ] + ([_describe_report(d.report)] if d.report else []))
+    _emit(out, args, d, text)
+    return 0
+
+
+def _cmd_datasets_delete(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    client.delete_dataset(args.dataset_id)
+    _emit(out, args, {"deleted": args.dataset_id}, f"deleted {args.dataset_id}")
+    return 0
+
+
+def _cmd_datasets_validate(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    report = client.validate_dataset(
+        args.dataset_id, task=args.task, validation_dataset=args.validation_dataset,
+        validation_fraction=args.validation_fraction,
+    )
+    _emit(out, args, report, _describe_report(report))
+    return 0 if report.ok else EXIT_ERROR
+
+
+def _describe_report(r: DataReport) -> str:
+    lines = [
+        f"data:        {r.usable_rows} usable of {r.total_rows} rows"
+        + (f" ({r.train_rows} train, {r.validation_rows} validation)" if r.train_rows else ""),
+    ]
+    if r.dropped:
+        lines.append("dropped:     " + ", ".join(f"{n} {reason}" for reason, n in sorted(r.dropped.items())))
+    if r.labels:
+        lines.append(f"labels:      {len(r.labels)} (imbalance {r.imbalance_ratio:.1f}x)")
+    if r.max_tokens:
+        lines.append(f"tokens:      mean {r.mean_tokens:.1f}, max {r.max_tokens}, {r.truncated_rows} over the limit")
+    lines.append(
+        f"duplicates:  {r.exact_duplicates} exact, {r.near_duplicates} near; "
+        f"{r.conflicting_texts} conflicting; {r.leaked_validation_rows} leaked into validation"
+    )
+    lines += [f"{i.severity.lower()}: {i.code}: {i.message}" for i in r.issues]
+    lines.append("verdict:     " + ("ok" if r.ok else "REFUSED"))
+    return "\n".join(lines)
+
+
 def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     texts: list[str] = []
     for text in args.texts:
@@ -242,7 +446,15 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if not texts:
         print("error: no texts to classify", file=sys.stderr)
         return EXIT_USAGE
+    params = {
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+        "top_k": args.top_k, "stop": args.stop, "seed": args.seed, "raw_prompt": args.raw_prompt,
+    }
+    if args.stream or any(v not in (None, False) for v in params.values()):
+        return _generate(client, args, texts, params, out)
     results = client.predict(args.adapter or None, texts, probabilities=args.probabilities)
+    if results and isinstance(results[0], Generation):  # a causal-LM server answered
+        return _print_generations(args, texts, results, out)
     if args.json:
         payload = [dict(_jsonable(r), text=t) for t, r in zip(texts, results)]
         _emit(out, args, payload, "")
@@ -253,6 +465,36 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             columns.append(" ".join(f"{p.label}:{p.score:.4f}" for p in result.probabilities))
         columns.append(text.replace("\r", "\\r").replace("\n", "\\n"))
         print("\t".join(columns), file=out)
+    return 0
+
+
+def _generate(client: Client, args: argparse.Namespace, texts: list[str], params: dict, out: TextIO) -> int:
+    if not args.stream:
+        return _print_generations(args, texts, client.generate(args.adapter or None, texts, **params), out)
+    finals = []
+    for text in texts:
+        with client.stream(args.adapter or None, text, **params) as stream:
+            for delta in stream:
+                if not args.json:
+                    print(delta, end="", file=out, flush=True)
+            finals.append(stream.final)
+        if not args.json:
+            print(file=out)
+            print(f"[{stream.final.finish_reason}: {stream.final.prompt_tokens} prompt + "
+                  f"{stream.final.completion_tokens} completion tokens]", file=sys.stderr)
+    if args.json:
+        _emit(out, args, [dict(_jsonable(g), input=t) for t, g in zip(texts, finals)], "")
+    return 0
+
+
+def _print_generations(args: argparse.Namespace, texts: list[str], results: list, out: TextIO) -> int:
+    if args.json:
+        _emit(out, args, [dict(_jsonable(g), input=t) for t, g in zip(texts, results)], "")
+        return 0
+    for i, g in enumerate(results):
+        if len(results) > 1:
+            print(f"--- {i + 1} [{g.finish_reason}, {g.completion_tokens} tokens]", file=out)
+        print(g.text, file=out)
     return 0
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -13,6 +16,8 @@ from tuneserve.v1 import (
     adapters_pb2,
     adapters_pb2_grpc,
     common_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     training_pb2,
@@ -20,12 +25,23 @@ from tuneserve.v1 import (
 )
 
 from tuneserve_client.errors import Unavailable, from_rpc_error
+from tuneserve_client.reports import (
+    DataReport,
+    Dataset,
+    JobEvent,
+    data_report_from_pb,
+    dataset_from_pb,
+    job_event_from_pb,
+)
 from tuneserve_client.types import (
     Adapter,
     Classification,
+    Generation,
+    GenerationStream,
     Job,
     LoadedAdapter,
     adapter_from_pb,
+    generation_from_pb,
     job_from_pb,
     prediction_from_pb,
     state_to_pb,
@@ -40,7 +56,24 @@ Metadata = Sequence[tuple[str, str]] | Mapping[str, str]
 _R = TypeVar("_R")
 
 
+def _causal_example_pb(item: Mapping[str, Any], index: int, field: str) -> common_pb2.Example:
+    """{"prompt", "completion"} or {"messages": [{"role", "content"}, ...]}: a causal-LM example."""
+    if "messages" in item:
+        try:
+            messages = [common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in item["messages"]]
+        except (TypeError, KeyError):
+            raise ValueError(f"{field}[{index}]: messages are {{'role', 'content'}} dicts") from None
+        return common_pb2.Example(causal_lm=common_pb2.CausalLMExample(messages=messages))
+    if not isinstance(item.get("prompt"), str) or not isinstance(item.get("completion"), str):
+        raise ValueError(f"{field}[{index}]: a causal-LM example needs str 'prompt' and 'completion'")
+    return common_pb2.Example(
+        causal_lm=common_pb2.CausalLMExample(prompt=item["prompt"], completion=item["completion"])
+    )
+
+
 def _example_pb(item: ExampleLike, index: int, field: str) -> common_pb2.Example:
+    if isinstance(item, Mapping) and ("prompt" in item or "messages" in item):
+        return _causal_example_pb(item, index, field)
     if isinstance(item, Mapping):
         if "text" not in item or "label" not in item:
             raise ValueError(f"{field}[{index}]: a dict example needs 'text' and 'label' keys")
@@ -65,6 +98,10 @@ def _example_pb(item: ExampleLike, index: int, field: str) -> common_pb2.Example
 
 def _examples_pb(items: Iterable[ExampleLike], field: str) -> list[common_pb2.Example]:
     return [_example_pb(item, i, field) for i, item in enumerate(items)]
+
+
+def _dataset_id(dataset: str | Dataset | None) -> str:
+    return "" if dataset is None else dataset.id if isinstance(dataset, Dataset) else dataset
 
 
 class Client:
@@ -104,6 +141,7 @@ class Client:
         self._training = training_pb2_grpc.TrainingServiceStub(channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(channel)
         self._adapters = adapters_pb2_grpc.AdapterServiceStub(channel)
+        self._datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -135,10 +173,12 @@ class Client:
     def train(
         self,
         adapter: str,
-        examples: Iterable[ExampleLike],
+        examples: Iterable[ExampleLike] = (),
         *,
         task: str = "classification",
+        dataset: str | Dataset | None = None,
         validation: Iterable[ExampleLike] | None = None,
+        validation_dataset: str | Dataset | None = None,
         validation_fraction: float | None = None,
         lora_rank: int | None = None,
         lora_alpha: float | None = None,
@@ -152,12 +192,25 @@ class Client:
         weight_decay: float | None = None,
         seed: int | None = None,
         max_seq_length: int | None = None,
+        gradient_accumulation_steps: int | None = None,
+        eval_every_steps: int | None = None,
+        metric_for_best: str | None = None,
+        early_stopping_patience: int | None = None,
+        calibrate: bool | None = None,
+        train_on_prompt: bool | None = None,
+        sample_generations: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Submit a training job for a new version of `adapter`.
 
-        `examples` and `validation` hold (text, label) pairs or {"text", "label"} dicts.
+        `examples` and `validation` hold (text, label) pairs or {"text", "label"} dicts; for
+        task="causal_lm", {"prompt", "completion"} or {"messages": [{"role", "content"}...]}
+        dicts (`train_on_prompt`, `sample_generations`: the causal-LM settings). Instead of
+        inline examples, `dataset` / `validation_dataset` name uploaded datasets (an id or a
+        `Dataset`). The server checks the data first and refuses bad data with
+        `InvalidArgument` whose `.data_report` says why; the returned job's `data_report`
+        holds the warnings.
         Options left as None take the server's defaults. The call is retried with the same
         `request_id` (a fresh UUID by default) when the server is UNAVAILABLE.
         """
@@ -167,6 +220,8 @@ class Client:
             task=task_to_pb(task),
             training_examples=_examples_pb(examples, "examples"),
             request_id=request_id or uuid.uuid4().hex,
+            dataset_id=_dataset_id(dataset),
+            validation_dataset_id=_dataset_id(validation_dataset),
         )
         if validation is not None:
             request.validation_examples.extend(_examples_pb(validation, "validation"))
@@ -191,18 +246,36 @@ class Client:
             ("weight_decay", weight_decay),
             ("seed", seed),
             ("max_seq_length", max_seq_length),
+            ("gradient_accumulation_steps", gradient_accumulation_steps),
         ):
             if value is not None:
                 setattr(optimizer, name, value)
+        evaluation = request.hyperparameters.evaluation
+        for name, value in (
+            ("eval_every_steps", eval_every_steps),
+            ("metric_for_best", metric_for_best),
+            ("early_stopping_patience", early_stopping_patience),
+            ("calibrate", calibrate),
+        ):
+            if value is not None:
+                setattr(evaluation, name, value)
+        if train_on_prompt is not None:
+            request.hyperparameters.causal_lm.train_on_prompt = train_on_prompt
+        if sample_generations is not None:
+            request.hyperparameters.causal_lm.sample_generations = sample_generations
 
+        response = self._retrying(lambda t: self._call(self._training.Train, request, t), timeout)
+        return job_from_pb(response.job)
+
+    def _retrying(self, attempt: Callable[[float], _R], timeout: float | None) -> _R:
+        """Call `attempt(seconds_left)` again after UNAVAILABLE (idempotent requests only:
+        they carry a request_id / upload_id), within one overall deadline."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         backoff = iter(self.retry_backoff)
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                response = self._call(self._training.Train, request, max(remaining, 0.0))
-                return job_from_pb(response.job)
+                return attempt(max(deadline - time.monotonic(), 0.0))
             except Unavailable:
                 pause = next(backoff, None)
                 if pause is None or deadline - time.monotonic() <= pause:
@@ -282,6 +355,139 @@ class Client:
                 pause = min(pause, remaining)
             time.sleep(pause)
 
+    def watch_job(
+        self,
+        job_or_id: Job | str,
+        *,
+        after_sequence: int = 0,
+        reconnect: bool = True,
+        timeout: float | None = None,
+    ) -> Iterator[JobEvent]:
+        """The job's events in order (state changes, progress, evaluations, checkpoints,
+        warnings, errors): every event after `after_sequence`, then live ones until the job
+        ends. When the connection drops (UNAVAILABLE) the stream is reopened from the last
+        event received, so no event is missed or repeated. `timeout`: a deadline for the
+        whole watch (None: none). Closing the iterator cancels the call."""
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        after = after_sequence
+        backoff = iter(self.retry_backoff * 4)
+        while True:
+            request = training_pb2.WatchJobRequest(
+                namespace=self.namespace, job_id=job_id, after_sequence=after
+            )
+            call = self._training.WatchJob(request, timeout=timeout, metadata=self._metadata or None)
+            try:
+                for response in call:
+                    event = job_event_from_pb(response.event)
+                    after = event.sequence
+                    yield event
+                return
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+                pause = next(backoff, None) if reconnect and isinstance(error, Unavailable) else None
+                if pause is None:
+                    raise error from err
+                time.sleep(pause)
+            finally:
+                call.cancel()
+
+    # --- datasets ---------------------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        task: str = "classification",
+        format: str | None = None,  # noqa: A002 - the proto's name
+        display_name: str | None = None,
+        text_field: str = "",
+        label_field: str = "",
+        upload_id: str | None = None,
+        chunk_size: int = 1 << 20,
+        timeout: float | None = None,
+    ) -> Dataset:
+        """Upload a JSONL or CSV file (a path, or the bytes) once; train from its id.
+
+        The server checks size and SHA-256 and parses every row before storing it; the
+        dataset's `report` says what it found. `format` defaults from the file suffix.
+        When the connection drops (UNAVAILABLE) the upload is sent again with the same
+        `upload_id`: the server keeps what it received and skips the bytes it has.
+        """
+        if isinstance(source, bytes):
+            data, name = source, "upload"
+        else:
+            path = Path(source)
+            data, name = path.read_bytes(), path.name
+        fmt = (format or Path(name).suffix.lstrip(".")).lower()
+        fmt = {"json": "jsonl", "ndjson": "jsonl"}.get(fmt, fmt)
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"cannot tell the format of {name!r}: pass format='jsonl' or 'csv'")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        header = datasets_pb2.DatasetUploadHeader(
+            namespace=self.namespace,
+            display_name=name if display_name is None else display_name,
+            task=task_to_pb(task),
+            format=datasets_pb2.DatasetFormat.Value(f"DATASET_FORMAT_{fmt.upper()}"),
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            upload_id=upload_id or uuid.uuid4().hex,
+            text_field=text_field,
+            label_field=label_field,
+        )
+
+        def messages() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+            yield datasets_pb2.UploadDatasetRequest(header=header)
+            for offset in range(0, len(data), chunk_size):
+                yield datasets_pb2.UploadDatasetRequest(
+                    chunk=datasets_pb2.DatasetChunk(offset=offset, data=data[offset : offset + chunk_size])
+                )
+
+        response = self._retrying(lambda t: self._call(self._datasets.UploadDataset, messages(), t), timeout)
+        return dataset_from_pb(response.dataset)
+
+    def get_dataset(self, dataset_id: str, *, timeout: float | None = None) -> Dataset:
+        request = datasets_pb2.GetDatasetRequest(namespace=self.namespace, dataset_id=dataset_id)
+        return dataset_from_pb(self._call(self._datasets.GetDataset, request, timeout).dataset)
+
+    def list_datasets(
+        self, *, page_size: int | None = None, timeout: float | None = None
+    ) -> Iterator[Dataset]:
+        """Datasets, newest first; pages are fetched lazily."""
+        request = datasets_pb2.ListDatasetsRequest(namespace=self.namespace, page_size=page_size or 0)
+        return self._pages(self._datasets.ListDatasets, request, "datasets", dataset_from_pb, timeout)
+
+    def delete_dataset(self, dataset_id: str, *, timeout: float | None = None) -> None:
+        request = datasets_pb2.DeleteDatasetRequest(namespace=self.namespace, dataset_id=dataset_id)
+        self._call(self._datasets.DeleteDataset, request, timeout)
+
+    def validate_dataset(
+        self,
+        dataset: str | Dataset | None = None,
+        examples: Iterable[ExampleLike] = (),
+        *,
+        task: str = "classification",
+        validation_dataset: str | Dataset | None = None,
+        validation: Iterable[ExampleLike] | None = None,
+        validation_fraction: float | None = None,
+        max_seq_length: int | None = None,
+        timeout: float | None = None,
+    ) -> DataReport:
+        """The checks Train runs, without a job: the data report (hard problems are in
+        `report.errors`, and `report.ok` is False)."""
+        request = datasets_pb2.ValidateDatasetRequest(
+            namespace=self.namespace, task=task_to_pb(task), dataset_id=_dataset_id(dataset),
+            training_examples=_examples_pb(examples, "examples"),
+            validation_dataset_id=_dataset_id(validation_dataset),
+        )
+        if validation is not None:
+            request.validation_examples.extend(_examples_pb(validation, "validation"))
+        if validation_fraction is not None:
+            request.validation_fraction = validation_fraction
+        if max_seq_length is not None:
+            request.max_seq_length = max_seq_length
+        return data_report_from_pb(self._call(self._datasets.ValidateDataset, request, timeout).report)
+
     # --- inference --------------------------------------------------------------------
 
     def predict(
@@ -303,6 +509,80 @@ class Client:
         )
         response = self._call(self._inference.Predict, request, timeout)
         return [prediction_from_pb(p) for p in response.predictions]
+
+    # --- generation (causal LM) ------------------------------------------------------
+
+    def _generation_params(self, **params: Any) -> inference_pb2.GenerationParams:
+        gp = inference_pb2.GenerationParams(raw_prompt=bool(params.pop("raw_prompt", False)))
+        stop = params.pop("stop", None)
+        if stop:
+            gp.stop.extend([stop] if isinstance(stop, str) else list(stop))
+        for name, value in params.items():
+            if value is not None:
+                setattr(gp, name, value)
+        return gp
+
+    def generate(
+        self,
+        adapter: str | None,
+        prompts: Sequence[str] | str,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+        raw_prompt: bool = False,
+        timeout: float | None = None,
+    ) -> Generation | list[Generation]:
+        """Complete `prompts` with `adapter` (None: the base model) on a causal-LM server.
+        One prompt (a str) gives one Generation, a list gives a list. Unset options take the
+        server's defaults (greedy; max_new_tokens_default tokens)."""
+        single = isinstance(prompts, str)
+        request = inference_pb2.PredictRequest(
+            namespace=self.namespace,
+            adapter=adapter or "",
+            inputs=[prompts] if single else list(prompts),
+            generation=self._generation_params(
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                stop=stop, seed=seed, raw_prompt=raw_prompt,
+            ),
+        )
+        response = self._call(self._inference.Predict, request, timeout)
+        out = [generation_from_pb(p) for p in response.predictions]
+        return out[0] if single else out
+
+    def stream(
+        self,
+        adapter: str | None,
+        prompt: str,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+        raw_prompt: bool = False,
+        timeout: float | None = None,
+    ) -> GenerationStream:
+        """Stream one completion: iterate the result for text deltas as they are produced;
+        afterwards `.final` holds the whole Generation. `.cancel()` (or leaving a `with`
+        block early) stops the generation on the server."""
+        request = inference_pb2.PredictStreamRequest(
+            namespace=self.namespace,
+            adapter=adapter or "",
+            input=prompt,
+            generation=self._generation_params(
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                stop=stop, seed=seed, raw_prompt=raw_prompt,
+            ),
+        )
+        call = self._inference.PredictStream(
+            request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata or None
+        )
+        return GenerationStream(call)
 
     # --- adapters ---------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from google.protobuf import timestamp_pb2
 from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
 
+from tuneserve_client.reports import DataReport, data_report_from_pb
+
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TASKS = ("classification", "causal_lm")
@@ -40,6 +42,17 @@ class Job:
     train_examples: int = 0
     validation_examples: int = 0
     attempts: int = 0
+    learning_rate: float | None = None
+    examples_per_second: float | None = None
+    eta_seconds: float | None = None
+    # The data checks the job passed (warnings included).
+    data_report: DataReport | None = None
+    dataset_id: str = ""
+    validation_dataset_id: str = ""
+    # The step the last attempt resumed from after a worker was lost (0: from scratch).
+    resumed_from_step: int = 0
+    # Causal LM: what the trained adapter wrote for a few validation prompts.
+    sample_generations: tuple[SampleGeneration, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -172,6 +185,18 @@ def job_from_pb(pb: training_pb2.Job) -> Job:
         train_examples=pb.train_examples,
         validation_examples=pb.validation_examples,
         attempts=pb.attempts,
+        learning_rate=progress.learning_rate if progress.HasField("learning_rate") else None,
+        examples_per_second=(
+            progress.examples_per_second if progress.HasField("examples_per_second") else None
+        ),
+        eta_seconds=progress.eta_seconds if progress.HasField("eta_seconds") else None,
+        data_report=data_report_from_pb(pb.data_report) if pb.HasField("data_report") else None,
+        dataset_id=pb.dataset_id,
+        validation_dataset_id=pb.validation_dataset_id,
+        resumed_from_step=pb.resumed_from_step,
+        sample_generations=tuple(
+            SampleGeneration(g.prompt, g.reference, g.generated) for g in pb.sample_generations
+        ),
     )
 
 
@@ -183,8 +208,10 @@ def classification_from_pb(pb: inference_pb2.Classification) -> Classification:
     )
 
 
-def prediction_from_pb(pb: inference_pb2.Prediction) -> Classification:
+def prediction_from_pb(pb: inference_pb2.Prediction) -> Classification | Generation:
     kind = pb.WhichOneof("output")
+    if kind == "generation":  # a causal-LM server answers predict() with generations
+        return generation_from_pb(pb)
     if kind != "classification":
         raise ValueError(f"unsupported prediction output {kind!r}; upgrade the client")
     return classification_from_pb(pb.classification)
@@ -214,3 +241,83 @@ def adapter_from_pb(pb: adapters_pb2.Adapter) -> Adapter:
         versions=[adapter_version_from_pb(v) for v in pb.versions],
         latest_version=pb.latest_version,
     )
+
+
+# ---------------------------------------------------------------- generation (causal LM)
+FINISH_REASONS = {1: "length", 2: "stop", 3: "eos"}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A completion: its text, why it ended ("length", "stop" or "eos") and token counts."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class SampleGeneration:
+    """A validation prompt, its reference completion and what the trained adapter wrote."""
+
+    prompt: str
+    reference: str
+    generated: str
+
+
+def generation_from_pb(pb: inference_pb2.Prediction | inference_pb2.Generation) -> Generation:
+    if isinstance(pb, inference_pb2.Prediction):
+        kind = pb.WhichOneof("output")
+        if kind != "generation":
+            raise ValueError(f"expected a generation, got {kind!r} (is this a causal-LM server?)")
+        pb = pb.generation
+    return Generation(
+        text=pb.text,
+        finish_reason=FINISH_REASONS.get(pb.finish_reason, "unspecified"),
+        prompt_tokens=pb.prompt_tokens,
+        completion_tokens=pb.completion_tokens,
+    )
+
+
+class GenerationStream:
+    """Iterate for text deltas; then `final` is the whole Generation. The adapter that serves
+    the stream is in `adapter_name` / `adapter_version` once the first message arrived."""
+
+    def __init__(self, call) -> None:  # noqa: ANN001 - a grpc streaming call
+        self._call = call
+        self.final: Generation | None = None
+        self.adapter_name = ""
+        self.adapter_version = 0
+
+    def __iter__(self):  # noqa: ANN204
+        import grpc
+
+        from tuneserve_client.errors import from_rpc_error
+
+        first = True
+        try:
+            for message in self._call:
+                if first:
+                    self.adapter_name, self.adapter_version = message.adapter_name, message.adapter_version
+                    first = False
+                if message.delta:
+                    yield message.delta
+                if message.HasField("final"):
+                    self.final = generation_from_pb(message.final)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def text(self) -> str:
+        """Consume the stream; the whole text."""
+        return "".join(self)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> GenerationStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.final is None:
+            self.cancel()

@@ -190,3 +190,31 @@ def test_datasets_are_per_namespace_and_deletable(cluster):
         team_x.delete_dataset(dataset.id)
         with pytest.raises(NotFound):
             team_x.get_dataset(dataset.id)
+
+
+def test_cli_upload_validate_train_and_watch(cluster, tmp_path, capsys):
+    from tuneserve_client.cli import main
+
+    path = tmp_path / "tickets.csv"
+    path.write_bytes(_csv(banking77("train", per_label=10)))
+    base = ["--target", cluster.api.target, "--namespace", "cli-team"]
+    assert main([*base, "datasets", "upload", str(path)]) == 0
+    captured = capsys.readouterr()
+    dataset_id = captured.out.strip()
+    assert dataset_id.startswith("ds-") and "verdict:     ok" in captured.err
+    assert main([*base, "datasets", "validate", dataset_id]) == 0
+    assert "40 usable of 40 rows (36 train, 4 validation)" in capsys.readouterr().out
+    assert main([*base, "datasets", "list"]) == 0
+    assert dataset_id in capsys.readouterr().out
+
+    rc = main([*base, "train", "--adapter", "cli-intents", "--dataset", dataset_id,
+               "--epochs", "1", "--batch-size", "8", "--watch"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0, out
+    job_id = out[0]
+    assert any("QUEUED" in line for line in out) and "SUCCEEDED" in out[-1]
+    assert any(line.startswith("[") and "ex/s" in line for line in out)  # progress, not a tty
+    # Resume the watch after the first event: the rest, each once, in order.
+    assert main([*base, "jobs", "watch", job_id, "--after", "1"]) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert not any(" #1 " in line for line in again) and " #2 " in again[0] and "SUCCEEDED" in again[-1]
