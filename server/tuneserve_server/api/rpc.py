@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +24,24 @@ def rpc(fn: Handler[R]) -> Handler[R]:
         try:
             return await fn(self, request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def rpc_stream(fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]):  # noqa: ANN201
+    """`rpc` for server-streaming handlers (async generators): an exception raised before or
+    between messages ends the stream with its status from the same table."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
             await abort_with(context, exc)

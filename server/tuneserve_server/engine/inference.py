@@ -16,6 +16,12 @@ from tuneserve_server.config import Settings
 from tuneserve_server.engine.batching import Batcher
 from tuneserve_server.engine.catalog import AdapterCatalog
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
+from tuneserve_server.engine.generation import (
+    GenerationResult,
+    GenerationScheduler,
+    RowStream,
+    SamplingParams,
+)
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
@@ -27,6 +33,7 @@ from tuneserve_server.modeling import (
     module_names,
     resolve_base_model,
 )
+from tuneserve_server.modeling_lm import is_causal_lm_path
 from tuneserve_server.naming import AdapterRef
 from tuneserve_server.observability.metrics import (
     ADAPTER_LABELS,
@@ -62,6 +69,7 @@ class InferenceEngine:
         self._poll_task: asyncio.Task[None] | None = None
         self.batcher: Batcher | None = None
         self.loader: AdapterLoader | None = None  # cold loads off the torch thread
+        self.generation: GenerationScheduler | None = None  # causal LM: the decoding loop's driver
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -71,6 +79,12 @@ class InferenceEngine:
             self.registry, self.adapter_store, self.executor, max_concurrent=self.settings.max_concurrent_loads
         )
         await self.refresh()
+        if self.task is TaskType.CAUSAL_LM:
+            self.generation = GenerationScheduler(
+                self.generation_runner, self.executor, max_wait_ms=self.settings.max_batch_wait_ms,
+                max_queue_rows=self.settings.max_queue_rows,
+            )
+            self.generation.start()
         self.batcher = Batcher(
             self.runner.run,
             self.executor,
@@ -90,6 +104,8 @@ class InferenceEngine:
             await asyncio.gather(self._poll_task, return_exceptions=True)
         if self.batcher:
             await self.batcher.stop()
+        if self.generation:
+            await self.generation.stop()
         if self.loader:
             await asyncio.to_thread(self.loader.shutdown)
         await asyncio.to_thread(self.executor.shutdown, True)
@@ -100,6 +116,9 @@ class InferenceEngine:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self.source = resolve_base_model(self.settings.base_model)
+        if is_causal_lm_path(self.source.path):  # generation: engine/generation_setup.py
+            self._load_causal()
+            return
         self.tokenizer, encoder = load_encoder(self.source, self.settings.device)
         self.dtype = getattr(torch, self.settings.serving_dtype)
         encoder.to(self.dtype)
@@ -127,6 +146,21 @@ class InferenceEngine:
             enc = self.tokenizer(["warm up"], return_tensors="pt").to(self.settings.device)
             with bank.selecting([None], self.settings.device):
                 model(**enc)
+
+    def _load_causal(self) -> None:
+        from tuneserve_server.engine.generation_setup import load_causal_serving
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        built = load_causal_serving(self.settings, self.source, self.adapter_store)
+        self.task = TaskType.CAUSAL_LM
+        self.tokenizer, self.dtype, self.registry = built.tokenizer, built.dtype, built.registry
+        self.linear_modules, self.default_targets = built.linear_modules, built.default_targets
+        self.max_positions = built.max_positions
+        self.generation_runner = built.runner
+        self.runner = ClassificationRunner(  # answers classify calls only with the task check below
+            self.tokenizer, self.registry, self.adapter_store, device=self.settings.device
+        )
 
     def train_limits(self) -> TrainLimits:
         return TrainLimits(
@@ -270,3 +304,51 @@ class InferenceEngine:
             ADAPTER_REQUESTS.labels(label).inc()
             ADAPTER_LATENCY.labels(label).observe(time.perf_counter() - start)
         return ClassifyResult(record, scores)
+
+    # ------------------------------------------------------------------ generate (causal LM)
+    async def _generation_target(self, ref: AdapterRef | None) -> tuple[AdapterVersionRecord | None, AdapterKey | None]:
+        if not self.ready or self.generation is None and self.task is TaskType.CAUSAL_LM:
+            raise NotReady("the model is still loading; retry shortly")
+        if self.task is not TaskType.CAUSAL_LM or self.generation is None:
+            raise FailedPrecondition(
+                f"this server serves {self.source.model_id}, a {self.task.value} model; it does not generate text"
+            )
+        if ref is None:
+            return None, None
+        record = await self.resolve(ref)
+        if record.task is not TaskType.CAUSAL_LM:
+            raise FailedPrecondition(f"adapter {ref.name} is a {record.task.value} adapter")
+        return record, AdapterKey(record.namespace, record.name, record.version)
+
+    async def generate(
+        self, ref: AdapterRef | None, prompts: list[str], params: SamplingParams
+    ) -> tuple[AdapterVersionRecord | None, list[GenerationResult]]:
+        """Complete every prompt (each a row of the shared decoding loop); a cancelled call
+        cancels its rows."""
+        start = time.perf_counter()
+        record, key = await self._generation_target(ref)
+        assert self.generation is not None
+        streams = self.generation.open_many(key, prompts, params)
+        try:
+            results = list(await asyncio.gather(*(s.wait() for s in streams)))
+        finally:
+            for s in streams:
+                if s.result is None:
+                    s.cancel()
+            self._observe(record, start)
+        return record, results
+
+    async def open_stream(
+        self, ref: AdapterRef | None, prompt: str, params: SamplingParams
+    ) -> tuple[AdapterVersionRecord | None, RowStream]:
+        """Queue one prompt; iterate `stream.events()` for its deltas and final result."""
+        record, key = await self._generation_target(ref)
+        assert self.generation is not None
+        return record, self.generation.open(key, prompt, params)
+
+    def _observe(self, record: AdapterVersionRecord | None, start: float) -> None:
+        label = ADAPTER_LABELS.label(
+            BASE_ADAPTER_LABEL if record is None else adapter_label_name(record.namespace, record.name)
+        )
+        ADAPTER_REQUESTS.labels(label).inc()
+        ADAPTER_LATENCY.labels(label).observe(time.perf_counter() - start)

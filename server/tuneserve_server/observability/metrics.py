@@ -56,6 +56,15 @@ PREDICT_DROPPED = Counter(
     "Queued predict requests dropped before running (deadline passed or caller cancelled)",
 )
 BATCH_ROWS = Histogram("tuneserve_batch_rows", "Input rows per forward pass", buckets=_ROWS)
+# Causal LM (engine/generation_runner.py)
+GENERATION_ACTIVE_ROWS = Gauge("tuneserve_generation_active_rows", "Sequences in the decoding loop now")
+GENERATION_TOKENS = Counter("tuneserve_generation_tokens_total", "Tokens generated (all rows)")
+GENERATION_CANCELLED = Counter(
+    "tuneserve_generation_cancelled_total", "Rows dropped from the decoding loop because their caller went away"
+)
+GENERATION_FINISHED = Counter(
+    "tuneserve_generation_finished_total", "Rows that finished, by finish reason", ["reason"]
+)
 BATCH_ADAPTERS = Histogram(
     "tuneserve_batch_adapters", "Distinct adapters per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64)
 )

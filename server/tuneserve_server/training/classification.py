@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -62,6 +62,8 @@ class JobPreempted(Exception):
 class TrainResult:
     metrics: dict[str, float]
     meta: AdapterMeta
+    # Causal LM: [{"prompt", "reference", "generated"}, ...] for the worker to store on the job.
+    sample_generations: list[dict[str, str]] = field(default_factory=list)
 
 
 ProgressSink = Callable[[JobProgress], None]

@@ -1,0 +1,351 @@
+"""The causal-LM recipe: LoRA on a decoder LM, trained on prompt -> completion pairs or chat
+conversations rendered with the model's chat template.
+
+setup -> train -> evaluate (loss and perplexity on the validation completions, and the base
+model's loss on the same tokens) -> sample generations (greedy, a few validation prompts) ->
+save, driven by the worker with the same contract as ClassificationRecipe.
+
+Each example is tokenized as (prompt, completion): the prompt is every turn before the last
+rendered with the chat template up to the assistant header (exactly what serving sends),
+the completion is the last (assistant) turn plus the template's end-of-turn marker, so the
+adapter learns to stop. The loss covers only completion tokens unless train_on_prompt.
+Rows longer than max_seq_length are cut (the prompt from the left first, then the completion
+from the right) and counted in metrics["truncated_rows"]."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import torch
+
+from tuneserve_server.modeling import (
+    ADAPTER_META,
+    AdapterMeta,
+    BaseModelSource,
+    default_target_modules,
+)
+from tuneserve_server.modeling_lm import (
+    completion_suffix,
+    load_causal_lm,
+    render_prompt,
+)
+from tuneserve_server.observability.metrics import (
+    TRAIN_EXAMPLES_PER_SECOND,
+    TRAIN_LAST_CHECKPOINT,
+    TRAIN_LOSS,
+    TRAIN_STEP,
+    TRAIN_TOTAL_STEPS,
+)
+from tuneserve_server.training import checkpoint
+from tuneserve_server.training.checkpoint import TrainPosition
+from tuneserve_server.training.classification import (
+    JobCancelled,
+    JobPreempted,
+    TrainResult,
+)
+from tuneserve_server.training.jobs import (
+    CausalExample,
+    EventType,
+    JobEvent,
+    JobProgress,
+    JobSpec,
+    TaskType,
+)
+
+log = structlog.get_logger("tuneserve.training")
+
+IGNORE = -100
+EVAL_BATCH = 16
+SAMPLE_MAX_NEW_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_len: int
+    truncated: bool
+
+
+def encode_example(
+    tokenizer, example: CausalExample, max_len: int, *, train_on_prompt: bool, suffix: str  # noqa: ANN001
+) -> Encoded:
+    turns = example.conversation()
+    prompt = render_prompt(tokenizer, [(t.role, t.content) for t in turns[:-1]])
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(turns[-1].content + suffix, add_special_tokens=False)["input_ids"]
+    truncated = len(p_ids) + len(c_ids) > max_len
+    if truncated:
+        keep_prompt = max(max_len - len(c_ids), max_len // 2, 1)
+        p_ids = p_ids[-keep_prompt:] if len(p_ids) > keep_prompt else p_ids
+        c_ids = c_ids[: max(max_len - len(p_ids), 0)]
+    labels = (list(p_ids) if train_on_prompt else [IGNORE] * len(p_ids)) + list(c_ids)
+    return Encoded(list(p_ids) + list(c_ids), labels, len(p_ids), truncated)
+
+
+def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class CausalLMRecipe:
+    def __init__(
+        self,
+        spec: JobSpec,
+        source: BaseModelSource,
+        *,
+        device: str = "cpu",
+        job_id: str = "",
+        cancel: threading.Event | None = None,
+        preempt: threading.Event | None = None,
+        on_progress: Callable[[JobProgress], None] | None = None,
+        on_event: Callable[[JobEvent], None] | None = None,
+        checkpoint_dir: Path | None = None,
+        checkpoint_every: int = 0,
+        model_cache_dir: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.source = source
+        self.device = device
+        self.job_id = job_id
+        self.cancel = cancel or threading.Event()
+        self.preempt = preempt or threading.Event()
+        self.on_progress = on_progress or (lambda p: None)
+        self.on_event = on_event or (lambda e: None)
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.model_cache_dir = model_cache_dir
+        self.resumed_from_step = 0
+        self.examples_this_run = 0
+        self.sample_generations: list[dict[str, str]] = []
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        hp = self.spec.hyperparameters
+        torch.manual_seed(hp.optimizer.seed)
+        self.tokenizer, lm = load_causal_lm(self.source.path, self.device, self.model_cache_dir)
+        lm.config.use_cache = False
+        self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
+        config = LoraConfig(
+            r=hp.lora.rank, lora_alpha=hp.lora.alpha, lora_dropout=hp.lora.dropout,
+            target_modules=list(self.targets), bias="none",
+        )
+        self.model = get_peft_model(lm, config)
+        self.suffix = completion_suffix(self.tokenizer)
+        opt = hp.optimizer
+        self.train_rows = self._encode(self.spec.train)
+        self.val_rows = self._encode(self.spec.validation)
+        self.truncated = sum(r.truncated for r in self.train_rows) + sum(r.truncated for r in self.val_rows)
+        if self.truncated:
+            log.warning("rows truncated to max_seq_length", rows=self.truncated, max_seq_length=opt.max_seq_length)
+
+    def _encode(self, rows: tuple) -> list[Encoded]:
+        hp = self.spec.hyperparameters
+        return [
+            encode_example(self.tokenizer, r, hp.optimizer.max_seq_length,
+                           train_on_prompt=hp.causal_lm.train_on_prompt, suffix=self.suffix)
+            for r in rows
+        ]
+
+    def _collate(self, rows: list[Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(r.input_ids) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = [r.input_ids + [pad] * (width - len(r.input_ids)) for r in rows]
+        labels = [r.labels + [IGNORE] * (width - len(r.labels)) for r in rows]
+        mask = [[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows]
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+            "labels": torch.tensor(labels, device=self.device),
+        }
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        opt = self.spec.hyperparameters.optimizer
+        accum = max(1, opt.gradient_accumulation_steps)
+        batches_per_epoch = math.ceil(len(self.train_rows) / opt.batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / accum)
+        total = steps_per_epoch * opt.epochs
+        if opt.max_steps:
+            total = min(total, opt.max_steps)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+        schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
+        pos = TrainPosition()
+        if self.checkpoint_dir is not None:
+            restored = checkpoint.load(self.checkpoint_dir, self.model, None, optimizer, schedule)
+            if restored is not None:
+                pos = restored
+                self.resumed_from_step = pos.step
+                log.info("resumed from checkpoint", step=pos.step, epoch=pos.epoch)
+        rng = random.Random(opt.seed)
+        self.model.train()
+        TRAIN_STEP.set(pos.step)
+        TRAIN_TOTAL_STEPS.set(total)
+        TRAIN_LOSS.set(math.nan if pos.loss_ema is None else pos.loss_ema)
+        TRAIN_EXAMPLES_PER_SECOND.set(0)
+        self.on_progress(JobProgress(pos.step, total, pos.epoch, pos.loss_ema))
+        started, seen_at_start = time.monotonic(), pos.examples_seen
+        pending, pending_loss, pending_rows = 0, 0.0, 0
+        for epoch in range(1, opt.epochs + 1):
+            batches = _batches(len(self.train_rows), opt.batch_size, rng)  # drawn even when skipped
+            if epoch < pos.epoch:
+                continue
+            for number, idx in enumerate(batches):
+                if epoch == pos.epoch and number < pos.batches_done:
+                    continue
+                if pos.step >= total:
+                    break
+                if pending == 0:  # between optimiser steps: the only place to stop or checkpoint
+                    if self.preempt.is_set():
+                        self._checkpoint(optimizer, schedule, pos)
+                        raise JobPreempted()
+                    if self.cancel.is_set():
+                        raise JobCancelled()
+                loss = self.model(**self._collate([self.train_rows[i] for i in idx])).loss
+                (loss / accum).backward()
+                pending += 1
+                pending_loss += float(loss.detach()) / accum
+                pending_rows += len(idx)
+                if pending < accum and number + 1 < len(batches):
+                    continue
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                value = pending_loss * accum / pending
+                pos = TrainPosition(
+                    step=pos.step + 1, epoch=epoch, batches_done=number + 1,
+                    loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
+                    examples_seen=pos.examples_seen + pending_rows,
+                )
+                pending, pending_loss, pending_rows = 0, 0.0, 0
+                self._report(pos, total, epoch, started, seen_at_start, schedule)
+                if self.checkpoint_every and pos.step % self.checkpoint_every == 0 and pos.step < total:
+                    self._checkpoint(optimizer, schedule, pos)
+
+    def _report(self, pos: TrainPosition, total: int, epoch: int, started: float, seen_at_start: int,
+                schedule) -> None:  # noqa: ANN001
+        self.examples_this_run = pos.examples_seen - seen_at_start
+        elapsed = time.monotonic() - started
+        rate = self.examples_this_run / elapsed if elapsed > 0 else None
+        steps_done_here = pos.step - self.resumed_from_step
+        eta = elapsed / steps_done_here * (total - pos.step) if steps_done_here > 0 else None
+        TRAIN_STEP.set(pos.step)
+        TRAIN_LOSS.set(pos.loss_ema)
+        if rate:
+            TRAIN_EXAMPLES_PER_SECOND.set(rate)
+        self.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema, schedule.get_last_lr()[0], rate, eta))
+
+    def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:  # noqa: ANN001
+        if self.checkpoint_dir is None:
+            return
+        checkpoint.save(self.checkpoint_dir, self.model, None, optimizer, schedule, pos)
+        TRAIN_LAST_CHECKPOINT.set(time.time())
+        self.on_event(JobEvent(self.job_id, EventType.CHECKPOINT, message=f"checkpoint at step {pos.step}"))
+
+    # ---------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def _loss(self, rows: list[Encoded]) -> tuple[float, int]:
+        """Summed token loss over the labelled tokens of `rows`, and how many tokens."""
+        total, tokens = 0.0, 0
+        for i in range(0, len(rows), EVAL_BATCH):
+            batch = self._collate(rows[i : i + EVAL_BATCH])
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+            shift_labels = batch["labels"][:, 1:].reshape(-1)
+            total += float(torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE,
+                                                             reduction="sum"))
+            tokens += int((shift_labels != IGNORE).sum())
+        return total, tokens
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics: dict[str, float] = {
+            "validation_examples": float(len(self.val_rows)),
+            "truncated_rows": float(self.truncated),
+        }
+        if not self.val_rows:
+            return metrics
+        total, tokens = self._loss(self.val_rows)
+        with self.model.disable_adapter():
+            base_total, _ = self._loss(self.val_rows)
+        loss = total / max(tokens, 1)
+        base = base_total / max(tokens, 1)
+        metrics.update(
+            eval_loss=loss, perplexity=math.exp(min(loss, 50.0)),
+            base_eval_loss=base, base_perplexity=math.exp(min(base, 50.0)),
+            eval_tokens=float(tokens),
+        )
+        return metrics
+
+    @torch.no_grad()
+    def generate_samples(self) -> list[dict[str, str]]:
+        """Greedy completions of the first N validation prompts with the trained adapter."""
+        n = min(self.spec.hyperparameters.causal_lm.sample_generations, len(self.spec.validation))
+        if n <= 0:
+            return []
+        self.model.eval()
+        examples = self.spec.validation[:n]
+        prompts = [render_prompt(self.tokenizer, [(t.role, t.content) for t in ex.conversation()[:-1]])
+                   for ex in examples]
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(len(e) for e in encoded)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.device)
+        limit = min(SAMPLE_MAX_NEW_TOKENS, max(len(r.input_ids) - r.prompt_len for r in self.val_rows[:n]) + 16)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=limit, do_sample=False,
+                                  pad_token_id=pad, use_cache=True)
+        samples = []
+        for ex, row in zip(examples, out[:, width:], strict=True):
+            turns = ex.conversation()
+            samples.append({
+                "prompt": turns[-2].content if len(turns) >= 2 else "",
+                "reference": turns[-1].content,
+                "generated": self.tokenizer.decode(row, skip_special_tokens=True).strip(),
+            })
+        return samples
+
+    # ---------------------------------------------------------------- save
+    def save(self, directory: Path, metrics: dict[str, float]) -> AdapterMeta:
+        self.model.save_pretrained(str(directory))
+        hp = self.spec.hyperparameters
+        meta = AdapterMeta(
+            task=TaskType.CAUSAL_LM,
+            base_model=self.source.model_id,
+            labels=(),
+            lora_rank=hp.lora.rank,
+            target_modules=self.targets,
+            metrics=metrics,
+            job_id=self.job_id,
+        )
+        (directory / ADAPTER_META).write_text(meta.to_json())
+        return meta
+
+    def run(self, directory: Path) -> TrainResult:
+        start = time.monotonic()
+        self.setup()
+        self.train()
+        train_s = time.monotonic() - start
+        metrics = self.evaluate()
+        metrics["train_seconds"] = train_s
+        metrics["train_examples_per_second"] = self.examples_this_run / train_s if train_s else 0.0
+        if self.resumed_from_step:
+            metrics["resumed_from_step"] = float(self.resumed_from_step)
+        self.on_event(JobEvent(self.job_id, EventType.EVALUATION, metrics=dict(metrics)))
+        self.sample_generations = self.generate_samples()
+        self.model.config.use_cache = False
+        return TrainResult(metrics, self.save(directory, metrics), sample_generations=self.sample_generations)
