@@ -1,5 +1,7 @@
-"""Serving a causal LM: load the base (through the GGUF cache), wrap it for peft adapter slots,
-build the registry and the decoding loop. Runs on the engine's torch thread at start-up."""
+"""Serving a causal LM: load the base (through the GGUF cache), give it the gathered LoRA bank
+(engine/lora_batched.py: each row of a decode step through its own adapter, one gathered
+product per layer, as classification serving does), build the registry and the decoding
+loop. Runs on the engine's torch thread at start-up."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from typing import Any
 import torch
 
 from tuneserve_server.config import Settings
-from tuneserve_server.engine.generation_runner import BASE_SLOT, GenerationRunner
-from tuneserve_server.engine.registry import ANCHOR_SLOT, AdapterRegistry
+from tuneserve_server.engine.generation_runner import GenerationRunner
+from tuneserve_server.engine.lora_batched import LoraBank
+from tuneserve_server.engine.registry import AdapterRegistry
 from tuneserve_server.modeling import (
     BaseModelSource,
     default_target_modules,
@@ -32,19 +35,15 @@ class CausalServing:
 
 
 def load_causal_serving(settings: Settings, source: BaseModelSource, adapter_store: AdapterStore) -> CausalServing:
-    from peft import LoraConfig, get_peft_model
-
     dtype = getattr(torch, settings.serving_dtype)
     tokenizer, lm = load_causal_lm(source.path, settings.device, settings.model_cache_path, dtype)
     linear = module_names(lm) - {"lm_head"}
     targets = default_target_modules(lm)
     max_positions = int(getattr(lm.config, "max_position_embeddings", 2048))
     eos = eos_token_ids(tokenizer, lm)
-    anchor = LoraConfig(r=1, target_modules=[targets[0]], init_lora_weights=True)
-    model = get_peft_model(lm, anchor, adapter_name=ANCHOR_SLOT)
-    model.eval()  # adapter_names= needs eval mode
+    bank = LoraBank(lm, linear, capacity=settings.max_resident_adapters, dtype=dtype)
     registry = AdapterRegistry(
-        model,
+        lm,
         base_model_id=source.model_id,
         linear_modules=linear,
         hidden_size=lm.config.hidden_size,
@@ -52,6 +51,7 @@ def load_causal_serving(settings: Settings, source: BaseModelSource, adapter_sto
         max_rank=settings.max_lora_rank,
         device=settings.device,
         dtype=dtype,
+        bank=bank,
     )
     runner = GenerationRunner(
         tokenizer, registry, adapter_store, device=settings.device, eos_ids=eos,
@@ -59,5 +59,6 @@ def load_causal_serving(settings: Settings, source: BaseModelSource, adapter_sto
     )
     with torch.inference_mode():  # warm-up: first-call allocations happen now, not on a user
         enc = tokenizer(["warm up"], return_tensors="pt").to(settings.device)
-        model(**enc, adapter_names=[BASE_SLOT])
+        with bank.selecting([None], settings.device):
+            lm(**enc)
     return CausalServing(tokenizer, registry, runner, dtype, linear, targets, max_positions)

@@ -36,10 +36,9 @@ def byte_tokenizer():  # noqa: ANN201
     return tok
 
 
-def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
-    from peft import LoraConfig, get_peft_model
+def tiny_llama_base(vocab_size: int, seed: int = 0):  # noqa: ANN201
+    """The bare random Llama (float64); the same seed gives the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from tuneserve_server.engine.registry import ANCHOR_SLOT
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -47,7 +46,16 @@ def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
     )
-    model = LlamaForCausalLM(config).to(torch.float64).eval()
+    return LlamaForCausalLM(config).to(torch.float64).eval()
+
+
+def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
+    """tiny_llama_base under peft: a zero anchor adapter and random adapters s0 / s1."""
+    from peft import LoraConfig, get_peft_model
+
+    from tuneserve_server.engine.registry import ANCHOR_SLOT
+
+    model = tiny_llama_base(vocab_size, seed)
     model = get_peft_model(model, LoraConfig(r=1, target_modules=["q_proj"]), adapter_name=ANCHOR_SLOT)
     for i, slot in enumerate(("s0", "s1")):
         torch.manual_seed(100 + i)
@@ -70,8 +78,8 @@ class Harness:
     """Drive a GenerationRunner synchronously, one decode step per turn, as the scheduler's
     driver does (with more steps per turn)."""
 
-    def __init__(self, tokenizer, model, max_rows: int = 16) -> None:  # noqa: ANN001
-        self.runner = GenerationRunner(
+    def __init__(self, tokenizer, model, max_rows: int = 16, runner: GenerationRunner | None = None) -> None:  # noqa: ANN001
+        self.runner = runner or GenerationRunner(
             tokenizer, None, None, model=model, eos_ids=frozenset({tokenizer.eos_token_id}),
             max_rows=max_rows, max_positions=256,
             slot_of=lambda k, keep: "__base__" if k is None else k.name,

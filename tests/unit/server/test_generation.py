@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from generation_fixtures import Harness, byte_tokenizer, result_of, text_of, tiny_llama
+from generation_fixtures import Harness, byte_tokenizer, result_of, text_of, tiny_llama, tiny_llama_base
 from tuneserve_server.engine.generation_sampling import FinishReason
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -145,3 +145,35 @@ def test_too_long_prompt_fails_only_its_row(tok, model) -> None:  # noqa: ANN001
     h.run()
     assert result_of(ok).completion_tokens == 5
     assert len(bad) == 1 and "context" in str(bad[0])
+
+
+def test_lora_bank_serving_path_equals_peft_adapter_names(tok, model, tmp_path) -> None:  # noqa: ANN001
+    """What the server runs: the base model with the gathered LoRA bank, adapters loaded by the
+    real registry from the real on-disk format, gives each row what peft gives it."""
+    from tuneserve_server.engine.generation_runner import GenerationRunner
+    from tuneserve_server.engine.lora_batched import LoraBank
+    from tuneserve_server.engine.registry import AdapterRegistry
+    from tuneserve_server.modeling import ADAPTER_META, AdapterMeta, module_names
+    from tuneserve_server.training.jobs import TaskType
+
+    for slot in ("s0", "s1"):
+        model.save_pretrained(str(tmp_path), selected_adapters=[slot])
+        meta = AdapterMeta(TaskType.CAUSAL_LM, "tiny-llama", (), 4, ("q_proj", "v_proj"), {}, f"job-{slot}")
+        (tmp_path / slot / ADAPTER_META).write_text(meta.to_json())
+    base = tiny_llama_base(len(tok))
+    linear = module_names(base) - {"lm_head"}
+    bank = LoraBank(base, linear, capacity=4, dtype=torch.float64)
+    registry = AdapterRegistry(base, base_model_id="tiny-llama", linear_modules=linear, hidden_size=32,
+                               max_resident=4, max_rank=8, device="cpu", dtype=torch.float64, bank=bank)
+    runner = GenerationRunner(
+        tok, registry, None, eos_ids=frozenset({tok.eos_token_id}), max_positions=256,
+        slot_of=lambda k, keep: "__base__" if k is None else registry.ensure(k, tmp_path / k.name, keep=keep).slot,
+    )
+    rows = [(PROMPTS[0], "s0", {}), (PROMPTS[1], None, {}), (PROMPTS[2], "s1", {"temperature": 0.8, "seed": 2}),
+            (PROMPTS[3], "s1", {})]
+    want = [result_of(alone(tok, model, p, s, **kw)) for p, s, kw in rows]
+    h = Harness(tok, None, runner=runner)
+    got = [h.add(p, s, **kw)[0] for p, s, kw in rows]
+    h.run()
+    assert [result_of(e) for e in got] == want
+    assert len(registry) == 2 and len(bank) == 2
