@@ -278,8 +278,8 @@ Command: `flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/generation.py`.
   includes the chat-template rendering and tokenisation on the torch thread, the batcher's
   wait for company (max_batch_wait_ms) and the first streamed message.
 * The service decodes every stream in one continuously batched loop with a KV cache: rows
-  join between decode steps and leave as they finish, each with its own adapter (peft
-  `adapter_names=`) and sampling settings; the in-process batch-8 baseline pads every row
+  join between decode steps and leave as they finish, each with its own adapter (the
+  gathered LoRA bank: one gathered product per layer) and sampling settings; the in-process batch-8 baseline pads every row
   to the batch's longest answer instead.
 """
         write_docs(DOCS, SECTION, body)

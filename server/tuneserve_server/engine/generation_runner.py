@@ -1,5 +1,6 @@
 """The torch side of generation: one decoding loop with a KV cache over every active row,
-each row with its own adapter (peft `adapter_names=`), sampling settings and seed.
+each row with its own adapter (the registry's gathered LoRA bank, or peft `adapter_names=`),
+sampling settings and seed.
 
 Rows join between decode steps: new prompts are prefilled together (left-padded), and their
 cache is left-padded to the running batch's length and concatenated to it. Positions are
