@@ -159,3 +159,20 @@ def test_empty_input_and_classification_calls_are_refused(lm) -> None:  # noqa: 
     assert "input" in [v[0] for v in err.value.field_violations]
     with pytest.raises(FailedPrecondition, match="causal_lm"):
         client.train("intents", [("a", "x"), ("b", "y")] * 10, request_id="lm-wrong-task")
+
+
+def test_cli_predict_streams_and_generates(lm, capsys) -> None:  # noqa: ANN001
+    from tuneserve_client.cli import main
+
+    api, client, _ = lm
+    want = client.generate("support-style", HELD_OUT[0], max_new_tokens=30).text
+    assert main(["--target", api.target, "predict", "--adapter", "support-style", "--stream",
+                 "--max-new-tokens", "30", HELD_OUT[0]]) == 0
+    out, err = capsys.readouterr()
+    assert out == want + "\n" and "completion tokens" in err
+    assert main(["--target", api.target, "--json", "predict", "--adapter", "support-style",
+                 "--max-new-tokens", "30", HELD_OUT[0]]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload[0]["text"] == want and payload[0]["input"] == HELD_OUT[0]
+    assert main(["--target", api.target, "predict", "--temperature", "-1", "hi"]) != 0
+    assert "generation.temperature" in capsys.readouterr().err
