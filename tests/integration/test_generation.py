@@ -176,3 +176,11 @@ def test_cli_predict_streams_and_generates(lm, capsys) -> None:  # noqa: ANN001
     assert payload[0]["text"] == want and payload[0]["input"] == HELD_OUT[0]
     assert main(["--target", api.target, "predict", "--temperature", "-1", "hi"]) != 0
     assert "generation.temperature" in capsys.readouterr().err
+
+
+def test_an_encoder_server_refuses_generation_naming_what_it_serves(cluster) -> None:  # noqa: ANN001
+    with cluster.client(timeout=30) as client:
+        with pytest.raises(FailedPrecondition, match="all-MiniLM-L6-v2, a classification model"):
+            client.generate(None, "hello")
+        with pytest.raises(FailedPrecondition, match="all-MiniLM-L6-v2, a classification model"):
+            list(client.stream(None, "hello"))
