@@ -2,10 +2,16 @@
 
 Requests wait in one queue; the batcher takes the first, then keeps taking until the batch
 holds `max_batch_rows` rows or `max_wait_ms` has passed, and hands the batch to the torch
-executor as one forward pass. It stops waiting early once as many callers are queued as were
-just answered plus were waiting then: callers that send their next request as soon as they
-get an answer (a closed loop, as most services call) join one batch instead of splitting into
-two alternating half-full ones. A caller whose deadline passes or who cancels is dropped from
+executor as one forward pass.
+
+Callers that send their next request as soon as they get an answer (a closed loop, as most
+services call) would otherwise split into two cohorts that alternate, each batch half full:
+while one batch runs, the other cohort queues, and the batch that follows starts before the
+answered cohort is back. So after a batch the batcher expects the callers it just answered
+plus those queued then; it starts the next batch as soon as that many are queued, and while
+fewer are, it waits for them until `regroup_fraction` of the last forward pass's time after
+it answered them (longer than `max_wait_ms` when forwards are slow; the torch thread idles at
+most that fraction, and after an idle spell nobody is expected any more). A caller whose deadline passes or who cancels is dropped from
 the queue: its future is cancelled, its rows leave the queue bound at once (a done-callback),
 and the batcher skips its entry. Past `max_queue_rows` queued rows, new requests fail at once
 with CapacityExceeded instead of piling up."""
@@ -65,11 +71,15 @@ class Batcher:
         max_batch_rows: int,
         max_wait_ms: float,
         max_queue_rows: int,
+        regroup_fraction: float = 0.0,
     ) -> None:
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000
+        self.regroup_fraction = regroup_fraction
+        self._last_forward = 0.0  # seconds the last forward pass took
+        self._answered_at = 0.0  # loop time the last batch's callers got their answers
         self.max_queue_rows = max_queue_rows
         self._queue: deque[PendingRequest] = deque()
         self._queued_rows = 0
@@ -162,7 +172,8 @@ class Batcher:
         try:
             return self.run_batch(batch)
         finally:
-            FORWARD_SECONDS.observe(time.perf_counter() - start)
+            self._last_forward = time.perf_counter() - start
+            FORWARD_SECONDS.observe(self._last_forward)
 
     @staticmethod
     def _observe(batch: list[PendingRequest]) -> None:
@@ -180,6 +191,8 @@ class Batcher:
                 await self._wakeup.wait()
             # Give concurrent callers a moment to join this batch.
             deadline = loop.time() + self.max_wait
+            if self._expected > self._queued_requests:  # answered callers may be on their way back
+                deadline = max(deadline, self._answered_at + self.regroup_fraction * self._last_forward)
             while (
                 self._queued_rows < self.max_batch_rows
                 and not (self._expected and self._queued_requests >= self._expected)
@@ -200,6 +213,7 @@ class Batcher:
             except Exception as exc:  # the whole batch failed: every caller hears why
                 results = [exc] * len(batch)
             self._expected = len(batch) + self._queued_requests
+            self._answered_at = loop.time()
             for request, result in zip(batch, results, strict=True):
                 if request.future.done():
                     continue

@@ -279,3 +279,37 @@ def test_a_batch_starts_once_the_callers_just_answered_are_back():
     assert waiting == ["b:queued while busy"] and back == ["a:back again"]
     assert alone == []
     assert rec.batches[1] == [(KEY_B, ("queued while busy",)), (KEY_A, ("back again",))]
+
+
+def test_answered_callers_regroup_into_one_batch_instead_of_two_half_batches():
+    """Two callers answered by one batch come back one after the other: the next batch waits
+    for both (up to a fraction of the last forward's time; huge here, so no timing matters)."""
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        await asyncio.gather(batcher.submit(KEY_A, ["a1"]), batcher.submit(KEY_B, ["b1"]))
+        quick = asyncio.create_task(batcher.submit(KEY_A, ["a2"]))  # back at once
+        await _until(lambda: batcher.queued_rows == 1)
+        await asyncio.sleep(0.01)  # the slower caller; the quick one must still be queued
+        held = len(rec.batches)
+        slow = asyncio.create_task(batcher.submit(KEY_B, ["b2"]))
+        await asyncio.gather(quick, slow)
+        return rec.batches, held
+
+    batches, held = run_with_batcher(rec, body, max_batch_rows=2, max_wait_ms=0.0, regroup_fraction=1_000_000.0)
+    assert held == 1
+    assert batches[1:] == [[(KEY_A, ("a2",)), (KEY_B, ("b2",))]]
+
+
+def test_without_regrouping_the_quick_caller_runs_alone():
+    """The control for the test above: the split it prevents does happen without it."""
+    rec = Recorder()
+
+    async def body(batcher: Batcher):  # noqa: ANN202
+        await asyncio.gather(batcher.submit(KEY_A, ["a1"]), batcher.submit(KEY_B, ["b1"]))
+        await batcher.submit(KEY_A, ["a2"])  # runs without waiting for the other caller
+        await batcher.submit(KEY_B, ["b2"])
+        return rec.batches
+
+    batches = run_with_batcher(rec, body, max_batch_rows=2, max_wait_ms=0.0, regroup_fraction=0.0)
+    assert batches[1:] == [[(KEY_A, ("a2",))], [(KEY_B, ("b2",))]]
