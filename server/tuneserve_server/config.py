@@ -77,7 +77,9 @@ class Settings:
         "off the torch thread; concurrent requests for one cold adapter share one load",
         default=2,
     )
-    max_train_examples: int = _s("most inline training examples in one Train call", default=100_000)
+    max_train_examples: int = _s("most training examples in one job (inline or from a dataset)", default=100_000)
+    max_dataset_bytes: int = _s("largest dataset file UploadDataset accepts, in bytes", default=64 * 1024 * 1024)
+    watch_poll_s: float = _s("how often a WatchJob stream checks the job's event log", default=0.25)
     max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
     worker_lease_s: float = _s("job lease; a worker silent this long loses the job", default=60.0)
@@ -178,10 +180,10 @@ def validate(s: Settings) -> Settings:
     for name in ("port", "metrics_port", "worker_metrics_port"):
         need(0 <= getattr(s, name) <= 65535, name, "must be 0..65535")
     for name in ("max_batch_rows", "max_queue_rows", "max_predict_inputs", "max_text_chars",
-                 "max_resident_adapters", "max_concurrent_loads", "max_train_examples", "max_lora_rank", "job_max_attempts",
+                 "max_resident_adapters", "max_concurrent_loads", "max_train_examples", "max_dataset_bytes", "max_lora_rank", "job_max_attempts",
                  "max_new_tokens_default", "max_new_tokens_limit", "generation_batch_rows"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
-    for name in ("max_batch_wait_ms", "batch_regroup_fraction", "registry_poll_s", "worker_poll_s", "grace_s"):
+    for name in ("max_batch_wait_ms", "batch_regroup_fraction", "registry_poll_s", "worker_poll_s", "watch_poll_s", "grace_s"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     need(s.worker_lease_s >= 2, "worker_lease_s", "must be at least 2 seconds")
     need(s.max_new_tokens_default <= s.max_new_tokens_limit, "max_new_tokens_default",

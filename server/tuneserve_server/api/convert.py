@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
+from tuneserve.v1 import adapters_pb2, common_pb2, datasets_pb2, inference_pb2, training_pb2
 
-from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
 from tuneserve_server.engine.classifier import ClassScores
 from tuneserve_server.engine.generation import (
     FinishReason,
@@ -15,9 +16,21 @@ from tuneserve_server.engine.generation import (
     SamplingParams,
 )
 from tuneserve_server.errors import FieldViolation, InvalidRequest
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import Hyperparameters, Job, JobState, TaskType
-from tuneserve_server.training.validation import TrainInput
+from tuneserve_server.datasets import UploadHeader
+from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord
+from tuneserve_server.training.data_report import DataReport
+from tuneserve_server.training.jobs import (
+    CausalExample,
+    ChatTurn,
+    EventType,
+    Hyperparameters,
+    Job,
+    JobEvent,
+    JobProgress,
+    JobState,
+    TaskType,
+)
+from tuneserve_server.training.validation import InlineExample, TrainInput
 
 TASK_TO_PB = {
     TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
@@ -176,7 +189,7 @@ def job_pb(job: Job) -> training_pb2.Job:
         started_at=_ts(job.started_at),
         finished_at=_ts(job.finished_at),
         updated_at=_ts(job.updated_at),
-        progress=progress,
+        progress=progress_pb(job.progress),
         metrics=job.metrics,
         error=job.error,
         adapter_version=job.adapter_version,
@@ -185,6 +198,48 @@ def job_pb(job: Job) -> training_pb2.Job:
         train_examples=job.train_examples,
         validation_examples=job.validation_examples,
         attempts=job.attempts,
+        data_report=data_report_pb(job.data_report) if job.data_report else None,
+        dataset_id=job.dataset_id,
+        validation_dataset_id=job.validation_dataset_id,
+        sample_generations=[training_pb2.SampleGeneration(**s) for s in job.sample_generations],
+        resumed_from_step=job.resumed_from_step,
+    )
+
+
+EVENT_TYPE_TO_PB = {t: training_pb2.JobEventType.Value(f"JOB_EVENT_TYPE_{t.name}") for t in EventType}
+
+
+def event_pb(event: JobEvent) -> training_pb2.JobEvent:
+    return training_pb2.JobEvent(
+        sequence=event.sequence,
+        job_id=event.job_id,
+        time=_ts(event.time),
+        type=EVENT_TYPE_TO_PB[event.type],
+        state=STATE_TO_PB[event.state] if event.state else training_pb2.JOB_STATE_UNSPECIFIED,
+        progress=progress_pb(event.progress) if event.progress else None,
+        metrics=event.metrics,
+        message=event.message,
+    )
+
+
+FORMAT_TO_PB = {"jsonl": datasets_pb2.DATASET_FORMAT_JSONL, "csv": datasets_pb2.DATASET_FORMAT_CSV}
+FORMAT_FROM_PB = {v: k for k, v in FORMAT_TO_PB.items()}
+
+
+def dataset_pb(d: DatasetRecord) -> datasets_pb2.Dataset:
+    return datasets_pb2.Dataset(
+        id=d.id, namespace=d.namespace, display_name=d.display_name, task=TASK_TO_PB[d.task],
+        format=FORMAT_TO_PB[d.format], size_bytes=d.size_bytes, sha256=d.sha256, rows=d.rows,
+        usable_rows=d.usable_rows, created_at=_ts(d.created_at),
+        report=data_report_pb(d.report) if d.report else None,
+    )
+
+
+def upload_header(h: datasets_pb2.DatasetUploadHeader) -> UploadHeader:
+    return UploadHeader(
+        namespace=h.namespace, display_name=h.display_name, task=_task(h.task, "header.task"),
+        format=FORMAT_FROM_PB.get(h.format, ""), size_bytes=h.size_bytes, sha256=h.sha256,
+        upload_id=h.upload_id, text_field=h.text_field, label_field=h.label_field,
     )
 
 

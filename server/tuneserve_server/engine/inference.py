@@ -4,10 +4,13 @@ executor thread. The API layer calls `classify`; nothing here knows about gRPC."
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 import torch
@@ -70,6 +73,8 @@ class InferenceEngine:
         self.batcher: Batcher | None = None
         self.loader: AdapterLoader | None = None  # cold loads off the torch thread
         self.generation: GenerationScheduler | None = None  # causal LM: the decoding loop's driver
+        self._counting_lock = threading.Lock()
+        self._counting_tokenizer: Any = None  # a copy of the tokenizer for the data report
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -173,7 +178,18 @@ class InferenceEngine:
             linear_modules=frozenset(self.linear_modules),
             default_targets=self.default_targets,
             max_positions=self.max_positions,
+            count_tokens=self._count_tokens,
         )
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        """Token lengths for the data report, called from request threads: a private copy of
+        the tokenizer (a fast tokenizer must not be shared with the torch thread, which sets
+        its padding and truncation), serialised by a lock."""
+        with self._counting_lock:
+            if self._counting_tokenizer is None:
+                self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+            ids = self._counting_tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        return [len(x) for x in ids]
 
     # ------------------------------------------------------------------ registry sync
     async def refresh(self) -> None:
