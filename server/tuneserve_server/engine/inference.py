@@ -346,12 +346,14 @@ class InferenceEngine:
         record, key = await self._generation_target(ref)
         assert self.generation is not None
         streams = self.generation.open_many(key, prompts, params)
+        waits = [asyncio.ensure_future(s.wait()) for s in streams]
         try:
-            results = list(await asyncio.gather(*(s.wait() for s in streams)))
-        finally:
-            for s in streams:
+            results = list(await asyncio.gather(*waits))
+        finally:  # one row failed or the call was cancelled: stop the others too
+            for s, w in zip(streams, waits, strict=True):
                 if s.result is None:
                     s.cancel()
+                w.cancel()
             self._observe(record, start)
         return record, results
 
