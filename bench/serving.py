@@ -260,7 +260,7 @@ def drive(target: str, refs: list[str], texts: list[str], clients: int, warmup_s
     server's metrics diffed over the window."""
     from tuneserve_client import Client
 
-    barrier = threading.Barrier(clients + 1)
+    barrier = threading.Barrier(clients + 1, timeout=300)
     go = threading.Event()
     clock: dict[str, float] = {}
     done: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
@@ -268,9 +268,15 @@ def drive(target: str, refs: list[str], texts: list[str], clients: int, warmup_s
 
     def worker(t: int) -> None:
         with Client(target, timeout=60, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
-            client.predict(refs[t % len(refs)], [texts[t % len(texts)]])  # connect
-            barrier.wait()  # every client connected ...
-            go.wait()  # ... and the clock set after that
+            try:
+                for j in range(2):  # connect, then one more call: channel and adapter warm
+                    client.predict(refs[(t + j) % len(refs)], [texts[(t + j) % len(texts)]])
+            except Exception as exc:
+                errors.append(f"connect: {type(exc).__name__}: {exc}")
+                barrier.abort()  # fail the run now instead of timing a partial load
+                raise
+            barrier.wait()  # every client connected and warm ...
+            go.wait()  # ... and only then the clock is set (after the barrier, in the caller)
             end = clock["end"]
             j = 0
             mine = done[t]
@@ -290,7 +296,10 @@ def drive(target: str, refs: list[str], texts: list[str], clients: int, warmup_s
     threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(clients)]
     for th in threads:
         th.start()
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        raise RuntimeError(f"a client could not connect: {errors[:1]}") from None
     clock["from"] = time.perf_counter() + warmup_s
     clock["end"] = clock["from"] + seconds
     go.set()
@@ -418,6 +427,25 @@ class NaiveBaseline:
             i = int(probs.argmax())
         return self.labels[name][i], float(probs[i])
 
+    def build_bank(self, dirs: dict[str, Path], dtype_name: str = "float32") -> None:
+        """A second copy of the base with the server's gathered LoRA bank holding `dirs`."""
+        from transformers import AutoModel
+
+        from tuneserve_server.engine.lora_batched import LoraBank, read_lora
+        from tuneserve_server.modeling import module_names, resolve_base_model
+
+        dtype = getattr(self.torch, dtype_name)
+        encoder = AutoModel.from_pretrained(resolve_base_model("minilm").path).eval().to(dtype)
+        self.bank = LoraBank(encoder, module_names(encoder), capacity=len(dirs), dtype=dtype)
+        for name, directory in dirs.items():
+            self.bank.install(name, read_lora(directory, dtype=dtype, module_paths=self.bank.module_paths()))
+        self.bank_model = encoder
+
+    def forward_bank(self, texts: list[str], adapter_names: list[str]) -> None:
+        with self.torch.inference_mode(), self.bank.selecting(adapter_names):
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+            self.bank_model(**enc)
+
     def forward_rows(self, texts: list[str], adapter_names: list[str] | None) -> None:
         """One forward of `texts` (encoder only), with peft's mixed-batch `adapter_names`, or
         with the active adapter when None."""
@@ -455,22 +483,34 @@ def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tu
     names = sorted(model.heads)
     rows = texts[:PROFILE_ROWS]
     model.model.set_adapter(names[0])
+    r = PROFILE_ROWS
     cases = {
-        f"{PROFILE_ROWS} rows, 1 adapter, set_adapter (no adapter_names)": None,
-        f"{PROFILE_ROWS} rows, 1 adapter via adapter_names": [names[0]] * PROFILE_ROWS,
-        f"{PROFILE_ROWS} rows, 8 adapters via adapter_names": [names[i % 8] for i in range(PROFILE_ROWS)],
-        f"{PROFILE_ROWS} rows, {PROFILE_ROWS} adapters via adapter_names": [names[i % PROFILE_ROWS]
-                                                                           for i in range(PROFILE_ROWS)],
+        f"{r} rows, 1 adapter, set_adapter (no adapter_names)": None,
+        f"{r} rows, 1 adapter via adapter_names": [names[0]] * r,
+        f"{r} rows, 8 adapters via adapter_names": [names[i % 8] for i in range(r)],
+        f"{r} rows, {r} adapters via adapter_names": [names[i % r] for i in range(r)],
+        f"{r} rows, 1 adapter, gathered bank (the server)": ("bank", [names[0]] * r),
+        f"{r} rows, 8 adapters, gathered bank (the server)": ("bank", [names[i % 8] for i in range(r)]),
+        f"{r} rows, {r} adapters, gathered bank (the server)": ("bank", [names[i % r] for i in range(r)]),
         "1 row, 1 adapter, set_adapter": "single",
     }
+
+    def call(arg) -> None:  # noqa: ANN001
+        if arg == "single":
+            model.forward_rows(rows[:1], None)
+        elif isinstance(arg, tuple):
+            model.forward_bank(rows, arg[1])
+        else:
+            model.forward_rows(rows, arg)
+
     samples: dict[str, list[float]] = {c: [] for c in cases}
     for _ in range(3):  # warm-up
-        for case, arg in cases.items():
-            model.forward_rows(rows[:1] if arg == "single" else rows, None if arg == "single" else arg)
+        for arg in cases.values():
+            call(arg)
     for _ in range(reps):
         for case, arg in cases.items():
             t0 = time.perf_counter()
-            model.forward_rows(rows[:1] if arg == "single" else rows, None if arg == "single" else arg)
+            call(arg)
             samples[case].append(time.perf_counter() - t0)
     out = []
     for case, vals in samples.items():
@@ -625,27 +665,32 @@ def interpretation(args, res) -> str:  # noqa: ANN001
         if k8["rows_per_batch"] < 0.75 * args.clients:
             per_k = ", ".join(f"K={k} {t['rows_per_batch']:.1f}" for k, t in tput.items())
             out.append(
-                f"- **Batches are half full:** {args.clients} clients, but {k8['rows_per_batch']:.1f} rows per "
+                f"- **Batches are not full:** {args.clients} clients, but {k8['rows_per_batch']:.1f} rows per "
                 f"batch at K=8 ({per_k}). "
                 f"The clients a batch answers send their next call while the following batch is already "
-                f"running (the batcher takes what is queued, waiting at most `max_batch_wait_ms` = 2 ms), so the "
-                f"{args.clients} clients settle into two cohorts that alternate, each batch holding about half of "
-                f"them. Every batch pays the fixed per-forward cost (a 1-row forward is {p_one:.1f} ms, a "
-                f"{r}-row one {p_set:.1f} ms in the profile)."
+                f"running, so closed-loop clients tend to settle into two cohorts that alternate; the batcher "
+                f"waits for the answered cohort up to `batch_regroup_fraction` of a forward, and this run's "
+                f"cohorts were not all back by then. Every batch pays the fixed per-forward cost (a 1-row "
+                f"forward is {p_one:.1f} ms, a {r}-row one {p_set:.1f} ms in the profile)."
             )
     if k1 and (k8 or k64):
         mix = ", ".join(
             f"K={k} {div(t['rps'], k1['rps']):.2f} ({t['adapters_per_batch']:.1f} distinct adapters per batch)"
             for k, t in tput.items() if k != 1
         )
+        b1 = prof.get(f"{r} rows, 1 adapter, gathered bank (the server)", float("nan"))
+        b8 = prof.get(f"{r} rows, 8 adapters, gathered bank (the server)", float("nan"))
+        b16 = prof.get(f"{r} rows, {r} adapters, gathered bank (the server)", float("nan"))
         out.append(
-            f"- **Mixing cost** (throughput vs. K=1): {mix}. peft's mixed-batch path (`adapter_names=`) runs "
-            f"every LoRA layer once per distinct adapter in the batch (gather that adapter's rows, two small "
-            f"matmuls, scatter-add them back), so a batch's cost grows with its distinct adapters, not only its "
-            f"rows. In-process, one {r}-row forward takes {p_set:.1f} ms with a single active adapter "
-            f"(`set_adapter`), {p_n1:.1f} ms naming that one adapter through `adapter_names` (what the server "
-            f"does at K=1), {p_n8:.1f} ms with 8 and {p_n16:.1f} ms with {r} distinct adapters "
-            f"({div(p_n8, p_n1):.2f}x and {div(p_n16, p_n1):.2f}x the one-adapter batch)."
+            f"- **Mixing cost** (throughput vs. K=1): {mix}. The server applies LoRA with the gathered bank "
+            f"(engine/lora_batched.py): per layer one gather of each row's stacked A/B and two batched "
+            f"products, whatever the number of distinct adapters; a batch that names one adapter skips the "
+            f"gather. In-process, one {r}-row forward through the bank takes {b1:.1f} ms with 1 adapter, "
+            f"{b8:.1f} ms with 8 and {b16:.1f} ms with {r} ({div(b8, b1):.2f}x and {div(b16, b1):.2f}x). peft's "
+            f"`adapter_names=` path (what the server used before) loops over the distinct adapters in every "
+            f"layer: {p_n1:.1f} ms with 1, {p_n8:.1f} ms with 8, {p_n16:.1f} ms with {r} "
+            f"({div(p_n8, p_n1):.2f}x and {div(p_n16, p_n1):.2f}x); one adapter made active with `set_adapter`: "
+            f"{p_set:.1f} ms."
         )
     if k8:
         out.append(
@@ -718,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16, help="concurrent gRPC client threads")
     ap.add_argument("--k", default="1,8,64", help="adapter counts to spread requests over")
+    ap.add_argument("--quick", action="store_true",
+                    help="a short check of the whole run: --seconds 6 --warmup 2 --cold-n 8 --per-label 3 "
+                         "--epochs 1 --test-rows 616 --profile-reps 4 --no-wait (numbers are rough)")
     ap.add_argument("--seconds", type=float, default=20.0, help="timed window per measurement")
     ap.add_argument("--warmup", type=float, default=3.0, help="untimed seconds before each window")
     ap.add_argument("--adapters", type=int, default=64, help="adapters to publish (bench-a00..)")
@@ -747,10 +795,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-json", type=Path, default=None,
                     help="measure nothing: print (and write to --docs) the report of a --save-json file")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.cold_n, args.per_label, args.epochs = 6.0, 2.0, 8, 3, 1
+        args.test_rows, args.profile_reps, args.no_wait = 616, 4, True
     if args.render_json:
         saved = json.loads(args.render_json.read_text())
         res = saved["results"]
         res["tput"] = {int(k): v for k, v in res["tput"].items()}
+        res["bf16_by_k"] = {int(k): v for k, v in res.get("bf16_by_k", {}).items()}
         run_args = argparse.Namespace(**{**vars(ap.parse_args([])), **saved["args"]})
         if args.compare_json:
             res["compare"] = load_compare(args.compare_json)
@@ -863,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"naive baseline: {res['baseline']['rps']:.1f} req/s")
         for i in range(BASELINE_ADAPTERS, PROFILE_ROWS):
             naive.add(adapter_name(i), adapter_dir(data_dir, i))
+        naive.build_bank({adapter_name(i): adapter_dir(data_dir, i) for i in range(PROFILE_ROWS)})
         phase("profile")
         res["profile"] = profile_mixing(naive, texts, args.profile_reps)
         res["thread_check"] = thread_check(naive, texts, args.profile_reps, res["inproc_threads"])
@@ -880,9 +933,17 @@ def main(argv: list[str] | None = None) -> int:
                     client.load_adapter(ref)
                 res["bf16_adapter_size"] = client.load_adapter(adapter_name(0)).size_bytes
                 res["bf16_rss8"] = server.metrics().get("tuneserve_process_resident_memory_bytes", float("nan"))
-                r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
-                res["bf16_tput"] = r
-                log(f"bf16 K=8: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms")
+                res["bf16_by_k"] = {}
+                for k in ks:
+                    refs = [adapter_name(i) for i in range(k)]
+                    for ref in refs:
+                        client.load_adapter(ref)
+                    phase(f"bf16 K={k}")
+                    r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
+                    res["bf16_by_k"][k] = r
+                    log(f"bf16 K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, "
+                        f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}")
+                res["bf16_tput"] = res["bf16_by_k"].get(8) or next(iter(res["bf16_by_k"].values()))
                 acc16, pred16, acc16_s = accuracy(client, adapter_name(0), test_rows)
                 res["acc16"], res["acc16_s"] = acc16, acc16_s
                 res["agree"] = sum(a == b for a, b in zip(pred32, pred16, strict=True))
@@ -953,10 +1014,13 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
             f"| {vs1} | {r['calls']} | {r['errors']} |"
         )
     bf = res.get("bf16_tput")
-    if bf:
+    bf_by_k = res.get("bf16_by_k") or ({8: bf} if bf else {})
+    bf_k1 = bf_by_k.get(1)
+    for k, r in bf_by_k.items():
+        vs1 = f"{div(r['rps'], bf_k1['rps']):.2f}" if bf_k1 else "n/a"
         t_lines.append(
-            f"| service, K=8, bfloat16 | {bf['rps']:.1f} | {bf['p50']:.1f} | {bf['p99']:.1f} "
-            f"| {div(bf['rps'], base['rps']):.2f}x | | {bf['calls']} | {bf['errors']} |"
+            f"| service, K={k}, bfloat16 | **{r['rps']:.1f}** | {r['p50']:.1f} | {r['p99']:.1f} "
+            f"| {div(r['rps'], base['rps']):.2f}x | {vs1} | {r['calls']} | {r['errors']} |"
         )
     throughput_table = "\n".join(t_lines)
 
@@ -966,7 +1030,7 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
         "| client CPU (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    runs = [(f"K={k}", r) for k, r in tput.items()] + ([("K=8 bfloat16", bf)] if bf else [])
+    runs = [(f"K={k}", r) for k, r in tput.items()] + [(f"K={k} bfloat16", r) for k, r in bf_by_k.items()]
     for name, r in runs:
         s_lines.append(
             f"| {name} | {r['batches'] / args.seconds:.1f} | {fmt(r['rows_per_batch'])} | {fmt(r['adapters_per_batch'])} "
@@ -1037,6 +1101,17 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
         f"| mixing cost: K=8 / K=1 >= 0.9 | {fmt(mix8, 2)} | {yes(mix8 >= 0.9)} |",
         f"| mixing cost: K=64 / K=1 >= 0.9 | {fmt(mix64, 2)} | {yes(mix64 >= 0.9)} |",
     ]
+    if bf_k1:
+        for k in (8, 64):
+            if k in bf_by_k:
+                ratio = div(bf_by_k[k]["rps"], bf_k1["rps"])
+                goal_lines.append(f"| mixing cost in bfloat16: K={k} / K=1 >= 0.9 | {fmt(ratio, 2)} | {yes(ratio >= 0.9)} |")
+    if 8 in bf_by_k:
+        bf_speedup = div(bf_by_k[8]["rps"], base["rps"])
+        goal_lines.append(
+            f"| the same >= 4x goal with the server in bfloat16 (the naive loop stays float32) | "
+            f"{fmt(bf_speedup, 2)}x ({bf_by_k[8]['rps']:.1f} vs {base['rps']:.1f} req/s) | {yes(bf_speedup >= 4)} |"
+        )
     if acc16 is not None:
         goal_lines.append(
             f"| bfloat16 mode: accuracy difference and speed-up reported | accuracy {acc16 * 100:.2f}% vs "
@@ -1116,7 +1191,9 @@ server and client threads count in the second figure). 1-minute load average as 
   `LocalAdapterStore` with its checksum manifest), registered with `complete_job` as a worker
   does; {setup['adapter_file_bytes'] / MB:.2f} MiB of files each.
 - **Server:** `tuneserve api` on localhost, `--max-resident-adapters {args.max_resident}`, default batching
-  (`max_batch_rows` 64, `max_batch_wait_ms` 2), float32 unless stated. Torch intra-op threads:
+  (`max_batch_rows` 64, `max_batch_wait_ms` 2, `batch_regroup_fraction` 0.5), LoRA through the gathered
+  bank (engine/lora_batched.py), cold loads on `max_concurrent_loads` 2 loader threads; float32 unless
+  stated ("bfloat16": the same with `--serving-dtype bfloat16`, a fresh server). Torch intra-op threads:
   {threads_text}.
 - **Load:** {args.clients} client threads in the bench process, one `tuneserve_client.Client`
   (own channel) each, 1-text `Predict` calls back to back; call n = t + {args.clients}*j
@@ -1157,7 +1234,8 @@ RSS after the throughput runs (64 resident): {res['rss_after_traffic'] / MB:.0f}
 adapters again: {res['rss_after_unload_all'] / MB:.0f} MiB.
 
 **Cold loads** (`load_seconds` in the LoadAdapter reply: open and checksum-verify the version
-in the adapter store, peft `load_adapter` into a slot, head; the server idle):
+in the adapter store and read the LoRA factors and head, on a loader thread; then copy them into
+the bank on the torch thread; the server idle):
 
 {cold_table}
 {bf16_text}
