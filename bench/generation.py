@@ -204,6 +204,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="tuneserve-bench-generation-"))
     data_dir = work / "data"
     t_start = time.monotonic()
@@ -266,7 +267,9 @@ def main() -> int:
 adapters on q/k/v/o_proj. In-process: peft `model.generate` with one adapter. Service: one
 `tuneserve api` process, prompts streamed through the Python client (adapters round-robin).
 {args.threads} torch threads on each side, measured one after the other in the same run.
-Machine: {cpu_model()}, {os.cpu_count()} cores. Code: {code_version()}.
+Machine: {cpu_model()}, {os.cpu_count()} cores; 1-minute load average {load_before:.2f} before,
+{os.getloadavg()[0]:.2f} after (other jobs share this box: compare ratios, not absolute speeds).
+Code: {code_version()}.
 Command: `flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/generation.py`.
 
 {text}
