@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def main() -> int:
         server.terminate()
         server.wait(60)
         server_log.close()
+    shutil.rmtree(work, ignore_errors=True)  # ~0.6 GB: the float copy of the model, adapters
 
     goal_tps = runs[(8, 4)]["tps"] / base["b8_tps"]
     ttft_over = runs[(1, 1)]["ttft_ms"] - base["ttft_ms"]
