@@ -54,6 +54,8 @@ class ClassificationRunner:
             try:
                 # Open (download, verify checksums) only to load: a resident version was
                 # verified when it loaded, and deletions reach the registry through the catalog.
+                # The engine's loader makes a cold adapter resident off this thread before its
+                # request is queued; loading here is the fallback for one evicted since then.
                 directory = (
                     None if self.registry.get(key) is not None
                     else self.adapter_store.open(key.namespace, key.name, key.version)
