@@ -13,6 +13,7 @@ Reading an adapter's files (`read_lora`) touches no shared state and may run on 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +32,15 @@ _PREFIX = "base_model.model."
 _A_SUFFIX = ".lora_A.weight"
 _B_SUFFIX = ".lora_B.weight"
 MIN_ROWS = 4  # smallest bank (row 0 + 3 adapters) once any adapter is resident
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by dropped bank tensors back to the OS (glibc keeps it otherwise:
+    RSS would stay at its high-water mark after adapters are unloaded). A no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -275,6 +285,7 @@ class LoraBank:
             self._rows = 1
             for layer in self.layers.values():
                 layer._resize(1, 0)
+            release_freed_memory()
             return
         for new, slot in enumerate(sorted(self._row_of, key=self._row_of.__getitem__), start=1):
             old = self._row_of[slot]
@@ -283,6 +294,7 @@ class LoraBank:
                     layer.move(old, new)
                 self._row_of[slot] = new
         self._set_rows(rows)
+        release_freed_memory()
 
     # -------------------------------------------------- forward
     @contextmanager

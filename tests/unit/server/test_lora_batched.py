@@ -217,3 +217,35 @@ def test_weights_for_a_layer_the_model_lacks_are_refused(dirs, tiny_base):
     paths = {p for p in bank.module_paths() if not p.endswith("self.value")}
     with pytest.raises(FailedPrecondition, match="lacks"):
         read_lora(dirs["r4"], dtype=torch.float32, module_paths=paths)
+
+
+def _rss_mib() -> float:
+    import os
+
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_removing_every_adapter_hands_the_memory_back():
+    """~120 MiB of stacked factors: after the last adapter leaves, RSS is back near where it
+    started (the bank frees its tensors and asks the allocator to return the pages)."""
+    from tuneserve_server.engine.lora_batched import LoraWeights
+
+    layers = torch.nn.Sequential(*[torch.nn.Linear(384, 384) for _ in range(24)],
+                                 *[torch.nn.Linear(384, 1536) for _ in range(6)])
+    gc.collect()
+    start = _rss_mib()
+    bank = LoraBank(layers, {str(i) for i in range(30)}, capacity=64, dtype=torch.float32)
+    weights = LoraWeights({
+        path: (torch.randn(layer.in_features, 16), torch.randn(16, layer.out_features))
+        for path, layer in bank.layers.items()
+    })
+    for i in range(64):
+        bank.install(f"s{i}", weights)
+    assert bank.nbytes > 100 * 2**20 and _rss_mib() - start > 100
+    for i in range(64):
+        bank.remove(f"s{i}")
+    del weights
+    gc.collect()
+    assert bank.nbytes == 0
+    assert _rss_mib() - start < 24
