@@ -129,3 +129,15 @@ def test_a_classification_example_for_a_causal_job_is_refused():
         prepare_job(_input(train=[CausalExample(prompt="a", completion="b")] * 4), LIMITS)
     assert err.value.violations[0].field == "training_examples[0]"
     assert "classification example" in err.value.violations[0].description
+
+
+def test_causal_jobs_get_defaults_for_their_family_unless_set():
+    spec, _ = prepare_job(_lm(), LM_LIMITS)
+    opt, lora = spec.hyperparameters.optimizer, spec.hyperparameters.lora
+    assert (opt.batch_size, opt.epochs, opt.max_seq_length, lora.rank) == (8, 3, 256, 8)
+    spec, _ = prepare_job(_lm(optimizer={"batch_size": 4}, lora={"rank": 16}), LM_LIMITS)
+    assert spec.hyperparameters.optimizer.batch_size == 4 and spec.hyperparameters.lora.rank == 16
+    classification, _ = prepare_job(
+        _input(train=[(f"text {i}", "ab"[i % 2]) for i in range(20)]), LIMITS
+    )
+    assert classification.hyperparameters.optimizer.batch_size == 32
