@@ -65,6 +65,20 @@ def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
     return sum(t == p for t, p in zip(y_true, y_pred, strict=True)) / len(y_true)
 
 
+def expected_calibration_error(
+    y_true: Sequence[str], y_pred: Sequence[str], scores: Sequence[float], bins: int = 15
+) -> float:
+    """Top-label ECE over equal-width confidence bins: the mean |accuracy - confidence| per
+    bin, weighted by the bin's share of rows."""
+    totals = [[0, 0.0, 0.0] for _ in range(bins)]  # rows, correct, confidence
+    for t, p, c in zip(y_true, y_pred, scores, strict=True):
+        b = totals[min(int(c * bins), bins - 1)]
+        b[0] += 1
+        b[1] += t == p
+        b[2] += c
+    return sum(abs(correct - conf) for _, correct, conf in totals) / max(len(y_true), 1)
+
+
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
     """Unweighted mean of per-label F1 over every label in y_true or y_pred (as scikit-learn's
     f1_score(average="macro") with its default labels; F1 = 2TP / (2TP + FP + FN))."""
@@ -231,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             client.predict(adapter_ref, texts[:PREDICT_BATCH])  # first call loads the adapter
             first_call_s = time.perf_counter() - t0
             y_pred: list[str] = []
+            y_score: list[float] = []
             t0 = time.perf_counter()
             for i in range(0, len(texts), PREDICT_BATCH):
-                y_pred += [c.label for c in client.predict(adapter_ref, texts[i:i + PREDICT_BATCH],
-                                                           timeout=120)]
+                batch = client.predict(adapter_ref, texts[i:i + PREDICT_BATCH], timeout=120)
+                y_pred += [c.label for c in batch]
+                y_score += [c.score for c in batch]
             predict_s = time.perf_counter() - t0
             load_max = max(load_max, os.getloadavg()[0])
 
@@ -256,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     code = code_version()
     test_acc = accuracy(y_true, y_pred)
     test_f1 = macro_f1(y_true, y_pred)
+    test_ece = expected_calibration_error(y_true, y_pred, y_score)
     m = job.metrics
     val_acc, val_f1 = m.get("accuracy", float("nan")), m.get("macro_f1", float("nan"))
     eps = m.get("train_examples_per_second", float("nan"))
@@ -295,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| validation accuracy (job metric) | {100 * val_acc:.1f}% |",
         f"| validation macro-F1 (job metric) | {100 * val_f1:.1f}% |",
         f"| validation loss (job metric) | {m.get('eval_loss', float('nan')):.3f} |",
+        f"| best step (published checkpoint, by macro-F1) | {m.get('best_step', float('nan')):.0f} |",
+        f"| calibration temperature (fitted on validation) | {m.get('temperature', float('nan')):.3f} |",
+        f"| validation ECE before -> after temperature scaling "
+        f"| {m.get('ece_before', float('nan')):.4f} -> {m.get('ece_after', float('nan')):.4f} |",
+        f"| test ECE of the served probabilities (15 bins, top label) | {test_ece:.4f} |",
         f"| test accuracy ({len(texts)} rows) | {100 * test_acc:.2f}% |",
         f"| test macro-F1 ({len(set(y_true) | set(y_pred))} labels) | {100 * test_f1:.2f}% |",
         f"| predict throughput (`Client.predict`, {PREDICT_BATCH} texts per call, one call at a time) "
