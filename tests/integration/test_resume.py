@@ -51,6 +51,14 @@ def test_kill_9_and_sigterm_resume_from_checkpoints(tmp_path):
         assert final.attempts == 2  # the kill counted; the graceful hand-back did not
         resumed_from = final.metrics["resumed_from_step"]
         assert resumed_from == stopped_at  # SIGTERM saved exactly where it stopped
+        assert final.resumed_from_step == stopped_at
+        with Client(api.target, timeout=60) as client:
+            events = list(client.watch_job(job.id))
+        states = [e.state for e in events if e.type == "STATE"]
+        # queued, started, lease expired -> queued, started, released -> queued, started, done
+        assert states == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]
+        resumes = [e.step for e in events if e.type == "CHECKPOINT" and "resumed" in e.message]
+        assert len(resumes) == 2 and resumes[0] > 0 and resumes[1] == stopped_at
         log2 = workers[1].log()
         first_resume = int(log2.split("resumed from checkpoint")[1].split("step=")[1].split()[0])
         assert 0 < first_resume <= killed_at and first_resume % 4 == 0
