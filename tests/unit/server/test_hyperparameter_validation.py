@@ -4,11 +4,14 @@ defaults, and the protobuf round trip (TrainRequest -> JobSpec -> Job.hyperparam
 from __future__ import annotations
 
 import pytest
-
 from tuneserve.v1 import common_pb2, training_pb2
 from tuneserve_server.api.convert import hyperparameters_pb, train_input
 from tuneserve_server.errors import InvalidRequest
-from tuneserve_server.training.jobs import CausalLMSettings, EvaluationSettings, TaskType
+from tuneserve_server.training.jobs import (
+    CausalLMSettings,
+    EvaluationSettings,
+    TaskType,
+)
 from tuneserve_server.training.validation import TrainLimits, build_job_spec
 
 LIMITS = TrainLimits(
