@@ -59,6 +59,11 @@ class Settings:
         default="float32",
         meta={"choices": ("float32", "bfloat16")},
     )
+    train_precision: str = _s(
+        "classification training forward pass: auto (bfloat16 autocast where the CPU/GPU has native bf16, else float32), float32, or bfloat16",
+        default="auto",
+        meta={"choices": ("auto", "float32", "bfloat16")},
+    )
     torch_threads: int = _s("intra-op threads for torch (0: torch's default)", default=0)
     max_batch_rows: int = _s("most input rows in one forward pass", default=64)
     max_batch_wait_ms: float = _s("how long the batcher waits to fill a batch", default=2.0)

@@ -166,7 +166,8 @@ class TrainerWorker:
                 cancel=beat.cancel, preempt=self.stopping, on_progress=progress, on_event=events,
                 checkpoint_dir=checkpoints, checkpoint_every=self.settings.checkpoint_every_steps,
                 # A causal LM loads through the GGUF cache the API process shares (modeling_lm).
-                **({"model_cache_dir": self.settings.model_cache_path} if spec.task is TaskType.CAUSAL_LM else {}),
+                **({"model_cache_dir": self.settings.model_cache_path} if spec.task is TaskType.CAUSAL_LM
+                   else {"precision": self.settings.train_precision}),
             )
             result = recipe.run(staging)
             if getattr(recipe, "resumed_from_step", 0) and not resume_noted:
