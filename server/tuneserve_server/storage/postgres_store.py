@@ -64,7 +64,7 @@ from tuneserve_server.storage.rows import (
 
 # The paging rules are the reference implementation's, shared so both stores accept and
 # refuse exactly the same page sizes and tokens.
-from tuneserve_server.storage.sqlite_store import _page_after, _page_size
+from tuneserve_server.storage.sqlite_store import UPLOAD_TTL_S, _page_after, _page_size
 from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -181,12 +181,14 @@ class PostgresStore:
         dsn: str,
         *,
         max_attempts: int = 3,
+        upload_ttl_s: float = UPLOAD_TTL_S,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
         run_migrations: bool = True,
     ) -> None:
         self.dsn = dsn
         self.max_attempts = max_attempts
+        self.upload_ttl_s = upload_ttl_s
         if run_migrations:
             migrate(dsn, connect_timeout=connect_timeout)
         self._pool = ConnectionPool(
@@ -592,6 +594,17 @@ class PostgresStore:
             raise InvalidRequest.field("header.upload_id", "must not contain NUL characters")
         header_json = _text(json.dumps(header, sort_keys=True))
         with self._tx() as db:
+            # Uploads abandoned for longer than upload_ttl_s are forgotten, chunks first.
+            db.execute(
+                """DELETE FROM dataset_upload_chunks c USING dataset_uploads u
+                   WHERE c.namespace = u.namespace AND c.upload_id = u.upload_id
+                     AND u.created_at < now() - make_interval(secs => %s)""",
+                (self.upload_ttl_s,),
+            )
+            db.execute(
+                "DELETE FROM dataset_uploads WHERE created_at < now() - make_interval(secs => %s)",
+                (self.upload_ttl_s,),
+            )
             done = db.execute(
                 f"SELECT {self._DATASET_COLUMNS} FROM datasets WHERE namespace = %s AND upload_id = %s",
                 (namespace, upload_id),

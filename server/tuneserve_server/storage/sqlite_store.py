@@ -29,6 +29,9 @@ from tuneserve_server.storage.rows import (
 )
 from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 
+# An upload nobody finished is forgotten (bytes and all) this long after it began.
+UPLOAD_TTL_S = 7 * 24 * 3600.0
+
 # Columns added after the first release: a database created by an older version gets them
 # on open (ALTER TABLE ... ADD COLUMN keeps every row).
 _ADDED_JOB_COLUMNS = {
@@ -170,8 +173,11 @@ class SqliteStore:
     """JobStore on a SQLite file. Safe across threads (one connection, one lock) and
     processes (SQLite file locks)."""
 
-    def __init__(self, path: str | Path, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self, path: str | Path, *, max_attempts: int = 3, upload_ttl_s: float = UPLOAD_TTL_S
+    ) -> None:
         self.path = Path(path)
+        self.upload_ttl_s = upload_ttl_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
         self._lock = threading.Lock()
@@ -558,6 +564,7 @@ class SqliteStore:
         """Start or resume an upload. A finished upload_id returns its dataset."""
         now = time.time()
         with self._write() as db:
+            self._expire_uploads(db, now)
             done = db.execute(
                 "SELECT * FROM datasets WHERE namespace = ? AND upload_id = ?",
                 (namespace, upload_id),
@@ -624,6 +631,15 @@ class SqliteStore:
     def discard_upload(self, namespace: str, upload_id: str) -> None:
         with self._write() as db:
             self._drop_upload(db, namespace, upload_id)
+
+    def _expire_uploads(self, db: sqlite3.Connection, now: float) -> None:
+        """Forget uploads abandoned for longer than upload_ttl_s (their chunks too)."""
+        stale = db.execute(
+            "SELECT namespace, upload_id FROM dataset_uploads WHERE created_at < ?",
+            (now - self.upload_ttl_s,),
+        ).fetchall()
+        for row in stale:
+            self._drop_upload(db, row["namespace"], row["upload_id"])
 
     @staticmethod
     def _drop_upload(db: sqlite3.Connection, namespace: str, upload_id: str) -> None:

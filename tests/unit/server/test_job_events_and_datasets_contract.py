@@ -192,3 +192,17 @@ def test_discarding_an_upload_forgets_its_bytes(store):
     store.discard_upload("default", "u")
     state = store.begin_upload("default", "u", _header(content))
     assert isinstance(state, UploadState) and state.received == 0
+
+
+def test_an_abandoned_upload_is_forgotten_after_its_ttl(open_store):
+    import time
+
+    store = open_store(upload_ttl_s=0.5)
+    content = b"y" * 100
+    store.begin_upload("default", "old", _header(content))
+    store.add_upload_chunk("default", "old", 0, content[:60])
+    time.sleep(1.0)
+    store.begin_upload("default", "new", _header(content))  # any upload start sweeps
+    assert store.upload_bytes("default", "old") == b""
+    state = store.begin_upload("default", "old", _header(content))
+    assert isinstance(state, UploadState) and state.received == 0
