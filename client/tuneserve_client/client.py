@@ -370,22 +370,25 @@ class Client:
         whole watch (None: none). Closing the iterator cancels the call."""
         job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
         after = after_sequence
-        backoff = iter(self.retry_backoff * 4)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = iter(self.retry_backoff * 4)  # reconnects in a row without an event
         while True:
             request = training_pb2.WatchJobRequest(
                 namespace=self.namespace, job_id=job_id, after_sequence=after
             )
-            call = self._training.WatchJob(request, timeout=timeout, metadata=self._metadata or None)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            call = self._training.WatchJob(request, timeout=left, metadata=self._metadata or None)
             try:
                 for response in call:
                     event = job_event_from_pb(response.event)
                     after = event.sequence
+                    backoff = iter(self.retry_backoff * 4)  # progress: the budget starts over
                     yield event
                 return
             except grpc.RpcError as err:
                 error = from_rpc_error(err)
                 pause = next(backoff, None) if reconnect and isinstance(error, Unavailable) else None
-                if pause is None:
+                if pause is None or (deadline is not None and deadline - time.monotonic() <= pause):
                     raise error from err
                 time.sleep(pause)
             finally:

@@ -37,7 +37,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidRequest.field("header", "the first message of an upload must be the header")
         header = convert.upload_header(first.header)
-        header = replace(header, namespace=namespace_of(header.namespace))
+        header = replace(header, namespace=namespace_of(header.namespace, "header.namespace"))
         check_header(header, max_bytes=self.settings.max_dataset_bytes, served_task=self.engine.task)
         structlog.contextvars.bind_contextvars(upload_id=header.upload_id)
         session = UploadSession(self.store, header)

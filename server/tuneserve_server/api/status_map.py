@@ -25,6 +25,7 @@ from tuneserve_server.errors import (
 )
 
 log = structlog.get_logger("tuneserve.api")
+MAX_STATUS_LABELS = 20
 
 STATUS_OF: dict[type[TuneserveError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,8 +58,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
         if isinstance(exc, DataRejected):  # the whole data report, so the caller sees every issue
             from tuneserve_server.api.convert import data_report_pb
 
+            # Trailers are metadata (16 KiB hard limit): at most MAX_STATUS_LABELS label rows
+            # travel with the error; ValidateDataset returns the report whole.
+            trimmed = {**exc.report, "labels": list(exc.report.get("labels", []))[:MAX_STATUS_LABELS]}
             report = any_pb2.Any()
-            report.Pack(data_report_pb(exc.report))
+            report.Pack(data_report_pb(trimmed))
             status.details.append(report)
         return code, status
     error_id = uuid.uuid4().hex[:12]

@@ -73,9 +73,13 @@ class JobStore(Protocol):
         """Note that this attempt resumed from a checkpoint at `step` (and log an event)."""
 
     # --- job events: every state change is logged by the store in the same transaction
-    def append_events(self, job_id: str, events: Sequence[JobEvent]) -> list[int]:
+    def append_events(
+        self, job_id: str, events: Sequence[JobEvent], worker_id: str | None = None
+    ) -> list[int]:
         """Append events (their sequence numbers are assigned here: 1, 2, 3, ... per job,
-        without gaps); returns the sequence numbers."""
+        without gaps); returns the sequence numbers. With `worker_id`, only while that worker
+        holds the job's lease (else LeaseLost): a stalled worker cannot write into the log of
+        the attempt that replaced it."""
 
     def list_events(
         self, namespace: str, job_id: str, after_seq: int = 0, limit: int = 500

@@ -538,10 +538,14 @@ class PostgresStore:
             ))
 
     # ------------------------------------------------------------------ job events
-    def append_events(self, job_id: str, events: Sequence[JobEvent]) -> list[int]:
+    def append_events(
+        self, job_id: str, events: Sequence[JobEvent], worker_id: str | None = None
+    ) -> list[int]:
         with self._tx() as db:
             # The job row's lock orders this append against every other one for the job.
-            if db.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone() is None:
+            if worker_id is not None:
+                self._lock_owned(db, job_id, worker_id)
+            elif db.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone() is None:
                 raise NotFound(f"job {job_id!r} not found")
             return [self._event(db, e) for e in events]
 
@@ -594,15 +598,15 @@ class PostgresStore:
             raise InvalidRequest.field("header.upload_id", "must not contain NUL characters")
         header_json = _text(json.dumps(header, sort_keys=True))
         with self._tx() as db:
-            # Uploads abandoned for longer than upload_ttl_s are forgotten, chunks first.
+            # Uploads with no chunk for longer than upload_ttl_s are forgotten, chunks first.
             db.execute(
                 """DELETE FROM dataset_upload_chunks c USING dataset_uploads u
                    WHERE c.namespace = u.namespace AND c.upload_id = u.upload_id
-                     AND u.created_at < now() - make_interval(secs => %s)""",
+                     AND u.touched_at < now() - make_interval(secs => %s)""",
                 (self.upload_ttl_s,),
             )
             db.execute(
-                "DELETE FROM dataset_uploads WHERE created_at < now() - make_interval(secs => %s)",
+                "DELETE FROM dataset_uploads WHERE touched_at < now() - make_interval(secs => %s)",
                 (self.upload_ttl_s,),
             )
             done = db.execute(
@@ -617,7 +621,7 @@ class PostgresStore:
                     )
                 return dataset_from_row(done, _ts)
             db.execute(
-                """INSERT INTO dataset_uploads (namespace, upload_id, header_json, created_at)
+                """INSERT INTO dataset_uploads (namespace, upload_id, header_json, touched_at)
                    VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING""",
                 (namespace, upload_id, header_json),
             )
@@ -654,7 +658,8 @@ class PostgresStore:
             )
             received = offset + len(data)
             db.execute(
-                "UPDATE dataset_uploads SET received = %s WHERE namespace = %s AND upload_id = %s",
+                """UPDATE dataset_uploads SET received = %s, touched_at = now()
+                   WHERE namespace = %s AND upload_id = %s""",
                 (received, namespace, upload_id),
             )
         return received

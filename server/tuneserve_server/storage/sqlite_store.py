@@ -29,7 +29,7 @@ from tuneserve_server.storage.rows import (
 )
 from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 
-# An upload nobody finished is forgotten (bytes and all) this long after it began.
+# An upload nobody finished is forgotten (bytes and all) this long after its last chunk.
 UPLOAD_TTL_S = 7 * 24 * 3600.0
 
 # Columns added after the first release: a database created by an older version gets them
@@ -134,7 +134,7 @@ CREATE TABLE IF NOT EXISTS dataset_uploads (
     upload_id TEXT NOT NULL,
     header_json TEXT NOT NULL,
     received INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
+    touched_at REAL NOT NULL,
     PRIMARY KEY (namespace, upload_id)
 );
 CREATE TABLE IF NOT EXISTS dataset_upload_chunks (
@@ -510,10 +510,14 @@ class SqliteStore:
             ), now)
 
     # ------------------------------------------------------------------ job events
-    def append_events(self, job_id: str, events: Sequence[JobEvent]) -> list[int]:
+    def append_events(
+        self, job_id: str, events: Sequence[JobEvent], worker_id: str | None = None
+    ) -> list[int]:
         now = time.time()
         with self._write() as db:
-            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            if worker_id is not None:
+                self._owned(db, job_id, worker_id)
+            elif db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 raise NotFound(f"job {job_id!r} not found")
             return [self._event(db, e, now) for e in events]
 
@@ -582,7 +586,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 db.execute(
-                    """INSERT INTO dataset_uploads (namespace, upload_id, header_json, created_at)
+                    """INSERT INTO dataset_uploads (namespace, upload_id, header_json, touched_at)
                        VALUES (?,?,?,?)""",
                     (namespace, upload_id, json.dumps(header, sort_keys=True), now),
                 )
@@ -614,8 +618,9 @@ class SqliteStore:
             )
             received = offset + len(data)
             db.execute(
-                "UPDATE dataset_uploads SET received = ? WHERE namespace = ? AND upload_id = ?",
-                (received, namespace, upload_id),
+                """UPDATE dataset_uploads SET received = ?, touched_at = ?
+                   WHERE namespace = ? AND upload_id = ?""",
+                (received, time.time(), namespace, upload_id),
             )
             return received
 
@@ -633,9 +638,9 @@ class SqliteStore:
             self._drop_upload(db, namespace, upload_id)
 
     def _expire_uploads(self, db: sqlite3.Connection, now: float) -> None:
-        """Forget uploads abandoned for longer than upload_ttl_s (their chunks too)."""
+        """Forget uploads with no chunk for longer than upload_ttl_s (their bytes too)."""
         stale = db.execute(
-            "SELECT namespace, upload_id FROM dataset_uploads WHERE created_at < ?",
+            "SELECT namespace, upload_id FROM dataset_uploads WHERE touched_at < ?",
             (now - self.upload_ttl_s,),
         ).fetchall()
         for row in stale:

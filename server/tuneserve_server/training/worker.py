@@ -83,12 +83,16 @@ class _EventLog:
     """The recipe's events, appended to the job's log. A store error loses that one event
     (logged), never the training run."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, worker_id: str) -> None:
+        self.store, self.job_id, self.worker_id = store, job_id, worker_id
 
     def __call__(self, event: JobEvent) -> None:
         try:
-            self.store.append_events(self.job_id, [replace(event, job_id=self.job_id)])
+            self.store.append_events(
+                self.job_id, [replace(event, job_id=self.job_id)], worker_id=self.worker_id
+            )
+        except LeaseLost:
+            log.warning("lease lost; event not recorded", event_type=event.type.value)
         except Exception:
             log.warning("could not record a job event", event_type=event.type.value, exc_info=True)
 
@@ -149,7 +153,7 @@ class TrainerWorker:
         checkpoints = self.settings.checkpoint_path / job.id
         staging = self.adapters.staging_dir()
         TRAIN_RUNNING.set(1)
-        events = _EventLog(self.store, job.id)
+        events = _EventLog(self.store, job.id, self.worker_id)
         recipe: Any = None
         resume_noted = False
         try:

@@ -206,3 +206,20 @@ def test_an_abandoned_upload_is_forgotten_after_its_ttl(open_store):
     assert store.upload_bytes("default", "old") == b""
     state = store.begin_upload("default", "old", _header(content))
     assert isinstance(state, UploadState) and state.received == 0
+
+
+def test_a_worker_that_lost_the_lease_cannot_write_events(store, make_spec):
+    import time
+
+    from tuneserve_server.storage.job_store import LeaseLost
+
+    job, _ = store.create_job(make_spec())
+    store.claim_job("stalled", 0.01)
+    store.append_events(job.id, [JobEvent(job.id, EventType.WARNING, message="mine")], worker_id="stalled")
+    time.sleep(0.05)
+    store.claim_job("next", 60)  # the lease expired: another worker owns the job now
+    with pytest.raises(LeaseLost):
+        store.append_events(job.id, [JobEvent(job.id, EventType.PROGRESS)], worker_id="stalled")
+    store.append_events(job.id, [JobEvent(job.id, EventType.PROGRESS)], worker_id="next")
+    types = [e.type for e in store.list_events("default", job.id)]
+    assert types.count(EventType.PROGRESS) == 1

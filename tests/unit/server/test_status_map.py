@@ -70,3 +70,25 @@ def test_unexpected_exception_is_internal_and_does_not_leak_its_text():
     # Each failure gets its own error id to find in the log.
     _, again = status_for(KeyError(secret))
     assert again.message != status.message and "hunter2" not in again.message
+
+
+def test_a_data_rejection_carries_the_report_small_enough_for_a_trailer():
+    from tuneserve.v1 import datasets_pb2
+
+    from tuneserve_server.errors import DataRejected, FieldViolation
+    from tuneserve_server.training.data_report import build_report
+    from tuneserve_server.training.jobs import LabelledText, TaskType
+
+    # An ID column picked as the label: 2,000 labels of one example each.
+    rows = [(i + 1, LabelledText(f"text {i}", f"id-{i}")) for i in range(2000)]
+    report = build_report(TaskType.CLASSIFICATION, rows, [], total_rows=2000, dropped={})
+    exc = DataRejected("rejected", [FieldViolation("dataset_id", "too rare")], report.to_dict())
+    code, status = status_for(exc)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    packed = [d for d in status.details if d.Is(datasets_pb2.DataReport.DESCRIPTOR)]
+    assert len(packed) == 1
+    sent = datasets_pb2.DataReport()
+    packed[0].Unpack(sent)
+    assert len(sent.labels) == 20 and not sent.ok
+    assert [i.code for i in sent.issues] == [i.code for i in report.issues]
+    assert len(status.SerializeToString()) < 8 * 1024  # gRPC's soft metadata limit

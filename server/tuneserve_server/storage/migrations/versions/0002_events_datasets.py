@@ -64,7 +64,8 @@ def upgrade() -> None:
         sa.Column("upload_id", sa.Text, nullable=False),
         sa.Column("header_json", sa.Text, nullable=False),
         sa.Column("received", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("created_at", TS, nullable=False),
+        # The last chunk's time: an upload quiet for upload_ttl_s is forgotten.
+        sa.Column("touched_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("namespace", "upload_id", name="dataset_uploads_pkey"),
     )
     op.create_table(
