@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tuneserve_server.errors import FailedPrecondition, FieldViolation, InvalidRequest, NotFound
+from tuneserve_server.errors import FailedPrecondition, InvalidRequest, NotFound, Violations
 from tuneserve_server.naming import namespace_of
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.storage.records import DatasetRecord, UploadState
@@ -55,30 +55,23 @@ class UploadHeader:
 
 
 def check_header(h: UploadHeader, *, max_bytes: int, served_task: TaskType) -> None:
-    problems: list[tuple[str, str]] = []
+    v = Violations()
     if not _UPLOAD_ID.fullmatch(h.upload_id):
-        problems.append(("header.upload_id",
-                         "is required: 1-128 of A-Z a-z 0-9 . _ : -, e.g. a UUID"))
+        v.add("header.upload_id", "is required: 1-128 of A-Z a-z 0-9 . _ : -, e.g. a UUID")
     if h.task is None:
-        problems.append(("header.task", "is required (TASK_TYPE_CLASSIFICATION or TASK_TYPE_CAUSAL_LM)"))
+        v.add("header.task", "is required (TASK_TYPE_CLASSIFICATION or TASK_TYPE_CAUSAL_LM)")
     if h.format not in FORMATS:
-        problems.append(("header.format", "must be DATASET_FORMAT_JSONL or DATASET_FORMAT_CSV"))
+        v.add("header.format", "must be DATASET_FORMAT_JSONL or DATASET_FORMAT_CSV")
     if not 1 <= h.size_bytes <= max_bytes:
-        problems.append(("header.size_bytes", f"must be in [1, {max_bytes}] (the server's max_dataset_bytes)"))
+        v.add("header.size_bytes", f"must be in [1, {max_bytes}] (the server's max_dataset_bytes)")
     if not _SHA256.fullmatch(h.sha256):
-        problems.append(("header.sha256", "must be the file's SHA-256 as 64 lower-case hex digits"))
+        v.add("header.sha256", "must be the file's SHA-256 as 64 lower-case hex digits")
     if len(h.display_name) > 200:
-        problems.append(("header.display_name", "longer than 200 characters"))
+        v.add("header.display_name", "longer than 200 characters")
     for name in ("text_field", "label_field"):
         if len(getattr(h, name)) > 100:
-            problems.append((f"header.{name}", "longer than 100 characters"))
-    if problems:
-        field, text = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InvalidRequest(
-            f"invalid upload header: {field}: {text}{more}",
-            [FieldViolation(f, d) for f, d in problems],
-        )
+            v.add(f"header.{name}", "longer than 100 characters")
+    v.raise_if_any("invalid upload header")
     if h.task is not served_task:
         raise FailedPrecondition(
             f"this server trains {served_task.value} models; it cannot use a "

@@ -32,6 +32,26 @@ class InvalidRequest(TuneserveError):
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
 
+class Violations:
+    """Field violations collected over a whole request, raised together: the message leads
+    with the first field, so it reads on its own (`summary: field: description (and N more)`)."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def message(self, summary: str) -> str:
+        first = self.items[0]
+        more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
+        return f"{summary}: {first.field}: {first.description}{more}"
+
+    def raise_if_any(self, summary: str) -> None:
+        if self.items:
+            raise InvalidRequest(self.message(summary), self.items)
+
+
 class NotFound(TuneserveError):
     pass
 

@@ -10,9 +10,9 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from tuneserve_server.errors import DataRejected, FailedPrecondition, FieldViolation, InvalidRequest
+from tuneserve_server.errors import DataRejected, FailedPrecondition, Violations
 from tuneserve_server.naming import is_valid_name, namespace_of
 from tuneserve_server.training.data_report import DataReport, build_report, normalise, render_causal
 from tuneserve_server.training.datafile import ParsedRows
@@ -51,7 +51,6 @@ class TrainLimits:
 
 
 InlineExample = tuple[str, str] | CausalExample | None
-T = TypeVar("T")
 
 
 @dataclass
@@ -121,24 +120,10 @@ def _range_text(rng: tuple[float, float, bool, bool]) -> str:
     return f"must be in {'[' if low_inc else '('}{low:g}, {high:g}{']' if high_inc else ')'}"
 
 
-class _Violations:
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field_path: str, description: str) -> None:
-        self.items.append(FieldViolation(field_path, description))
-
-    def raise_if_any(self, summary: str) -> None:
-        if self.items:
-            first = self.items[0]
-            more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
-            raise InvalidRequest(f"{summary}: {first.field}: {first.description}{more}", self.items)
-
-
 _ROLES = ("system", "user", "assistant")
 
 
-def _classification(row: tuple[str, str], path: str, limits: TrainLimits, v: _Violations) -> LabelledText | None:
+def _classification(row: tuple[str, str], path: str, limits: TrainLimits, v: Violations) -> LabelledText | None:
     text, label = row
     bad = False
     if not text.strip():
@@ -153,7 +138,7 @@ def _classification(row: tuple[str, str], path: str, limits: TrainLimits, v: _Vi
     return None if bad else LabelledText(text, label.strip())
 
 
-def _causal(ex: CausalExample, path: str, limits: TrainLimits, v: _Violations) -> CausalExample | None:
+def _causal(ex: CausalExample, path: str, limits: TrainLimits, v: Violations) -> CausalExample | None:
     before = len(v.items)
     if ex.messages:
         if ex.prompt or ex.completion:
@@ -184,7 +169,7 @@ def _examples(
     field_name: str,
     task: TaskType | None,
     limits: TrainLimits,
-    v: _Violations,
+    v: Violations,
 ) -> list[tuple[int, Example]]:
     """Inline examples are the caller's own values: a bad one is a field error (a file's bad
     rows, by contrast, are dropped and reported)."""
@@ -206,23 +191,23 @@ def _examples(
     return out
 
 
-def _split(
-    items: Sequence[T], label_of: Callable[[T], str], fraction: float, seed: int,
-    key_of: Callable[[T], str] | None = None,
-) -> tuple[list[T], list[T]]:
-    """Hold out about `fraction` of each label; a label with one example stays in training.
-    Items with the same `key_of` (normalised text) go to the same side, so repeated texts
-    never leak from training into validation."""
-    groups: dict[tuple[str, str], list[T]] = {}
-    for i, item in enumerate(items):
-        key = key_of(item) if key_of else str(i)
-        groups.setdefault((label_of(item), key), []).append(item)
-    by_label: dict[str, list[list[T]]] = defaultdict(list)
+def split_rows(
+    rows: Sequence[tuple[int, Example]], fraction: float, seed: int
+) -> tuple[list[tuple[int, Example]], list[tuple[int, Example]]]:
+    """The validation hold-out: about `fraction` of each label (classification; causal LM is
+    one group), a label with one example stays in training. Rows with the same normalised
+    text go to the same side, so repeated texts never leak from training into validation."""
+    groups: dict[tuple[str, str], list[tuple[int, Example]]] = {}
+    for row in rows:
+        ex = row[1]
+        label, text = (ex.label, ex.text) if isinstance(ex, LabelledText) else ("", render_causal(ex))
+        groups.setdefault((label, normalise(text)), []).append(row)
+    by_label: dict[str, list[list[tuple[int, Example]]]] = defaultdict(list)
     for (label, _), group in groups.items():
         by_label[label].append(group)
     rng = random.Random(seed)
-    train: list[T] = []
-    held: list[T] = []
+    train: list[tuple[int, Example]] = []
+    held: list[tuple[int, Example]] = []
     for label in sorted(by_label):
         label_groups = by_label[label][:]
         rng.shuffle(label_groups)
@@ -240,27 +225,7 @@ def _split(
     return train, held
 
 
-def stratified_split(
-    examples: Sequence[LabelledText], fraction: float, seed: int
-) -> tuple[list[LabelledText], list[LabelledText]]:
-    """Hold out about `fraction` of each label; a label with one example stays in training."""
-    return _split(examples, lambda ex: ex.label, fraction, seed)
-
-
-def split_rows(
-    rows: Sequence[tuple[int, Example]], fraction: float, seed: int
-) -> tuple[list[tuple[int, Example]], list[tuple[int, Example]]]:
-    """The validation hold-out: stratified by label for classification, uniform for causal
-    LM (every example in one group)."""
-    return _split(
-        rows, lambda r: r[1].label if isinstance(r[1], LabelledText) else "", fraction, seed,
-        key_of=lambda r: normalise(
-            r[1].text if isinstance(r[1], LabelledText) else render_causal(r[1])
-        ),
-    )
-
-
-def _hyperparameters(req: TrainInput, limits: TrainLimits, v: _Violations) -> Hyperparameters:
+def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyperparameters:
     lora_kw: dict[str, Any] = {}
     rank = req.lora.get("rank")
     if rank is not None:
@@ -318,7 +283,7 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: _Violations) -> Hy
 
 
 def _ranged(
-    values: dict[str, Any], ranges: dict[str, tuple[float, float, bool, bool]], section: str, v: _Violations
+    values: dict[str, Any], ranges: dict[str, tuple[float, float, bool, bool]], section: str, v: Violations
 ) -> dict[str, Any]:
     """The given integer settings of one section, each checked against its range."""
     out: dict[str, Any] = {}
@@ -335,14 +300,14 @@ def _ranged(
 _VALIDATION_ISSUES = {"unseen_validation_label", "leakage"}
 
 
-def _report_violations(report: DataReport, req: TrainInput) -> list[FieldViolation]:
-    out = []
+def _report_violations(report: DataReport, req: TrainInput) -> Violations:
+    out = Violations()
     for issue in report.errors:
         if issue.code in _VALIDATION_ISSUES and (req.validation or req.validation_dataset_id):
             where = "validation_dataset_id" if req.validation_dataset_id else "validation_examples"
         else:
             where = "dataset_id" if req.dataset_id else "training_examples"
-        out.append(FieldViolation(where, issue.message))
+        out.add(where, issue.message)
     return out
 
 
@@ -361,7 +326,7 @@ def prepare_job(
     passed. `train_file` / `validation_file`: the parsed datasets named by dataset_id /
     validation_dataset_id (the caller loads them). Field errors raise InvalidRequest; data
     that fails the report's hard checks raises DataRejected carrying the whole report."""
-    v = _Violations()
+    v = Violations()
     namespace = namespace_of(req.namespace)
     if not req.request_id:
         v.add("request_id", "is required (a unique key per Train call, e.g. a UUID)")
@@ -424,11 +389,8 @@ def prepare_job(
     )
     if not report.ok:
         violations = _report_violations(report, req)
-        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         raise DataRejected(
-            f"training data rejected: {violations[0].field}: {violations[0].description}{more}",
-            violations,
-            report.to_dict(),
+            violations.message("training data rejected"), violations.items, report.to_dict()
         )
     spec = JobSpec(
         namespace=namespace,

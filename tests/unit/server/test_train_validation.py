@@ -14,7 +14,7 @@ from tuneserve_server.training.validation import (
     TrainInput,
     TrainLimits,
     build_job_spec,
-    stratified_split,
+    split_rows,
 )
 
 LIMITS = TrainLimits(
@@ -161,6 +161,12 @@ def test_too_many_bad_examples_stop_at_a_bounded_report():
     assert 1 <= len(found) <= 25
 
 
+def _split(examples, fraction, seed):
+    """split_rows on numbered examples, the examples back without their row numbers."""
+    train, held = split_rows(list(enumerate(examples, 1)), fraction, seed)
+    return [ex for _, ex in train], [ex for _, ex in held]
+
+
 def test_stratified_split_holds_out_the_fraction_per_label():
     examples = (
         [LabelledText(f"a{i}", "a") for i in range(50)]
@@ -168,15 +174,15 @@ def test_stratified_split_holds_out_the_fraction_per_label():
         + [LabelledText(f"c{i}", "c") for i in range(2)]
         + [LabelledText("d0", "d")]
     )
-    train, held = stratified_split(examples, 0.2, seed=7)
+    train, held = _split(examples, 0.2, seed=7)
     held_counts = Counter(ex.label for ex in held)
     train_counts = Counter(ex.label for ex in train)
     assert held_counts == {"a": 10, "b": 6, "c": 1}
     assert train_counts == {"a": 40, "b": 24, "c": 1, "d": 1}  # no label leaves training
     assert sorted(train + held, key=lambda e: e.text) == sorted(examples, key=lambda e: e.text)
 
-    assert stratified_split(examples, 0.2, seed=7) == (train, held)  # deterministic
-    other_train, other_held = stratified_split(examples, 0.2, seed=8)
+    assert _split(examples, 0.2, seed=7) == (train, held)  # deterministic
+    other_train, other_held = _split(examples, 0.2, seed=8)
     assert set(other_held) != set(held)
     assert Counter(ex.label for ex in other_held) == held_counts
 
@@ -185,7 +191,7 @@ def test_stratified_split_never_empties_a_label_even_at_half():
     examples = [LabelledText(f"a{i}", "a") for i in range(2)] + [
         LabelledText(f"b{i}", "b") for i in range(3)
     ]
-    train, held = stratified_split(examples, 0.5, seed=1)
+    train, held = _split(examples, 0.5, seed=1)
     assert Counter(ex.label for ex in train) == {"a": 1, "b": 1}
     assert Counter(ex.label for ex in held) == {"a": 1, "b": 2}
 
