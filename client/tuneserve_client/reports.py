@@ -4,21 +4,11 @@ protobuf messages."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from tuneserve.v1 import common_pb2, datasets_pb2, training_pb2
 
-
-def _time(msg, name: str) -> datetime | None:  # noqa: ANN001 - any message with a Timestamp
-    return getattr(msg, name).ToDatetime(tzinfo=timezone.utc) if msg.HasField(name) else None
-
-
-def _suffix(enum, value: int, prefix: str) -> str:  # noqa: ANN001 - a protobuf enum wrapper
-    try:
-        name = enum.Name(value)
-    except ValueError:  # a newer server's value
-        return str(value)
-    return name[len(prefix):] if name.startswith(prefix) else name
+from tuneserve_client._pb import enum_name, time_of
 
 
 @dataclass(frozen=True)
@@ -71,7 +61,7 @@ def data_report_from_pb(pb: datasets_pb2.DataReport) -> DataReport:
         max_tokens=pb.max_tokens, mean_tokens=pb.mean_tokens,
         issues=tuple(
             DataIssue(
-                _suffix(datasets_pb2.IssueSeverity, i.severity, "ISSUE_SEVERITY_"),
+                enum_name(datasets_pb2.IssueSeverity, i.severity, "ISSUE_SEVERITY_"),
                 i.code, i.message, tuple(i.rows),
             )
             for i in pb.issues
@@ -98,10 +88,10 @@ class Dataset:
 def dataset_from_pb(pb: datasets_pb2.Dataset) -> Dataset:
     return Dataset(
         id=pb.id, namespace=pb.namespace, display_name=pb.display_name,
-        task=_suffix(common_pb2.TaskType, pb.task, "TASK_TYPE_").lower(),
-        format=_suffix(datasets_pb2.DatasetFormat, pb.format, "DATASET_FORMAT_").lower(),
+        task=enum_name(common_pb2.TaskType, pb.task, "TASK_TYPE_").lower(),
+        format=enum_name(datasets_pb2.DatasetFormat, pb.format, "DATASET_FORMAT_").lower(),
         size_bytes=pb.size_bytes, sha256=pb.sha256, rows=pb.rows, usable_rows=pb.usable_rows,
-        created_at=_time(pb, "created_at"),
+        created_at=time_of(pb, "created_at"),
         report=data_report_from_pb(pb.report) if pb.HasField("report") else None,
     )
 
@@ -134,9 +124,9 @@ def _optional(msg, name: str) -> float | None:  # noqa: ANN001
 def job_event_from_pb(pb: training_pb2.JobEvent) -> JobEvent:
     p = pb.progress
     return JobEvent(
-        sequence=pb.sequence, job_id=pb.job_id, time=_time(pb, "time"),
-        type=_suffix(training_pb2.JobEventType, pb.type, "JOB_EVENT_TYPE_"),
-        state=_suffix(training_pb2.JobState, pb.state, "JOB_STATE_") if pb.state else None,
+        sequence=pb.sequence, job_id=pb.job_id, time=time_of(pb, "time"),
+        type=enum_name(training_pb2.JobEventType, pb.type, "JOB_EVENT_TYPE_"),
+        state=enum_name(training_pb2.JobState, pb.state, "JOB_STATE_") if pb.state else None,
         step=p.step, total_steps=p.total_steps, epoch=p.epoch,
         train_loss=_optional(p, "train_loss"), learning_rate=_optional(p, "learning_rate"),
         examples_per_second=_optional(p, "examples_per_second"),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
-from google.protobuf import timestamp_pb2
 from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
 
+from tuneserve_client._pb import enum_name, time_of
 from tuneserve_client.reports import DataReport, data_report_from_pb
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -115,17 +115,9 @@ class Adapter:
 # --- enums -------------------------------------------------------------------------------
 
 
-def _enum_name(enum, value: int, prefix: str) -> str:
-    try:
-        name = enum.Name(value)
-    except ValueError:  # a newer server's value this client doesn't know
-        return f"{prefix}{value}"
-    return name[len(prefix) :] if name.startswith(prefix) else name
-
-
 def task_from_pb(value: int) -> str:
     """TASK_TYPE_CAUSAL_LM -> "causal_lm"."""
-    return _enum_name(common_pb2.TaskType, value, _TASK_PREFIX).lower()
+    return enum_name(common_pb2.TaskType, value, _TASK_PREFIX).lower()
 
 
 def task_to_pb(task: str) -> int:
@@ -139,7 +131,7 @@ def task_to_pb(task: str) -> int:
 
 def state_from_pb(value: int) -> str:
     """JOB_STATE_RUNNING -> "RUNNING"."""
-    return _enum_name(training_pb2.JobState, value, _STATE_PREFIX)
+    return enum_name(training_pb2.JobState, value, _STATE_PREFIX)
 
 
 def state_to_pb(state: str) -> int:
@@ -155,13 +147,6 @@ def state_to_pb(state: str) -> int:
 # --- messages ----------------------------------------------------------------------------
 
 
-def _time(msg, name: str) -> datetime | None:
-    if not msg.HasField(name):
-        return None
-    ts: timestamp_pb2.Timestamp = getattr(msg, name)
-    return ts.ToDatetime(tzinfo=timezone.utc)
-
-
 def job_from_pb(pb: training_pb2.Job) -> Job:
     progress = pb.progress
     return Job(
@@ -170,10 +155,10 @@ def job_from_pb(pb: training_pb2.Job) -> Job:
         adapter_name=pb.adapter_name,
         task=task_from_pb(pb.task),
         state=state_from_pb(pb.state),
-        created_at=_time(pb, "created_at"),
-        started_at=_time(pb, "started_at"),
-        finished_at=_time(pb, "finished_at"),
-        updated_at=_time(pb, "updated_at"),
+        created_at=time_of(pb, "created_at"),
+        started_at=time_of(pb, "started_at"),
+        finished_at=time_of(pb, "finished_at"),
+        updated_at=time_of(pb, "updated_at"),
         step=progress.step,
         total_steps=progress.total_steps,
         epoch=progress.epoch,
@@ -221,14 +206,14 @@ def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:
     return AdapterVersion(
         version=pb.version,
         job_id=pb.job_id,
-        created_at=_time(pb, "created_at"),
+        created_at=time_of(pb, "created_at"),
         labels=list(pb.labels),
         metrics=dict(pb.metrics),
         lora_rank=pb.lora.rank if pb.HasField("lora") and pb.lora.HasField("rank") else None,
         size_bytes=pb.size_bytes,
         resident=pb.resident,
         pinned=pb.pinned,
-        last_used=_time(pb, "last_used"),
+        last_used=time_of(pb, "last_used"),
     )
 
 
