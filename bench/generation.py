@@ -62,9 +62,9 @@ def publish_adapters(data_dir: Path, count: int, rank: int) -> list[str]:
     )
     from tuneserve_server.modeling_lm import load_causal_lm
     from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
-    from tuneserve_server.storage.records import AdapterVersionRecord
+    from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.storage.sqlite_store import SqliteStore
-    from tuneserve_server.training.jobs import (
+    from tuneserve_server.domain.jobs import (
         CausalExample,
         Hyperparameters,
         JobSpec,

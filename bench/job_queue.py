@@ -48,8 +48,8 @@ from harness import DOCS, ROOT, code_version, cpu_model, log, percentile, write_
 
 sys.path.insert(0, str(ROOT / "server"))
 
-from tuneserve_server.storage.records import AdapterVersionRecord  # noqa: E402
-from tuneserve_server.training.jobs import (  # noqa: E402
+from tuneserve_server.domain.records import AdapterVersionRecord  # noqa: E402
+from tuneserve_server.domain.jobs import (  # noqa: E402
     Hyperparameters,
     JobSpec,
     JobState,

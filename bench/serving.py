@@ -159,11 +159,12 @@ def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epoch
 
     from tuneserve_server.modeling import ADAPTER_META, DEFAULT_TARGETS, resolve_base_model
     from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
-    from tuneserve_server.storage.records import AdapterVersionRecord
+    from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.storage.sqlite_store import SqliteStore
     from tuneserve_server.training.classification import ClassificationRecipe
-    from tuneserve_server.training.jobs import TaskType
-    from tuneserve_server.training.validation import TrainInput, TrainLimits, build_job_spec
+    from tuneserve_server.domain.jobs import TaskType
+    from tuneserve_server.domain.limits import TrainLimits
+    from tuneserve_server.training.validation import TrainInput, build_job_spec
 
     store = SqliteStore(data_dir / "jobs.db")
     adapters = LocalAdapterStore(data_dir / "adapters")

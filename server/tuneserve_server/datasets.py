@@ -16,14 +16,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tuneserve_server.errors import FailedPrecondition, InvalidRequest, NotFound, Violations
-from tuneserve_server.naming import namespace_of
+from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest, NotFound, Violations
+from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.storage.records import DatasetRecord, UploadState
+from tuneserve_server.domain.records import DatasetRecord, UploadState
 from tuneserve_server.training.data_report import DataReport, build_report
 from tuneserve_server.training.datafile import ParsedRows, parse_dataset
-from tuneserve_server.training.jobs import JobSpec, TaskType
-from tuneserve_server.training.validation import TrainInput, TrainLimits, prepare_job
+from tuneserve_server.domain.jobs import JobSpec, TaskType
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.training.validation import TrainInput, prepare_job
 
 FORMATS = ("jsonl", "csv")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

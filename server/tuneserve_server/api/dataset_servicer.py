@@ -14,11 +14,11 @@ from tuneserve_server.api.rpc import require_id, rpc
 from tuneserve_server.config import Settings
 from tuneserve_server.datasets import UploadSession, check_header, prepare_train
 from tuneserve_server.engine.inference import InferenceEngine
-from tuneserve_server.errors import DataRejected, InvalidRequest, NotReady
-from tuneserve_server.naming import namespace_of
+from tuneserve_server.domain.errors import DataRejected, InvalidRequest, NotReady
+from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training.data_report import DataReport
-from tuneserve_server.training.jobs import OptimizerSettings
+from tuneserve_server.domain.jobs import OptimizerSettings
 
 log = structlog.get_logger("tuneserve.api")
 

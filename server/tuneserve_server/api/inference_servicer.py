@@ -11,9 +11,9 @@ from tuneserve_server.api.rpc import rpc, rpc_stream
 from tuneserve_server.config import Settings
 from tuneserve_server.engine.generation import GenerationResult, SamplingParams
 from tuneserve_server.engine.inference import InferenceEngine
-from tuneserve_server.errors import FailedPrecondition, InvalidRequest
-from tuneserve_server.naming import AdapterRef, namespace_of
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest
+from tuneserve_server.domain.naming import AdapterRef, namespace_of
+from tuneserve_server.domain.jobs import TaskType
 
 log = structlog.get_logger("tuneserve.api")
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tuneserve_server.api.status_map import abort_with
-from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.domain.errors import InvalidRequest
 
 R = TypeVar("R")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]

@@ -12,11 +12,11 @@ from tuneserve_server.api import convert
 from tuneserve_server.api.rpc import require_id, rpc, rpc_stream
 from tuneserve_server.datasets import prepare_train
 from tuneserve_server.engine.inference import InferenceEngine
-from tuneserve_server.errors import NotReady
-from tuneserve_server.naming import namespace_of
+from tuneserve_server.domain.errors import NotReady
+from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.observability.metrics import JOBS_SUBMITTED
 from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.training.jobs import JobState
+from tuneserve_server.domain.jobs import JobState
 
 WATCH_PAGE = 500
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.errors import CapacityExceeded
+from tuneserve_server.domain.errors import CapacityExceeded
 from tuneserve_server.observability.metrics import (
     BATCH_ADAPTERS,
     BATCH_ROWS,

@@ -13,7 +13,7 @@ import torch
 
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
-from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import mean_pool
 from tuneserve_server.storage.adapter_store import AdapterStore
 

@@ -23,7 +23,7 @@ import structlog
 
 from tuneserve_server.engine.generation_sampling import FinishReason, SamplingParams
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.errors import CapacityExceeded
+from tuneserve_server.domain.errors import CapacityExceeded
 from tuneserve_server.observability.metrics import PREDICT_REJECTED
 
 __all__ = ["FinishReason", "GenerationResult", "GenerationRow", "GenerationScheduler", "SamplingParams"]

@@ -27,7 +27,7 @@ from tuneserve_server.engine.generation_sampling import (
     choose_tokens,
 )
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.modeling_lm import render_prompt
 from tuneserve_server.observability.metrics import (
     GENERATION_ACTIVE_ROWS,

@@ -28,7 +28,7 @@ from tuneserve_server.engine.generation import (
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.errors import FailedPrecondition, NotFound, NotReady
+from tuneserve_server.domain.errors import FailedPrecondition, NotFound, NotReady
 from tuneserve_server.modeling import (
     base_task,
     default_target_modules,
@@ -37,7 +37,7 @@ from tuneserve_server.modeling import (
     resolve_base_model,
 )
 from tuneserve_server.modeling_lm import is_causal_lm_path
-from tuneserve_server.naming import AdapterRef
+from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.observability.metrics import (
     ADAPTER_LABELS,
     ADAPTER_LATENCY,
@@ -47,9 +47,9 @@ from tuneserve_server.observability.metrics import (
 )
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import TaskType
-from tuneserve_server.training.validation import TrainLimits
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.domain.limits import TrainLimits
 
 log = structlog.get_logger("tuneserve.engine")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from tuneserve_server.engine.lora_batched import LoraBank, LoraWeights, read_lora
-from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import AdapterMeta, load_head
 from tuneserve_server.observability.metrics import (
     ADAPTER_EVICTIONS,
@@ -33,7 +33,7 @@ from tuneserve_server.observability.metrics import (
     ADAPTERS_RESIDENT,
     ADAPTERS_RESIDENT_BYTES,
 )
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.jobs import TaskType
 
 ANCHOR_SLOT = "anchor"  # a zero adapter that stays active, so peft always has one
 

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tuneserve_server.training.jobs import JobState
+from tuneserve_server.domain.jobs import JobState
 
 REGISTRY: CollectorRegistry = DEFAULT_REGISTRY
 

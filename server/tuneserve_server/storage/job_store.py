@@ -8,12 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
-from tuneserve_server.training.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
-
-
-class LeaseLost(Exception):
-    """The worker no longer holds the job (its lease expired and another took it)."""
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.domain.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
 
 
 class JobStore(Protocol):

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from tuneserve_server.errors import NotFound
+from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.storage.manifest import payload_size, verify_directory, write_manifest
 
 

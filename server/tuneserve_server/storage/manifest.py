@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path, PurePosixPath
 
-from tuneserve_server.errors import CorruptAdapter
+from tuneserve_server.domain.errors import CorruptAdapter
 
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_FORMAT = 1

@@ -50,9 +50,14 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from tuneserve_server.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
-from tuneserve_server.storage.job_store import LeaseLost
-from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidRequest,
+    LeaseLost,
+    NotFound,
+)
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.storage.rows import (
     PROGRESS_EXTRAS,
     adapter_from_row,
@@ -65,7 +70,7 @@ from tuneserve_server.storage.rows import (
 # The paging rules are the reference implementation's, shared so both stores accept and
 # refuse exactly the same page sizes and tokens.
 from tuneserve_server.storage.sqlite_store import UPLOAD_TTL_S, _page_after, _page_size
-from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
+from tuneserve_server.domain.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 REGISTRY_CHANNEL = "tuneserve_registry"

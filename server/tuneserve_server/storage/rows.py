@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
+from tuneserve_server.domain.jobs import (
     EventType,
     Hyperparameters,
     Job,

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from tuneserve_server.errors import CorruptAdapter, FailedPrecondition, NotFound
+from tuneserve_server.domain.errors import CorruptAdapter, FailedPrecondition, NotFound
 from tuneserve_server.storage.manifest import (
     MANIFEST_NAME,
     Manifest,

@@ -16,9 +16,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tuneserve_server.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
-from tuneserve_server.storage.job_store import LeaseLost
-from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidRequest,
+    LeaseLost,
+    NotFound,
+)
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.storage.rows import (
     adapter_from_row,
     dataset_from_row,
@@ -27,7 +32,7 @@ from tuneserve_server.storage.rows import (
     job_from_row,
     progress_extras_json,
 )
-from tuneserve_server.training.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
+from tuneserve_server.domain.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 
 # An upload nobody finished is forgotten (bytes and all) this long after its last chunk.
 UPLOAD_TTL_S = 7 * 24 * 3600.0

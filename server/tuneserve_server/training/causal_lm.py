@@ -50,7 +50,7 @@ from tuneserve_server.training.classification import (
     JobPreempted,
     TrainResult,
 )
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     CausalExample,
     EventType,
     JobEvent,

@@ -39,7 +39,7 @@ from tuneserve_server.observability.metrics import (
 from tuneserve_server.training import calibration, checkpoint
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     EventType,
     JobEvent,
     JobProgress,

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     CausalExample,
     Example,
     LabelledText,

@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneserve_server.errors import InvalidRequest
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.errors import InvalidRequest
+from tuneserve_server.domain.jobs import (
     CausalExample,
     ChatTurn,
     Example,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.jobs import TaskType
 
 METRICS = ("accuracy", "macro_f1", "eval_loss")
 MINIMISED = frozenset({"eval_loss"})

@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneserve_server.errors import DataRejected, FailedPrecondition, Violations
-from tuneserve_server.naming import is_valid_name, namespace_of
+from tuneserve_server.domain.errors import DataRejected, FailedPrecondition, Violations
+from tuneserve_server.domain.naming import is_valid_name, namespace_of
 from tuneserve_server.training.data_report import DataReport, build_report, normalise, render_causal
 from tuneserve_server.training.datafile import ParsedRows
 from tuneserve_server.training.evaluation import METRICS
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.domain.jobs import (
     CausalExample,
     CausalLMSettings,
     EvaluationSettings,
@@ -31,23 +32,6 @@ from tuneserve_server.training.jobs import (
 )
 
 DEFAULT_VALIDATION_FRACTION = 0.1
-
-
-@dataclass(frozen=True)
-class TrainLimits:
-    """What the serving deployment accepts; built from Settings and the loaded base model."""
-
-    served_task: TaskType
-    base_model: str
-    max_train_examples: int
-    max_text_chars: int
-    max_lora_rank: int
-    linear_modules: frozenset[str]
-    default_targets: tuple[str, ...]
-    max_positions: int = 512
-    # Token counter for the data report's length checks (a tokenizer of the served base that
-    # is safe to call off the torch thread); None: lengths are not measured.
-    count_tokens: Callable[[list[str]], list[int]] | None = None
 
 
 InlineExample = tuple[str, str] | CausalExample | None

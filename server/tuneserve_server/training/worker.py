@@ -23,11 +23,12 @@ from tuneserve_server.config import Settings
 from tuneserve_server.modeling import BaseModelSource, resolve_base_model
 from tuneserve_server.observability.metrics import JOBS, TRAIN_RUNNING
 from tuneserve_server.storage.adapter_store import AdapterStore
-from tuneserve_server.storage.job_store import JobStore, LeaseLost
-from tuneserve_server.storage.records import AdapterVersionRecord
+from tuneserve_server.domain.errors import LeaseLost
+from tuneserve_server.storage.job_store import JobStore
+from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.classification import ClassificationRecipe, JobCancelled, JobPreempted
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     Job,
     JobEvent,
     JobProgress,

@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tuneserve_server.training.jobs import (  # noqa: E402
+from tuneserve_server.domain.jobs import (  # noqa: E402
     Hyperparameters,
     JobSpec,
     LabelledText,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tuneserve_server.engine.registry import ANCHOR_SLOT, AdapterKey, AdapterRegistry
-from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import ADAPTER_META, module_names
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.

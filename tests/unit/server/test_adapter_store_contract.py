@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tuneserve_server.config import ConfigError, Settings, load_settings
-from tuneserve_server.errors import CorruptAdapter, FailedPrecondition, NotFound
+from tuneserve_server.domain.errors import CorruptAdapter, FailedPrecondition, NotFound
 from tuneserve_server.storage.factory import build_adapter_store
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 from tuneserve_server.storage.manifest import MANIFEST_NAME

@@ -11,7 +11,7 @@ import pytest
 
 from tuneserve_server.engine.batching import Batcher, PendingRequest
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.errors import CapacityExceeded
+from tuneserve_server.domain.errors import CapacityExceeded
 
 KEY_A = AdapterKey("default", "a", 1)
 KEY_B = AdapterKey("default", "b", 1)

@@ -14,7 +14,7 @@ from tuneserve_server.training.calibration import (
     nll,
 )
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.jobs import TaskType
 
 
 def sampled(true_logits: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -8,10 +8,10 @@ import pytest
 
 from tuneserve_server.engine.catalog import AdapterCatalog
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.errors import NotFound
-from tuneserve_server.naming import AdapterRef
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.errors import NotFound
+from tuneserve_server.domain.naming import AdapterRef
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.jobs import TaskType
 
 
 def rec(name: str, version: int, seq: int, *, deleted: bool = False, ns: str = "default"):

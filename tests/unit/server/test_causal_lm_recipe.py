@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tuneserve_server.modeling import AdapterMeta, BaseModelSource
 from tuneserve_server.training.causal_lm import IGNORE, CausalLMRecipe, encode_example
 from tuneserve_server.training.classification import JobPreempted
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     CausalExample,
     CausalLMSettings,
     ChatTurn,

@@ -11,8 +11,9 @@ import torch
 from tuneserve_server.modeling import resolve_base_model
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.classification import ClassificationRecipe, JobPreempted
-from tuneserve_server.training.jobs import TaskType
-from tuneserve_server.training.validation import TrainInput, TrainLimits, build_job_spec
+from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.training.validation import TrainInput, build_job_spec
 
 _TEXTS = [
     ("my card has not arrived", "card"), ("where is my new card", "card"), ("card still missing", "card"),

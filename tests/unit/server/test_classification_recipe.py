@@ -17,7 +17,7 @@ from tuneserve_server.training.classification import (
     JobPreempted,
     length_grouped_batches,
 )
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     EvaluationSettings,
     EventType,
     Hyperparameters,

@@ -14,7 +14,7 @@ import torch
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.errors import FailedPrecondition, NotFound
+from tuneserve_server.domain.errors import FailedPrecondition, NotFound
 from tuneserve_server.modeling import load_head, mean_pool, module_names
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 

@@ -18,7 +18,7 @@ from tuneserve_server.training.data_report import (
     normalise,
 )
 from tuneserve_server.training.datafile import parse_dataset
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     CausalExample,
     ChatTurn,
     LabelledText,

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.training.datafile import DROP_REASONS, ParsedRows, parse_dataset
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     CausalExample,
     ChatTurn,
     LabelledText,

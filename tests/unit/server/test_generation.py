@@ -154,7 +154,7 @@ def test_lora_bank_serving_path_equals_peft_adapter_names(tok, model, tmp_path) 
     from tuneserve_server.engine.lora_batched import LoraBank
     from tuneserve_server.engine.registry import AdapterRegistry
     from tuneserve_server.modeling import ADAPTER_META, AdapterMeta, module_names
-    from tuneserve_server.training.jobs import TaskType
+    from tuneserve_server.domain.jobs import TaskType
 
     for slot in ("s0", "s1"):
         model.save_pretrained(str(tmp_path), selected_adapters=[slot])

@@ -11,7 +11,7 @@ from generation_fixtures import byte_tokenizer
 from tuneserve.v1 import inference_pb2
 from tuneserve_server.api.convert import sampling_params
 from tuneserve_server.engine.generation_sampling import RowText, SamplingParams, filter_logits
-from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.domain.errors import InvalidRequest
 
 
 def params(**kw):  # noqa: ANN003, ANN201

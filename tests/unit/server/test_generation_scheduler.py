@@ -12,7 +12,7 @@ import pytest
 from generation_fixtures import Harness, byte_tokenizer, key, result_of, tiny_llama
 
 from tuneserve_server.engine.generation import Delta, GenerationResult, GenerationScheduler, SamplingParams
-from tuneserve_server.errors import CapacityExceeded
+from tuneserve_server.domain.errors import CapacityExceeded
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 from tuneserve.v1 import common_pb2, training_pb2
 from tuneserve_server.api.convert import hyperparameters_pb, train_input
-from tuneserve_server.errors import InvalidRequest
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.errors import InvalidRequest
+from tuneserve_server.domain.jobs import (
     CausalLMSettings,
     EvaluationSettings,
     TaskType,
 )
-from tuneserve_server.training.validation import TrainLimits, build_job_spec
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.training.validation import build_job_spec
 
 LIMITS = TrainLimits(
     served_task=TaskType.CLASSIFICATION, base_model="tiny-bert", max_train_examples=1000,

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tuneserve_server.errors import AlreadyExists, FailedPrecondition, NotFound
-from tuneserve_server.storage.records import AdapterVersionRecord, DatasetRecord, UploadState
-from tuneserve_server.training.jobs import EventType, JobEvent, JobProgress, JobState, TaskType
+from tuneserve_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.domain.jobs import EventType, JobEvent, JobProgress, JobState, TaskType
 
 
 def _states(events: list[JobEvent]) -> list[JobState | None]:
@@ -211,7 +211,7 @@ def test_an_abandoned_upload_is_forgotten_after_its_ttl(open_store):
 def test_a_worker_that_lost_the_lease_cannot_write_events(store, make_spec):
     import time
 
-    from tuneserve_server.storage.job_store import LeaseLost
+    from tuneserve_server.domain.errors import LeaseLost
 
     job, _ = store.create_job(make_spec())
     store.claim_job("stalled", 0.01)

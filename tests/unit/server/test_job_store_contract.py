@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tuneserve_server.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
-from tuneserve_server.storage.job_store import JobStore, LeaseLost
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import JobProgress, JobState, TaskType
+from tuneserve_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
+from tuneserve_server.domain.errors import LeaseLost
+from tuneserve_server.storage.job_store import JobStore
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.jobs import JobProgress, JobState, TaskType
 
 OpenStore = Callable[..., JobStore]
 

@@ -19,7 +19,7 @@ from tuneserve_server.engine.classifier import ClassificationRunner
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.errors import NotFound
+from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.modeling import module_names
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 

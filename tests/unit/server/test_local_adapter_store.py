@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tuneserve_server.errors import NotFound
+from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 
 

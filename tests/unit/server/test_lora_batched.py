@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 from tuneserve_server.engine.lora_batched import LoraBank, read_lora
-from tuneserve_server.errors import FailedPrecondition
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import module_names
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from tuneserve_server.config import Settings
 from tuneserve_server.engine.batching import Batcher, PendingRequest
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.errors import CapacityExceeded, FailedPrecondition
+from tuneserve_server.domain.errors import CapacityExceeded, FailedPrecondition
 from tuneserve_server.modeling import ADAPTER_META, module_names
 from tuneserve_server.observability.metrics import (
     JOBS_BY_STATE_NAME,
@@ -31,7 +31,7 @@ from tuneserve_server.observability.metrics import (
 )
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 from tuneserve_server.storage.sqlite_store import SqliteStore
-from tuneserve_server.training.jobs import (
+from tuneserve_server.domain.jobs import (
     Hyperparameters,
     JobSpec,
     JobState,

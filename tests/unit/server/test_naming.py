@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuneserve_server.errors import InvalidRequest
-from tuneserve_server.naming import AdapterRef, check_name, is_valid_name, namespace_of
+from tuneserve_server.domain.errors import InvalidRequest
+from tuneserve_server.domain.naming import AdapterRef, check_name, is_valid_name, namespace_of
 
 
 def test_parse_name_and_name_at_version():

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tuneserve_server.errors import InvalidRequest, NotFound
-from tuneserve_server.storage.records import AdapterVersionRecord
-from tuneserve_server.training.jobs import JobState
+from tuneserve_server.domain.errors import InvalidRequest, NotFound
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.jobs import JobState
 
 psycopg = pytest.importorskip("psycopg")
 

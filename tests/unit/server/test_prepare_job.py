@@ -8,10 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from tuneserve_server.errors import DataRejected, InvalidRequest
+from tuneserve_server.domain.errors import DataRejected, InvalidRequest
 from tuneserve_server.training.datafile import parse_dataset
-from tuneserve_server.training.jobs import CausalExample, ChatTurn, TaskType
-from tuneserve_server.training.validation import TrainInput, TrainLimits, prepare_job
+from tuneserve_server.domain.jobs import CausalExample, ChatTurn, TaskType
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.training.validation import TrainInput, prepare_job
 
 LIMITS = TrainLimits(
     served_task=TaskType.CLASSIFICATION, base_model="tiny-bert", max_train_examples=1000,

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 
 from tuneserve_server.storage.sqlite_store import SqliteStore
-from tuneserve_server.training.jobs import JobProgress, JobState
+from tuneserve_server.domain.jobs import JobProgress, JobState
 
 
 def test_the_file_and_its_directory_are_made_and_use_wal(tmp_path):

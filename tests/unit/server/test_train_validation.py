@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from tuneserve_server.errors import FailedPrecondition, InvalidRequest
-from tuneserve_server.training.jobs import LabelledText, TaskType
+from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest
+from tuneserve_server.domain.jobs import LabelledText, TaskType
+from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.training.validation import (
     TrainInput,
-    TrainLimits,
     build_job_spec,
     split_rows,
 )

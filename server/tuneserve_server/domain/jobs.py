@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,18 +24,6 @@ class JobState(str, enum.Enum):
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
-
-# Allowed transitions; the stores enforce them in their UPDATE ... WHERE state IN (...).
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    # RUNNING -> QUEUED happens when a worker's lease expires and the job is retried.
-    JobState.RUNNING: frozenset(
-        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
-    ),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-}
 
 
 @dataclass(frozen=True)
@@ -228,9 +216,6 @@ class Job:
     # Causal LM: [{"prompt", "reference", "generated"}, ...] from the final adapter.
     sample_generations: list[dict[str, str]] = field(default_factory=list)
     resumed_from_step: int = 0
-
-    def with_(self, **changes: Any) -> Job:
-        return replace(self, **changes)
 
 
 class EventType(str, enum.Enum):

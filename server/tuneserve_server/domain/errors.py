@@ -77,6 +77,11 @@ class NotReady(TuneserveError):
     """The service is starting or draining."""
 
 
+class LeaseLost(TuneserveError):
+    """A worker no longer holds the job it is writing to (its lease expired and another
+    worker took it, or the job finished). Internal: the worker stops; no caller sees it."""
+
+
 class DataRejected(InvalidRequest):
     """Training data failed a hard check. `report` is the whole data report (as
     DataReport.to_dict()), so the caller sees every problem, warnings included."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tuneserve_server.training.jobs import TaskType
+from tuneserve_server.domain.jobs import TaskType
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tuneserve_server.errors import InvalidRequest
+from tuneserve_server.domain.errors import InvalidRequest
 
 DEFAULT_NAMESPACE = "default"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
