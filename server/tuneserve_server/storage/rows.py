@@ -1,11 +1,9 @@
-"""Job-store rows to domain records, shared by the SQLite and PostgreSQL stores (same column
-names; each store passes its own timestamp converter)."""
+"""Job-store rows to domain records (timestamps arrive as aware datetimes: schema.Timestamp)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
@@ -19,25 +17,15 @@ from tuneserve_server.domain.jobs import (
     TaskType,
 )
 
-Timestamp = Callable[[Any], datetime | None]
-
-
 # JobProgress fields beyond the four with columns of their own live in progress_json.
 PROGRESS_EXTRAS = ("learning_rate", "examples_per_second", "eta_seconds")
-
-
-def progress_extras_json(progress: JobProgress, resumed_from_step: int | None = None) -> str:
-    data: dict[str, Any] = {k: getattr(progress, k) for k in PROGRESS_EXTRAS}
-    if resumed_from_step is not None:
-        data["resumed_from_step"] = resumed_from_step
-    return json.dumps(data)
 
 
 def _json(row: Mapping[str, Any], column: str) -> dict[str, Any]:
     return json.loads(row[column] or "{}")
 
 
-def job_from_row(row: Mapping[str, Any], ts: Timestamp) -> Job:
+def job_from_row(row: Mapping[str, Any]) -> Job:
     info = _json(row, "info_json")
     extras = _json(row, "progress_json")
     outputs = _json(row, "outputs_json")
@@ -51,10 +39,10 @@ def job_from_row(row: Mapping[str, Any], ts: Timestamp) -> Job:
         hyperparameters=Hyperparameters.from_dict(json.loads(row["hyperparameters_json"])),
         train_examples=row["train_examples"],
         validation_examples=row["validation_examples"],
-        created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]),
-        started_at=ts(row["started_at"]),
-        finished_at=ts(row["finished_at"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
         progress=JobProgress(
             row["step"], row["total_steps"], row["epoch"], row["train_loss"],
             **{k: extras.get(k) for k in PROGRESS_EXTRAS},
@@ -68,7 +56,8 @@ def job_from_row(row: Mapping[str, Any], ts: Timestamp) -> Job:
         validation_dataset_id=info.get("validation_dataset_id", ""),
         data_report=info.get("data_report", {}),
         sample_generations=outputs.get("sample_generations", []),
-        resumed_from_step=int(extras.get("resumed_from_step", 0)),
+        # Recorded in info_json; rows written before that kept it in progress_json.
+        resumed_from_step=int(info.get("resumed_from_step", extras.get("resumed_from_step", 0))),
     )
 
 
@@ -88,13 +77,13 @@ def event_body_json(event: JobEvent) -> str:
     )
 
 
-def event_from_row(row: Mapping[str, Any], ts: Timestamp) -> JobEvent:
+def event_from_row(row: Mapping[str, Any]) -> JobEvent:
     body = json.loads(row["body_json"])
     return JobEvent(
         job_id=row["job_id"],
         type=EventType(row["type"]),
         sequence=int(row["seq"]),
-        time=ts(row["time"]),
+        time=row["time"],
         state=JobState(body["state"]) if body.get("state") else None,
         progress=JobProgress(**body["progress"]) if body.get("progress") else None,
         metrics=body.get("metrics") or {},
@@ -102,7 +91,7 @@ def event_from_row(row: Mapping[str, Any], ts: Timestamp) -> JobEvent:
     )
 
 
-def dataset_from_row(row: Mapping[str, Any], ts: Timestamp) -> DatasetRecord:
+def dataset_from_row(row: Mapping[str, Any]) -> DatasetRecord:
     return DatasetRecord(
         id=row["id"],
         namespace=row["namespace"],
@@ -117,11 +106,11 @@ def dataset_from_row(row: Mapping[str, Any], ts: Timestamp) -> DatasetRecord:
         text_field=row["text_field"],
         label_field=row["label_field"],
         upload_id=row["upload_id"],
-        created_at=ts(row["created_at"]),
+        created_at=row["created_at"],
     )
 
 
-def adapter_from_row(row: Mapping[str, Any], ts: Timestamp) -> AdapterVersionRecord:
+def adapter_from_row(row: Mapping[str, Any]) -> AdapterVersionRecord:
     return AdapterVersionRecord(
         namespace=row["namespace"],
         name=row["name"],
@@ -133,7 +122,7 @@ def adapter_from_row(row: Mapping[str, Any], ts: Timestamp) -> AdapterVersionRec
         metrics=json.loads(row["metrics_json"]),
         lora_rank=row["lora_rank"],
         size_bytes=row["size_bytes"],
-        created_at=ts(row["created_at"]),
+        created_at=row["created_at"],
         deleted=bool(row["deleted"]),
         seq=row["seq"],
     )

@@ -577,3 +577,36 @@ def test_jobs_survive_closing_and_reopening_the_store(open_store, make_spec):
     assert b.state is JobState.QUEUED
     assert reopened.create_job(make_spec(request_id="r2")) == (b, False)
     assert reopened.heartbeat(first.id, "w", 60, JobProgress()) is False  # lease kept
+
+
+def test_nul_characters_are_answered_the_same_on_every_database(store, make_spec):
+    # PostgreSQL text cannot hold NUL; SQLite could, but one store answers the same on both.
+    with pytest.raises(InvalidRequest) as err:
+        store.create_job(make_spec(request_id="a\x00b"))
+    assert [v.field for v in err.value.violations] == ["request_id"]
+    with pytest.raises(NotFound):
+        store.get_job("default", "job-\x00")
+    with pytest.raises(NotFound):
+        store.cancel_job("default", "job-\x00")
+    with pytest.raises(NotFound):
+        store.delete_adapter_versions("default", "x\x00")
+    assert store.list_jobs("default", adapter_name="x\x00") == ([], "")
+    assert store.adapter_versions("default", "x\x00") == []
+    job, _ = store.create_job(make_spec())
+    store.claim_job("w", 60)
+    failed = store.finish_job(job.id, "w", JobState.FAILED, "bad\x00byte")
+    assert failed.error == "badbyte"
+
+
+def test_publishing_a_version_twice_is_refused_and_rolls_the_completion_back(store, make_spec):
+    spec = make_spec()
+    version = _publish(store, spec)
+    changes = store.adapter_changes(0)
+    job, _ = store.create_job(make_spec(request_id="second"))
+    store.claim_job("w", 60)
+    with pytest.raises(AlreadyExists):
+        store.complete_job(job.id, "w", {}, _record(spec, version, job.id))
+    after = store.get_job("default", job.id)
+    assert after.state is JobState.RUNNING and after.adapter_version == 0
+    assert store.adapter_changes(0) == changes  # no registry row, no clock tick
+    assert [e.state for e in store.list_events("default", job.id)] == [JobState.QUEUED, JobState.RUNNING]

@@ -1,10 +1,16 @@
-"""Alembic environment for the PostgreSQL job store.
+"""Alembic environment for the job store, SQLite and PostgreSQL alike.
 
-PostgresStore runs `alembic upgrade head` on start with a connection it opened itself and
-passes it in `config.attributes["connection"]`. The whole upgrade runs in one transaction
-that first takes a transaction-scoped advisory lock, so replicas that start together take
-turns: the first applies the migrations, the others wait, then find the schema at head and
-do nothing. PostgreSQL's DDL is transactional, so a failed migration leaves nothing behind.
+The store runs `alembic upgrade head` on start (storage/sql_store.migrate) with a connection
+of its own engine, passed in `config.attributes["connection"]`. The whole upgrade runs in
+one transaction that first takes a lock, so processes that start together take turns: the
+first applies the migrations, the others wait, then find the schema at head and do nothing.
+On PostgreSQL the lock is a transaction-scoped advisory lock; on SQLite the transaction is
+BEGIN IMMEDIATE (the engine's write transactions), which holds the file's write lock. DDL is
+transactional on both, so a failed migration leaves nothing behind.
+
+A SQLite file made before the migrations owned its schema (the store's old `SCHEMA` script:
+the tables and columns of 0002, no alembic_version) is adopted: stamped at 0002 (or 0001
+when it predates the event and dataset tables) inside the same transaction, then upgraded.
 
 Run by hand (`alembic -x dsn=postgresql://... upgrade head` with script_location pointing
 here) it builds its own engine from the `dsn` argument or `sqlalchemy.url`."""
@@ -18,9 +24,25 @@ from alembic import context
 MIGRATION_LOCK_KEY = 0x7475_6E65_7365_7276  # "tuneserv"
 
 
+def _adopt_unversioned_sqlite(connection: sa.Connection) -> None:
+    tables = set(sa.inspect(connection).get_table_names())
+    if "alembic_version" in tables or "jobs" not in tables:
+        return
+    revision = "0002" if "job_events" in tables else "0001"
+    connection.execute(sa.text(
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    ))
+    connection.execute(sa.text("INSERT INTO alembic_version VALUES (:v)"), {"v": revision})
+
+
 def _run(connection: sa.Connection) -> None:
     # Autobegins the transaction the migrations then run in; released at its commit.
-    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    else:  # the store's engine begins this one with BEGIN IMMEDIATE: the file's write lock
+        connection.execute(sa.text("SELECT 1"))
+        _adopt_unversioned_sqlite(connection)
     context.configure(connection=connection, transactional_ddl=True)
     with context.begin_transaction():  # joins the transaction begun above
         context.run_migrations()

@@ -1,8 +1,9 @@
 """Initial schema: jobs (with leases), the adapter registry, its version counters and clock.
 
-Mirrors sqlite_store.SCHEMA. Timestamps are timestamptz set from the database clock, so
-leases on workers of several machines compare against one clock. Adapter names use the "C"
-collation so ordering and the adapter_names page tokens compare bytes, as SQLite does.
+The schema of both job stores (SQLite and PostgreSQL). On PostgreSQL timestamps are
+timestamptz set from the database clock, so leases on workers of several machines compare
+against one clock; adapter names use the "C" collation so ordering and the adapter_names
+page tokens compare bytes, as SQLite's default collation does.
 
 Revision ID: 0001
 Revises:
@@ -19,14 +20,17 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-TS = sa.TIMESTAMP(timezone=True)
-BYTEWISE = sa.Text(collation="C")
+# PostgreSQL: timestamptz from the database clock and bytewise ("C") text. SQLite (the
+# embedded store): epoch seconds and its default BINARY collation, which also compares bytes.
+TS = sa.TIMESTAMP(timezone=True).with_variant(sa.Float(), "sqlite")
+BYTEWISE = sa.Text(collation="C").with_variant(sa.Text(), "sqlite")
+SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: a rowid alias
 
 
 def upgrade() -> None:
     op.create_table(
         "jobs",
-        sa.Column("seq", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+        sa.Column("seq", SEQ, sa.Identity(always=True), primary_key=True),
         sa.Column("id", sa.Text, nullable=False, unique=True),
         sa.Column("namespace", BYTEWISE, nullable=False),
         sa.Column("request_id", sa.Text, nullable=False),
@@ -58,6 +62,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "state IN ('QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED')", name="jobs_state_check"
         ),
+        sqlite_autoincrement=True,  # seqs are never reused (page tokens stay valid)
     )
     op.create_index("jobs_state", "jobs", ["state", "seq"])
     op.create_index("jobs_ns", "jobs", ["namespace", "seq"])
@@ -67,6 +72,7 @@ def upgrade() -> None:
         "jobs",
         ["lease_expires"],
         postgresql_where=sa.text("state = 'RUNNING'"),
+        sqlite_where=sa.text("state = 'RUNNING'"),
     )
 
     op.create_table(

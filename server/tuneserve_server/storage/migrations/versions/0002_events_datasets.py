@@ -1,6 +1,6 @@
 """Job events, datasets and uploads; jobs gain info/progress/outputs JSON columns.
 
-Mirrors the same additions in sqlite_store.SCHEMA. Events are numbered per job (1, 2, 3, ...)
+Events are numbered per job (1, 2, 3, ...)
 under the job row's lock, so readers polling `seq > n` never see a gap fill in later.
 
 Revision ID: 0002
@@ -18,8 +18,11 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-TS = sa.TIMESTAMP(timezone=True)
-BYTEWISE = sa.Text(collation="C")
+# PostgreSQL: timestamptz from the database clock and bytewise ("C") text. SQLite (the
+# embedded store): epoch seconds and its default BINARY collation, which also compares bytes.
+TS = sa.TIMESTAMP(timezone=True).with_variant(sa.Float(), "sqlite")
+BYTEWISE = sa.Text(collation="C").with_variant(sa.Text(), "sqlite")
+SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: a rowid alias
 
 
 def upgrade() -> None:
@@ -38,7 +41,7 @@ def upgrade() -> None:
 
     op.create_table(
         "datasets",
-        sa.Column("seq", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+        sa.Column("seq", SEQ, sa.Identity(always=True), primary_key=True),
         sa.Column("id", sa.Text, nullable=False, unique=True),
         sa.Column("namespace", BYTEWISE, nullable=False),
         sa.Column("upload_id", sa.Text, nullable=False),
@@ -55,6 +58,7 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("content", sa.LargeBinary, nullable=False),
         sa.UniqueConstraint("namespace", "upload_id", name="datasets_namespace_upload_id_key"),
+        sqlite_autoincrement=True,
     )
     op.create_index("datasets_ns", "datasets", ["namespace", "seq"])
 

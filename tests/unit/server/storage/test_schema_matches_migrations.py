@@ -1,0 +1,38 @@
+"""The tables the store queries (storage/schema.py) are the tables the migrations make, on
+both databases: alembic's autogenerate comparison finds nothing to change."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from tuneserve_server.storage import schema
+
+
+def _diff(engine: sa.Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(context, schema.metadata)
+
+
+def test_sqlite_schema_matches(tmp_path):
+    from tuneserve_server.storage.sqlite_store import SqliteStore
+
+    store = SqliteStore(tmp_path / "jobs.db")
+    try:
+        assert _diff(store._engine) == []
+    finally:
+        store.close()
+
+
+def test_postgres_schema_matches(postgres_dsn):
+    pytest.importorskip("psycopg")
+    from tuneserve_server.storage.postgres_store import PostgresStore
+
+    store = PostgresStore(postgres_dsn)
+    try:
+        assert _diff(store._engine) == []
+    finally:
+        store.close()
