@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -34,22 +33,19 @@ REGISTRY_CHANNEL = "tuneserve_registry"
 _CHECK_IDLE_S = 2.0
 
 
-class _DatabaseClock:
-    def now(self) -> sa.ColumnElement[Any]:
-        return sa.func.now(type_=Timestamp())
-
-    def after(self, seconds: float) -> sa.ColumnElement[Any]:
-        return sa.func.now(type_=Timestamp()) + sa.literal(timedelta(seconds=seconds), sa.Interval())
-
-
 class PostgresDialect:
     name = "postgresql"
     # Reads run in autocommit: one round trip, no BEGIN/ROLLBACK around them.
     read_options: Mapping[str, Any] = {"isolation_level": "AUTOCOMMIT"}
-    _clock = _DatabaseClock()
+    # The database clock (the transaction's start time): one clock for every machine.
+    now = sa.func.now(type_=Timestamp())
 
-    def clock(self) -> _DatabaseClock:
-        return self._clock
+    def later(self, seconds_param: str) -> sa.ColumnElement[Any]:
+        secs = sa.bindparam(seconds_param, type_=sa.Float())
+        return sa.func.now(type_=Timestamp()) + sa.func.make_interval(0, 0, 0, 0, 0, 0, secs)
+
+    def clock_params(self) -> dict[str, Any]:
+        return {}
 
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)

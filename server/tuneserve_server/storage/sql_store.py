@@ -30,7 +30,11 @@ special. Lock order is always jobs row -> registry_clock -> adapter_versions row
 writers cannot deadlock.
 
 Values PostgreSQL text cannot hold (NUL) are refused or dropped the same way on both
-databases, so a caller sees one behaviour whatever the deployment runs on."""
+databases, so a caller sees one behaviour whatever the deployment runs on.
+
+The statements of the hot paths (claim, heartbeat, finish, complete, events, registry
+polling) are built once per store with bind parameters (`_Statements`): building and
+cache-keying a Core statement per call cost more than the database work (bench/job_queue.py)."""
 
 from __future__ import annotations
 
@@ -82,22 +86,18 @@ _RUNNING = JobState.RUNNING.value
 _QUEUED = JobState.QUEUED.value
 
 
-class Clock(Protocol):
-    """Timestamps as SQL expressions, fixed for one transaction."""
-
-    def now(self) -> sa.ColumnElement[datetime]: ...
-
-    def after(self, seconds: float) -> sa.ColumnElement[datetime]:
-        """now + seconds (negative: before now)."""
-
-
 class Dialect(Protocol):
     """What the store asks of a database backend."""
 
     name: str
     read_options: Mapping[str, Any]  # execution options of a read-only connection
+    now: sa.ColumnElement[datetime]  # the transaction's time, as SQL
 
-    def clock(self) -> Clock: ...
+    def later(self, seconds_param: str) -> sa.ColumnElement[datetime]:
+        """`now` plus the seconds bound to `seconds_param` (negative: earlier)."""
+
+    def clock_params(self) -> dict[str, Any]:
+        """Bind parameters `now` and `later` need, read once per transaction."""
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT construct (it has on_conflict_do_nothing/do_update)."""
@@ -109,13 +109,140 @@ class Dialect(Protocol):
 @dataclass
 class _Tx:
     conn: sa.Connection
-    clock: Clock
+    clock: dict[str, Any]  # the dialect's clock parameters, fixed for the transaction
 
-    def row(self, stmt: sa.Executable) -> sa.RowMapping | None:
-        return self.conn.execute(stmt).mappings().one_or_none()
+    def execute(self, stmt: sa.Executable, **params: Any) -> sa.CursorResult[Any]:
+        return self.conn.execute(stmt, {**self.clock, **params})
 
-    def rows(self, stmt: sa.Executable) -> list[sa.RowMapping]:
-        return list(self.conn.execute(stmt).mappings())
+    def row(self, stmt: sa.Executable, **params: Any) -> sa.RowMapping | None:
+        return self.execute(stmt, **params).mappings().one_or_none()
+
+    def rows(self, stmt: sa.Executable, **params: Any) -> list[sa.RowMapping]:
+        return list(self.execute(stmt, **params).mappings())
+
+    def scalar(self, stmt: sa.Executable, **params: Any) -> Any:
+        return self.execute(stmt, **params).scalar_one()
+
+
+def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+class _Statements:
+    """The hot paths' statements, built once for a dialect and a retry budget."""
+
+    def __init__(self, d: Dialect, max_attempts: int) -> None:
+        now = d.now
+        owned = sa.and_(J.c.id == _p("job_id"), J.c.state == _RUNNING, J.c.lease_owner == _p("worker_id"))
+        self.owned = owned
+        self.lock_owned = sa.select(J.c.id).where(owned).with_for_update()
+        self.job = sa.select(J).where(J.c.id == _p("job_id"), J.c.namespace == _p("namespace"))
+        self.by_request = sa.select(J).where(J.c.namespace == _p("namespace"), J.c.request_id == _p("request_id"))
+        self.insert_job = (
+            d.insert(J)
+            .values(
+                id=_p("id"), namespace=_p("namespace"), request_id=_p("request_id"),
+                fingerprint=_p("fingerprint"), adapter_name=_p("adapter_name"), task=_p("task"),
+                state=_QUEUED, spec_json=_p("spec_json"), hyperparameters_json=_p("hyperparameters_json"),
+                train_examples=_p("train_examples"), validation_examples=_p("validation_examples"),
+                created_at=now, updated_at=now, info_json=_p("info_json"),
+            )
+            .on_conflict_do_nothing(index_elements=[J.c.namespace, J.c.request_id])
+            .returning(*J.c)
+        )
+        oldest = (
+            sa.select(J.c.seq).where(J.c.state == _QUEUED).order_by(J.c.seq).limit(1)
+            .with_for_update(skip_locked=True).scalar_subquery()
+        )
+        self.claim = (
+            sa.update(J)
+            .where(J.c.seq == oldest, J.c.state == _QUEUED)
+            .values(
+                state=_RUNNING, lease_owner=_p("worker_id"), lease_expires=d.later("lease_s"),
+                attempts=J.c.attempts + 1, started_at=sa.func.coalesce(J.c.started_at, now), updated_at=now,
+            )
+            .returning(*J.c)
+        )
+        expired = sa.and_(J.c.state == _RUNNING, J.c.lease_expires < now)
+        spent = J.c.attempts >= max_attempts
+        self.reap = (
+            sa.update(J)
+            .where(J.c.seq.in_(sa.select(J.c.seq).where(expired).with_for_update(skip_locked=True)), expired)
+            .values(
+                state=sa.case(
+                    (J.c.cancel_requested, JobState.CANCELLED.value), (spent, JobState.FAILED.value),
+                    else_=_QUEUED,
+                ),
+                error=sa.case(
+                    (J.c.cancel_requested, "cancelled by request"),
+                    (spent, sa.literal("worker lost the job ") + sa.cast(J.c.attempts, sa.Text)
+                     + " times (retry budget spent)"),
+                    else_=J.c.error,
+                ),
+                finished_at=sa.case((sa.or_(J.c.cancel_requested, spent), now), else_=J.c.finished_at),
+                updated_at=now, lease_owner=None, lease_expires=None,
+            )
+            .returning(J.c.id, J.c.state, J.c.error)
+        )
+        self.heartbeat = (
+            sa.update(J).where(owned)
+            .values(
+                lease_expires=d.later("lease_s"), step=_p("step"), total_steps=_p("total_steps"),
+                epoch=_p("epoch"), train_loss=_p("train_loss"), progress_json=_p("progress_json"),
+                updated_at=now,
+            )
+            .returning(J.c.cancel_requested)
+        )
+        self.finish = (
+            sa.update(J).where(owned)
+            .values(state=_p("state"), error=_p("error"), finished_at=now, updated_at=now,
+                    lease_owner=None, lease_expires=None)
+            .returning(*J.c)
+        )
+        self.release = (
+            sa.update(J).where(owned)
+            .values(state=_QUEUED, attempts=sa.case((J.c.attempts > 0, J.c.attempts - 1), else_=0),
+                    lease_owner=None, lease_expires=None, updated_at=now)
+            .returning(*J.c)
+        )
+        self.succeed = (
+            sa.update(J).where(owned)
+            .values(state=JobState.SUCCEEDED.value, metrics_json=_p("metrics_json"),
+                    adapter_version=_p("adapter_version"), finished_at=now, updated_at=now,
+                    lease_owner=None, lease_expires=None, outputs_json=_p("outputs_json"))
+            .returning(*J.c)
+        )
+        self.publish = (
+            d.insert(AV)
+            .values(
+                namespace=_p("namespace"), name=_p("name"), version=_p("version"), job_id=_p("job_id"),
+                task=_p("task"), base_model=_p("base_model"), labels_json=_p("labels_json"),
+                metrics_json=_p("metrics_json"), lora_rank=_p("lora_rank"), size_bytes=_p("size_bytes"),
+                created_at=now, seq=_p("seq"),
+            )
+            .on_conflict_do_nothing()
+            .returning(AV.c.seq)
+        )
+        next_seq = sa.select(sa.func.coalesce(sa.func.max(E.c.seq), 0) + 1).where(E.c.job_id == _p("job_id"))
+        self.event = (
+            sa.insert(E)
+            .values(job_id=_p("job_id"), seq=next_seq.scalar_subquery(), time=now, type=_p("type"),
+                    body_json=_p("body_json"))
+            .returning(E.c.seq)
+        )
+        clock = schema.registry_clock
+        self.tick = (
+            sa.update(clock).where(clock.c.id == 1).values(seq=clock.c.seq + 1).returning(clock.c.seq)
+        )
+        C = schema.adapter_counters
+        self.reserve_version = (
+            d.insert(C)
+            .values(namespace=_p("namespace"), name=_p("name"), next_version=1)
+            .on_conflict_do_update(index_elements=[C.c.namespace, C.c.name],
+                                   set_={"next_version": C.c.next_version + 1})
+            .returning(C.c.next_version)
+        )
+        self.changes = sa.select(AV).where(AV.c.seq > _p("after")).order_by(AV.c.seq).limit(_p("limit"))
 
 
 def _text(value: str) -> str:
@@ -197,7 +324,8 @@ class SqlStore:
         run_migrations: bool = True,
     ) -> None:
         self._engine = engine
-        self._dialect = dialect
+        self._d = dialect
+        self._q = _Statements(dialect, max_attempts)
         self.max_attempts = max_attempts
         self.upload_ttl_s = upload_ttl_s
         self._closed = False
@@ -218,13 +346,13 @@ class SqlStore:
         with self._connect() as conn:
             conn.execution_options(write=True)
             with conn.begin():
-                yield _Tx(conn, self._dialect.clock())
+                yield _Tx(conn, self._d.clock_params())
 
     @contextmanager
     def _read(self) -> Iterator[_Tx]:
         with self._connect() as conn:
-            conn.execution_options(**self._dialect.read_options)
-            yield _Tx(conn, self._dialect.clock())
+            conn.execution_options(**self._d.read_options)
+            yield _Tx(conn, self._d.clock_params())
 
     # ------------------------------------------------------------------ jobs, caller side
     def create_job(self, spec: JobSpec, report: dict | None = None) -> tuple[Job, bool]:
@@ -239,28 +367,19 @@ class SqlStore:
         }
         job_id = "job-" + uuid.uuid4().hex[:20]
         with self._write() as tx:
-            now = tx.clock.now()
             # ON CONFLICT DO NOTHING: on PostgreSQL it waits for a concurrent insert of the
             # same key to commit or roll back, so two racing submits make one job.
             row = tx.row(
-                self._dialect.insert(J)
-                .values(
-                    id=job_id, namespace=spec.namespace, request_id=spec.request_id,
-                    fingerprint=fingerprint, adapter_name=spec.adapter_name,
-                    task=spec.task.value, state=_QUEUED, spec_json=spec_json,
-                    hyperparameters_json=json.dumps(spec.hyperparameters.to_dict()),
-                    train_examples=len(spec.train), validation_examples=len(spec.validation),
-                    created_at=now, updated_at=now, info_json=_text(json.dumps(info)),
-                )
-                .on_conflict_do_nothing(index_elements=[J.c.namespace, J.c.request_id])
-                .returning(*J.c)
+                self._q.insert_job, id=job_id, namespace=spec.namespace, request_id=spec.request_id,
+                fingerprint=fingerprint, adapter_name=spec.adapter_name, task=spec.task.value,
+                spec_json=spec_json, hyperparameters_json=json.dumps(spec.hyperparameters.to_dict()),
+                train_examples=len(spec.train), validation_examples=len(spec.validation),
+                info_json=_text(json.dumps(info)),
             )
             if row is not None:
                 self._state_event(tx, job_id, JobState.QUEUED, "queued")
                 return job_from_row(row), True
-            row = tx.row(
-                sa.select(J).where(J.c.namespace == spec.namespace, J.c.request_id == spec.request_id)
-            )
+            row = tx.row(self._q.by_request, namespace=spec.namespace, request_id=spec.request_id)
         if row["fingerprint"] != fingerprint:
             raise AlreadyExists(
                 f"request_id {spec.request_id!r} was already used for a different "
@@ -276,7 +395,7 @@ class SqlStore:
         row = None
         if not _nul(namespace, job_id):
             with self._read() as tx:
-                row = tx.row(sa.select(J).where(J.c.id == job_id, J.c.namespace == namespace))
+                row = tx.row(self._q.job, job_id=job_id, namespace=namespace)
         if row is None:
             raise self._job_not_found(namespace, job_id)
         return job_from_row(row)
@@ -308,7 +427,7 @@ class SqlStore:
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
         with self._read() as tx:
-            rows = tx.conn.execute(sa.select(J.c.state, sa.func.count()).group_by(J.c.state)).all()
+            rows = tx.execute(sa.select(J.c.state, sa.func.count()).group_by(J.c.state)).all()
         return {JobState(state): int(n) for state, n in rows}
 
     def cancel_job(self, namespace: str, job_id: str) -> Job:
@@ -323,7 +442,7 @@ class SqlStore:
             state = JobState(row["state"])
             if state.terminal:
                 raise FailedPrecondition(f"job {job_id} already finished ({state.value})")
-            now = tx.clock.now()
+            now = self._d.now
             if state is JobState.QUEUED:
                 values: dict[str, Any] = {
                     "state": JobState.CANCELLED.value, "finished_at": now, "updated_at": now,
@@ -340,21 +459,7 @@ class SqlStore:
     def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec] | None:
         with self._write() as tx:
             self._reap_expired(tx)
-            oldest = (
-                sa.select(J.c.seq).where(J.c.state == _QUEUED).order_by(J.c.seq).limit(1)
-                .with_for_update(skip_locked=True).scalar_subquery()
-            )
-            now = tx.clock.now()
-            row = tx.row(
-                sa.update(J)
-                .where(J.c.seq == oldest, J.c.state == _QUEUED)
-                .values(
-                    state=_RUNNING, lease_owner=worker_id, lease_expires=tx.clock.after(lease_seconds),
-                    attempts=J.c.attempts + 1, started_at=sa.func.coalesce(J.c.started_at, now),
-                    updated_at=now,
-                )
-                .returning(*J.c)
-            )
+            row = tx.row(self._q.claim, worker_id=worker_id, lease_s=float(lease_seconds))
             if row is None:
                 return None
             self._state_event(
@@ -366,50 +471,23 @@ class SqlStore:
     def _reap_expired(self, tx: _Tx) -> None:
         """Expired leases: back to QUEUED, or CANCELLED when cancel was requested, or FAILED
         once max_attempts workers have lost the job. Rows another transaction holds (a
-        heartbeat renewing, another reaper) are skipped."""
-        now = tx.clock.now()
-        expired = sa.and_(J.c.state == _RUNNING, J.c.lease_expires < now)
-        spent = J.c.attempts >= self.max_attempts
-        ends = sa.or_(J.c.cancel_requested, spent)
-        rows = tx.rows(
-            sa.update(J)
-            .where(J.c.seq.in_(sa.select(J.c.seq).where(expired).with_for_update(skip_locked=True)), expired)
-            .values(
-                state=sa.case(
-                    (J.c.cancel_requested, JobState.CANCELLED.value),
-                    (spent, JobState.FAILED.value),
-                    else_=_QUEUED,
-                ),
-                error=sa.case(
-                    (J.c.cancel_requested, "cancelled by request"),
-                    (spent, sa.literal("worker lost the job ") + sa.cast(J.c.attempts, sa.Text)
-                     + " times (retry budget spent)"),
-                    else_=J.c.error,
-                ),
-                finished_at=sa.case((ends, now), else_=J.c.finished_at),
-                updated_at=now, lease_owner=None, lease_expires=None,
-            )
-            .returning(J.c.id, J.c.state, J.c.error)
-        )
-        for row in rows:  # the UPDATE holds these rows: their event seqs stay in order
+        heartbeat renewing, another reaper) are skipped, and a row whose lease was renewed
+        after this statement began fails the re-checked WHERE clause and is left alone."""
+        for row in tx.rows(self._q.reap):  # the UPDATE holds these rows: event seqs stay in order
             state = JobState(row["state"])
             message = row["error"] if state.terminal else (
                 "the worker's lease expired; queued again to resume from its last checkpoint"
             )
             self._state_event(tx, row["id"], state, message)
 
-    @staticmethod
-    def _owned(job_id: str, worker_id: str) -> sa.ColumnElement[bool]:
-        return sa.and_(J.c.id == job_id, J.c.state == _RUNNING, J.c.lease_owner == worker_id)
-
-    def _lock_owned(self, tx: _Tx, job_id: str, worker_id: str, *columns: sa.Column) -> sa.RowMapping:
-        row = tx.row(sa.select(*(columns or (J.c.id,))).where(self._owned(job_id, worker_id)).with_for_update())
-        if row is None:
+    def _lock_owned(self, tx: _Tx, job_id: str, worker_id: str) -> None:
+        if tx.row(self._q.lock_owned, job_id=job_id, worker_id=worker_id) is None:
             raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
-        return row
 
-    def _update_owned(self, tx: _Tx, job_id: str, worker_id: str, **values: Any) -> sa.RowMapping:
-        row = tx.row(sa.update(J).where(self._owned(job_id, worker_id)).values(**values).returning(*J.c))
+    def _update_owned(
+        self, tx: _Tx, stmt: sa.Executable, job_id: str, worker_id: str, **params: Any
+    ) -> sa.RowMapping:
+        row = tx.row(stmt, job_id=job_id, worker_id=worker_id, **params)
         if row is None:
             raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
         return row
@@ -419,11 +497,10 @@ class SqlStore:
     ) -> bool:
         with self._write() as tx:
             row = self._update_owned(
-                tx, job_id, worker_id,
-                lease_expires=tx.clock.after(lease_seconds), step=progress.step,
-                total_steps=progress.total_steps, epoch=progress.epoch, train_loss=progress.train_loss,
+                tx, self._q.heartbeat, job_id, worker_id,
+                lease_s=float(lease_seconds), step=progress.step, total_steps=progress.total_steps,
+                epoch=progress.epoch, train_loss=progress.train_loss,
                 progress_json=json.dumps({k: getattr(progress, k) for k in PROGRESS_EXTRAS}),
-                updated_at=tx.clock.now(),
             )
         return bool(row["cancel_requested"])
 
@@ -438,41 +515,31 @@ class SqlStore:
         with self._write() as tx:
             self._lock_owned(tx, job_id, worker_id)  # lock order: jobs row, then the clock
             seq = self._tick(tx)
-            now = tx.clock.now()
             published = tx.row(
-                self._dialect.insert(AV)
-                .values(
-                    namespace=adapter.namespace, name=adapter.name, version=adapter.version,
-                    job_id=job_id, task=adapter.task.value, base_model=adapter.base_model,
-                    labels_json=json.dumps(list(adapter.labels)), metrics_json=json.dumps(adapter.metrics),
-                    lora_rank=adapter.lora_rank, size_bytes=adapter.size_bytes, created_at=now, seq=seq,
-                )
-                .on_conflict_do_nothing()
-                .returning(AV.c.seq)
+                self._q.publish, namespace=adapter.namespace, name=adapter.name, version=adapter.version,
+                job_id=job_id, task=adapter.task.value, base_model=adapter.base_model,
+                labels_json=json.dumps(list(adapter.labels)), metrics_json=json.dumps(adapter.metrics),
+                lora_rank=adapter.lora_rank, size_bytes=adapter.size_bytes, seq=seq,
             )
             if published is None:  # raising rolls the whole completion back
                 raise AlreadyExists(f"adapter {adapter.name}@{adapter.version} is already published")
             row = self._update_owned(
-                tx, job_id, worker_id,
-                state=JobState.SUCCEEDED.value, metrics_json=json.dumps(metrics),
-                adapter_version=adapter.version, finished_at=now, updated_at=now,
-                lease_owner=None, lease_expires=None, outputs_json=_text(json.dumps(outputs or {})),
+                tx, self._q.succeed, job_id, worker_id, metrics_json=json.dumps(metrics),
+                adapter_version=adapter.version, outputs_json=_text(json.dumps(outputs or {})),
             )
             self._state_event(
                 tx, job_id, JobState.SUCCEEDED,
                 f"published adapter {adapter.name}@{adapter.version}", metrics,
             )
-            self._dialect.after_registry_change(tx.conn, seq)
+            self._d.after_registry_change(tx.conn, seq)
         return job_from_row(row)
 
     def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:
         if state not in (JobState.FAILED, JobState.CANCELLED):
             raise ValueError(f"finish_job takes FAILED or CANCELLED, not {state}")
         with self._write() as tx:
-            now = tx.clock.now()
             row = self._update_owned(
-                tx, job_id, worker_id, state=state.value, error=_text(error), finished_at=now,
-                updated_at=now, lease_owner=None, lease_expires=None,
+                tx, self._q.finish, job_id, worker_id, state=state.value, error=_text(error)
             )
             if state is JobState.FAILED:
                 self._event(tx, JobEvent(job_id, EventType.ERROR, message=error))
@@ -481,11 +548,7 @@ class SqlStore:
 
     def release_job(self, job_id: str, worker_id: str) -> Job:
         with self._write() as tx:
-            row = self._update_owned(
-                tx, job_id, worker_id, state=_QUEUED,
-                attempts=sa.case((J.c.attempts > 0, J.c.attempts - 1), else_=0),
-                lease_owner=None, lease_expires=None, updated_at=tx.clock.now(),
-            )
+            row = self._update_owned(tx, self._q.release, job_id, worker_id)
             self._state_event(
                 tx, job_id, JobState.QUEUED,
                 "released by a stopping worker after a checkpoint; it resumes from there",
@@ -494,12 +557,16 @@ class SqlStore:
 
     def record_resume(self, job_id: str, worker_id: str, step: int) -> None:
         with self._write() as tx:
-            row = self._lock_owned(tx, job_id, worker_id, J.c.info_json, J.c.total_steps, J.c.epoch)
+            row = tx.row(
+                sa.select(J.c.info_json, J.c.total_steps, J.c.epoch).where(self._q.owned).with_for_update(),
+                job_id=job_id, worker_id=worker_id,
+            )
+            if row is None:
+                raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
             info = json.loads(row["info_json"] or "{}")
             info["resumed_from_step"] = step
-            tx.conn.execute(
-                sa.update(J).where(J.c.id == job_id)
-                .values(info_json=_text(json.dumps(info)), updated_at=tx.clock.now())
+            tx.execute(
+                sa.update(J).where(J.c.id == job_id).values(info_json=_text(json.dumps(info)), updated_at=self._d.now)
             )
             self._event(tx, JobEvent(
                 job_id, EventType.CHECKPOINT, message=f"resumed from the checkpoint at step {step}",
@@ -531,20 +598,11 @@ class SqlStore:
             )
         return [event_from_row(r) for r in rows]
 
-    @staticmethod
-    def _event(tx: _Tx, event: JobEvent) -> int:
+    def _event(self, tx: _Tx, event: JobEvent) -> int:
         """Append under the job row's lock, which the caller's transaction holds."""
-        next_seq = (
-            sa.select(sa.func.coalesce(sa.func.max(E.c.seq), 0) + 1)
-            .where(E.c.job_id == event.job_id)
-            .scalar_subquery()
-        )
-        return int(tx.conn.execute(
-            sa.insert(E)
-            .values(job_id=event.job_id, seq=next_seq, time=tx.clock.now(), type=event.type.value,
-                    body_json=_text(event_body_json(event)))
-            .returning(E.c.seq)
-        ).scalar_one())
+        return int(tx.scalar(
+            self._q.event, job_id=event.job_id, type=event.type.value, body_json=_text(event_body_json(event))
+        ))
 
     def _state_event(
         self, tx: _Tx, job_id: str, state: JobState, message: str, metrics: dict[str, float] | None = None
@@ -571,10 +629,10 @@ class SqlStore:
                         f"(dataset {done['id']})"
                     )
                 return dataset_from_row(done)
-            tx.conn.execute(
-                self._dialect.insert(UP)
+            tx.execute(
+                self._d.insert(UP)
                 .values(namespace=namespace, upload_id=upload_id, header_json=header_json,
-                        touched_at=tx.clock.now())
+                        touched_at=self._d.now)
                 .on_conflict_do_nothing()
             )
             row = tx.row(
@@ -590,11 +648,12 @@ class SqlStore:
 
     def _expire_uploads(self, tx: _Tx) -> None:
         """Forget uploads with no chunk for longer than upload_ttl_s, their bytes first."""
-        stale = UP.c.touched_at < tx.clock.after(-self.upload_ttl_s)
-        tx.conn.execute(sa.delete(CH).where(
+        stale = UP.c.touched_at < self._d.later("ttl_s")
+        ttl = {"ttl_s": -self.upload_ttl_s}
+        tx.execute(sa.delete(CH).where(
             sa.tuple_(CH.c.namespace, CH.c.upload_id).in_(sa.select(UP.c.namespace, UP.c.upload_id).where(stale))
-        ))
-        tx.conn.execute(sa.delete(UP).where(stale))
+        ), **ttl)
+        tx.execute(sa.delete(UP).where(stale), **ttl)
 
     def add_upload_chunk(self, namespace: str, upload_id: str, offset: int, data: bytes) -> int:
         this_upload = sa.and_(UP.c.namespace == namespace, UP.c.upload_id == upload_id)
@@ -607,16 +666,16 @@ class SqlStore:
                     f"chunk at offset {offset} does not continue the upload, which has "
                     f"{row['received']} bytes; send from offset {row['received']}"
                 )
-            tx.conn.execute(
+            tx.execute(
                 sa.insert(CH).values(namespace=namespace, upload_id=upload_id, start_byte=offset, data=data)
             )
             received = offset + len(data)
-            tx.conn.execute(sa.update(UP).where(this_upload).values(received=received, touched_at=tx.clock.now()))
+            tx.execute(sa.update(UP).where(this_upload).values(received=received, touched_at=self._d.now))
         return received
 
     def upload_bytes(self, namespace: str, upload_id: str) -> bytes:
         with self._read() as tx:
-            chunks = tx.conn.execute(
+            chunks = tx.execute(
                 sa.select(CH.c.data)
                 .where(CH.c.namespace == namespace, CH.c.upload_id == upload_id)
                 .order_by(CH.c.start_byte)
@@ -630,19 +689,19 @@ class SqlStore:
     @staticmethod
     def _drop_upload(tx: _Tx, namespace: str, upload_id: str) -> None:
         for table in (CH, UP):
-            tx.conn.execute(sa.delete(table).where(table.c.namespace == namespace, table.c.upload_id == upload_id))
+            tx.execute(sa.delete(table).where(table.c.namespace == namespace, table.c.upload_id == upload_id))
 
     def finish_upload(self, record: DatasetRecord, content: bytes) -> tuple[DatasetRecord, bool]:
         with self._write() as tx:
             row = tx.row(
-                self._dialect.insert(DS)
+                self._d.insert(DS)
                 .values(
                     id=record.id, namespace=record.namespace, upload_id=record.upload_id,
                     display_name=_text(record.display_name), task=record.task.value,
                     format=record.format, size_bytes=record.size_bytes, sha256=record.sha256,
                     rows=record.rows, usable_rows=record.usable_rows,
                     report_json=_text(json.dumps(record.report)), text_field=record.text_field,
-                    label_field=record.label_field, created_at=tx.clock.now(), content=content,
+                    label_field=record.label_field, created_at=self._d.now, content=content,
                 )
                 .on_conflict_do_nothing(index_elements=[DS.c.namespace, DS.c.upload_id])
                 .returning(*schema.DATASET_COLUMNS)
@@ -694,7 +753,7 @@ class SqlStore:
         gone = 0
         if not _nul(namespace, dataset_id):
             with self._write() as tx:
-                gone = tx.conn.execute(
+                gone = tx.execute(
                     sa.delete(DS).where(DS.c.id == dataset_id, DS.c.namespace == namespace)
                 ).rowcount
         if not gone:
@@ -702,16 +761,8 @@ class SqlStore:
 
     # ------------------------------------------------------------------ adapter registry
     def reserve_adapter_version(self, namespace: str, name: str) -> int:
-        C = schema.adapter_counters
         with self._write() as tx:
-            return int(tx.conn.execute(
-                self._dialect.insert(C)
-                .values(namespace=namespace, name=name, next_version=1)
-                .on_conflict_do_update(
-                    index_elements=[C.c.namespace, C.c.name], set_={"next_version": C.c.next_version + 1}
-                )
-                .returning(C.c.next_version)
-            ).scalar_one())
+            return int(tx.scalar(self._q.reserve_version, namespace=namespace, name=name))
 
     def adapter_versions(
         self, namespace: str, name: str | None = None, *, include_deleted: bool = False
@@ -736,7 +787,7 @@ class SqlStore:
         if _nul(namespace):
             return [], ""
         with self._read() as tx:
-            names = tx.conn.execute(
+            names = tx.execute(
                 sa.select(AV.c.name).distinct()
                 .where(AV.c.namespace == namespace, sa.not_(AV.c.deleted), AV.c.name > page_token)
                 .order_by(AV.c.name).limit(size + 1)
@@ -755,32 +806,28 @@ class SqlStore:
         with self._write() as tx:
             # The clock first, then the rows: the lock order complete_job uses.
             clock = schema.registry_clock
-            tx.conn.execute(sa.select(clock.c.seq).where(clock.c.id == 1).with_for_update())
+            tx.execute(sa.select(clock.c.seq).where(clock.c.id == 1).with_for_update())
             rows = tx.rows(query.order_by(AV.c.version).with_for_update())
             if not rows:
                 raise NotFound(f"adapter {what!r} not found in namespace {namespace!r}")
             for row in rows:
                 seq = self._tick(tx)
-                tx.conn.execute(
+                tx.execute(
                     sa.update(AV)
                     .where(AV.c.namespace == namespace, AV.c.name == name, AV.c.version == row["version"])
                     .values(deleted=True, seq=seq)
                 )
-            self._dialect.after_registry_change(tx.conn, seq)
+            self._d.after_registry_change(tx.conn, seq)
         return [adapter_from_row(r) for r in rows]
 
     def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
         # No in-flight filter needed: seqs are handed out in commit order (module docstring).
         with self._read() as tx:
-            rows = tx.rows(sa.select(AV).where(AV.c.seq > after_seq).order_by(AV.c.seq).limit(limit))
+            rows = tx.rows(self._q.changes, after=after_seq, limit=limit)
         return [adapter_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _tick(tx: _Tx) -> int:
+    def _tick(self, tx: _Tx) -> int:
         """The next registry seq. The row lock taken here is held until the caller's
         transaction ends, which is what makes seq order commit order."""
-        clock = schema.registry_clock
-        return int(tx.conn.execute(
-            sa.update(clock).where(clock.c.id == 1).values(seq=clock.c.seq + 1).returning(clock.c.seq)
-        ).scalar_one())
+        return int(tx.scalar(self._q.tick))

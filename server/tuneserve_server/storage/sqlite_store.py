@@ -14,31 +14,23 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from tuneserve_server.storage.schema import Timestamp
 from tuneserve_server.storage.sql_store import UPLOAD_TTL_S, SqlStore
 
 _BUSY_TIMEOUT_S = 30.0
 
 
-class _ProcessClock:
-    """One reading of the process clock for the whole transaction (as now() on PostgreSQL)."""
-
-    def __init__(self) -> None:
-        self._t = time.time()
-
-    def now(self) -> sa.ColumnElement[Any]:
-        return sa.literal(self._t, Timestamp())
-
-    def after(self, seconds: float) -> sa.ColumnElement[Any]:
-        return sa.literal(self._t + seconds, Timestamp())
-
-
 class SqliteDialect:
     name = "sqlite"
     read_options: Mapping[str, Any] = {}
+    # The process clock, read once per transaction (as now() is on PostgreSQL) and bound as
+    # epoch seconds, the column type on SQLite.
+    now = sa.bindparam("now", type_=sa.Float())
 
-    def clock(self) -> _ProcessClock:
-        return _ProcessClock()
+    def later(self, seconds_param: str) -> sa.ColumnElement[Any]:
+        return self.now + sa.bindparam(seconds_param, type_=sa.Float())
+
+    def clock_params(self) -> dict[str, Any]:
+        return {"now": time.time()}
 
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
