@@ -106,7 +106,6 @@ class InProcessModel:
         transformers.utils.logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
-        from tuneserve_server.engine.registry import ANCHOR_SLOT
         from tuneserve_server.modeling import (
             AdapterMeta,
             default_target_modules,
@@ -121,7 +120,7 @@ class InProcessModel:
         source = resolve_base_model("minilm")
         self.tokenizer, encoder = load_encoder(source, device)
         anchor = LoraConfig(r=1, target_modules=[default_target_modules(encoder)[0]], init_lora_weights=True)
-        self.model = get_peft_model(encoder, anchor, adapter_name=ANCHOR_SLOT)
+        self.model = get_peft_model(encoder, anchor, adapter_name="anchor")  # peft needs one adapter active
         self.slot = "s0"
         self.model.load_adapter(str(adapter_dir), adapter_name=self.slot)
         self.model.eval()

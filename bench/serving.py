@@ -22,14 +22,14 @@ One run, all on this machine:
     window; p50/p99 of their latency. The server's own metrics (batches, rows per batch,
     forward time, queue time) are diffed over the same window.
  5. Cold loads: UnloadAdapter then LoadAdapter for --cold-n adapters; `load_seconds` from
-    the response (store -> resident: open + checksum verify + peft load + head).
+    the response (store -> resident: open + checksum verify + LoRA factors into the bank + head).
  6. Accuracy of `bench-a00` on all 3,080 Banking77 test queries (Predict, 64 per call).
  7. The server stops; the naive baseline runs in this process on the idle machine:
     transformers AutoModel + peft PeftModel with the first 8 adapters (`load_adapter`), one
     request at a time: `set_adapter(name)`, tokenize one text, forward, mean pool, that
     adapter's head, softmax. Same request sequence, same warm-up and window. Then a short
     in-process profile of one 16-row forward with 1 / 8 / 16 distinct adapters
-    (`adapter_names=`, as the server calls peft).
+    (peft's `adapter_names=`, and the server's gathered LoRA bank).
  8. `tuneserve api --serving-dtype bfloat16`: K = 8 throughput and the same accuracy run.
 
 Prints the tables and rewrites the "## Serving: many adapters" section of

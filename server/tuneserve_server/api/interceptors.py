@@ -22,10 +22,6 @@ REQUEST_ID_KEY = "x-request-id"
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")  # probes: debug level, not info
 
 
-def current_request_id() -> str | None:
-    return structlog.contextvars.get_contextvars().get("request_id")
-
-
 def _request_id(details: grpc.HandlerCallDetails) -> str:
     for key, value in details.invocation_metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:

@@ -1,7 +1,6 @@
 """The torch side of classification serving: one forward pass for a batch of requests that
 may each name a different adapter: the registry's LoRA bank picks each row's adapter (one
-gathered product per layer), or without a bank peft's `adapter_names=` ("__base__" for the
-base)."""
+gathered product per layer)."""
 
 from __future__ import annotations
 
@@ -16,9 +15,6 @@ from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, Reside
 from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import mean_pool
 from tuneserve_server.storage.adapter_store import AdapterStore
-
-BASE_SLOT = "__base__"
-
 
 @dataclass(frozen=True)
 class ClassScores:
@@ -94,12 +90,8 @@ class ClassificationRunner:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
-        bank = self.registry.bank
-        if bank is not None:
-            with bank.selecting(slots, self.device):
-                hidden = self.registry.model(**enc).last_hidden_state
-        else:
-            hidden = self.registry.model(**enc, adapter_names=slots).last_hidden_state
+        with self.registry.bank.selecting(slots, self.device):
+            hidden = self.registry.model(**enc).last_hidden_state
         pooled = mean_pool(hidden, enc["attention_mask"])
         by_slot: dict[str, list[int]] = defaultdict(list)
         for row, slot in enumerate(slots):

@@ -1,6 +1,5 @@
 """The torch side of generation: one decoding loop with a KV cache over every active row,
-each row with its own adapter (the registry's gathered LoRA bank, or peft `adapter_names=`),
-sampling settings and seed.
+each row with its own adapter (the registry's gathered LoRA bank), sampling settings and seed.
 
 Rows join between decode steps: new prompts are prefilled together (left-padded), and their
 cache is left-padded to the running batch's length and concatenated to it. Positions are
@@ -26,6 +25,7 @@ from tuneserve_server.engine.generation_sampling import (
     RowText,
     choose_tokens,
 )
+from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.modeling_lm import render_prompt
@@ -60,6 +60,7 @@ class GenerationRunner:
         adapter_store: AdapterStore | None,
         *,
         model: torch.nn.Module | None = None,
+        bank: LoraBank | None = None,
         device: str = "cpu",
         eos_ids: frozenset[int] = frozenset(),
         max_rows: int = 16,
@@ -69,7 +70,9 @@ class GenerationRunner:
         self.tokenizer = tokenizer
         self.registry = registry
         self.adapter_store = adapter_store
+        # Without a registry (tests): a base model, its bank and `slot_of` come in directly.
         self.model = model if model is not None else registry.model  # type: ignore[union-attr]
+        self.bank = bank if bank is not None else registry.bank  # type: ignore[union-attr]
         self.device = device
         self.eos_ids = eos_ids
         self.max_rows = max_rows
@@ -138,14 +141,10 @@ class GenerationRunner:
                     a.row.cancelled.set()
 
     def _forward(self, slots: list[str], **inputs: Any) -> torch.Tensor:
-        """Last-position logits of one forward pass, row i through adapter slots[i]: with the
-        registry's LoRA bank (one gathered product per layer) or peft's `adapter_names=`."""
-        bank = getattr(self.registry, "bank", None)
-        if bank is not None:
-            with bank.selecting([None if s == BASE_SLOT else s for s in slots], self.device):
-                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        else:
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1, adapter_names=slots)
+        """Last-position logits of one forward pass, row i through adapter slots[i]: the LoRA
+        bank applies each row's adapter (one gathered product per layer)."""
+        with self.bank.selecting([None if s == BASE_SLOT else s for s in slots], self.device):
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
     def _tokens(self, row: GenerationRow) -> list[int]:

@@ -8,9 +8,9 @@ A load has two steps: `prepare` (read the adapter's files, check them against th
 read the head and LoRA factors; touches no shared state, so it may run on any thread) and
 `install` (the cheap step that puts them into a slot; torch thread). `ensure` does both.
 
-Two ways to hold the LoRA weights: with a `LoraBank` (engine/lora_batched.py) the adapters'
-factors are stacked per layer and a mixed batch is one gathered product per layer; without
-one, the model is a peft model and each adapter is a peft adapter (`adapter_names=`)."""
+The LoRA weights live in a `LoraBank` (engine/lora_batched.py): the adapters' factors are
+stacked per layer and a mixed batch is one gathered product per layer. (The tests check it
+against peft's own `adapter_names=` mixed batches.)"""
 
 from __future__ import annotations
 
@@ -34,9 +34,6 @@ from tuneserve_server.observability.metrics import (
     ADAPTERS_RESIDENT_BYTES,
 )
 from tuneserve_server.domain.jobs import TaskType
-
-ANCHOR_SLOT = "anchor"  # a zero adapter that stays active, so peft always has one
-
 
 @dataclass(frozen=True, order=True)
 class AdapterKey:
@@ -64,18 +61,18 @@ class PreparedAdapter:
     """An adapter read from its directory and checked, not yet resident (see `prepare`)."""
 
     key: AdapterKey
-    directory: Path
     meta: AdapterMeta
     head: torch.nn.Linear | None  # None for causal-LM adapters
-    lora: LoraWeights | None  # None: the peft path reads the files itself on install
+    lora: LoraWeights
     seconds: float  # spent preparing
 
 
 class AdapterRegistry:
     def __init__(
         self,
-        peft_model: torch.nn.Module,
+        model: torch.nn.Module,
         *,
+        bank: LoraBank,
         base_model_id: str,
         linear_modules: set[str],
         hidden_size: int,
@@ -83,9 +80,8 @@ class AdapterRegistry:
         max_rank: int,
         device: str,
         dtype: torch.dtype = torch.float32,
-        bank: LoraBank | None = None,
     ) -> None:
-        self.model = peft_model
+        self.model = model  # the base model; `bank` has wrapped its targeted Linear layers
         self.bank = bank
         self.base_model_id = base_model_id
         self.linear_modules = linear_modules
@@ -150,8 +146,8 @@ class AdapterRegistry:
 
     def prepare(self, key: AdapterKey, directory: Path) -> PreparedAdapter:
         """Read and check an adapter without touching the model or the registry's state (any
-        thread): its config against the base, its head, and (with a bank) its LoRA factors
-        in the serving dtype."""
+        thread): its config against the base, its head, and its LoRA factors in the serving
+        dtype."""
         start = time.perf_counter()
         meta = AdapterMeta.read(directory)
         self.check_compatible(key, meta)
@@ -161,13 +157,11 @@ class AdapterRegistry:
             if head.in_features != self.hidden_size or head.out_features != len(meta.labels):
                 raise FailedPrecondition(f"adapter {key} has a head that does not fit its labels or the base")
             head = head.to(self.dtype)
-        lora = None
-        if self.bank is not None:
-            try:
-                lora = read_lora(directory, dtype=self.dtype, module_paths=self.bank.module_paths())
-            except FailedPrecondition as exc:
-                raise FailedPrecondition(f"adapter {key} cannot be served: {exc}") from None
-        return PreparedAdapter(key, directory, meta, head, lora, time.perf_counter() - start)
+        try:
+            lora = read_lora(directory, dtype=self.dtype, module_paths=self.bank.module_paths())
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"adapter {key} cannot be served: {exc}") from None
+        return PreparedAdapter(key, meta, head, lora, time.perf_counter() - start)
 
     def install(self, prepared: PreparedAdapter, keep: Iterable[AdapterKey] = ()) -> ResidentAdapter:
         """Torch thread: put a prepared adapter into a slot (evicting by LRU if needed) and
@@ -192,20 +186,8 @@ class AdapterRegistry:
         self._make_room(keep)
         slot = f"s{self._next_slot}"
         self._next_slot += 1
-        if self.bank is not None:
-            assert prepared.lora is not None, "prepared without the bank"
-            self.bank.install(slot, prepared.lora)
-            size = prepared.lora.nbytes
-        else:
-            # Adapter weights in the serving dtype: no per-call casts in the forward pass.
-            self.model.load_adapter(str(prepared.directory), adapter_name=slot, autocast_adapter_dtype=False)
-            for name, param in self.model.named_parameters():
-                if f".{slot}." in name and param.dtype != self.dtype:
-                    param.data = param.data.to(self.dtype)
-            self.model.eval()
-            size = sum(
-                p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{slot}." in n
-            )
+        self.bank.install(slot, prepared.lora)
+        size = prepared.lora.nbytes
         if head is not None:
             size += sum(p.numel() * p.element_size() for p in head.parameters())
         entry = ResidentAdapter(key, slot, prepared.meta, head, size)
@@ -238,11 +220,7 @@ class AdapterRegistry:
             return False
         self._resident_bytes -= entry.size_bytes
         self._publish()
-        if self.bank is not None:
-            self.bank.remove(entry.slot)
-        else:
-            self.model.delete_adapter(entry.slot)
-            self.model.set_adapter(ANCHOR_SLOT)
+        self.bank.remove(entry.slot)
         # Dropping the last references frees the slot's tensors and head at once (refcounting;
         # the unit tests check it). No gc.collect(): a full collection costs ~0.4 s with
         # transformers loaded and would stall every batch queued behind this executor thread.

@@ -21,6 +21,7 @@ from tuneserve_server.domain.jobs import (  # noqa: E402
 )
 
 TINY_BASE_ID = "tiny-bert"
+PEFT_ANCHOR = "anchor"  # the peft oracle's zero adapter: peft needs one active for "__base__" rows
 
 
 # ---------------------------------------------------------------- job specs
@@ -83,15 +84,32 @@ class TinyBase:
         model.load_state_dict(self.state)
         return model.eval()
 
-    def serving_model(self):  # noqa: ANN201
-        """The base wrapped the way InferenceEngine._load wraps it: a zero anchor adapter."""
-        from peft import LoraConfig, get_peft_model
+    def serving_registry(self, *, max_resident: int = 4, max_rank: int = 8, dtype=None):  # noqa: ANN001, ANN201
+        """The base served the way InferenceEngine._load serves it: a fresh encoder in the
+        serving dtype, its LoRA bank, and the AdapterRegistry over them."""
+        import torch
 
-        from tuneserve_server.engine.registry import ANCHOR_SLOT
+        from tuneserve_server.engine.lora_batched import LoraBank
+        from tuneserve_server.engine.registry import AdapterRegistry
+        from tuneserve_server.modeling import module_names
+
+        dtype = dtype or torch.float32
+        encoder = self.fresh_encoder().to(dtype)
+        linear = module_names(encoder)
+        return AdapterRegistry(
+            encoder, bank=LoraBank(encoder, linear, capacity=max_resident, dtype=dtype),
+            base_model_id=TINY_BASE_ID, linear_modules=linear, hidden_size=self.config.hidden_size,
+            max_resident=max_resident, max_rank=max_rank, device="cpu", dtype=dtype,
+        )
+
+    def peft_model(self):  # noqa: ANN201
+        """The oracle serving is checked against: the base under plain peft with a zero anchor
+        adapter (so `adapter_names=["__base__", ...]` works); load adapters with `load_adapter`."""
+        from peft import LoraConfig, get_peft_model
 
         encoder = self.fresh_encoder()
         anchor = LoraConfig(r=1, target_modules=["query"], init_lora_weights=True)
-        model = get_peft_model(encoder, anchor, adapter_name=ANCHOR_SLOT)
+        model = get_peft_model(encoder, anchor, adapter_name=PEFT_ANCHOR)
         model.eval()
         return model
 

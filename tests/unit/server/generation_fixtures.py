@@ -1,18 +1,27 @@
 """A tiny random Llama (float64, so batching never flips a greedy choice through rounding)
 with two random peft LoRA adapters in slots s0 / s1 beside the zero anchor, and a byte-level
-tokenizer with a chat template: what the generation unit tests decode with."""
+tokenizer with a chat template: what the generation unit tests decode with. The peft model is
+the oracle; the Harness decodes as the server does, through a bare copy of its base with the
+gathered LoRA bank holding s0 / s1, read from the files peft saves."""
 
 from __future__ import annotations
 
+import tempfile
+import weakref
 from collections import deque
+from pathlib import Path
 
 import torch
 from tuneserve_server.engine.generation import Delta, GenerationResult, GenerationRow
 from tuneserve_server.engine.generation_runner import GenerationRunner
 from tuneserve_server.engine.generation_sampling import SamplingParams
+from tuneserve_server.engine.lora_batched import LoraBank, read_lora
 from tuneserve_server.engine.registry import AdapterKey
+from tuneserve_server.modeling import module_names
 
 EOS = "<|im_end|>"
+PEFT_ANCHOR = "anchor"  # the oracle's zero adapter: peft needs one active for "__base__" rows
+SLOTS = ("s0", "s1")
 
 
 def byte_tokenizer():  # noqa: ANN201
@@ -53,11 +62,9 @@ def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
     """tiny_llama_base under peft: a zero anchor adapter and random adapters s0 / s1."""
     from peft import LoraConfig, get_peft_model
 
-    from tuneserve_server.engine.registry import ANCHOR_SLOT
-
     model = tiny_llama_base(vocab_size, seed)
-    model = get_peft_model(model, LoraConfig(r=1, target_modules=["q_proj"]), adapter_name=ANCHOR_SLOT)
-    for i, slot in enumerate(("s0", "s1")):
+    model = get_peft_model(model, LoraConfig(r=1, target_modules=["q_proj"]), adapter_name=PEFT_ANCHOR)
+    for i, slot in enumerate(SLOTS):
         torch.manual_seed(100 + i)
         model.add_adapter(
             slot, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -69,8 +76,32 @@ def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
     return model
 
 
+_BANKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def banked(model):  # noqa: ANN001, ANN201
+    """(base, bank) for the peft `model`: a bare Llama with exactly its base weights, and the
+    LoRA bank holding its adapters s0 / s1 in float64 (built once per model)."""
+    if model not in _BANKED:
+        from transformers import LlamaForCausalLM
+
+        state = {
+            k.replace(".base_layer.", "."): v
+            for k, v in model.get_base_model().state_dict().items() if ".lora_" not in k
+        }
+        base = LlamaForCausalLM(model.config).to(torch.float64).eval()
+        base.load_state_dict(state, strict=True)
+        bank = LoraBank(base, module_names(base) - {"lm_head"}, capacity=4, dtype=torch.float64)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, selected_adapters=list(SLOTS))
+            for slot in SLOTS:
+                bank.install(slot, read_lora(Path(tmp) / slot, dtype=torch.float64, module_paths=bank.module_paths()))
+        _BANKED[model] = (base, bank)
+    return _BANKED[model]
+
+
 def key(slot: str | None) -> AdapterKey | None:
-    """Rows name their adapter by key; the harness's slot_of maps key.name to the peft slot."""
+    """Rows name their adapter by key; the harness's slot_of maps key.name to the bank slot."""
     return None if slot is None else AdapterKey("default", slot, 1)
 
 
@@ -79,11 +110,15 @@ class Harness:
     driver does (with more steps per turn)."""
 
     def __init__(self, tokenizer, model, max_rows: int = 16, runner: GenerationRunner | None = None) -> None:  # noqa: ANN001
-        self.runner = runner or GenerationRunner(
-            tokenizer, None, None, model=model, eos_ids=frozenset({tokenizer.eos_token_id}),
-            max_rows=max_rows, max_positions=256,
-            slot_of=lambda k, keep: "__base__" if k is None else k.name,
-        )
+        """`model`: the peft oracle from tiny_llama; the runner decodes through `banked(model)`."""
+        if runner is None:
+            base, bank = banked(model)
+            runner = GenerationRunner(
+                tokenizer, None, None, model=base, bank=bank, eos_ids=frozenset({tokenizer.eos_token_id}),
+                max_rows=max_rows, max_positions=256,
+                slot_of=lambda k, keep: "__base__" if k is None else k.name,
+            )
+        self.runner = runner
         self.inbox: deque[GenerationRow] = deque()
 
     def add(self, prompt: str, slot: str | None = None, **params) -> tuple[list, GenerationRow]:  # noqa: ANN003

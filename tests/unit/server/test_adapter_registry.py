@@ -1,5 +1,6 @@
-"""AdapterRegistry on a tiny random BERT wrapped like InferenceEngine._load wraps the base:
-loading, LRU eviction, pins, in-use keys, compatibility checks, and unloading for real."""
+"""AdapterRegistry on a tiny random BERT with its LoRA bank, as InferenceEngine._load serves
+the base: loading, LRU eviction, pins, in-use keys, compatibility checks, and unloading for
+real (the bank's rows and tensors follow)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import weakref
 import pytest
 import torch
 
-from tuneserve_server.engine.registry import ANCHOR_SLOT, AdapterKey, AdapterRegistry
+from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.domain.errors import FailedPrecondition
-from tuneserve_server.modeling import ADAPTER_META, module_names
+from tuneserve_server.modeling import ADAPTER_META
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -42,20 +43,12 @@ def adapter_dirs(tmp_path_factory, make_tiny_base):  # noqa: ANN001, ANN201
 
 
 def make_registry(base, max_resident: int = 2, max_rank: int = 8) -> AdapterRegistry:  # noqa: ANN001
-    model = base.serving_model()
-    return AdapterRegistry(
-        model,
-        base_model_id=BASE_ID,
-        linear_modules=module_names(base.fresh_encoder()),
-        hidden_size=base.config.hidden_size,
-        max_resident=max_resident,
-        max_rank=max_rank,
-        device="cpu",
-    )
+    return base.serving_registry(max_resident=max_resident, max_rank=max_rank)
 
 
 def slots(registry: AdapterRegistry) -> set[str]:
-    return set(registry.model.peft_config) - {ANCHOR_SLOT}
+    """The slot ids that hold a row of the LoRA bank."""
+    return set(registry.bank._row_of)
 
 
 def param_count(model: torch.nn.Module) -> int:
@@ -66,11 +59,11 @@ def test_ensure_loads_once_and_reuses(tiny_base, adapter_dirs):
     reg = make_registry(tiny_base)
     entry = reg.ensure(key("a"), adapter_dirs["a"])
     assert reg.loads == 1
-    assert entry.slot in reg.model.peft_config
+    assert entry.slot in reg.bank and slots(reg) == {entry.slot}
     assert entry.meta.labels == ("neg", "pos")
     assert entry.head.out_features == 2 and entry.size_bytes > 0
-    assert any(f".{entry.slot}." in n for n, _ in reg.model.named_parameters())
-    assert "default" not in entry.slot and "a" != entry.slot  # user names never reach peft
+    assert reg.bank.nbytes > 0
+    assert "default" not in entry.slot and "a" != entry.slot  # user names never reach the model
 
     again = reg.ensure(key("a"), adapter_dirs["a"])
     assert again is entry
@@ -91,7 +84,7 @@ def test_lru_eviction_at_max_resident(tiny_base, adapter_dirs):
     assert set(reg.resident_keys()) == {key("a"), key("c")}
     assert reg.evictions == 1
     assert slots(reg) == {a.slot, c.slot}
-    assert b.slot not in reg.model.peft_config
+    assert b.slot not in reg.bank
     # An evicted adapter comes back on demand, under a fresh slot.
     b2 = reg.ensure(key("b"), adapter_dirs["b"])
     assert b2.slot not in (a.slot, b.slot, c.slot)
@@ -170,33 +163,36 @@ def test_a_head_that_does_not_fit_is_refused(tiny_base, adapter_dirs, tmp_path):
     assert slots(reg) == set()
 
 
-def test_unload_removes_the_peft_slot(tiny_base, adapter_dirs):
+def test_unload_removes_the_bank_row(tiny_base, adapter_dirs):
     reg = make_registry(tiny_base, max_resident=4)
     start_params = param_count(reg.model)
     a = reg.ensure(key("a"), adapter_dirs["a"])
     b = reg.ensure(key("b"), adapter_dirs["b"])
-    assert param_count(reg.model) > start_params
+    assert reg.bank.nbytes > 0 and len(reg.bank) == 2
     assert reg.unload(key("a")) is True
-    assert a.slot not in reg.model.peft_config
-    assert not any(f".{a.slot}." in n for n, _ in reg.model.named_parameters())
-    assert b.slot in reg.model.peft_config
+    assert a.slot not in reg.bank
+    assert b.slot in reg.bank and len(reg.bank) == 1
     assert reg.unload(key("a")) is False
     assert reg.resident_keys() == [key("b")]
     reg.unload(key("b"))
-    assert set(reg.model.peft_config) == {ANCHOR_SLOT}
-    assert param_count(reg.model) == start_params
+    assert len(reg.bank) == 0 and reg.bank.nbytes == 0 and reg.bank.allocated_rows == 1
+    assert param_count(reg.model) == start_params  # the bank never adds parameters to the base
 
-    # The model still runs for the base after unloads.
+    # The model still runs for the base after unloads, and gives the bare base's output.
     ids = torch.tensor([[1, 5, 7, 2]])
     with torch.inference_mode():
-        out = reg.model(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=["__base__"])
+        with reg.bank.selecting([None]):
+            out = reg.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        bare = tiny_base.fresh_encoder()(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert out.last_hidden_state.shape == (1, 4, 32)
+    torch.testing.assert_close(out.last_hidden_state, bare.last_hidden_state, rtol=0, atol=0)
 
 
 def test_unload_frees_the_adapter_tensors_at_once(tiny_base, adapter_dirs):
     reg = make_registry(tiny_base)
     entry = reg.ensure(key("a"), adapter_dirs["a"])
-    slot_tensors = [weakref.ref(p) for n, p in reg.model.named_parameters() if f".{entry.slot}." in n]
+    layers = reg.bank.layers.values()
+    slot_tensors = [weakref.ref(t) for layer in layers for t in (layer.A, layer.B) if t is not None]
     head = weakref.ref(entry.head.weight)
     assert slot_tensors
     del entry
@@ -220,9 +216,7 @@ def test_loading_and_unloading_500_adapters_does_not_grow_the_model(tiny_base, a
     reg.ensure(key("a"), adapter_dirs["a"])
     reg.unload(key("a"))
     gc.collect()
-    params, n_configs, n_modules = param_count(reg.model), len(reg.model.peft_config), len(
-        list(reg.model.modules())
-    )
+    params, n_modules = param_count(reg.model), len(list(reg.model.modules()))
     rss = _rss_bytes()
     for i in range(500):  # half unloaded explicitly, half pushed out by the LRU bound
         reg.ensure(key("a", i + 1), adapter_dirs["a"])
@@ -232,7 +226,7 @@ def test_loading_and_unloading_500_adapters_does_not_grow_the_model(tiny_base, a
         reg.unload(k)
     gc.collect()
     assert param_count(reg.model) == params
-    assert len(reg.model.peft_config) == n_configs == 1
+    assert len(reg.bank) == 0 and reg.bank.nbytes == 0 and reg.bank.allocated_rows == 1
     assert len(list(reg.model.modules())) == n_modules
     assert len(reg) == 0 and reg.loads == 501 and reg.evictions > 0
     # A coarse backstop (measured growth here: ~0.2 MiB). The counts above catch leaked

@@ -314,7 +314,6 @@ def test_serving_loads_a_published_adapter_from_the_store(backend, tiny_base):
     import torch
 
     from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-    from tuneserve_server.modeling import module_names
 
     key = AdapterKey("team-a", "sentiment", 1)
     where = (key.namespace, key.name, key.version)
@@ -322,20 +321,18 @@ def test_serving_loads_a_published_adapter_from_the_store(backend, tiny_base):
     reference_dir = tiny_base.write_adapter(Path(backend.store.staging_dir()) / "ref", seed=7)
 
     def registry() -> AdapterRegistry:
-        return AdapterRegistry(
-            tiny_base.serving_model(), base_model_id="tiny-bert",
-            linear_modules=module_names(tiny_base.fresh_encoder()),
-            hidden_size=tiny_base.config.hidden_size, max_resident=4, max_rank=8, device="cpu",
-        )
+        return tiny_base.serving_registry(max_resident=4, max_rank=8)
+
+    def forward(reg: AdapterRegistry, slot: str | None) -> torch.Tensor:
+        with reg.bank.selecting([slot]):
+            return reg.model(input_ids=ids).last_hidden_state
 
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     served, reference = registry(), registry()
     entry = served.ensure(key, backend.replica().open(*where))
     ref_entry = reference.ensure(key, reference_dir)
     with torch.inference_mode():
-        got = served.model(input_ids=ids, adapter_names=[entry.slot]).last_hidden_state
-        want = reference.model(input_ids=ids, adapter_names=[ref_entry.slot]).last_hidden_state
-        bare = served.model(input_ids=ids, adapter_names=["__base__"]).last_hidden_state
+        got, want, bare = forward(served, entry.slot), forward(reference, ref_entry.slot), forward(served, None)
     assert torch.equal(got, want)
     assert not torch.allclose(got, bare, atol=1e-4)  # the LoRA weights really are applied
     assert entry.meta.labels == ("neg", "pos")

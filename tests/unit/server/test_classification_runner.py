@@ -13,9 +13,9 @@ import torch
 
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
-from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
+from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.domain.errors import FailedPrecondition, NotFound
-from tuneserve_server.modeling import load_head, mean_pool, module_names
+from tuneserve_server.modeling import load_head, mean_pool
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.
@@ -52,16 +52,9 @@ def world(tmp_path_factory, make_tiny_base, tokenizer):  # noqa: ANN001, ANN201
 
 
 def make_runner(world, tokenizer, max_resident: int = 4) -> ClassificationRunner:  # noqa: ANN001
+    """The runner as the server builds it: the registry over the base and its LoRA bank."""
     base, store = world
-    registry = AdapterRegistry(
-        base.serving_model(),
-        base_model_id=BASE_ID,
-        linear_modules=module_names(base.fresh_encoder()),
-        hidden_size=base.config.hidden_size,
-        max_resident=max_resident,
-        max_rank=8,
-        device="cpu",
-    )
+    registry = base.serving_registry(max_resident=max_resident, max_rank=8)
     return ClassificationRunner(tokenizer, registry, store, device="cpu")
 
 

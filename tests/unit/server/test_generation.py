@@ -1,13 +1,15 @@
 """The decoding loop (engine/generation_runner.py) on a tiny random Llama with two random LoRA
-adapters: a row's output does not depend on what it is batched with (adapters, sampling
-settings, rows joining and leaving), seeds reproduce, stop / EOS / length end rows as they
-should, streamed deltas add up to the final text, and a cancelled row leaves the batch."""
+adapters in the gathered LoRA bank: greedy rows, alone or in a mixed batch, write what peft's
+own `generate(adapter_names=...)` writes (the oracle); a row's output does not depend on what
+it is batched with (adapters, sampling settings, rows joining and leaving), seeds reproduce,
+stop / EOS / length end rows as they should, streamed deltas add up to the final text, and a
+cancelled row leaves the batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from generation_fixtures import Harness, byte_tokenizer, result_of, text_of, tiny_llama, tiny_llama_base
+from generation_fixtures import Harness, banked, byte_tokenizer, result_of, text_of, tiny_llama, tiny_llama_base
 from tuneserve_server.engine.generation_sampling import FinishReason
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -32,17 +34,47 @@ def alone(tok, model, prompt, slot=None, **params):  # noqa: ANN001, ANN003, ANN
     return events
 
 
+def peft_greedy(tok, model, prompt, slot=None, max_new_tokens=10) -> str:  # noqa: ANN001
+    """The oracle: peft's own generate with the row's adapter (`adapter_names=`), greedy."""
+    rendered = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+    ids = tok(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, adapter_names=["__base__" if slot is None else slot],
+                         eos_token_id=None, pad_token_id=2)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 def test_greedy_matches_hf_generate_for_base_and_adapters(tok, model) -> None:  # noqa: ANN001
-    prompt = tok.apply_chat_template([{"role": "user", "content": PROMPTS[1]}], tokenize=False,
-                                     add_generation_prompt=True)
-    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    for slot in ("__base__", "s0", "s1"):
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
-                             do_sample=False, adapter_names=[slot], eos_token_id=None, pad_token_id=2)
-        want = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        got = result_of(alone(tok, model, PROMPTS[1], None if slot == "__base__" else slot,
-                              max_new_tokens=10))
-        assert got.text == want, slot
+    for slot in (None, "s0", "s1"):
+        got = result_of(alone(tok, model, PROMPTS[1], slot, max_new_tokens=10))
+        assert got.text == peft_greedy(tok, model, PROMPTS[1], slot), slot
+
+
+def test_the_bank_forward_equals_peft_adapter_names_on_a_mixed_batch(tok, model) -> None:  # noqa: ANN001
+    """One padded forward over rows of both adapters and the base: the bank the runner decodes
+    through gives each row peft's `adapter_names=` logits (float64; the bank holds the factors
+    as read through float32, hence not bit-exact)."""
+    base, bank = banked(model)
+    slots = ["s0", None, "s1", "s0", "s1"]
+    enc = tok(PROMPTS + ["y"], return_tensors="pt", padding=True)  # rows of different lengths
+    with torch.inference_mode():
+        want = model(**enc, adapter_names=["__base__" if s is None else s for s in slots]).logits
+        with bank.selecting(slots):
+            got = base(**enc).logits
+        bare = model(**enc, adapter_names=["__base__"] * len(slots)).logits
+    mask = enc["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], want[mask], rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[1][mask[1]], bare[1][mask[1]])  # the base row is the base, exactly
+    assert not torch.allclose(got[0][mask[0]], bare[0][mask[0]], atol=1e-3)  # adapters are applied
+
+
+def test_a_mixed_greedy_batch_writes_what_peft_writes_for_each_row(tok, model) -> None:  # noqa: ANN001
+    rows = [(PROMPTS[0], "s0"), (PROMPTS[1], None), (PROMPTS[2], "s1"), (PROMPTS[3], "s1"), (PROMPTS[1], "s0")]
+    h = Harness(tok, model)
+    got = [h.add(p, s, max_new_tokens=10)[0] for p, s in rows]
+    h.run()
+    assert [result_of(e).text for e in got] == [peft_greedy(tok, model, p, s) for p, s in rows]
 
 
 def test_adapters_change_the_output(tok, model) -> None:  # noqa: ANN001
@@ -149,7 +181,8 @@ def test_too_long_prompt_fails_only_its_row(tok, model) -> None:  # noqa: ANN001
 
 def test_lora_bank_serving_path_equals_peft_adapter_names(tok, model, tmp_path) -> None:  # noqa: ANN001
     """What the server runs: the base model with the gathered LoRA bank, adapters loaded by the
-    real registry from the real on-disk format, gives each row what peft gives it."""
+    real registry from the real on-disk format, gives each row what peft gives it (greedy
+    rows: peft's generate; every row: the Harness alone)."""
     from tuneserve_server.engine.generation_runner import GenerationRunner
     from tuneserve_server.engine.lora_batched import LoraBank
     from tuneserve_server.engine.registry import AdapterRegistry
@@ -163,8 +196,8 @@ def test_lora_bank_serving_path_equals_peft_adapter_names(tok, model, tmp_path) 
     base = tiny_llama_base(len(tok))
     linear = module_names(base) - {"lm_head"}
     bank = LoraBank(base, linear, capacity=4, dtype=torch.float64)
-    registry = AdapterRegistry(base, base_model_id="tiny-llama", linear_modules=linear, hidden_size=32,
-                               max_resident=4, max_rank=8, device="cpu", dtype=torch.float64, bank=bank)
+    registry = AdapterRegistry(base, bank=bank, base_model_id="tiny-llama", linear_modules=linear, hidden_size=32,
+                               max_resident=4, max_rank=8, device="cpu", dtype=torch.float64)
     runner = GenerationRunner(
         tok, registry, None, eos_ids=frozenset({tok.eos_token_id}), max_positions=256,
         slot_of=lambda k, keep: "__base__" if k is None else registry.ensure(k, tmp_path / k.name, keep=keep).slot,
@@ -176,4 +209,7 @@ def test_lora_bank_serving_path_equals_peft_adapter_names(tok, model, tmp_path) 
     got = [h.add(p, s, **kw)[0] for p, s, kw in rows]
     h.run()
     assert [result_of(e) for e in got] == want
+    for (prompt, slot, params), result in zip(rows, want, strict=True):
+        if not params:
+            assert result.text == peft_greedy(tok, model, prompt, slot, max_new_tokens=12)
     assert len(registry) == 2 and len(bank) == 2

@@ -58,7 +58,7 @@ def bank_model(base, dirs, names, dtype=torch.float32):
 
 
 def peft_mixed(base, dirs, inputs, dtype=torch.float32) -> torch.Tensor:
-    model = base.serving_model().to(dtype)
+    model = base.peft_model().to(dtype)
     for name in ADAPTERS:
         model.load_adapter(str(dirs[name]), adapter_name=name, autocast_adapter_dtype=False)
         for pname, param in model.named_parameters():

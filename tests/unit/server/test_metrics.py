@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from tuneserve_server.config import Settings
 from tuneserve_server.engine.batching import Batcher, PendingRequest
-from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
+from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.domain.errors import CapacityExceeded, FailedPrecondition
-from tuneserve_server.modeling import ADAPTER_META, module_names
+from tuneserve_server.modeling import ADAPTER_META
 from tuneserve_server.observability.metrics import (
     JOBS_BY_STATE_NAME,
     REGISTRY,
@@ -178,15 +178,7 @@ def adapter_dirs(tmp_path_factory, make_tiny_base):  # noqa: ANN001, ANN201
 
 def test_registry_load_evict_and_resident_metrics_move(adapter_dirs, tmp_path):
     base, dirs = adapter_dirs
-    reg = AdapterRegistry(
-        base.serving_model(),
-        base_model_id=BASE_ID,
-        linear_modules=module_names(base.fresh_encoder()),
-        hidden_size=base.config.hidden_size,
-        max_resident=2,
-        max_rank=8,
-        device="cpu",
-    )
+    reg = base.serving_registry(max_resident=2, max_rank=8)
     snap = Snapshot(
         "tuneserve_adapter_loads_total", "tuneserve_adapter_load_seconds_count",
         "tuneserve_adapter_evictions_total", "tuneserve_adapter_load_failures_total",
