@@ -1,4 +1,4 @@
-"""Tenant namespaces and user-facing adapter names (kept apart from internal peft slot ids)."""
+"""Tenant namespaces and user-facing adapter names (kept apart from the engine's internal LoRA-bank rows)."""
 
 from __future__ import annotations
 
