@@ -162,6 +162,7 @@ def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epoch
     from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.storage.sqlite_store import SqliteStore
     from tuneserve_server.training.classification import ClassificationRecipe
+    from tuneserve_server.training.recipe import RecipeContext
     from tuneserve_server.domain.jobs import TaskType
     from tuneserve_server.domain.limits import TrainLimits
     from tuneserve_server.training.validation import TrainInput, build_job_spec
@@ -202,7 +203,7 @@ def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epoch
     t0 = time.monotonic()
     job, spec = job_for(adapter_name(0))
     staging = adapters.staging_dir()
-    recipe = ClassificationRecipe(spec, source, device="cpu", job_id=job.id)
+    recipe = ClassificationRecipe(RecipeContext(spec, source, device="cpu", job_id=job.id))
     result = recipe.run(staging)
     examples_seen = recipe.examples_seen
     total_steps = -(-len(spec.train) // spec.hyperparameters.optimizer.batch_size) * epochs
@@ -626,12 +627,10 @@ def compare_text(c: dict[str, object]) -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """Native bfloat16 matmul instructions (AVX512-BF16 or AMX-BF16) on this CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Native bfloat16 matmul instructions (AVX512-BF16 or AMX-BF16) on this CPU (the trainer's probe)."""
+    from tuneserve_server.training.precision import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def interpretation(args, res) -> str:  # noqa: ANN001

@@ -1,9 +1,9 @@
 """The causal-LM recipe: LoRA on a decoder LM, trained on prompt -> completion pairs or chat
 conversations rendered with the model's chat template.
 
-setup -> train -> evaluate (loss and perplexity on the validation completions, and the base
-model's loss on the same tokens) -> sample generations (greedy, a few validation prompts) ->
-save, driven by the worker with the same contract as ClassificationRecipe.
+The phases of the Recipe contract (recipe.py): setup -> train -> finalize (loss and perplexity
+on the validation completions and the base model's loss on the same tokens, sample generations
+(greedy, a few validation prompts), save).
 
 Each example is tokenized as (prompt, completion): the prompt is every turn before the last
 rendered with the chat template up to the assistant header (exactly what serving sends),
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -28,7 +27,6 @@ import torch
 from tuneserve_server.modeling import (
     ADAPTER_META,
     AdapterMeta,
-    BaseModelSource,
     default_target_modules,
 )
 from tuneserve_server.modeling_lm import (
@@ -44,18 +42,14 @@ from tuneserve_server.observability.metrics import (
     TRAIN_TOTAL_STEPS,
 )
 from tuneserve_server.training import checkpoint
+from tuneserve_server.training.batching import shuffled_batches
 from tuneserve_server.training.checkpoint import TrainPosition
-from tuneserve_server.training.classification import (
-    JobCancelled,
-    JobPreempted,
-    TrainResult,
-)
+from tuneserve_server.training.outcomes import TrainResult
+from tuneserve_server.training.recipe import RecipeContext, run_recipe
 from tuneserve_server.domain.jobs import (
     CausalExample,
     EventType,
-    JobEvent,
     JobProgress,
-    JobSpec,
     TaskType,
 )
 
@@ -90,50 +84,29 @@ def encode_example(
     return Encoded(list(p_ids) + list(c_ids), labels, len(p_ids), truncated)
 
 
-def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
 class CausalLMRecipe:
-    def __init__(
-        self,
-        spec: JobSpec,
-        source: BaseModelSource,
-        *,
-        device: str = "cpu",
-        job_id: str = "",
-        cancel: threading.Event | None = None,
-        preempt: threading.Event | None = None,
-        on_progress: Callable[[JobProgress], None] | None = None,
-        on_event: Callable[[JobEvent], None] | None = None,
-        checkpoint_dir: Path | None = None,
-        checkpoint_every: int = 0,
-        model_cache_dir: Path | None = None,
-    ) -> None:
-        self.spec = spec
-        self.source = source
-        self.device = device
-        self.job_id = job_id
-        self.cancel = cancel or threading.Event()
-        self.preempt = preempt or threading.Event()
-        self.on_progress = on_progress or (lambda p: None)
-        self.on_event = on_event or (lambda e: None)
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
-        self.model_cache_dir = model_cache_dir
+    """The Recipe for TaskType.CAUSAL_LM (see the module docstring). It trains in the dtype the
+    model loads in and so ignores ctx.precision."""
+
+    def __init__(self, ctx: RecipeContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.source = ctx.source
+        self.device = ctx.device
         self.resumed_from_step = 0
         self.examples_this_run = 0
         self.sample_generations: list[dict[str, str]] = []
+        self._setup_started = time.monotonic()
+        self._train_seconds = 0.0
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         from peft import LoraConfig, get_peft_model
 
+        self._setup_started = time.monotonic()
         hp = self.spec.hyperparameters
         torch.manual_seed(hp.optimizer.seed)
-        self.tokenizer, lm = load_causal_lm(self.source.path, self.device, self.model_cache_dir)
+        self.tokenizer, lm = load_causal_lm(self.source.path, self.device, self.ctx.model_cache_dir)
         lm.config.use_cache = False
         self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
         config = LoraConfig(
@@ -184,23 +157,24 @@ class CausalLMRecipe:
         optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
         pos = TrainPosition()
-        if self.checkpoint_dir is not None:
-            restored = checkpoint.load(self.checkpoint_dir, self.model, None, optimizer, schedule)
+        if self.ctx.checkpoint_dir is not None:
+            restored = checkpoint.load(self.ctx.checkpoint_dir, self.model, None, optimizer, schedule)
             if restored is not None:
                 pos = restored
                 self.resumed_from_step = pos.step
                 log.info("resumed from checkpoint", step=pos.step, epoch=pos.epoch)
+                self.ctx.on_resume(pos.step)
         rng = random.Random(opt.seed)
         self.model.train()
         TRAIN_STEP.set(pos.step)
         TRAIN_TOTAL_STEPS.set(total)
         TRAIN_LOSS.set(math.nan if pos.loss_ema is None else pos.loss_ema)
         TRAIN_EXAMPLES_PER_SECOND.set(0)
-        self.on_progress(JobProgress(pos.step, total, pos.epoch, pos.loss_ema))
+        self.ctx.on_progress(JobProgress(pos.step, total, pos.epoch, pos.loss_ema))
         started, seen_at_start = time.monotonic(), pos.examples_seen
         pending, pending_loss, pending_rows = 0, 0.0, 0
         for epoch in range(1, opt.epochs + 1):
-            batches = _batches(len(self.train_rows), opt.batch_size, rng)  # drawn even when skipped
+            batches = shuffled_batches(len(self.train_rows), opt.batch_size, rng)  # drawn even when skipped
             if epoch < pos.epoch:
                 continue
             for number, idx in enumerate(batches):
@@ -209,11 +183,7 @@ class CausalLMRecipe:
                 if pos.step >= total:
                     break
                 if pending == 0:  # between optimiser steps: the only place to stop or checkpoint
-                    if self.preempt.is_set():
-                        self._checkpoint(optimizer, schedule, pos)
-                        raise JobPreempted()
-                    if self.cancel.is_set():
-                        raise JobCancelled()
+                    self.ctx.interruption_point(partial(self._checkpoint, optimizer, schedule, pos))
                 loss = self.model(**self._collate([self.train_rows[i] for i in idx])).loss
                 (loss / accum).backward()
                 pending += 1
@@ -233,8 +203,10 @@ class CausalLMRecipe:
                 )
                 pending, pending_loss, pending_rows = 0, 0.0, 0
                 self._report(pos, total, epoch, started, seen_at_start, schedule)
-                if self.checkpoint_every and pos.step % self.checkpoint_every == 0 and pos.step < total:
+                every = self.ctx.checkpoint_every
+                if every and pos.step % every == 0 and pos.step < total:
                     self._checkpoint(optimizer, schedule, pos)
+        self._train_seconds = time.monotonic() - self._setup_started
 
     def _report(self, pos: TrainPosition, total: int, epoch: int, started: float, seen_at_start: int,
                 schedule) -> None:  # noqa: ANN001
@@ -247,14 +219,15 @@ class CausalLMRecipe:
         TRAIN_LOSS.set(pos.loss_ema)
         if rate:
             TRAIN_EXAMPLES_PER_SECOND.set(rate)
-        self.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema, schedule.get_last_lr()[0], rate, eta))
+        lr = schedule.get_last_lr()[0]
+        self.ctx.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema, lr, rate, eta))
 
     def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:  # noqa: ANN001
-        if self.checkpoint_dir is None:
+        if self.ctx.checkpoint_dir is None:
             return
-        checkpoint.save(self.checkpoint_dir, self.model, None, optimizer, schedule, pos)
+        checkpoint.save(self.ctx.checkpoint_dir, self.model, None, optimizer, schedule, pos)
         TRAIN_LAST_CHECKPOINT.set(time.time())
-        self.on_event(JobEvent(self.job_id, EventType.CHECKPOINT, message=f"checkpoint at step {pos.step}"))
+        self.ctx.emit(EventType.CHECKPOINT, message=f"checkpoint at step {pos.step}")
 
     # ---------------------------------------------------------------- evaluate
     @torch.no_grad()
@@ -330,22 +303,24 @@ class CausalLMRecipe:
             lora_rank=hp.lora.rank,
             target_modules=self.targets,
             metrics=metrics,
-            job_id=self.job_id,
+            job_id=self.ctx.job_id,
         )
         (directory / ADAPTER_META).write_text(meta.to_json())
         return meta
 
-    def run(self, directory: Path) -> TrainResult:
-        start = time.monotonic()
-        self.setup()
-        self.train()
-        train_s = time.monotonic() - start
+    def finalize(self, directory: Path) -> TrainResult:
+        """Evaluate, sample generations and write the adapter into `directory`."""
+        train_s = self._train_seconds  # setup and the loop, not the evaluation
         metrics = self.evaluate()
         metrics["train_seconds"] = train_s
         metrics["train_examples_per_second"] = self.examples_this_run / train_s if train_s else 0.0
         if self.resumed_from_step:
             metrics["resumed_from_step"] = float(self.resumed_from_step)
-        self.on_event(JobEvent(self.job_id, EventType.EVALUATION, metrics=dict(metrics)))
+        self.ctx.emit(EventType.EVALUATION, metrics=dict(metrics))
         self.sample_generations = self.generate_samples()
         self.model.config.use_cache = False
         return TrainResult(metrics, self.save(directory, metrics), sample_generations=self.sample_generations)
+
+    def run(self, directory: Path) -> TrainResult:
+        """Every phase in order, as the worker drives them."""
+        return run_recipe(self, directory)

@@ -1,8 +1,8 @@
 """The classification recipe: LoRA on the encoder plus a linear head over mean-pooled tokens.
 
-setup -> train (evaluating on the held-out split every epoch or every N optimiser steps,
-keeping the best weights, stopping early when asked) -> restore the best weights -> fit the
-temperature on the validation logits -> save, driven by the worker.
+The phases of the Recipe contract (recipe.py): setup -> train (evaluating on the held-out split
+every epoch or every N optimiser steps, keeping the best weights, stopping early when asked) ->
+finalize (restore the best weights, fit the temperature on the validation logits, save).
 
 The loop tokenizes once and pads each batch to its own longest row; batches are drawn from
 length-sorted buckets (Banking77 queries are ~14 tokens, with a long tail: padding a random
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -24,7 +22,6 @@ import torch.nn.functional as F
 
 from tuneserve_server.modeling import (
     AdapterMeta,
-    BaseModelSource,
     load_encoder,
     mean_pool,
     save_head,
@@ -37,129 +34,49 @@ from tuneserve_server.observability.metrics import (
     TRAIN_TOTAL_STEPS,
 )
 from tuneserve_server.training import calibration, checkpoint
+from tuneserve_server.training.batching import length_grouped_batches, shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
+from tuneserve_server.training.outcomes import TrainResult
+from tuneserve_server.training.precision import training_autocast_dtype
+from tuneserve_server.training.recipe import RecipeContext, run_recipe
 from tuneserve_server.domain.jobs import (
     EventType,
-    JobEvent,
     JobProgress,
-    JobSpec,
     LabelledText,
     TaskType,
 )
 from tuneserve_server.training.metrics import accuracy, macro_f1
 
-
-class JobCancelled(Exception):
-    """Raised inside the loop when the job's cancel flag is set."""
-
-
-class JobPreempted(Exception):
-    """Raised inside the loop when the worker is shutting down; a checkpoint was saved."""
-
-
-@dataclass
-class TrainResult:
-    metrics: dict[str, float]
-    meta: AdapterMeta
-    # Causal LM: [{"prompt", "reference", "generated"}, ...] for the worker to store on the job.
-    sample_generations: list[dict[str, str]] = field(default_factory=list)
-
-
-ProgressSink = Callable[[JobProgress], None]
-EventSink = Callable[[JobEvent], None]
 log = structlog.get_logger("tuneserve.training")
 
 EVAL_BATCH = 64
-# Buckets of this many batches are sorted by length; the batches, not the rows, are shuffled.
-BUCKET_BATCHES = 50
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): only then is
-    bfloat16 autocast faster than float32 here (without it, it is several times slower)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def training_autocast_dtype(device: str, precision: str) -> torch.dtype | None:
-    """The autocast dtype for the training forward pass: "float32" never autocasts,
-    "bfloat16" always does, "auto" does where it pays (CUDA with bf16, a CPU with native bf16)."""
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else None
-
-
-def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle the rows, cut them into buckets of BUCKET_BATCHES batches, sort each bucket by
-    length so each batch holds rows of about one length, then shuffle the batches. Every
-    row appears exactly once; the same rng state gives the same batches."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    span = batch_size * BUCKET_BATCHES
-    batches: list[list[int]] = []
-    for i in range(0, len(order), span):
-        bucket = sorted(order[i : i + span], key=lambda j: lengths[j], reverse=True)
-        batches += [bucket[k : k + batch_size] for k in range(0, len(bucket), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 class ClassificationRecipe:
+    """The Recipe for TaskType.CLASSIFICATION (see the module docstring)."""
+
     def __init__(
         self,
-        spec: JobSpec,
-        source: BaseModelSource,
+        ctx: RecipeContext,
         *,
-        device: str = "cpu",
-        job_id: str = "",
-        cancel: threading.Event | None = None,
-        preempt: threading.Event | None = None,
-        on_progress: ProgressSink | None = None,
-        checkpoint_dir: Path | None = None,
-        checkpoint_every: int = 0,
-        on_event: EventSink | None = None,
         progress_interval_s: float = 2.0,
         progress_every_steps: int = 0,
         group_by_length: bool = True,
-        precision: str = "auto",
     ) -> None:
-        self.spec = spec
-        self.source = source
-        self.device = device
-        self.job_id = job_id
-        self.cancel = cancel or threading.Event()
-        self.preempt = preempt or threading.Event()
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.source = ctx.source
+        self.device = ctx.device
         self.resumed_from_step = 0
-        self.on_progress = on_progress or (lambda p: None)
-        self.on_event = on_event
         self.progress_interval_s = progress_interval_s
         self.progress_every_steps = progress_every_steps
         self.group_by_length = group_by_length
         # Evaluation always runs in float32: the temperature is fitted on the logits serving sees.
-        self.autocast_dtype = training_autocast_dtype(device, precision)
-        self.labels = tuple(sorted({ex.label for ex in spec.train}))
+        self.autocast_dtype = training_autocast_dtype(ctx.device, ctx.precision)
+        self.labels = tuple(sorted({ex.label for ex in ctx.spec.train}))
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
-        ev = spec.hyperparameters.evaluation
+        ev = ctx.spec.hyperparameters.evaluation
         self.tracker = BestTracker(
             resolve_metric(ev.metric_for_best, TaskType.CLASSIFICATION), ev.early_stopping_patience
         )
@@ -176,11 +93,13 @@ class ClassificationRecipe:
         self.progress = JobProgress()
         self._last_progress_event = -math.inf
         self._run_started = time.monotonic()
+        self._setup_started = time.monotonic()
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         from peft import LoraConfig, get_peft_model
 
+        self._setup_started = time.monotonic()
         hp = self.spec.hyperparameters
         torch.manual_seed(hp.optimizer.seed)
         self.tokenizer, encoder = load_encoder(self.source, self.device)
@@ -214,17 +133,9 @@ class ClassificationRecipe:
     def _targets(self, rows: tuple[LabelledText, ...]) -> torch.Tensor:
         return torch.tensor([self.label_ids[r.label] for r in rows], dtype=torch.long)
 
-    def _emit(self, type_: EventType, **fields: object) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(JobEvent(job_id="", type=type_, **fields))  # type: ignore[arg-type]
-        except Exception:  # a broken event sink must not fail the training job
-            log.warning("event sink failed", event_type=type_.value, exc_info=True)
-
     def _warn(self, message: str) -> None:
         log.warning(message)
-        self._emit(EventType.WARNING, progress=self.progress, message=message)
+        self.ctx.emit(EventType.WARNING, progress=self.progress, message=message)
 
     # ---------------------------------------------------------------- train
     def accumulate_gradients(
@@ -249,7 +160,7 @@ class ClassificationRecipe:
     def _epoch_batches(self, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
         if self.group_by_length:
             return length_grouped_batches(lengths, batch_size, rng)
-        return _batches(len(lengths), batch_size, rng)
+        return shuffled_batches(len(lengths), batch_size, rng)
 
     def plan(self) -> tuple[int, int]:
         """(optimiser steps per epoch, total optimiser steps) for this job's data."""
@@ -274,13 +185,16 @@ class ClassificationRecipe:
         optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
         pos = TrainPosition()
-        if self.checkpoint_dir is not None:
-            restored = checkpoint.load_with_extras(self.checkpoint_dir, self.model, self.head, optimizer, schedule)
+        if self.ctx.checkpoint_dir is not None:
+            restored = checkpoint.load_with_extras(
+                self.ctx.checkpoint_dir, self.model, self.head, optimizer, schedule
+            )
             if restored is not None:
                 pos, extras = restored
                 self._restore_extras(extras)
                 self.resumed_from_step = pos.step
                 log.info("resumed from checkpoint", step=pos.step, epoch=pos.epoch)
+                self.ctx.on_resume(pos.step)
         rng = random.Random(opt.seed)
         self.model.train()
         self.head.train()
@@ -306,11 +220,7 @@ class ClassificationRecipe:
                 if pos.step >= total:
                     break
                 # Interruptions land between optimiser steps, never inside an accumulation.
-                if self.preempt.is_set():
-                    self._checkpoint(optimizer, schedule, pos)
-                    raise JobPreempted()
-                if self.cancel.is_set():
-                    raise JobCancelled()
+                self.ctx.interruption_point(partial(self._checkpoint, optimizer, schedule, pos))
                 group = batches[first : first + accum]
                 value = self.accumulate_gradients(group, features, targets)
                 optimizer.step()
@@ -343,7 +253,8 @@ class ClassificationRecipe:
                             f"{self.tracker.best_step} ({self.tracker.metric} {self.tracker.best_value:.4f})"
                         )
                         break
-                if self.checkpoint_every and pos.step % self.checkpoint_every == 0 and pos.step < total:
+                every = self.ctx.checkpoint_every
+                if every and pos.step % every == 0 and pos.step < total:
                     self._checkpoint(optimizer, schedule, pos)
             if self.stopped_early or pos.step >= total:
                 break
@@ -366,7 +277,7 @@ class ClassificationRecipe:
         )
         if eps is not None:
             TRAIN_EXAMPLES_PER_SECOND.set(eps)
-        self.on_progress(self.progress)
+        self.ctx.on_progress(self.progress)
         event = (
             event
             or pos.step == self.total_steps
@@ -375,19 +286,20 @@ class ClassificationRecipe:
         )
         if event:
             self._last_progress_event = now
-            self._emit(EventType.PROGRESS, progress=self.progress)
+            self.ctx.emit(EventType.PROGRESS, progress=self.progress)
 
     def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:
-        if self.checkpoint_dir is None:
+        directory = self.ctx.checkpoint_dir
+        if directory is None:
             return
         started = time.monotonic()
         extras = Extras(self.best_state, {"tracker": self.tracker.to_dict(), "best_metrics": self.best_metrics})
-        checkpoint.save(self.checkpoint_dir, self.model, self.head, optimizer, schedule, pos, extras)
+        checkpoint.save(directory, self.model, self.head, optimizer, schedule, pos, extras)
         self.checkpoint_seconds += time.monotonic() - started
         TRAIN_LAST_CHECKPOINT.set(time.time())
-        self._emit(
+        self.ctx.emit(
             EventType.CHECKPOINT, progress=self.progress,
-            message=f"checkpoint at step {pos.step} saved to {self.checkpoint_dir}",
+            message=f"checkpoint at step {pos.step} saved to {directory}",
         )
 
     def _restore_extras(self, extras: Extras) -> None:
@@ -446,7 +358,7 @@ class ClassificationRecipe:
         shown[f"best_{self.tracker.metric}"] = float(self.tracker.best_value)  # type: ignore[arg-type]
         note = "new best" if improved else f"no improvement for {self.tracker.since_best} evaluation(s)"
         log.info("evaluated", step=pos.step, improved=improved, **metrics)
-        self._emit(
+        self.ctx.emit(
             EventType.EVALUATION, progress=self.progress, metrics=shown,
             message=f"step {pos.step}: {self.tracker.metric} {metrics[self.tracker.metric]:.4f} ({note})",
         )
@@ -515,18 +427,16 @@ class ClassificationRecipe:
             lora_rank=hp.lora.rank,
             target_modules=tuple(hp.lora.target_modules),
             metrics=metrics,
-            job_id=self.job_id,
+            job_id=self.ctx.job_id,
             temperature=self.temperature,
         )
         (directory / "tuneserve.json").write_text(meta.to_json())
         return meta
 
-    def run(self, directory: Path) -> TrainResult:
-        start = time.monotonic()
-        self.setup()
-        self.train()
+    def finalize(self, directory: Path) -> TrainResult:
+        """finish(), the run's timings, and the adapter written into `directory`."""
         metrics = self.finish()
-        train_s = time.monotonic() - start
+        train_s = time.monotonic() - self._setup_started
         metrics["train_seconds"] = train_s
         metrics["train_examples_per_second"] = self.examples_this_run / train_s if train_s else 0.0
         metrics["eval_seconds"] = self.eval_seconds
@@ -535,3 +445,7 @@ class ClassificationRecipe:
         if self.resumed_from_step:
             metrics["resumed_from_step"] = float(self.resumed_from_step)
         return TrainResult(metrics, self.save(directory, metrics))
+
+    def run(self, directory: Path) -> TrainResult:
+        """Every phase in order, as the worker drives them."""
+        return run_recipe(self, directory)

@@ -13,9 +13,9 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -27,7 +27,10 @@ from tuneserve_server.domain.errors import LeaseLost
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.training import checkpoint
-from tuneserve_server.training.classification import ClassificationRecipe, JobCancelled, JobPreempted
+from tuneserve_server.training.causal_lm import CausalLMRecipe
+from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
+from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 from tuneserve_server.domain.jobs import (
     Job,
     JobEvent,
@@ -69,15 +72,12 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
-def recipe_class(task: TaskType) -> type[Any]:
-    """The training recipe for a task family (each has the same constructor and run())."""
-    if task is TaskType.CLASSIFICATION:
-        return ClassificationRecipe
-    if task is TaskType.CAUSAL_LM:
-        from tuneserve_server.training.causal_lm import CausalLMRecipe
-
-        return CausalLMRecipe
-    raise ValueError(f"no recipe for task {task.value}")
+# The training recipe of each task type (training/recipe.py has the contract). A new task's
+# recipe is one line here.
+RECIPES: Mapping[TaskType, RecipeFactory] = {
+    TaskType.CLASSIFICATION: ClassificationRecipe,
+    TaskType.CAUSAL_LM: CausalLMRecipe,
+}
 
 
 class _EventLog:
@@ -106,10 +106,12 @@ class TrainerWorker:
         adapters: AdapterStore,
         *,
         worker_id: str | None = None,
+        recipes: Mapping[TaskType, RecipeFactory] = RECIPES,
     ) -> None:
         self.settings = settings
         self.store = store
         self.adapters = adapters
+        self.recipes = recipes
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()  # stop now: checkpoint the running job, release it
         self.draining = threading.Event()  # stop when idle: finish the running job first
@@ -155,28 +157,24 @@ class TrainerWorker:
         staging = self.adapters.staging_dir()
         TRAIN_RUNNING.set(1)
         events = _EventLog(self.store, job.id, self.worker_id)
-        recipe: Any = None
-        resume_noted = False
         try:
-            def progress(p: JobProgress) -> None:
-                nonlocal resume_noted
-                beat.progress = p
-                resumed = getattr(recipe, "resumed_from_step", 0)
-                if resumed and not resume_noted:
-                    resume_noted = True
-                    self._note_resume(job.id, resumed)
+            factory = self.recipes.get(spec.task)
+            if factory is None:
+                raise ValueError(f"no recipe for task {spec.task.value}")
 
-            recipe = recipe_class(spec.task)(
-                spec, self.source, device=self.settings.device, job_id=job.id,
-                cancel=beat.cancel, preempt=self.stopping, on_progress=progress, on_event=events,
+            def progress(p: JobProgress) -> None:
+                beat.progress = p
+
+            ctx = RecipeContext(
+                spec=spec, source=self.source, job_id=job.id, device=self.settings.device,
+                precision=self.settings.train_precision,
                 checkpoint_dir=checkpoints, checkpoint_every=self.settings.checkpoint_every_steps,
                 # A causal LM loads through the GGUF cache the API process shares (modeling_lm).
-                **({"model_cache_dir": self.settings.model_cache_path} if spec.task is TaskType.CAUSAL_LM
-                   else {"precision": self.settings.train_precision}),
+                model_cache_dir=self.settings.model_cache_path,
+                cancel=beat.cancel, preempt=self.stopping, on_progress=progress, on_event=events,
+                on_resume=lambda step: self._note_resume(job.id, step),
             )
-            result = recipe.run(staging)
-            if getattr(recipe, "resumed_from_step", 0) and not resume_noted:
-                self._note_resume(job.id, recipe.resumed_from_step)
+            result = run_recipe(factory(ctx), staging)
             beat.beat()  # record the final step before the job is marked done
             if beat.lost.is_set():
                 raise LeaseLost(job.id)
@@ -188,9 +186,7 @@ class TrainerWorker:
                 metrics=result.metrics, lora_rank=result.meta.lora_rank, size_bytes=size,
                 created_at=job.created_at,
             )
-            samples = getattr(result, "sample_generations", None)
-            outputs = {"sample_generations": list(samples)} if samples else None
-            self.store.complete_job(job.id, self.worker_id, result.metrics, record, outputs)
+            self.store.complete_job(job.id, self.worker_id, result.metrics, record, result.job_outputs())
             JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobPreempted:

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from tuneserve_server.modeling import AdapterMeta, BaseModelSource
 from tuneserve_server.training.causal_lm import IGNORE, CausalLMRecipe, encode_example
-from tuneserve_server.training.classification import JobPreempted
+from tuneserve_server.training.outcomes import JobPreempted
+from tuneserve_server.training.recipe import RecipeContext
 from tuneserve_server.domain.jobs import (
     CausalExample,
     CausalLMSettings,
@@ -80,7 +81,8 @@ def test_only_the_reply_and_its_end_marker_carry_loss() -> None:
 
 
 def test_run_trains_evaluates_samples_and_saves(base_dir: Path, tmp_path: Path) -> None:
-    recipe = CausalLMRecipe(spec(max_len=96), BaseModelSource(str(base_dir), "tiny-llama"), job_id="j1")
+    source = BaseModelSource(str(base_dir), "tiny-llama")
+    recipe = CausalLMRecipe(RecipeContext(spec(max_len=96), source, job_id="j1"))
     result = recipe.run(tmp_path)
     m = result.metrics
     assert m["validation_examples"] == 2 and m["truncated_rows"] == 0
@@ -92,13 +94,13 @@ def test_run_trains_evaluates_samples_and_saves(base_dir: Path, tmp_path: Path) 
     assert (meta.task, meta.labels, meta.lora_rank) == (TaskType.CAUSAL_LM, (), 4)
     assert meta.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
     assert (tmp_path / "adapter_model.safetensors").is_file() and not (tmp_path / "head.safetensors").exists()
-    short = CausalLMRecipe(spec(max_len=12, steps=1), BaseModelSource(str(base_dir), "tiny-llama"))
+    short = CausalLMRecipe(RecipeContext(spec(max_len=12, steps=1), source))
     assert short.run(tmp_path / "short").metrics["truncated_rows"] == 14
 
 
 def test_preempted_job_resumes_to_the_same_weights(base_dir: Path, tmp_path: Path) -> None:
     source = BaseModelSource(str(base_dir), "tiny-llama")
-    whole = CausalLMRecipe(spec(), source)
+    whole = CausalLMRecipe(RecipeContext(spec(), source))
     whole.run(tmp_path / "whole")
 
     preempt = threading.Event()
@@ -110,11 +112,11 @@ def test_preempted_job_resumes_to_the_same_weights(base_dir: Path, tmp_path: Pat
             preempt.set()
 
     ckpt = tmp_path / "ckpt"
-    first = CausalLMRecipe(spec(), source, preempt=preempt, on_progress=progress, checkpoint_dir=ckpt,
-                           checkpoint_every=2)
+    first = CausalLMRecipe(RecipeContext(spec(), source, preempt=preempt, on_progress=progress,
+                                         checkpoint_dir=ckpt, checkpoint_every=2))
     with pytest.raises(JobPreempted):
         first.run(tmp_path / "first")
-    resumed = CausalLMRecipe(spec(), source, checkpoint_dir=ckpt)
+    resumed = CausalLMRecipe(RecipeContext(spec(), source, checkpoint_dir=ckpt))
     result = resumed.run(tmp_path / "resumed")
     assert resumed.resumed_from_step == 3 and result.metrics["resumed_from_step"] == 3
     a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))

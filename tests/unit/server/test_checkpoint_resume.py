@@ -10,7 +10,9 @@ import torch
 
 from tuneserve_server.modeling import resolve_base_model
 from tuneserve_server.training import checkpoint
-from tuneserve_server.training.classification import ClassificationRecipe, JobPreempted
+from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.outcomes import JobPreempted
+from tuneserve_server.training.recipe import RecipeContext
 from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.training.validation import TrainInput, build_job_spec
@@ -44,14 +46,15 @@ def trained_weights(spec, tmp_path, *, stop_at: int | None, directory) -> dict[s
         if stop_at is not None and p.step == stop_at:
             preempt.set()
 
-    recipe = ClassificationRecipe(spec, resolve_base_model("minilm"), preempt=preempt, on_progress=progress,
-                                  checkpoint_dir=directory, checkpoint_every=4)
+    ctx = RecipeContext(spec, resolve_base_model("minilm"), preempt=preempt, on_progress=progress,
+                        checkpoint_dir=directory, checkpoint_every=4)
+    recipe = ClassificationRecipe(ctx)
     recipe.setup()
     if stop_at is not None:
         with pytest.raises(JobPreempted):
             recipe.train()
-        recipe = ClassificationRecipe(spec, resolve_base_model("minilm"), checkpoint_dir=directory,
-                                      checkpoint_every=4)
+        ctx = RecipeContext(spec, resolve_base_model("minilm"), checkpoint_dir=directory, checkpoint_every=4)
+        recipe = ClassificationRecipe(ctx)
         recipe.setup()
     recipe.train()
     state = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if p.requires_grad}

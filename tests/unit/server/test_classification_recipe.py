@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from tuneserve_server.modeling import AdapterMeta, BaseModelSource, load_head
-from tuneserve_server.training.classification import (
-    ClassificationRecipe,
-    JobPreempted,
-    length_grouped_batches,
-)
+from tuneserve_server.training.batching import length_grouped_batches
+from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.outcomes import JobPreempted
+from tuneserve_server.training.recipe import RecipeContext
 from tuneserve_server.domain.jobs import (
     EvaluationSettings,
     EventType,
@@ -75,8 +74,9 @@ def make_spec(
 
 def recipe_for(spec: JobSpec, source: BaseModelSource, **kw: object) -> tuple[ClassificationRecipe, list]:
     events: list = []
-    recipe = ClassificationRecipe(spec, source, on_event=events.append, progress_every_steps=1,
-                                  precision="float32", **kw)  # type: ignore[arg-type]
+    ctx = RecipeContext(spec, source, on_event=events.append, precision="float32",
+                        **kw)  # type: ignore[arg-type]
+    recipe = ClassificationRecipe(ctx, progress_every_steps=1)
     recipe.setup()
     return recipe, events
 
@@ -221,5 +221,5 @@ def test_a_broken_event_sink_does_not_fail_the_job(source, tmp_path):
         raise RuntimeError("store down")
 
     spec = make_spec(train=4, validation=8, batch=4, epochs=1)
-    recipe = ClassificationRecipe(spec, source, on_event=sink, precision="float32")
+    recipe = ClassificationRecipe(RecipeContext(spec, source, on_event=sink, precision="float32"))
     assert recipe.run(tmp_path / "out").metrics["total_steps"] == 3.0
