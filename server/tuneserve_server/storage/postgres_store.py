@@ -16,7 +16,8 @@ machines: the shared SqlStore with the PostgreSQL dialect hooks.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -35,8 +36,6 @@ _CHECK_IDLE_S = 2.0
 
 class PostgresDialect:
     name = "postgresql"
-    # Reads run in autocommit: one round trip, no BEGIN/ROLLBACK around them.
-    read_options: Mapping[str, Any] = {"isolation_level": "AUTOCOMMIT"}
     # The database clock (the transaction's start time): one clock for every machine.
     now = sa.func.now(type_=Timestamp())
 
@@ -50,9 +49,23 @@ class PostgresDialect:
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
 
-    def after_registry_change(self, conn: sa.Connection, seq: int) -> None:
+    def after_registry_change(self, seq: int) -> sa.Executable:
         # Delivered when (and only if) the transaction commits.
-        conn.execute(sa.select(sa.func.pg_notify(REGISTRY_CHANNEL, sa.func.current_schema() + f":{seq}")))
+        return sa.select(sa.func.pg_notify(REGISTRY_CHANNEL, sa.func.current_schema() + f":{seq}"))
+
+    @contextmanager
+    def write_transaction(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
+        with raw.transaction():  # commits at the end, rolls back on an exception
+            yield
+
+    @contextmanager
+    def read_only(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
+        # Autocommit: one round trip a read, no BEGIN/ROLLBACK around it.
+        raw.autocommit = True
+        try:
+            yield
+        finally:
+            raw.autocommit = False
 
     @staticmethod
     def engine(dsn: str, *, pool_size: int, connect_timeout: float) -> sa.Engine:

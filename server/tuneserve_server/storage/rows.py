@@ -1,9 +1,10 @@
-"""Job-store rows to domain records (timestamps arrive as aware datetimes: schema.Timestamp)."""
+"""Job-store rows (as the driver returns them) to domain records."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
@@ -19,6 +20,15 @@ from tuneserve_server.domain.jobs import (
 
 # JobProgress fields beyond the four with columns of their own live in progress_json.
 PROGRESS_EXTRAS = ("learning_rate", "examples_per_second", "eta_seconds")
+
+
+def _ts(value: Any) -> datetime | None:
+    """timestamptz (PostgreSQL) or epoch seconds (SQLite) -> an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromtimestamp(float(value), UTC)
 
 
 def _json(row: Mapping[str, Any], column: str) -> dict[str, Any]:
@@ -39,10 +49,10 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         hyperparameters=Hyperparameters.from_dict(json.loads(row["hyperparameters_json"])),
         train_examples=row["train_examples"],
         validation_examples=row["validation_examples"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        created_at=_ts(row["created_at"]),
+        updated_at=_ts(row["updated_at"]),
+        started_at=_ts(row["started_at"]),
+        finished_at=_ts(row["finished_at"]),
         progress=JobProgress(
             row["step"], row["total_steps"], row["epoch"], row["train_loss"],
             **{k: extras.get(k) for k in PROGRESS_EXTRAS},
@@ -83,7 +93,7 @@ def event_from_row(row: Mapping[str, Any]) -> JobEvent:
         job_id=row["job_id"],
         type=EventType(row["type"]),
         sequence=int(row["seq"]),
-        time=row["time"],
+        time=_ts(row["time"]),
         state=JobState(body["state"]) if body.get("state") else None,
         progress=JobProgress(**body["progress"]) if body.get("progress") else None,
         metrics=body.get("metrics") or {},
@@ -106,7 +116,7 @@ def dataset_from_row(row: Mapping[str, Any]) -> DatasetRecord:
         text_field=row["text_field"],
         label_field=row["label_field"],
         upload_id=row["upload_id"],
-        created_at=row["created_at"],
+        created_at=_ts(row["created_at"]),
     )
 
 
@@ -122,7 +132,7 @@ def adapter_from_row(row: Mapping[str, Any]) -> AdapterVersionRecord:
         metrics=json.loads(row["metrics_json"]),
         lora_rank=row["lora_rank"],
         size_bytes=row["size_bytes"],
-        created_at=row["created_at"],
+        created_at=_ts(row["created_at"]),
         deleted=bool(row["deleted"]),
         seq=row["seq"],
     )

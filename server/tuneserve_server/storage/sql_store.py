@@ -87,10 +87,9 @@ _QUEUED = JobState.QUEUED.value
 
 
 class Dialect(Protocol):
-    """What the store asks of a database backend."""
+    """What the store asks of a database backend. `raw` is the driver's own connection."""
 
     name: str
-    read_options: Mapping[str, Any]  # execution options of a read-only connection
     now: sa.ColumnElement[datetime]  # the transaction's time, as SQL
 
     def later(self, seconds_param: str) -> sa.ColumnElement[datetime]:
@@ -102,26 +101,64 @@ class Dialect(Protocol):
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT construct (it has on_conflict_do_nothing/do_update)."""
 
-    def after_registry_change(self, conn: sa.Connection, seq: int) -> None:
-        """Inside the transaction that made registry change `seq`."""
+    def after_registry_change(self, seq: int) -> sa.Executable | None:
+        """A statement to run inside the transaction that made registry change `seq`."""
+
+    @contextmanager
+    def write_transaction(self, raw: Any) -> Iterator[None]:
+        """A transaction that commits on success and rolls back on any exception."""
+
+    @contextmanager
+    def read_only(self, raw: Any) -> Iterator[None]:
+        """Reads outside any write transaction."""
+
+
+class _Compiled:
+    """A statement compiled once for the engine's dialect, run on the driver connection.
+
+    SQLAlchemy builds and compiles the SQL (and owns the pool and the migrations); the
+    store's calls skip its per-execution machinery, which cost several times the database
+    work of a claim (bench/job_queue.py)."""
+
+    __slots__ = ("compiled", "names", "text")
+
+    def __init__(self, stmt: sa.Executable, dialect: sa.engine.Dialect) -> None:
+        self.compiled = stmt.compile(dialect=dialect)
+        self.text = self.compiled.string
+        self.names = self.compiled.positiontup if dialect.positional else None
+
+    def args(self, params: dict[str, Any]) -> Any:
+        values = self.compiled.construct_params(params)  # raises for a missing parameter
+        return values if self.names is None else [values[n] for n in self.names]
 
 
 @dataclass
 class _Tx:
-    conn: sa.Connection
+    raw: Any  # the driver's connection (sqlite3 / psycopg)
+    dialect: sa.engine.Dialect
+    cache: dict[int, _Compiled]  # the store's prebuilt statements, compiled on first use
     clock: dict[str, Any]  # the dialect's clock parameters, fixed for the transaction
 
-    def execute(self, stmt: sa.Executable, **params: Any) -> sa.CursorResult[Any]:
-        return self.conn.execute(stmt, {**self.clock, **params})
+    def execute(self, stmt: sa.Executable, **params: Any) -> Any:
+        compiled = self.cache.get(id(stmt)) or _Compiled(stmt, self.dialect)
+        return self.raw.execute(compiled.text, compiled.args({**self.clock, **params}))
 
-    def row(self, stmt: sa.Executable, **params: Any) -> sa.RowMapping | None:
-        return self.execute(stmt, **params).mappings().one_or_none()
+    def row(self, stmt: sa.Executable, **params: Any) -> dict[str, Any] | None:
+        cursor = self.execute(stmt, **params)
+        values = cursor.fetchone()
+        return None if values is None else dict(zip([d[0] for d in cursor.description], values, strict=True))
 
-    def rows(self, stmt: sa.Executable, **params: Any) -> list[sa.RowMapping]:
-        return list(self.execute(stmt, **params).mappings())
+    def rows(self, stmt: sa.Executable, **params: Any) -> list[dict[str, Any]]:
+        cursor = self.execute(stmt, **params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+    def scalars(self, stmt: sa.Executable, **params: Any) -> list[Any]:
+        return [values[0] for values in self.execute(stmt, **params).fetchall()]
 
     def scalar(self, stmt: sa.Executable, **params: Any) -> Any:
-        return self.execute(stmt, **params).scalar_one()
+        (value,) = self.execute(stmt, **params).fetchone()
+        return value
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -133,6 +170,7 @@ class _Statements:
 
     def __init__(self, d: Dialect, max_attempts: int) -> None:
         now = d.now
+        self.all: list[sa.Executable] = []  # filled in at the end: every statement below
         owned = sa.and_(J.c.id == _p("job_id"), J.c.state == _RUNNING, J.c.lease_owner == _p("worker_id"))
         self.owned = owned
         self.lock_owned = sa.select(J.c.id).where(owned).with_for_update()
@@ -164,6 +202,8 @@ class _Statements:
             .returning(*J.c)
         )
         expired = sa.and_(J.c.state == _RUNNING, J.c.lease_expires < now)
+        # A read first: an UPDATE that matches nothing still costs a write on SQLite.
+        self.any_expired = sa.select(J.c.seq).where(expired).limit(1)
         spent = J.c.attempts >= max_attempts
         self.reap = (
             sa.update(J)
@@ -243,6 +283,7 @@ class _Statements:
             .returning(C.c.next_version)
         )
         self.changes = sa.select(AV).where(AV.c.seq > _p("after")).order_by(AV.c.seq).limit(_p("limit"))
+        self.all = [v for v in vars(self).values() if isinstance(v, sa.Executable)]
 
 
 def _text(value: str) -> str:
@@ -326,6 +367,7 @@ class SqlStore:
         self._engine = engine
         self._d = dialect
         self._q = _Statements(dialect, max_attempts)
+        self._compiled = {id(stmt): _Compiled(stmt, engine.dialect) for stmt in self._q.all}
         self.max_attempts = max_attempts
         self.upload_ttl_s = upload_ttl_s
         self._closed = False
@@ -336,23 +378,29 @@ class SqlStore:
         self._closed = True
         self._engine.dispose()
 
-    def _connect(self) -> sa.Connection:
+    @contextmanager
+    def _raw(self) -> Iterator[Any]:
+        """A pooled connection's driver connection; back to the pool (rolled back) after."""
         if self._closed:  # a disposed engine would quietly open new connections
             raise RuntimeError("the job store is closed")
-        return self._engine.connect()
+        pooled = self._engine.raw_connection()
+        try:
+            yield pooled.driver_connection
+        finally:
+            pooled.close()
+
+    def _tx(self, raw: Any) -> _Tx:
+        return _Tx(raw, self._engine.dialect, self._compiled, self._d.clock_params())
 
     @contextmanager
     def _write(self) -> Iterator[_Tx]:
-        with self._connect() as conn:
-            conn.execution_options(write=True)
-            with conn.begin():
-                yield _Tx(conn, self._d.clock_params())
+        with self._raw() as raw, self._d.write_transaction(raw):
+            yield self._tx(raw)
 
     @contextmanager
     def _read(self) -> Iterator[_Tx]:
-        with self._connect() as conn:
-            conn.execution_options(**self._d.read_options)
-            yield _Tx(conn, self._d.clock_params())
+        with self._raw() as raw, self._d.read_only(raw):
+            yield self._tx(raw)
 
     # ------------------------------------------------------------------ jobs, caller side
     def create_job(self, spec: JobSpec, report: dict | None = None) -> tuple[Job, bool]:
@@ -415,7 +463,7 @@ class SqlStore:
             return [], ""
         query = sa.select(J).where(J.c.namespace == namespace)
         if states:
-            query = query.where(J.c.state.in_([s.value for s in states]))
+            query = query.where(sa.or_(*(J.c.state == s.value for s in states)))
         if adapter_name:
             query = query.where(J.c.adapter_name == adapter_name)
         if after is not None:
@@ -427,8 +475,8 @@ class SqlStore:
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
         with self._read() as tx:
-            rows = tx.execute(sa.select(J.c.state, sa.func.count()).group_by(J.c.state)).all()
-        return {JobState(state): int(n) for state, n in rows}
+            rows = tx.rows(sa.select(J.c.state, sa.func.count().label("n")).group_by(J.c.state))
+        return {JobState(r["state"]): int(r["n"]) for r in rows}
 
     def cancel_job(self, namespace: str, job_id: str) -> Job:
         if _nul(namespace, job_id):
@@ -473,6 +521,8 @@ class SqlStore:
         once max_attempts workers have lost the job. Rows another transaction holds (a
         heartbeat renewing, another reaper) are skipped, and a row whose lease was renewed
         after this statement began fails the re-checked WHERE clause and is left alone."""
+        if tx.row(self._q.any_expired) is None:
+            return
         for row in tx.rows(self._q.reap):  # the UPDATE holds these rows: event seqs stay in order
             state = JobState(row["state"])
             message = row["error"] if state.terminal else (
@@ -531,7 +581,7 @@ class SqlStore:
                 tx, job_id, JobState.SUCCEEDED,
                 f"published adapter {adapter.name}@{adapter.version}", metrics,
             )
-            self._d.after_registry_change(tx.conn, seq)
+            self._notify(tx, seq)
         return job_from_row(row)
 
     def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:
@@ -675,11 +725,11 @@ class SqlStore:
 
     def upload_bytes(self, namespace: str, upload_id: str) -> bytes:
         with self._read() as tx:
-            chunks = tx.execute(
+            chunks = tx.scalars(
                 sa.select(CH.c.data)
                 .where(CH.c.namespace == namespace, CH.c.upload_id == upload_id)
                 .order_by(CH.c.start_byte)
-            ).scalars().all()
+            )
         return b"".join(bytes(c) for c in chunks)
 
     def discard_upload(self, namespace: str, upload_id: str) -> None:
@@ -787,11 +837,11 @@ class SqlStore:
         if _nul(namespace):
             return [], ""
         with self._read() as tx:
-            names = tx.execute(
+            names = tx.scalars(
                 sa.select(AV.c.name).distinct()
                 .where(AV.c.namespace == namespace, sa.not_(AV.c.deleted), AV.c.name > page_token)
                 .order_by(AV.c.name).limit(size + 1)
-            ).scalars().all()
+            )
         return list(names[:size]), (names[size - 1] if len(names) > size else "")
 
     def delete_adapter_versions(
@@ -817,7 +867,7 @@ class SqlStore:
                     .where(AV.c.namespace == namespace, AV.c.name == name, AV.c.version == row["version"])
                     .values(deleted=True, seq=seq)
                 )
-            self._d.after_registry_change(tx.conn, seq)
+            self._notify(tx, seq)
         return [adapter_from_row(r) for r in rows]
 
     def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
@@ -827,6 +877,11 @@ class SqlStore:
         return [adapter_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ helpers
+    def _notify(self, tx: _Tx, seq: int) -> None:
+        stmt = self._d.after_registry_change(seq)
+        if stmt is not None:
+            tx.execute(stmt)
+
     def _tick(self, tx: _Tx) -> int:
         """The next registry seq. The row lock taken here is held until the caller's
         transaction ends, which is what makes seq order commit order."""

@@ -7,7 +7,8 @@ and processes and a busy writer is waited for (busy_timeout) instead of failing 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ _BUSY_TIMEOUT_S = 30.0
 
 class SqliteDialect:
     name = "sqlite"
-    read_options: Mapping[str, Any] = {}
     # The process clock, read once per transaction (as now() is on PostgreSQL) and bound as
     # epoch seconds, the column type on SQLite.
     now = sa.bindparam("now", type_=sa.Float())
@@ -35,8 +35,22 @@ class SqliteDialect:
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    def after_registry_change(self, conn: sa.Connection, seq: int) -> None:
+    def after_registry_change(self, seq: int) -> None:
         """Replicas on one machine poll adapter_changes; nothing to send."""
+
+    @contextmanager
+    def write_transaction(self, raw: Any) -> Iterator[None]:
+        raw.execute("BEGIN IMMEDIATE")  # the file's write lock, waited for up to busy_timeout
+        try:
+            yield
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+
+    @contextmanager
+    def read_only(self, raw: Any) -> Iterator[None]:
+        yield  # autocommit reads (WAL: they never wait for the writer)
 
     @staticmethod
     def engine(path: Path) -> sa.Engine:
@@ -51,7 +65,7 @@ class SqliteDialect:
             for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}"):
                 dbapi_conn.execute(f"PRAGMA {pragma}")
 
-        @sa.event.listens_for(engine, "begin")
+        @sa.event.listens_for(engine, "begin")  # SQLAlchemy's own transactions: migrations
         def _begin(conn: sa.Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
