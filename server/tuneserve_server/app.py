@@ -1,4 +1,4 @@
-"""Composition root: settings -> stores -> engine -> servicers -> gRPC server; and the
+"""Composition root: settings -> stores -> engine -> services -> gRPC server; and the
 supervised trainer worker process of the all-in-one `serve` role."""
 
 from __future__ import annotations
@@ -10,105 +10,72 @@ import subprocess
 import sys
 import time
 
-import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tuneserve.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
-from tuneserve_server.api.adapter_servicer import AdapterServicer
-from tuneserve_server.api.dataset_servicer import DatasetServicer
-from tuneserve_server.api.interceptors import RequestContextInterceptor
-from tuneserve_server.api.inference_servicer import InferenceServicer
-from tuneserve_server.api.training_servicer import TrainingServicer
+from tuneserve_server.api.server import ApiServer
 from tuneserve_server.config import ConfigError, Settings
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
+from tuneserve_server.services import Services
+from tuneserve_server.services.adapters import AdapterService
+from tuneserve_server.services.datasets import DatasetService
+from tuneserve_server.services.inference import PredictionService, PredictLimits
+from tuneserve_server.services.training import TrainingService
+from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.factory import build_stores
+from tuneserve_server.storage.job_store import JobStore
 
 log = structlog.get_logger("tuneserve.app")
 
-SERVICE_NAMES = (
-    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
-    inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
-    adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
-    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
-)
+
+def build_services(
+    settings: Settings, store: JobStore, adapter_store: AdapterStore, engine: InferenceEngine
+) -> Services:
+    return Services(
+        training=TrainingService(store, engine, watch_poll_s=settings.watch_poll_s),
+        datasets=DatasetService(
+            store, engine, max_dataset_bytes=settings.max_dataset_bytes, max_text_chars=settings.max_text_chars
+        ),
+        adapters=AdapterService(store, adapter_store, engine),
+        prediction=PredictionService(
+            engine,
+            PredictLimits(
+                max_inputs=settings.max_predict_inputs,
+                max_text_chars=settings.max_text_chars,
+                max_new_tokens_default=settings.max_new_tokens_default,
+                max_new_tokens_limit=settings.max_new_tokens_limit,
+                log_payloads=settings.log_payloads,
+            ),
+        ),
+    )
 
 
-class ApiServer:
-    """The gRPC API: starts answering at once (health NOT_SERVING), loads the base model,
-    then reports SERVING."""
+class App:
+    """The API role: stores, the engine, the services over them and the gRPC server. It
+    starts answering at once (health NOT_SERVING), loads the base model, then reports
+    SERVING."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store, self.adapter_store = build_stores(settings)
         self.engine = InferenceEngine(settings, self.store, self.adapter_store)
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=[RequestContextInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        training_pb2_grpc.add_TrainingServiceServicer_to_server(
-            TrainingServicer(self.store, self.engine, watch_poll_s=settings.watch_poll_s), self.server
-        )
-        datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
-            DatasetServicer(settings, self.store, self.engine), self.server
-        )
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(settings, self.engine), self.server
-        )
-        adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
-            AdapterServicer(self.store, self.adapter_store, self.engine), self.server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = 0
-
-    async def _set_health(self, status: int) -> None:
-        for name in ("", *SERVICE_NAMES):
-            result = self.health.set(name, status)
-            if asyncio.iscoroutine(result):
-                await result
-
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        s = self.settings
-        if s.tls_cert_file is None or s.tls_key_file is None:
-            return None
-        ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
+        self.services = build_services(settings, self.store, self.adapter_store, self.engine)
+        self.api = ApiServer(settings, self.services)
 
     async def start(self) -> int:
-        address = f"{self.settings.host}:{self.settings.port}"
-        creds = self._credentials()
-        self.port = (
-            self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
-        )
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
-        log.info("listening", address=f"{self.settings.host}:{self.port}", tls=creds is not None)
+        port = await self.api.start()
         await self.engine.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self.api.set_serving(True)
         log.info("serving", base_model=self.engine.source.model_id)
-        return self.port
+        return port
 
     async def stop(self) -> None:
         """Drain: health NOT_SERVING (still answering for drain_delay_s so balancers move
         away), then refuse new calls and give in-flight ones grace_s to finish."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.api.set_serving(False)
         if self.settings.drain_delay_s:
             await asyncio.sleep(self.settings.drain_delay_s)
-        await self.server.stop(self.settings.grace_s)
+        await self.api.stop(self.settings.grace_s)
         await self.engine.stop()
         self.store.close()
 
@@ -159,7 +126,7 @@ class WorkerSupervisor:
 
 
 async def run_api(settings: Settings, *, with_worker: bool) -> None:
-    server = ApiServer(settings)
+    app = App(settings)
     supervisor = WorkerSupervisor(settings) if with_worker else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,16 +141,16 @@ async def run_api(settings: Settings, *, with_worker: bool) -> None:
         ) from None
     if metrics_port:
         log.info("metrics", address=f"{settings.metrics_host}:{metrics_port}")
-    register_job_state_collector(server.store)
+    register_job_state_collector(app.store)
     if supervisor:
         supervisor.start()
-    serving = asyncio.ensure_future(server.start())
+    serving = asyncio.ensure_future(app.start())
     await asyncio.wait({serving, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if serving.done():
         serving.result()  # a failed start raises here
         await stop.wait()
     log.info("shutting down", grace_s=settings.grace_s, drain_delay_s=settings.drain_delay_s)
-    stopping = [server.stop()]
+    stopping = [app.stop()]
     if supervisor:
         stopping.append(supervisor.stop())
     await asyncio.gather(*stopping)

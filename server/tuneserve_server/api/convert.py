@@ -16,7 +16,7 @@ from tuneserve_server.engine.generation import (
     SamplingParams,
 )
 from tuneserve_server.domain.errors import FieldViolation, InvalidRequest
-from tuneserve_server.datasets import UploadHeader
+from tuneserve_server.services.datasets import UploadHeader
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
 from tuneserve_server.training.data_report import DataReport
 from tuneserve_server.domain.jobs import (

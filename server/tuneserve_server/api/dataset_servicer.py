@@ -2,80 +2,50 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from dataclasses import replace
-
-import structlog
+from collections.abc import AsyncIterator
 
 from tuneserve.v1 import datasets_pb2, datasets_pb2_grpc
 from tuneserve_server.api import convert
 from tuneserve_server.api.rpc import require_id, rpc
-from tuneserve_server.config import Settings
-from tuneserve_server.datasets import UploadSession, check_header, prepare_train
-from tuneserve_server.engine.inference import InferenceEngine
-from tuneserve_server.domain.errors import DataRejected, InvalidRequest, NotReady
 from tuneserve_server.domain.naming import namespace_of
-from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.training.data_report import DataReport
-from tuneserve_server.domain.jobs import OptimizerSettings
+from tuneserve_server.services.datasets import DatasetService, UploadChunk, UploadPart
+from tuneserve_server.services.training import TrainingService
 
-log = structlog.get_logger("tuneserve.api")
+
+async def _upload_parts(messages: AsyncIterator[datasets_pb2.UploadDatasetRequest]) -> AsyncIterator[UploadPart]:
+    """The stream's messages as the service reads them, converted one at a time as it asks:
+    the first as a header, the rest as chunks (None: a message of the wrong kind)."""
+    first = True
+    async for message in messages:
+        kind = message.WhichOneof("part")
+        if first:
+            yield convert.upload_header(message.header) if kind == "header" else None
+            first = False
+        else:
+            yield UploadChunk(message.chunk.offset, message.chunk.data) if kind == "chunk" else None
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
-    def __init__(self, settings: Settings, store: JobStore, engine: InferenceEngine) -> None:
-        self.settings = settings
-        self.store = store
-        self.engine = engine
+    def __init__(self, datasets: DatasetService, training: TrainingService) -> None:
+        self.datasets = datasets
+        self.training = training
 
     @rpc
     async def UploadDataset(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
-        if not self.engine.ready:
-            raise NotReady("the base model is still loading; retry shortly")
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidRequest.field("header", "the first message of an upload must be the header")
-        header = convert.upload_header(first.header)
-        header = replace(header, namespace=namespace_of(header.namespace, "header.namespace"))
-        check_header(header, max_bytes=self.settings.max_dataset_bytes, served_task=self.engine.task)
-        structlog.contextvars.bind_contextvars(upload_id=header.upload_id)
-        session = UploadSession(self.store, header)
-        done = await asyncio.to_thread(session.begin)
-        if done is not None:  # this upload_id already finished: answer without reading on
-            return datasets_pb2.UploadDatasetResponse(dataset=convert.dataset_pb(done), created=False)
-        async for message in request_iterator:
-            if message.WhichOneof("part") != "chunk":
-                raise InvalidRequest.field("header", "only the first message may be a header")
-            await asyncio.to_thread(session.add, message.chunk.offset, message.chunk.data)
-        limits = self.engine.train_limits()
-        dataset, created = await asyncio.to_thread(
-            functools.partial(
-                session.finish, max_text_chars=self.settings.max_text_chars,
-                count_tokens=limits.count_tokens,
-                max_seq_length=OptimizerSettings().max_seq_length,
-            )
-        )
-        if created:
-            log.info("dataset stored", dataset_id=dataset.id, rows=dataset.rows,
-                     usable_rows=dataset.usable_rows, size_bytes=dataset.size_bytes)
+        dataset, created = await self.datasets.upload(_upload_parts(request_iterator))
         return datasets_pb2.UploadDatasetResponse(dataset=convert.dataset_pb(dataset), created=created)
 
     @rpc
     async def GetDataset(self, request, context):  # noqa: N802, ANN001, ANN201
-        dataset = await asyncio.to_thread(
-            self.store.get_dataset, namespace_of(request.namespace),
-            require_id(request.dataset_id, "dataset_id"),
+        dataset = await self.datasets.get(
+            namespace_of(request.namespace), require_id(request.dataset_id, "dataset_id")
         )
         return datasets_pb2.GetDatasetResponse(dataset=convert.dataset_pb(dataset))
 
     @rpc
     async def ListDatasets(self, request, context):  # noqa: N802, ANN001, ANN201
-        datasets, token = await asyncio.to_thread(
-            functools.partial(
-                self.store.list_datasets, namespace_of(request.namespace),
-                page_size=request.page_size, page_token=request.page_token,
-            )
+        datasets, token = await self.datasets.list(
+            namespace_of(request.namespace), page_size=request.page_size, page_token=request.page_token
         )
         return datasets_pb2.ListDatasetsResponse(
             datasets=[convert.dataset_pb(d) for d in datasets], next_page_token=token
@@ -83,22 +53,12 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
 
     @rpc
     async def DeleteDataset(self, request, context):  # noqa: N802, ANN001, ANN201
-        await asyncio.to_thread(
-            self.store.delete_dataset, namespace_of(request.namespace),
-            require_id(request.dataset_id, "dataset_id"),
-        )
+        await self.datasets.delete(namespace_of(request.namespace), require_id(request.dataset_id, "dataset_id"))
         return datasets_pb2.DeleteDatasetResponse()
 
     @rpc
     async def ValidateDataset(self, request, context):  # noqa: N802, ANN001, ANN201
         """Train's checks without a job: hard data errors come back in the report (this call
         succeeds); a malformed request is still INVALID_ARGUMENT."""
-        if not self.engine.ready:
-            raise NotReady("the base model is still loading; retry shortly")
-        try:
-            _, report = await asyncio.to_thread(
-                prepare_train, self.store, convert.validate_input(request), self.engine.train_limits()
-            )
-        except DataRejected as rejected:
-            report = DataReport.from_dict(rejected.report)
+        report = await self.training.validate(convert.validate_input(request))
         return datasets_pb2.ValidateDatasetResponse(report=convert.data_report_pb(report.to_dict()))

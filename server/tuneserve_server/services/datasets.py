@@ -1,5 +1,7 @@
-"""Uploaded datasets: the upload header's checks, an upload session that appends verified
-chunks to the store, and reading a stored dataset back as parsed rows. No gRPC here.
+"""Dataset intake: the upload header's checks, an upload session that appends verified
+chunks to the store, reading a stored dataset back as parsed rows, and DatasetService, the
+flow behind the DatasetService RPCs (except ValidateDataset: TrainingService.validate).
+No gRPC here.
 
 An upload is resumable: the store keeps the bytes received so far under (namespace,
 upload_id). A client that lost its connection sends the same header and the file again
@@ -10,21 +12,27 @@ starts clean."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+import structlog
 
 from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest, NotFound, Violations
+from tuneserve_server.domain.jobs import OptimizerSettings, TaskType
 from tuneserve_server.domain.naming import namespace_of
-from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.domain.records import DatasetRecord, UploadState
-from tuneserve_server.training.data_report import DataReport, build_report
+from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.services.readiness import require_ready
+from tuneserve_server.storage.job_store import JobStore
+from tuneserve_server.training.data_report import build_report
 from tuneserve_server.training.datafile import ParsedRows, parse_dataset
-from tuneserve_server.domain.jobs import JobSpec, TaskType
-from tuneserve_server.domain.limits import TrainLimits
-from tuneserve_server.training.validation import TrainInput, prepare_job
+
+log = structlog.get_logger("tuneserve.services")
 
 FORMATS = ("jsonl", "csv")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -53,6 +61,12 @@ class UploadHeader:
             "text_field": self.text_field,
             "label_field": self.label_field,
         }
+
+
+@dataclass(frozen=True)
+class UploadChunk:
+    offset: int
+    data: bytes
 
 
 def check_header(h: UploadHeader, *, max_bytes: int, served_task: TaskType) -> None:
@@ -201,19 +215,57 @@ def load_rows(
     )
 
 
-def prepare_train(store: JobStore, req: TrainInput, limits: TrainLimits) -> tuple[JobSpec, DataReport]:
-    """Train's and ValidateDataset's whole data path: load the datasets the request names,
-    then `prepare_job` (checks, split, report). Blocking."""
-    namespace = namespace_of(req.namespace)
-    # A dataset named beside inline examples is not loaded: prepare_job refuses the pair.
-    files = [
-        None if not dataset_id or inline else load_rows(
-            store, namespace, dataset_id, task=req.task,
-            max_text_chars=limits.max_text_chars, field=field,
+
+UploadPart = UploadHeader | UploadChunk | None  # None: a message that is neither
+
+
+class DatasetService:
+    """Upload, get, list and delete stored datasets of one namespace."""
+
+    def __init__(self, store: JobStore, engine: InferenceEngine, *, max_dataset_bytes: int, max_text_chars: int) -> None:
+        self.store = store
+        self.engine = engine
+        self.max_dataset_bytes = max_dataset_bytes
+        self.max_text_chars = max_text_chars
+
+    async def upload(self, parts: AsyncIterator[UploadPart]) -> tuple[DatasetRecord, bool]:
+        """One UploadDataset stream: a header, then chunks. Returns (dataset, created); an
+        upload_id that already finished answers at once, without reading the chunks."""
+        require_ready(self.engine)
+        first = await anext(aiter(parts), None)
+        if not isinstance(first, UploadHeader):
+            raise InvalidRequest.field("header", "the first message of an upload must be the header")
+        header = replace(first, namespace=namespace_of(first.namespace, "header.namespace"))
+        check_header(header, max_bytes=self.max_dataset_bytes, served_task=self.engine.task)
+        structlog.contextvars.bind_contextvars(upload_id=header.upload_id)
+        session = UploadSession(self.store, header)
+        done = await asyncio.to_thread(session.begin)
+        if done is not None:  # this upload_id already finished: answer without reading on
+            return done, False
+        async for part in parts:
+            if not isinstance(part, UploadChunk):
+                raise InvalidRequest.field("header", "only the first message may be a header")
+            await asyncio.to_thread(session.add, part.offset, part.data)
+        limits = self.engine.train_limits()
+        dataset, created = await asyncio.to_thread(
+            functools.partial(
+                session.finish, max_text_chars=self.max_text_chars,
+                count_tokens=limits.count_tokens,
+                max_seq_length=OptimizerSettings().max_seq_length,
+            )
         )
-        for dataset_id, inline, field in (
-            (req.dataset_id, req.train, "dataset_id"),
-            (req.validation_dataset_id, req.validation, "validation_dataset_id"),
+        if created:
+            log.info("dataset stored", dataset_id=dataset.id, rows=dataset.rows,
+                     usable_rows=dataset.usable_rows, size_bytes=dataset.size_bytes)
+        return dataset, created
+
+    async def get(self, namespace: str, dataset_id: str) -> DatasetRecord:
+        return await asyncio.to_thread(self.store.get_dataset, namespace, dataset_id)
+
+    async def list(self, namespace: str, *, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
+        return await asyncio.to_thread(
+            functools.partial(self.store.list_datasets, namespace, page_size=page_size, page_token=page_token)
         )
-    ]
-    return prepare_job(req, limits, train_file=files[0], validation_file=files[1])
+
+    async def delete(self, namespace: str, dataset_id: str) -> None:
+        await asyncio.to_thread(self.store.delete_dataset, namespace, dataset_id)

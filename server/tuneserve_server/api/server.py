@@ -1,0 +1,91 @@
+"""The gRPC server: construction (interceptors, message limits, credentials), servicer
+registration, health and reflection. It answers as soon as it starts (health NOT_SERVING);
+the composition root flips it to SERVING once the engine is up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tuneserve.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from tuneserve_server.api.adapter_servicer import AdapterServicer
+from tuneserve_server.api.dataset_servicer import DatasetServicer
+from tuneserve_server.api.inference_servicer import InferenceServicer
+from tuneserve_server.api.interceptors import RequestContextInterceptor
+from tuneserve_server.api.training_servicer import TrainingServicer
+from tuneserve_server.config import Settings
+from tuneserve_server.services import Services
+
+log = structlog.get_logger("tuneserve.app")
+
+SERVICE_NAMES = (
+    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+    inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
+    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+)
+
+
+class ApiServer:
+    def __init__(self, settings: Settings, services: Services) -> None:
+        self.settings = settings
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[RequestContextInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(services.training), self.server)
+        datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetServicer(services.datasets, services.training), self.server
+        )
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(services.prediction), self.server
+        )
+        adapters_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(services.adapters), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if s.tls_cert_file is None or s.tls_key_file is None:
+            return None
+        ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+    async def start(self) -> int:
+        """Bind and start answering (health NOT_SERVING). Returns the port bound."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        creds = self._credentials()
+        self.port = (
+            self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        )
+        await self.set_serving(False)
+        await self.server.start()
+        log.info("listening", address=f"{self.settings.host}:{self.port}", tls=creds is not None)
+        return self.port
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Refuse new calls; give in-flight ones `grace_s` to finish."""
+        await self.server.stop(grace_s)

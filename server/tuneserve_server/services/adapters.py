@@ -1,0 +1,81 @@
+"""The adapter registry as callers see it: the job store's version rows, the adapter
+store's files and this process's residency, kept in step. Deleting an adapter spans all
+three: the rows are marked deleted, the files removed, the engine unloads the versions."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+from tuneserve_server.domain.errors import NotFound
+from tuneserve_server.domain.naming import AdapterRef
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.storage.adapter_store import AdapterStore
+from tuneserve_server.storage.job_store import JobStore
+
+# (namespace, name, version) -> (pinned, last_used, size_bytes) of the versions resident here
+Residency = dict[tuple[str, str, int], tuple[bool, float, int]]
+
+
+@dataclass(frozen=True)
+class AdapterPage:
+    adapters: list[list[AdapterVersionRecord]]  # per name, its versions oldest first
+    residency: Residency
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    record: AdapterVersionRecord
+    pinned: bool
+    size_bytes: int
+    load_seconds: float  # 0 when it was resident already
+
+
+class AdapterService:
+    def __init__(self, store: JobStore, adapter_store: AdapterStore, engine: InferenceEngine) -> None:
+        self.store = store
+        self.adapter_store = adapter_store
+        self.engine = engine
+
+    async def residency(self) -> Residency:
+        return {(k.namespace, k.name, k.version): v for k, v in (await self.engine.residency()).items()}
+
+    async def list(self, namespace: str, *, page_size: int, page_token: str) -> AdapterPage:
+        names, token = await asyncio.to_thread(
+            functools.partial(self.store.adapter_names, namespace, page_size=page_size, page_token=page_token)
+        )
+        records = await asyncio.to_thread(self.store.adapter_versions, namespace)
+        residency = await self.residency()
+        wanted = set(names)
+        by_name: dict[str, list[AdapterVersionRecord]] = {}
+        for rec in records:
+            if rec.name in wanted:
+                by_name.setdefault(rec.name, []).append(rec)
+        return AdapterPage([by_name[n] for n in names if n in by_name], residency, token)
+
+    async def get(self, namespace: str, name: str) -> tuple[list[AdapterVersionRecord], Residency]:
+        records = await asyncio.to_thread(self.store.adapter_versions, namespace, name)
+        if not records:
+            raise NotFound(f"adapter {name!r} not found in namespace {namespace!r}")
+        return records, await self.residency()
+
+    async def delete(self, ref: AdapterRef) -> list[int]:
+        """Delete `name` (every version) or `name@version`: registry rows first (so no
+        replica resolves them any more), then the files, then this process unloads them
+        (other replicas unload on their next registry poll). Returns the versions deleted."""
+        deleted = await asyncio.to_thread(
+            self.store.delete_adapter_versions, ref.namespace, ref.name, ref.version
+        )
+        for rec in deleted:
+            await asyncio.to_thread(self.adapter_store.delete, rec.namespace, rec.name, rec.version)
+        await self.engine.refresh()
+        return [r.version for r in deleted]
+
+    async def load(self, ref: AdapterRef, *, pin: bool) -> Loaded:
+        return Loaded(*await self.engine.load_adapter(ref, pin=pin))
+
+    async def unload(self, ref: AdapterRef) -> list[int]:
+        return await self.engine.unload_adapter(ref)

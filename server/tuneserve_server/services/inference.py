@@ -1,0 +1,96 @@
+"""Prediction: the input checks (once, for Predict and PredictStream), the choice between
+classification and generation (the served base model decides), then the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest
+from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.domain.naming import AdapterRef
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.engine.generation import GenerationResult, RowStream, SamplingParams
+from tuneserve_server.engine.inference import ClassifyResult, InferenceEngine
+
+log = structlog.get_logger("tuneserve.services")
+
+
+@dataclass(frozen=True)
+class PredictLimits:
+    max_inputs: int
+    max_text_chars: int
+    max_new_tokens_default: int  # for the caller's conversion of generation parameters
+    max_new_tokens_limit: int
+    log_payloads: bool = False
+
+
+@dataclass(frozen=True)
+class Generated:
+    adapter: AdapterVersionRecord | None
+    results: list[GenerationResult]
+
+
+class PredictionService:
+    def __init__(self, engine: InferenceEngine, limits: PredictLimits) -> None:
+        self.engine = engine
+        self.limits = limits
+
+    def _check_text(self, text: str, field: str) -> None:
+        if not text.strip():
+            raise InvalidRequest.field(field, "must not be empty")
+        if len(text) > self.limits.max_text_chars:
+            raise InvalidRequest.field(field, f"longer than {self.limits.max_text_chars} characters")
+
+    def _check_inputs(self, inputs: list[str]) -> None:
+        if not inputs:
+            raise InvalidRequest.field("inputs", "must hold at least one text")
+        if len(inputs) > self.limits.max_inputs:
+            raise InvalidRequest.field("inputs", f"at most {self.limits.max_inputs} texts per call")
+        for i, text in enumerate(inputs):
+            self._check_text(text, f"inputs[{i}]")
+
+    def _generates(self, asked: bool) -> bool:
+        """Whether a call is a generation: the served base model decides; sampling settings
+        sent to an encoder server are refused rather than ignored."""
+        served = getattr(self.engine, "task", None)
+        if served is TaskType.CAUSAL_LM:
+            return True
+        if asked and served is not None:
+            raise FailedPrecondition(
+                f"this server serves {self.engine.source.model_id}, a {served.value} model; "
+                "it does not generate text (generation parameters were given)"
+            )
+        return False
+
+    async def predict(
+        self,
+        ref: AdapterRef | None,
+        inputs: list[str],
+        *,
+        generation_asked: bool,
+        sampling: Callable[[], SamplingParams],
+    ) -> ClassifyResult | Generated:
+        """Classify or generate, as the served model does. `sampling` converts the request's
+        generation parameters; it is called only once the call is known to generate, so an
+        encoder server refuses generation settings (FAILED_PRECONDITION) before judging them."""
+        self._check_inputs(inputs)
+        if self.limits.log_payloads:
+            log.info("predict inputs", inputs=inputs)
+        if self._generates(generation_asked):
+            record, results = await self.engine.generate(ref, inputs, sampling())
+            return Generated(record, results)
+        return await self.engine.classify(ref, inputs)
+
+    async def open_stream(
+        self, ref: AdapterRef | None, prompt: str, sampling: Callable[[], SamplingParams]
+    ) -> tuple[AdapterVersionRecord | None, RowStream]:
+        """A generation streamed as it decodes (causal LM servers only)."""
+        self._check_text(prompt, "input")
+        self._generates(True)
+        params = sampling()
+        if self.limits.log_payloads:
+            log.info("predict inputs", inputs=[prompt])
+        return await self.engine.open_stream(ref, prompt, params)

@@ -1,0 +1,124 @@
+"""Train preparation and the job flows: load the datasets a request names, run the data
+checks (training/validation.py), queue the job; read, list, cancel and watch jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from tuneserve_server.domain.errors import DataRejected
+from tuneserve_server.domain.jobs import Job, JobEvent, JobSpec, JobState
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.domain.naming import namespace_of
+from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.observability.metrics import JOBS_SUBMITTED
+from tuneserve_server.services.datasets import load_rows
+from tuneserve_server.services.readiness import require_ready
+from tuneserve_server.storage.job_store import JobStore
+from tuneserve_server.training.data_report import DataReport
+from tuneserve_server.training.validation import TrainInput, prepare_job
+
+log = structlog.get_logger("tuneserve.services")
+
+WATCH_PAGE = 500
+
+
+def prepare_train(store: JobStore, req: TrainInput, limits: TrainLimits) -> tuple[JobSpec, DataReport]:
+    """Train's and ValidateDataset's whole data path: load the datasets the request names,
+    then `prepare_job` (checks, split, report). Blocking."""
+    namespace = namespace_of(req.namespace)
+    # A dataset named beside inline examples is not loaded: prepare_job refuses the pair.
+    files = [
+        None if not dataset_id or inline else load_rows(
+            store, namespace, dataset_id, task=req.task,
+            max_text_chars=limits.max_text_chars, field=field,
+        )
+        for dataset_id, inline, field in (
+            (req.dataset_id, req.train, "dataset_id"),
+            (req.validation_dataset_id, req.validation, "validation_dataset_id"),
+        )
+    ]
+    return prepare_job(req, limits, train_file=files[0], validation_file=files[1])
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool  # False: the request id was seen before; `job` is the one it queued
+    data_report: dict[str, Any]  # the job's stored report (the first submission's)
+
+
+class TrainingService:
+    def __init__(self, store: JobStore, engine: InferenceEngine, *, watch_poll_s: float = 0.25) -> None:
+        self.store = store
+        self.engine = engine
+        self.watch_poll_s = watch_poll_s
+
+    async def submit(self, req: TrainInput) -> Submission:
+        """Check the request and its data, then queue the job (idempotent on the request id)."""
+        require_ready(self.engine)
+        spec, report = await asyncio.to_thread(prepare_train, self.store, req, self.engine.train_limits())
+        job, created = await asyncio.to_thread(self.store.create_job, spec, report.to_dict())
+        if created:
+            JOBS_SUBMITTED.inc()
+            log.info("job queued", job_id=job.id, train_examples=job.train_examples,
+                     data_warnings=len(report.warnings))
+        return Submission(job, created, job.data_report or report.to_dict())
+
+    async def validate(self, req: TrainInput) -> DataReport:
+        """Train's checks without a job: hard data errors come back in the report; a
+        malformed request still raises."""
+        require_ready(self.engine)
+        try:
+            _, report = await asyncio.to_thread(prepare_train, self.store, req, self.engine.train_limits())
+        except DataRejected as rejected:
+            report = DataReport.from_dict(rejected.report)
+        return report
+
+    async def get_job(self, namespace: str, job_id: str) -> Job:
+        job = await asyncio.to_thread(self.store.get_job, namespace, job_id)
+        if job.state is JobState.SUCCEEDED and self.engine.catalog.latest(
+            job.namespace, job.adapter_name
+        ) < job.adapter_version:
+            # Read-your-writes: whoever saw the job succeed here can predict with it next.
+            await self.engine.refresh()
+        return job
+
+    async def list_jobs(
+        self, namespace: str, *, states: list[JobState], adapter_name: str, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        return await asyncio.to_thread(
+            functools.partial(
+                self.store.list_jobs, namespace, states=states, adapter_name=adapter_name,
+                page_size=page_size, page_token=page_token,
+            )
+        )
+
+    async def cancel_job(self, namespace: str, job_id: str) -> Job:
+        return await asyncio.to_thread(self.store.cancel_job, namespace, job_id)
+
+    async def watch(self, namespace: str, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+        """Replays the log after `after_sequence`, then polls it until the job has ended and
+        every event is sent. The store logs the final state in the same transaction that sets
+        it, so once the job reads terminal, one more read holds everything."""
+        after = after_sequence
+        ended = False
+        while True:
+            events = await asyncio.to_thread(self.store.list_events, namespace, job_id, after, WATCH_PAGE)
+            for event in events:
+                yield event
+                after = event.sequence
+            if len(events) == WATCH_PAGE:
+                continue
+            if ended:
+                return
+            job = await asyncio.to_thread(self.store.get_job, namespace, job_id)
+            if job.state.terminal:
+                ended = True  # one more read, then done
+                continue
+            await asyncio.sleep(self.watch_poll_s)
