@@ -25,6 +25,8 @@ from tuneserve.v1 import (
 )
 
 from tuneserve_client.errors import Unavailable, from_rpc_error
+from tuneserve_client.hyperparameters import doc as hyperparameters_doc
+from tuneserve_client.hyperparameters import set_hyperparameters
 from tuneserve_client.reports import (
     DataReport,
     Dataset,
@@ -180,27 +182,9 @@ class Client:
         validation: Iterable[ExampleLike] | None = None,
         validation_dataset: str | Dataset | None = None,
         validation_fraction: float | None = None,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        lora_dropout: float | None = None,
-        target_modules: Sequence[str] | None = None,
-        learning_rate: float | None = None,
-        batch_size: int | None = None,
-        epochs: int | None = None,
-        max_steps: int | None = None,
-        warmup_ratio: float | None = None,
-        weight_decay: float | None = None,
-        seed: int | None = None,
-        max_seq_length: int | None = None,
-        gradient_accumulation_steps: int | None = None,
-        eval_every_steps: int | None = None,
-        metric_for_best: str | None = None,
-        early_stopping_patience: int | None = None,
-        calibrate: bool | None = None,
-        train_on_prompt: bool | None = None,
-        sample_generations: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        **hyperparameters: Any,
     ) -> Job:
         """Submit a training job for a new version of `adapter`.
 
@@ -211,8 +195,12 @@ class Client:
         `Dataset`). The server checks the data first and refuses bad data with
         `InvalidArgument` whose `.data_report` says why; the returned job's `data_report`
         holds the warnings.
-        Options left as None take the server's defaults. The call is retried with the same
-        `request_id` (a fresh UUID by default) when the server is UNAVAILABLE.
+        `hyperparameters`: the training options below (one per field of the proto
+        `Hyperparameters`); those left out or None take the server's defaults. The call is
+        retried with the same `request_id` (a fresh UUID by default) when the server is
+        UNAVAILABLE.
+
+        Hyperparameters:
         """
         request = training_pb2.TrainRequest(
             namespace=self.namespace,
@@ -228,41 +216,7 @@ class Client:
         if validation_fraction is not None:
             request.validation_fraction = validation_fraction
 
-        lora = request.hyperparameters.lora
-        for name, value in (("rank", lora_rank), ("alpha", lora_alpha), ("dropout", lora_dropout)):
-            if value is not None:
-                setattr(lora, name, value)
-        if target_modules:
-            if isinstance(target_modules, str):
-                target_modules = [target_modules]
-            lora.target_modules.extend(target_modules)
-        optimizer = request.hyperparameters.optimizer
-        for name, value in (
-            ("learning_rate", learning_rate),
-            ("batch_size", batch_size),
-            ("epochs", epochs),
-            ("max_steps", max_steps),
-            ("warmup_ratio", warmup_ratio),
-            ("weight_decay", weight_decay),
-            ("seed", seed),
-            ("max_seq_length", max_seq_length),
-            ("gradient_accumulation_steps", gradient_accumulation_steps),
-        ):
-            if value is not None:
-                setattr(optimizer, name, value)
-        evaluation = request.hyperparameters.evaluation
-        for name, value in (
-            ("eval_every_steps", eval_every_steps),
-            ("metric_for_best", metric_for_best),
-            ("early_stopping_patience", early_stopping_patience),
-            ("calibrate", calibrate),
-        ):
-            if value is not None:
-                setattr(evaluation, name, value)
-        if train_on_prompt is not None:
-            request.hyperparameters.causal_lm.train_on_prompt = train_on_prompt
-        if sample_generations is not None:
-            request.hyperparameters.causal_lm.sample_generations = sample_generations
+        set_hyperparameters(hyperparameters, request.hyperparameters)
 
         response = self._retrying(lambda t: self._call(self._training.Train, request, t), timeout)
         return job_from_pb(response.job)
@@ -639,4 +593,7 @@ class Client:
                 request.page_token = response.next_page_token
 
         return generate()
+
+
+Client.train.__doc__ = (Client.train.__doc__ or "").rstrip() + "\n" + hyperparameters_doc() + "\n"
 
