@@ -1,6 +1,6 @@
 """Python client for the tuneserve gRPC service."""
 
-from tuneserve_client.client import DEFAULT_TARGET, Client
+from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.hyperparameters import HYPERPARAMETERS, Hyperparameter
 from tuneserve_client.errors import (
@@ -65,4 +65,5 @@ __all__ = [
     "from_rpc_error",
     "read_causal_examples",
     "read_examples",
+    "tls_credentials",
 ]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from tuneserve_client import hyperparameters
-from tuneserve_client.client import DEFAULT_TARGET, Client
+from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.errors import TuneserveError
 from tuneserve_client.reports import DataReport, JobEvent
@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=30.0, help="seconds per RPC (default: %(default)s)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    tls = parser.add_argument_group("TLS and authentication (each also from its environment variable)")
+    tls.add_argument("--tls-ca", metavar="FILE", default=_env("TUNESERVE_TLS_CA"),
+                     help="connect with TLS, trusting this PEM CA bundle ($TUNESERVE_TLS_CA)")
+    tls.add_argument("--tls-cert", metavar="FILE", default=_env("TUNESERVE_TLS_CERT"),
+                     help="client certificate (PEM) for mTLS, with --tls-key ($TUNESERVE_TLS_CERT)")
+    tls.add_argument("--tls-key", metavar="FILE", default=_env("TUNESERVE_TLS_KEY"),
+                     help="private key (PEM) of --tls-cert ($TUNESERVE_TLS_KEY)")
+    tls.add_argument("--api-key", metavar="KEY", default=_env("TUNESERVE_API_KEY"),
+                     help="sent as 'authorization: Bearer KEY' with every call ($TUNESERVE_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="submit a training job")
@@ -168,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -192,8 +205,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_server(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        try:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except OSError as exc:
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        with Client(args.target, timeout=args.timeout, namespace=args.namespace) as client:
+        with Client(args.target, timeout=args.timeout, namespace=args.namespace,
+                    credentials=credentials, api_key=args.api_key) as client:
             return args.handler(client, args, sys.stdout)
     except TuneserveError as exc:
         print(f"error: {exc}", file=sys.stderr)

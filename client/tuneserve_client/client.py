@@ -102,6 +102,25 @@ def _examples_pb(items: Iterable[ExampleLike], field: str) -> list[common_pb2.Ex
     return [_example_pb(item, i, field) for i, item in enumerate(items)]
 
 
+def tls_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: `ca_file` the CA bundle that signed the server's
+    certificate (None: the system's roots); `cert_file` + `key_file` a client certificate for
+    servers that require one (mTLS). Raises OSError when a file cannot be read."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def read(path: str | os.PathLike[str] | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file), private_key=read(key_file), certificate_chain=read(cert_file)
+    )
+
+
 def _dataset_id(dataset: str | Dataset | None) -> str:
     return "" if dataset is None else dataset.id if isinstance(dataset, Dataset) else dataset
 
@@ -110,7 +129,9 @@ class Client:
     """A connection to a tuneserve server; use as a context manager or call `close()`.
 
     Every RPC gets a deadline: `timeout` seconds unless the method's own `timeout` says
-    otherwise. Failed RPCs raise `TuneserveError` subclasses.
+    otherwise. Failed RPCs raise `TuneserveError` subclasses. `credentials` (see
+    `tls_credentials`) make the channel TLS; `api_key` is sent with every call as
+    `authorization: Bearer <key>` metadata.
     """
 
     #: Sleeps before each retry of Train after UNAVAILABLE (3 retries).
@@ -126,6 +147,7 @@ class Client:
         metadata: Metadata | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -133,6 +155,8 @@ class Client:
         self._metadata = tuple(
             (metadata.items() if isinstance(metadata, Mapping) else metadata) or ()
         )
+        if api_key:
+            self._metadata += (("authorization", f"Bearer {api_key}"),)
         self._owns_channel = channel is None
         if channel is None:
             if credentials is None:
