@@ -168,7 +168,7 @@ def doc() -> str:
 # --- the CLI -----------------------------------------------------------------------------
 
 
-def _number(kind: str, note: _Note):  # noqa: ANN202 - an argparse type
+def _number(kind: str, note: _Note):  # an argparse type
     convert = int if kind == "int" else float
 
     def parse(text: str) -> float:

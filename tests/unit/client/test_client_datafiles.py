@@ -121,12 +121,12 @@ def test_jsonl_with_other_keys(tmp_path):
 
 
 def test_causal_jsonl_reads_prompt_completion_rows_and_conversations(tmp_path):
-    path = _write(tmp_path, "lm.jsonl", "\n".join([
-        '{"prompt": "Hi", "completion": "Hello!", "id": 1}',
-        "",
+    path = _write(tmp_path, "lm.jsonl", (
+        '{"prompt": "Hi", "completion": "Hello!", "id": 1}\n'
+        "\n"
         '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},'
-        ' {"role": "assistant", "content": "Hey."}]}',
-    ]))
+        ' {"role": "assistant", "content": "Hey."}]}\n'
+    ))
     assert read_causal_examples(path) == [
         {"prompt": "Hi", "completion": "Hello!"},
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
