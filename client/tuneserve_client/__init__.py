@@ -1,7 +1,8 @@
 """Python client for the tuneserve gRPC service."""
 
-from tuneserve_client.client import DEFAULT_TARGET, Client
-from tuneserve_client.datafiles import DataFileError, read_examples
+from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
+from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
+from tuneserve_client.hyperparameters import HYPERPARAMETERS, Hyperparameter
 from tuneserve_client.errors import (
     AlreadyExists,
     Cancelled,
@@ -32,6 +33,7 @@ from tuneserve_client.types import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "HYPERPARAMETERS",
     "Adapter",
     "AdapterVersion",
     "AlreadyExists",
@@ -46,6 +48,7 @@ __all__ = [
     "FailedPrecondition",
     "Generation",
     "GenerationStream",
+    "Hyperparameter",
     "Internal",
     "InvalidArgument",
     "Job",
@@ -60,5 +63,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
+    "read_causal_examples",
     "read_examples",
+    "tls_credentials",
 ]

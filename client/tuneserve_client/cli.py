@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from tuneserve_client.client import DEFAULT_TARGET, Client
-from tuneserve_client.datafiles import DataFileError, read_examples
+from tuneserve_client import hyperparameters
+from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
+from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.errors import TuneserveError
 from tuneserve_client.reports import DataReport, JobEvent
 from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job
@@ -41,36 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=30.0, help="seconds per RPC (default: %(default)s)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    tls = parser.add_argument_group("TLS and authentication (each also from its environment variable)")
+    tls.add_argument("--tls-ca", metavar="FILE", default=_env("TUNESERVE_TLS_CA"),
+                     help="connect with TLS, trusting this PEM CA bundle ($TUNESERVE_TLS_CA)")
+    tls.add_argument("--tls-cert", metavar="FILE", default=_env("TUNESERVE_TLS_CERT"),
+                     help="client certificate (PEM) for mTLS, with --tls-key ($TUNESERVE_TLS_CERT)")
+    tls.add_argument("--tls-key", metavar="FILE", default=_env("TUNESERVE_TLS_KEY"),
+                     help="private key (PEM) of --tls-cert ($TUNESERVE_TLS_KEY)")
+    tls.add_argument("--api-key", metavar="KEY", default=_env("TUNESERVE_API_KEY"),
+                     help="sent as 'authorization: Bearer KEY' with every call ($TUNESERVE_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="submit a training job")
     train.add_argument("--adapter", required=True, help="adapter name to train a new version of")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", metavar="FILE", help="training examples (.csv or .jsonl), sent inline")
+    source.add_argument("--data", metavar="FILE", help="training examples (.csv or .jsonl), sent inline; causal LM: prompt and "
+                        "completion, or a `messages` conversation per JSONL line")
     source.add_argument("--dataset", metavar="ID", help="an uploaded dataset (see `datasets upload`)")
     train.add_argument("--validation", metavar="FILE", help="validation examples (.csv or .jsonl)")
     train.add_argument("--validation-dataset", metavar="ID", help="an uploaded validation dataset")
     train.add_argument("--validation-fraction", type=float, metavar="F")
-    train.add_argument("--text-field", default="text", metavar="NAME",
-                       help="CSV column / JSON key holding the text (default: text)")
-    train.add_argument("--label-field", default="label", metavar="NAME",
-                       help="CSV column / JSON key holding the label (default: label)")
-    train.add_argument("--epochs", type=_positive_int, metavar="N")
-    train.add_argument("--learning-rate", type=float, metavar="X")
-    train.add_argument("--batch-size", type=_positive_int, metavar="N")
-    train.add_argument("--lora-rank", type=_positive_int, metavar="N")
-    train.add_argument("--max-steps", type=_positive_int, metavar="N")
-    train.add_argument("--seed", type=_non_negative_int, metavar="N")
-    train.add_argument("--grad-accum", type=_positive_int, metavar="N",
-                       help="gradient accumulation steps (effective batch = batch size x N)")
-    train.add_argument("--eval-every", type=_positive_int, metavar="N",
-                       help="evaluate every N steps (default: every epoch)")
-    train.add_argument("--metric-for-best", choices=("accuracy", "macro_f1", "eval_loss"),
-                       help="metric that picks the published checkpoint")
-    train.add_argument("--early-stopping-patience", type=_positive_int, metavar="N",
-                       help="stop after N evaluations without improvement")
-    train.add_argument("--no-calibrate", action="store_true",
-                       help="skip temperature scaling of the probabilities")
+    train.add_argument("--task", default="classification", choices=("classification", "causal_lm"),
+                       help="what the adapter learns (default: %(default)s; the server serves one family)")
+    train.add_argument("--text-field", metavar="NAME",
+                       help="CSV column / JSON key of the text (default: text; causal LM: prompt)")
+    train.add_argument("--label-field", metavar="NAME",
+                       help="CSV column / JSON key of the label (default: label; causal LM: completion)")
+    hyperparameters.add_arguments(
+        train.add_argument_group("hyperparameters (unset: the server's default)")
+    )
     follow = train.add_mutually_exclusive_group()
     follow.add_argument("--wait", action="store_true", help="wait for the job and print its metrics")
     follow.add_argument("--watch", action="store_true",
@@ -177,11 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
 
 
 def _non_negative_int(text: str) -> int:
@@ -206,9 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVER_COMMANDS:
         return _run_server(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        try:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except OSError as exc:
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        with Client(args.target, timeout=args.timeout, namespace=args.namespace) as client:
+        with Client(args.target, timeout=args.timeout, namespace=args.namespace,
+                    credentials=credentials, api_key=args.api_key) as client:
             return args.handler(client, args, sys.stdout)
     except TuneserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -244,27 +252,22 @@ def _cmd_health(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    fields = {"text_field": args.text_field, "label_field": args.label_field}
-    examples = read_examples(args.data, **fields) if args.data else ()
-    validation = read_examples(args.validation, **fields) if args.validation else None
+    if args.task == "causal_lm":
+        def read(path: str) -> list:
+            return read_causal_examples(path, prompt_field=args.text_field or "prompt",
+                                        completion_field=args.label_field or "completion")
+    else:
+        def read(path: str) -> list:
+            return read_examples(path, text_field=args.text_field or "text", label_field=args.label_field or "label")
     job = client.train(
         args.adapter,
-        examples,
+        read(args.data) if args.data else (),
+        task=args.task,
         dataset=args.dataset,
-        validation=validation,
+        validation=read(args.validation) if args.validation else None,
         validation_dataset=args.validation_dataset,
-        gradient_accumulation_steps=args.grad_accum,
-        eval_every_steps=args.eval_every,
-        metric_for_best=args.metric_for_best,
-        early_stopping_patience=args.early_stopping_patience,
-        calibrate=False if args.no_calibrate else None,
         validation_fraction=args.validation_fraction,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        lora_rank=args.lora_rank,
-        max_steps=args.max_steps,
-        seed=args.seed,
+        **hyperparameters.from_arguments(args),
     )
     if not args.json and job.data_report and job.data_report.warnings:
         print(_describe_report(job.data_report), file=sys.stderr)

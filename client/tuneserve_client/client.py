@@ -25,6 +25,8 @@ from tuneserve.v1 import (
 )
 
 from tuneserve_client.errors import Unavailable, from_rpc_error
+from tuneserve_client.hyperparameters import doc as hyperparameters_doc
+from tuneserve_client.hyperparameters import set_hyperparameters
 from tuneserve_client.reports import (
     DataReport,
     Dataset,
@@ -100,6 +102,25 @@ def _examples_pb(items: Iterable[ExampleLike], field: str) -> list[common_pb2.Ex
     return [_example_pb(item, i, field) for i, item in enumerate(items)]
 
 
+def tls_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: `ca_file` the CA bundle that signed the server's
+    certificate (None: the system's roots); `cert_file` + `key_file` a client certificate for
+    servers that require one (mTLS). Raises OSError when a file cannot be read."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def read(path: str | os.PathLike[str] | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file), private_key=read(key_file), certificate_chain=read(cert_file)
+    )
+
+
 def _dataset_id(dataset: str | Dataset | None) -> str:
     return "" if dataset is None else dataset.id if isinstance(dataset, Dataset) else dataset
 
@@ -108,7 +129,9 @@ class Client:
     """A connection to a tuneserve server; use as a context manager or call `close()`.
 
     Every RPC gets a deadline: `timeout` seconds unless the method's own `timeout` says
-    otherwise. Failed RPCs raise `TuneserveError` subclasses.
+    otherwise. Failed RPCs raise `TuneserveError` subclasses. `credentials` (see
+    `tls_credentials`) make the channel TLS; `api_key` is sent with every call as
+    `authorization: Bearer <key>` metadata.
     """
 
     #: Sleeps before each retry of Train after UNAVAILABLE (3 retries).
@@ -124,6 +147,7 @@ class Client:
         metadata: Metadata | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -131,6 +155,8 @@ class Client:
         self._metadata = tuple(
             (metadata.items() if isinstance(metadata, Mapping) else metadata) or ()
         )
+        if api_key:
+            self._metadata += (("authorization", f"Bearer {api_key}"),)
         self._owns_channel = channel is None
         if channel is None:
             if credentials is None:
@@ -180,27 +206,9 @@ class Client:
         validation: Iterable[ExampleLike] | None = None,
         validation_dataset: str | Dataset | None = None,
         validation_fraction: float | None = None,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        lora_dropout: float | None = None,
-        target_modules: Sequence[str] | None = None,
-        learning_rate: float | None = None,
-        batch_size: int | None = None,
-        epochs: int | None = None,
-        max_steps: int | None = None,
-        warmup_ratio: float | None = None,
-        weight_decay: float | None = None,
-        seed: int | None = None,
-        max_seq_length: int | None = None,
-        gradient_accumulation_steps: int | None = None,
-        eval_every_steps: int | None = None,
-        metric_for_best: str | None = None,
-        early_stopping_patience: int | None = None,
-        calibrate: bool | None = None,
-        train_on_prompt: bool | None = None,
-        sample_generations: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        **hyperparameters: Any,
     ) -> Job:
         """Submit a training job for a new version of `adapter`.
 
@@ -211,8 +219,12 @@ class Client:
         `Dataset`). The server checks the data first and refuses bad data with
         `InvalidArgument` whose `.data_report` says why; the returned job's `data_report`
         holds the warnings.
-        Options left as None take the server's defaults. The call is retried with the same
-        `request_id` (a fresh UUID by default) when the server is UNAVAILABLE.
+        `hyperparameters`: the training options below (one per field of the proto
+        `Hyperparameters`); those left out or None take the server's defaults. The call is
+        retried with the same `request_id` (a fresh UUID by default) when the server is
+        UNAVAILABLE.
+
+        Hyperparameters:
         """
         request = training_pb2.TrainRequest(
             namespace=self.namespace,
@@ -228,41 +240,7 @@ class Client:
         if validation_fraction is not None:
             request.validation_fraction = validation_fraction
 
-        lora = request.hyperparameters.lora
-        for name, value in (("rank", lora_rank), ("alpha", lora_alpha), ("dropout", lora_dropout)):
-            if value is not None:
-                setattr(lora, name, value)
-        if target_modules:
-            if isinstance(target_modules, str):
-                target_modules = [target_modules]
-            lora.target_modules.extend(target_modules)
-        optimizer = request.hyperparameters.optimizer
-        for name, value in (
-            ("learning_rate", learning_rate),
-            ("batch_size", batch_size),
-            ("epochs", epochs),
-            ("max_steps", max_steps),
-            ("warmup_ratio", warmup_ratio),
-            ("weight_decay", weight_decay),
-            ("seed", seed),
-            ("max_seq_length", max_seq_length),
-            ("gradient_accumulation_steps", gradient_accumulation_steps),
-        ):
-            if value is not None:
-                setattr(optimizer, name, value)
-        evaluation = request.hyperparameters.evaluation
-        for name, value in (
-            ("eval_every_steps", eval_every_steps),
-            ("metric_for_best", metric_for_best),
-            ("early_stopping_patience", early_stopping_patience),
-            ("calibrate", calibrate),
-        ):
-            if value is not None:
-                setattr(evaluation, name, value)
-        if train_on_prompt is not None:
-            request.hyperparameters.causal_lm.train_on_prompt = train_on_prompt
-        if sample_generations is not None:
-            request.hyperparameters.causal_lm.sample_generations = sample_generations
+        set_hyperparameters(hyperparameters, request.hyperparameters)
 
         response = self._retrying(lambda t: self._call(self._training.Train, request, t), timeout)
         return job_from_pb(response.job)
@@ -639,4 +617,7 @@ class Client:
                 request.page_token = response.next_page_token
 
         return generate()
+
+
+Client.train.__doc__ = (Client.train.__doc__ or "").rstrip() + "\n" + hyperparameters_doc() + "\n"
 

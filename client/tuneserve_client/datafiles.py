@@ -1,4 +1,5 @@
-"""Reading labelled examples from .csv and .jsonl files."""
+"""Reading training examples from .csv and .jsonl files: labelled texts (classification) and
+prompt / completion pairs or conversations (causal LM)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import json
 import os
 from pathlib import Path
 
+from typing import Any
+
 TEXT, LABEL = "text", "label"
+PROMPT, COMPLETION = "prompt", "completion"
+ROLES = ("system", "user", "assistant")
 
 
 class DataFileError(ValueError):
@@ -26,13 +31,27 @@ def read_examples(
 ) -> list[tuple[str, str]]:
     """(text, label) pairs from a .csv (header naming both columns) or .jsonl file (objects
     with both keys). The column/key names default to `text` and `label`."""
+    return _read(path, (text_field, label_field), chat=False)
+
+
+def read_causal_examples(
+    path: str | os.PathLike[str], *, prompt_field: str = PROMPT, completion_field: str = COMPLETION
+) -> list[dict[str, Any]]:
+    """Causal-LM examples as `Client.train` takes them: {"prompt", "completion"} dicts from a
+    .csv (header naming both columns) or .jsonl file; in JSONL an object with a `messages`
+    list of {"role", "content"} turns is a conversation ({"messages": [...]}), whose last
+    turn is the assistant reply to learn."""
+    rows = _read(path, (prompt_field, completion_field), chat=True)
+    return [row if isinstance(row, dict) else {"prompt": row[0], "completion": row[1]} for row in rows]
+
+
+def _read(path: str | os.PathLike[str], fields: tuple[str, str], chat: bool) -> list[Any]:
     suffix = Path(path).suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise DataFileError(path, f"unsupported file type {suffix or '(none)'!r}: use .csv or .jsonl")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            fields = (text_field, label_field)
-            examples = _read_csv(path, f, fields) if suffix == ".csv" else _read_jsonl(path, f, fields)
+            examples = _read_csv(path, f, fields) if suffix == ".csv" else _read_jsonl(path, f, fields, chat)
     except OSError as exc:
         raise DataFileError(path, exc.strerror or str(exc)) from exc
     except UnicodeDecodeError as exc:
@@ -81,8 +100,8 @@ def _read_csv(path, f, fields: tuple[str, str]) -> list[tuple[str, str]]:
     return examples
 
 
-def _read_jsonl(path, f, fields: tuple[str, str]) -> list[tuple[str, str]]:
-    examples = []
+def _read_jsonl(path, f, fields: tuple[str, str], chat: bool = False) -> list[Any]:
+    examples: list[Any] = []
     for number, raw in enumerate(f, start=1):
         if not raw.strip():
             continue
@@ -92,5 +111,23 @@ def _read_jsonl(path, f, fields: tuple[str, str]) -> list[tuple[str, str]]:
             raise DataFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", number) from None
         if not isinstance(obj, dict):
             raise DataFileError(path, f"expected a JSON object, got {type(obj).__name__}", number)
-        examples.append(_check(path, number, obj.get(fields[0]), obj.get(fields[1]), fields))
+        if chat and "messages" in obj:
+            examples.append({"messages": _messages(path, number, obj["messages"])})
+        else:
+            examples.append(_check(path, number, obj.get(fields[0]), obj.get(fields[1]), fields))
     return examples
+
+
+def _messages(path, line: int, messages: object) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise DataFileError(path, "'messages' must be a non-empty list of {\"role\", \"content\"} objects", line)
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataFileError(path, f"messages[{i}] must be an object with string 'role' and 'content'", line)
+        if m["role"] not in ROLES:
+            raise DataFileError(path, f"messages[{i}]: role must be one of {', '.join(ROLES)}", line)
+        turns.append({"role": m["role"], "content": m["content"]})
+    if turns[-1]["role"] != "assistant":
+        raise DataFileError(path, "the last message must be the assistant reply to learn", line)
+    return turns

@@ -49,10 +49,6 @@ def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _present(msg, names: tuple[str, ...]) -> dict[str, object]:  # noqa: ANN001 - any pb message
-    return {n: getattr(msg, n) for n in names if msg.HasField(n)}
-
-
 def _example(ex: common_pb2.Example) -> InlineExample:
     kind = ex.WhichOneof("example")
     if kind == "classification":
@@ -74,20 +70,34 @@ def _task(value: int, field: str = "task") -> TaskType | None:
     raise InvalidRequest.field(field, f"unknown task type {value}")
 
 
+# The hyperparameters, read from the proto: Hyperparameters.<section>.<field> is the domain's
+# Hyperparameters.<section>.<field> and TrainInput.<section>[<field>], by the same names (the
+# one mapping, identity; tests/unit/client/test_hyperparameters.py checks that both sides have
+# the same fields). The client's flags and keywords come from the same descriptor.
+HYPERPARAMETER_FIELDS: tuple[tuple[str, tuple[Any, ...]], ...] = tuple(
+    (section.name, tuple(section.message_type.fields)) for section in common_pb2.Hyperparameters.DESCRIPTOR.fields
+)
+
+
+def hyperparameter_values(hp: common_pb2.Hyperparameters) -> dict[str, dict[str, Any]]:
+    """Per section, what the caller gave: a field with presence only when set (unset: the
+    server's default), a repeated field as a list, a plain field (its zero value: the default)
+    always."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, fields in HYPERPARAMETER_FIELDS:
+        msg = getattr(hp, section)
+        values: dict[str, Any] = {}
+        for f in fields:
+            if f.is_repeated:
+                values[f.name] = list(getattr(msg, f.name))
+            elif not f.has_presence or msg.HasField(f.name):
+                values[f.name] = getattr(msg, f.name)
+        out[section] = values
+    return out
+
+
 def train_input(req: training_pb2.TrainRequest) -> TrainInput:
     task = _task(req.task)
-    hp = req.hyperparameters
-    lora = _present(hp.lora, ("rank", "alpha", "dropout"))
-    lora["target_modules"] = list(hp.lora.target_modules)
-    optimizer = _present(
-        hp.optimizer,
-        ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay",
-         "seed", "max_seq_length", "gradient_accumulation_steps"),
-    )
-    evaluation = _present(hp.evaluation, ("eval_every_steps", "early_stopping_patience", "calibrate"))
-    evaluation["metric_for_best"] = hp.evaluation.metric_for_best
-    causal_lm = _present(hp.causal_lm, ("sample_generations",))
-    causal_lm["train_on_prompt"] = hp.causal_lm.train_on_prompt
     return TrainInput(
         namespace=req.namespace,
         adapter_name=req.adapter_name,
@@ -96,12 +106,9 @@ def train_input(req: training_pb2.TrainRequest) -> TrainInput:
         train=[_example(e) for e in req.training_examples],
         validation=[_example(e) for e in req.validation_examples],
         validation_fraction=req.validation_fraction if req.HasField("validation_fraction") else None,
-        lora=lora,
-        optimizer=optimizer,
-        evaluation=evaluation,
-        causal_lm=causal_lm,
         dataset_id=req.dataset_id,
         validation_dataset_id=req.validation_dataset_id,
+        **hyperparameter_values(req.hyperparameters),
     )
 
 
@@ -124,25 +131,18 @@ def validate_input(req: datasets_pb2.ValidateDatasetRequest) -> TrainInput:
 
 
 def hyperparameters_pb(hp: Hyperparameters) -> common_pb2.Hyperparameters:
-    lora, opt, ev, lm = hp.lora, hp.optimizer, hp.evaluation, hp.causal_lm
-    return common_pb2.Hyperparameters(
-        lora=common_pb2.LoraConfig(
-            rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules)
-        ),
-        optimizer=common_pb2.OptimizerConfig(
-            learning_rate=opt.learning_rate, batch_size=opt.batch_size, epochs=opt.epochs,
-            max_steps=opt.max_steps, warmup_ratio=opt.warmup_ratio, weight_decay=opt.weight_decay,
-            seed=opt.seed, max_seq_length=opt.max_seq_length,
-            gradient_accumulation_steps=opt.gradient_accumulation_steps,
-        ),
-        evaluation=common_pb2.EvaluationConfig(
-            eval_every_steps=ev.eval_every_steps, metric_for_best=ev.metric_for_best,
-            early_stopping_patience=ev.early_stopping_patience, calibrate=ev.calibrate,
-        ),
-        causal_lm=common_pb2.CausalLMConfig(
-            train_on_prompt=lm.train_on_prompt, sample_generations=lm.sample_generations
-        ),
-    )
+    """Every field, defaults filled in (each section present, each optional field set)."""
+    out = common_pb2.Hyperparameters()
+    for section, fields in HYPERPARAMETER_FIELDS:
+        settings, msg = getattr(hp, section), getattr(out, section)
+        msg.SetInParent()
+        for f in fields:
+            value = getattr(settings, f.name)
+            if f.is_repeated:
+                getattr(msg, f.name).extend(value)
+            else:
+                setattr(msg, f.name, value)
+    return out
 
 
 def progress_pb(p: JobProgress) -> training_pb2.JobProgress:

@@ -8,7 +8,7 @@ import sys
 import types
 
 import pytest
-from tuneserve.v1 import training_pb2
+from tuneserve.v1 import common_pb2, training_pb2
 
 from tuneserve_client.cli import build_parser, main
 
@@ -94,6 +94,30 @@ def test_train_and_wait(tmp_path, capsys, server_target, training_service):
     assert request.namespace == "team-a" and len(request.training_examples) == 2
     opt = request.hyperparameters.optimizer
     assert (opt.epochs, opt.seed) == (2, 1) and not opt.HasField("batch_size")
+
+
+def test_train_causal_lm_from_a_file(tmp_path, capsys, server_target, training_service):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "Hi", "completion": "Hello!"}\n'
+                    '{"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey"}]}\n')
+    validation = tmp_path / "val.csv"
+    validation.write_text("prompt,completion\nWho?,Me\n")
+
+    rc = main(["--target", server_target, "train", "--adapter", "style", "--task", "causal_lm",
+               "--data", str(data), "--validation", str(validation),
+               "--train-on-prompt", "--sample-generations", "2", "--max-seq-length", "256"])
+
+    assert rc == 0 and capsys.readouterr().out.strip() == "job-1"
+    (request,) = training_service.train_requests
+    assert request.task == common_pb2.TASK_TYPE_CAUSAL_LM
+    first, second = (e.causal_lm for e in request.training_examples)
+    assert (first.prompt, first.completion) == ("Hi", "Hello!")
+    assert [(m.role, m.content) for m in second.messages] == [("user", "Yo"), ("assistant", "Hey")]
+    (val,) = (e.causal_lm for e in request.validation_examples)
+    assert (val.prompt, val.completion) == ("Who?", "Me")
+    hp = request.hyperparameters
+    assert hp.causal_lm.train_on_prompt and hp.causal_lm.sample_generations == 2
+    assert hp.optimizer.max_seq_length == 256
 
 
 def test_jobs_wait_for_a_failed_job_exits_1(capsys, server_target, training_service):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuneserve_client.datafiles import DataFileError, read_examples
+from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 
 
 def _write(tmp_path, name: str, content: str | bytes):
@@ -115,3 +115,51 @@ def test_jsonl_with_other_keys(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"q": "hi", "intent": "greet"}\n', encoding="utf-8")
     assert read_examples(path, text_field="q", label_field="intent") == [("hi", "greet")]
+
+
+# --- causal LM ---------------------------------------------------------------------------
+
+
+def test_causal_jsonl_reads_prompt_completion_rows_and_conversations(tmp_path):
+    path = _write(tmp_path, "lm.jsonl", (
+        '{"prompt": "Hi", "completion": "Hello!", "id": 1}\n'
+        "\n"
+        '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},'
+        ' {"role": "assistant", "content": "Hey."}]}\n'
+    ))
+    assert read_causal_examples(path) == [
+        {"prompt": "Hi", "completion": "Hello!"},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hey."}]},
+    ]
+
+
+def test_causal_csv_with_renamed_columns(tmp_path):
+    path = _write(tmp_path, "lm.csv", 'question,answer\n"Where, exactly?",Here\n')
+    assert read_causal_examples(path, prompt_field="question", completion_field="answer") == [
+        {"prompt": "Where, exactly?", "completion": "Here"}
+    ]
+    with pytest.raises(DataFileError, match="lacks column 'prompt' and 'completion'"):
+        read_causal_examples(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "Hi"}', "missing 'completion'"),
+        ('{"messages": []}', "'messages' must be a non-empty list"),
+        ('{"messages": [{"role": "user"}]}', "messages[0] must be an object"),
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "messages[0]: role must be one of"),
+        ('{"messages": [{"role": "user", "content": "x"}]}', "the last message must be the assistant"),
+    ],
+)
+def test_causal_jsonl_errors_name_the_line(tmp_path, line, message):
+    path = _write(tmp_path, "lm.jsonl", '{"prompt": "a", "completion": "b"}\n' + line + "\n")
+    with pytest.raises(DataFileError) as info:
+        read_causal_examples(path)
+    assert info.value.line == 2 and message in str(info.value)
+
+
+def test_classification_reading_ignores_messages(tmp_path):
+    path = _write(tmp_path, "train.jsonl", '{"messages": [], "text": "t", "label": "l"}\n')
+    assert read_examples(path) == [("t", "l")]
