@@ -47,9 +47,13 @@ proto-check: venv
 	diff -r -x __pycache__ -x __init__.py build/proto-check/tuneserve client/tuneserve \
 		|| (echo "generated stubs are stale: run 'make proto' and commit" >&2; exit 1)
 
-# buf lint (STANDARD rules) on protos/; see buf.yaml.
+# buf lint (STANDARD rules) on protos/; ruff (lint + format check) on the Python; the
+# import-linter contracts in pyproject.toml keep the layering of the server true.
 lint: venv
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=server:client $(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) bench/predict_latency.py

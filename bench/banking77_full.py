@@ -32,7 +32,7 @@ from pathlib import Path
 # bench/harness.py: bench/ is already on sys.path when run as `python bench/banking77_full.py`;
 # the insert covers other ways of loading this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from harness import (
     DOCS,
     Server,
     code_version,
@@ -55,8 +55,7 @@ REFERENCES = (
 )
 # What the service documents as its defaults; shown only when the job's own record can't be read.
 DOCUMENTED_DEFAULTS = (
-    "LoRA r=16 on query/key/value/dense, lr 2e-3, batch 32, 4 epochs, "
-    "10% stratified validation split"
+    "LoRA r=16 on query/key/value/dense, lr 2e-3, batch 32, 4 epochs, 10% stratified validation split"
 )
 
 
@@ -100,7 +99,7 @@ def macro_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
 
 
 # --------------------------------------------------------------------------- job details
-def job_hyperparameters(channel, namespace: str, job_id: str) -> dict[str, object] | None:  # noqa: ANN001
+def job_hyperparameters(channel, namespace: str, job_id: str) -> dict[str, object] | None:
     """The hyperparameters the server reports for the job (defaults filled in), read with the
     generated stub shipped in the client package: `tuneserve_client.Job` does not carry them.
     None when they can't be read."""
@@ -113,13 +112,27 @@ def job_hyperparameters(channel, namespace: str, job_id: str) -> dict[str, objec
             return None
         lora, opt = reply.job.hyperparameters.lora, reply.job.hyperparameters.optimizer
         return {
-            "lora": {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
-                     "target_modules": list(lora.target_modules)},
-            "optimizer": {name: getattr(opt, name) for name in (
-                "learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio",
-                "weight_decay", "seed", "max_seq_length")},
+            "lora": {
+                "rank": lora.rank,
+                "alpha": lora.alpha,
+                "dropout": lora.dropout,
+                "target_modules": list(lora.target_modules),
+            },
+            "optimizer": {
+                name: getattr(opt, name)
+                for name in (
+                    "learning_rate",
+                    "batch_size",
+                    "epochs",
+                    "max_steps",
+                    "warmup_ratio",
+                    "weight_decay",
+                    "seed",
+                    "max_seq_length",
+                )
+            },
         }
-    except Exception as exc:  # noqa: BLE001 - a report detail; fall back to the documented defaults
+    except Exception as exc:
         log(f"could not read the job's hyperparameters: {exc!r}")
         return None
 
@@ -156,13 +169,25 @@ def fmt_duration(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--per-label", type=int, default=None,
-                    help="train on only the first N train.csv rows of each label (quick check; default: all rows)")
-    ap.add_argument("--epochs", type=int, default=None,
-                    help="epochs for the job (quick check; default: the service's default)")
+    ap.add_argument(
+        "--per-label",
+        type=int,
+        default=None,
+        help="train on only the first N train.csv rows of each label (quick check; default: all rows)",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs for the job (quick check; default: the service's default)",
+    )
     ap.add_argument("--progress-s", type=float, default=30.0, help="seconds between progress lines")
-    ap.add_argument("--train-timeout-s", type=float, default=4 * 3600.0,
-                    help="give up on the job after this long (default: 4 h)")
+    ap.add_argument(
+        "--train-timeout-s",
+        type=float,
+        default=4 * 3600.0,
+        help="give up on the job after this long (default: 4 h)",
+    )
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to rewrite")
     ap.add_argument("--no-docs", action="store_true", help="print the results only")
     args = ap.parse_args(argv)
@@ -187,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     train_rows = training_subset(None, args.per_label)
     test_rows = read_csv("test")
-    log(f"{len(train_rows)} training rows ({len({lab for _, lab in train_rows})} labels), "
-        f"{len(test_rows)} test rows")
+    log(
+        f"{len(train_rows)} training rows ({len({lab for _, lab in train_rows})} labels), "
+        f"{len(test_rows)} test rows"
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="tuneserve-b77-"))
     data_dir = tmp / "data"
@@ -199,13 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(data_dir, free_port())  # default --torch-threads and batcher settings
         server.wait_serving()
         log(f"server SERVING after {time.monotonic() - started:.1f}s")
-        with grpc.insecure_channel(server.target) as channel, \
-                Client(server.target, timeout=120, channel=channel) as client:
+        with (
+            grpc.insecure_channel(server.target) as channel,
+            Client(server.target, timeout=120, channel=channel) as client,
+        ):
             # ---- one Train job, service defaults ----------------------------------------
             submitted = time.monotonic()
             job = client.train(ADAPTER, train_rows, epochs=args.epochs)
-            log(f"submitted job {job.id}: {job.train_examples} train / {job.validation_examples} "
-                f"validation examples ({time.monotonic() - submitted:.1f}s for the Train call)")
+            log(
+                f"submitted job {job.id}: {job.train_examples} train / {job.validation_examples} "
+                f"validation examples ({time.monotonic() - submitted:.1f}s for the Train call)"
+            )
             hp = job_hyperparameters(channel, client.namespace, job.id)
 
             deadline = submitted + args.train_timeout_s
@@ -220,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                     if job.state == "RUNNING":
                         load_samples.append(load)
                     loss = f"{job.train_loss:.4f}" if job.train_loss is not None else "-"
-                    print(f"[progress] {job.state} step {job.step}/{job.total_steps or '?'} "
-                          f"epoch {job.epoch} loss {loss} elapsed {now - submitted:.0f}s "
-                          f"load {load:.2f}", flush=True)
+                    print(
+                        f"[progress] {job.state} step {job.step}/{job.total_steps or '?'} "
+                        f"epoch {job.epoch} loss {loss} elapsed {now - submitted:.0f}s "
+                        f"load {load:.2f}",
+                        flush=True,
+                    )
                 if job.done:
                     break
                 if now > deadline:
@@ -235,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"job {job.id} has no started_at/finished_at")
             train_wall_s = (job.finished_at - job.started_at).total_seconds()
             adapter_ref = f"{ADAPTER}@{job.adapter_version}"
-            log(f"trained {adapter_ref}: {job.step} steps, job wall time {train_wall_s:.0f}s, "
-                f"metrics {job.metrics}")
+            log(
+                f"trained {adapter_ref}: {job.step} steps, job wall time {train_wall_s:.0f}s, "
+                f"metrics {job.metrics}"
+            )
 
             # ---- classify the test set through the service -------------------------------
             texts = [t for t, _ in test_rows]
@@ -248,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             y_score: list[float] = []
             t0 = time.perf_counter()
             for i in range(0, len(texts), PREDICT_BATCH):
-                batch = client.predict(adapter_ref, texts[i:i + PREDICT_BATCH], timeout=120)
+                batch = client.predict(adapter_ref, texts[i : i + PREDICT_BATCH], timeout=120)
                 y_pred += [c.label for c in batch]
                 y_score += [c.score for c in batch]
             predict_s = time.perf_counter() - t0
@@ -277,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     val_acc, val_f1 = m.get("accuracy", float("nan")), m.get("macro_f1", float("nan"))
     eps = m.get("train_examples_per_second", float("nan"))
     throughput = len(texts) / predict_s
-    hp_text = (hyperparameters_text(hp) + " (as the job reports them, defaults filled in)"
-               if hp is not None else DOCUMENTED_DEFAULTS + " (the documented defaults; the job's own "
-               "record could not be read)")
+    hp_text = (
+        hyperparameters_text(hp) + " (as the job reports them, defaults filled in)"
+        if hp is not None
+        else DOCUMENTED_DEFAULTS + " (the documented defaults; the job's own record could not be read)"
+    )
     val_pct = 100 * job.validation_examples / max(job.train_examples + job.validation_examples, 1)
     shown = []  # the command as run, less --docs (where the numbers went is not how they were made)
     skip = False
@@ -293,36 +331,40 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/banking77_full.py", *shown])
     total_s = time.monotonic() - started
 
-    main_table = "\n".join([
-        "| model | test accuracy | test macro-F1 | train time |",
-        "|---|---:|---:|---:|",
-        f"| this adapter (service defaults, via `tuneserve serve`) | {100 * test_acc:.1f}% "
-        f"| {100 * test_f1:.1f}% | {fmt_duration(train_wall_s)} |",
-        *(f"| {name} | {acc} | - | - |" for name, acc in REFERENCES),
-    ])
-    detail_table = "\n".join([
-        "| measure | value |",
-        "|---|---:|",
-        f"| train / validation examples (stratified split) | {job.train_examples} / {job.validation_examples} |",
-        f"| optimiser steps | {job.step} |",
-        f"| job wall time (`started_at` -> `finished_at`) | {train_wall_s:.0f} s |",
-        f"| recipe train time (`train_seconds` metric: model setup + training loop) "
-        f"| {m.get('train_seconds', float('nan')):.0f} s |",
-        f"| `train_examples_per_second` (job metric) | {eps:.1f} |",
-        f"| validation accuracy (job metric) | {100 * val_acc:.1f}% |",
-        f"| validation macro-F1 (job metric) | {100 * val_f1:.1f}% |",
-        f"| validation loss (job metric) | {m.get('eval_loss', float('nan')):.3f} |",
-        f"| best step (published checkpoint, by macro-F1) | {m.get('best_step', float('nan')):.0f} |",
-        f"| calibration temperature (fitted on validation) | {m.get('temperature', float('nan')):.3f} |",
-        f"| validation ECE before -> after temperature scaling "
-        f"| {m.get('ece_before', float('nan')):.4f} -> {m.get('ece_after', float('nan')):.4f} |",
-        f"| test ECE of the served probabilities (15 bins, top label) | {test_ece:.4f} |",
-        f"| test accuracy ({len(texts)} rows) | {100 * test_acc:.2f}% |",
-        f"| test macro-F1 ({len(set(y_true) | set(y_pred))} labels) | {100 * test_f1:.2f}% |",
-        f"| predict throughput (`Client.predict`, {PREDICT_BATCH} texts per call, one call at a time) "
-        f"| {throughput:.0f} texts/s ({predict_s:.1f} s for {len(texts)}) |",
-        f"| first Predict call (loads the adapter; {PREDICT_BATCH} texts, untimed above) | {first_call_s:.2f} s |",
-    ])
+    main_table = "\n".join(
+        [
+            "| model | test accuracy | test macro-F1 | train time |",
+            "|---|---:|---:|---:|",
+            f"| this adapter (service defaults, via `tuneserve serve`) | {100 * test_acc:.1f}% "
+            f"| {100 * test_f1:.1f}% | {fmt_duration(train_wall_s)} |",
+            *(f"| {name} | {acc} | - | - |" for name, acc in REFERENCES),
+        ]
+    )
+    detail_table = "\n".join(
+        [
+            "| measure | value |",
+            "|---|---:|",
+            f"| train / validation examples (stratified split) | {job.train_examples} / {job.validation_examples} |",
+            f"| optimiser steps | {job.step} |",
+            f"| job wall time (`started_at` -> `finished_at`) | {train_wall_s:.0f} s |",
+            f"| recipe train time (`train_seconds` metric: model setup + training loop) "
+            f"| {m.get('train_seconds', float('nan')):.0f} s |",
+            f"| `train_examples_per_second` (job metric) | {eps:.1f} |",
+            f"| validation accuracy (job metric) | {100 * val_acc:.1f}% |",
+            f"| validation macro-F1 (job metric) | {100 * val_f1:.1f}% |",
+            f"| validation loss (job metric) | {m.get('eval_loss', float('nan')):.3f} |",
+            f"| best step (published checkpoint, by macro-F1) | {m.get('best_step', float('nan')):.0f} |",
+            f"| calibration temperature (fitted on validation) | {m.get('temperature', float('nan')):.3f} |",
+            f"| validation ECE before -> after temperature scaling "
+            f"| {m.get('ece_before', float('nan')):.4f} -> {m.get('ece_after', float('nan')):.4f} |",
+            f"| test ECE of the served probabilities (15 bins, top label) | {test_ece:.4f} |",
+            f"| test accuracy ({len(texts)} rows) | {100 * test_acc:.2f}% |",
+            f"| test macro-F1 ({len(set(y_true) | set(y_pred))} labels) | {100 * test_f1:.2f}% |",
+            f"| predict throughput (`Client.predict`, {PREDICT_BATCH} texts per call, one call at a time) "
+            f"| {throughput:.0f} texts/s ({predict_s:.1f} s for {len(texts)}) |",
+            f"| first Predict call (loads the adapter; {PREDICT_BATCH} texts, untimed above) | {first_call_s:.2f} s |",
+        ]
+    )
     print()
     print(main_table)
     print()
@@ -330,20 +372,26 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"hyperparameters: {hp_text}")
     print(f"code: {code}")
-    print(f"load average before / max seen / after: {load_before[0]:.2f} / {load_max:.2f} / "
-          f"{load_after[0]:.2f}; mean while training {sum(load_samples) / max(len(load_samples), 1):.2f}; "
-          f"total runtime {total_s:.0f}s")
+    print(
+        f"load average before / max seen / after: {load_before[0]:.2f} / {load_max:.2f} / "
+        f"{load_after[0]:.2f}; mean while training {sum(load_samples) / max(len(load_samples), 1):.2f}; "
+        f"total runtime {total_s:.0f}s"
+    )
 
     cores = os.cpu_count() or 1
     load_mean = sum(load_samples) / len(load_samples) if load_samples else float("nan")
     # The trainer alone keeps the load average near the core count (torch uses every core);
     # well above that, other jobs are taking CPU from it.
-    contention = "" if not load_mean > 1.5 * cores else (
-        f"\n**While the job trained, the 1-minute load average was {load_mean:.2f} on average "
-        f"(peak {load_max:.2f}) on {cores} cores: other jobs took CPU from the trainer, so the "
-        f"train time and examples/s below are much worse than an idle machine gives** (DESIGN.md "
-        f"quotes ~46 examples/s for float32 MiniLM LoRA training, batch 32, on this machine). "
-        f"The accuracies are unaffected."
+    contention = (
+        ""
+        if not load_mean > 1.5 * cores
+        else (
+            f"\n**While the job trained, the 1-minute load average was {load_mean:.2f} on average "
+            f"(peak {load_max:.2f}) on {cores} cores: other jobs took CPU from the trainer, so the "
+            f"train time and examples/s below are much worse than an idle machine gives** (DESIGN.md "
+            f"quotes ~46 examples/s for float32 MiniLM LoRA training, batch 32, on this machine). "
+            f"The accuracies are unaffected."
+        )
     )
     # Rendered on every run (so a quick check exercises it), written only by the full one.
     body = f"""\
@@ -363,7 +411,7 @@ with other jobs; the accuracies do not depend on them).{contention}
   for validation and trained on {job.train_examples}.
 - **Hyperparameters:** {hp_text}.
 - **Test:** all {len(texts)} rows of `examples/data/banking77/test.csv` classified through
-  `Client.predict("{adapter_ref.split('@')[0]}@N", texts)` in batches of {PREDICT_BATCH}; accuracy and
+  `Client.predict("{adapter_ref.split("@")[0]}@N", texts)` in batches of {PREDICT_BATCH}; accuracy and
   macro-F1 (unweighted mean of per-label F1) computed by the script.
 - **Train time** is the job's wall time from `started_at` to `finished_at` (model load,
   training, validation and saving the adapter).

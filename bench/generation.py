@@ -54,6 +54,14 @@ def publish_adapters(data_dir: Path, count: int, rank: int) -> list[str]:
     """`count` causal-LM adapters with random LoRA factors, published through the real stores."""
     import torch
     from peft import LoraConfig, get_peft_model
+
+    from tuneserve_server.domain.jobs import (
+        CausalExample,
+        Hyperparameters,
+        JobSpec,
+        TaskType,
+    )
+    from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.modeling import (
         ADAPTER_META,
         AdapterMeta,
@@ -62,20 +70,14 @@ def publish_adapters(data_dir: Path, count: int, rank: int) -> list[str]:
     )
     from tuneserve_server.modeling_lm import load_causal_lm
     from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
-    from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.storage.sqlite_store import SqliteStore
-    from tuneserve_server.domain.jobs import (
-        CausalExample,
-        Hyperparameters,
-        JobSpec,
-        TaskType,
-    )
 
     source = resolve_base_model("smollm2")
     _, lm = load_causal_lm(source.path, "cpu", data_dir / "models")
     targets = default_target_modules(lm)
-    model = get_peft_model(lm, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
-                                          init_lora_weights=False))
+    model = get_peft_model(
+        lm, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False)
+    )
     store = SqliteStore(data_dir / "jobs.db")
     adapters = LocalAdapterStore(data_dir / "adapters")
     names = []
@@ -86,8 +88,15 @@ def publish_adapters(data_dir: Path, count: int, rank: int) -> list[str]:
             for pname, p in model.named_parameters():
                 if "lora_B" in pname:  # small: the adapter nudges the model, it does not wreck it
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.002)
-        spec = JobSpec(NAMESPACE, name, TaskType.CAUSAL_LM, f"bench-{uuid.uuid4().hex}",
-                       (CausalExample("q", "a"),), (), Hyperparameters())
+        spec = JobSpec(
+            NAMESPACE,
+            name,
+            TaskType.CAUSAL_LM,
+            f"bench-{uuid.uuid4().hex}",
+            (CausalExample("q", "a"),),
+            (),
+            Hyperparameters(),
+        )
         job, _ = store.create_job(spec)
         claimed = store.claim_job("bench-generation", 3600)
         assert claimed is not None and claimed[0].id == job.id
@@ -97,11 +106,24 @@ def publish_adapters(data_dir: Path, count: int, rank: int) -> list[str]:
         (staged / ADAPTER_META).write_text(meta.to_json())
         version = store.reserve_adapter_version(NAMESPACE, name)
         size = adapters.publish(staged, NAMESPACE, name, version)
-        store.complete_job(job.id, "bench-generation", {}, AdapterVersionRecord(
-            namespace=NAMESPACE, name=name, version=version, job_id=job.id, task=TaskType.CAUSAL_LM,
-            base_model=source.model_id, labels=(), metrics={}, lora_rank=rank, size_bytes=size,
-            created_at=job.created_at,
-        ))
+        store.complete_job(
+            job.id,
+            "bench-generation",
+            {},
+            AdapterVersionRecord(
+                namespace=NAMESPACE,
+                name=name,
+                version=version,
+                job_id=job.id,
+                task=TaskType.CAUSAL_LM,
+                base_model=source.model_id,
+                labels=(),
+                metrics={},
+                lora_rank=rank,
+                size_bytes=size,
+                created_at=job.created_at,
+            ),
+        )
         names.append(name)
     store.close()
     return names
@@ -111,6 +133,7 @@ def in_process(data_dir: Path, adapter: str, max_new: int, threads: int) -> dict
     """The baseline: the published adapter under peft on the base model, plain generate."""
     import torch
     from peft import PeftModel
+
     from tuneserve_server.modeling import resolve_base_model
     from tuneserve_server.modeling_lm import (
         eos_token_ids,
@@ -130,8 +153,13 @@ def in_process(data_dir: Path, adapter: str, max_new: int, threads: int) -> dict
         ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
         tokens = 0
         for row in out[:, width:].tolist():
             for t in row:
@@ -152,8 +180,13 @@ def in_process(data_dir: Path, adapter: str, max_new: int, threads: int) -> dict
     t0 = time.perf_counter()
     tokens8 = gen(encoded, max_new)
     b8 = time.perf_counter() - t0
-    return {"b1_tps": tokens1 / b1, "b8_tps": tokens8 / b8, "ttft_ms": statistics.median(ttft) * 1000,
-            "b1_tokens": tokens1, "b8_tokens": tokens8}
+    return {
+        "b1_tps": tokens1 / b1,
+        "b8_tps": tokens8 / b8,
+        "ttft_ms": statistics.median(ttft) * 1000,
+        "b1_tokens": tokens1,
+        "b8_tokens": tokens8,
+    }
 
 
 def through_service(target: str, adapters: list[str], streams: int, max_new: int) -> dict[str, float]:
@@ -220,10 +253,29 @@ def main() -> int:
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     server_log = open(work / "api.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve_server.cli", "api", "--port", str(port), "--data-dir", str(data_dir),
-         "--base-model", "smollm2", "--torch-threads", str(args.threads), "--metrics-port", "0",
-         "--max-new-tokens-limit", "512", "--generation-batch-rows", "16"],
-        env=env, stdout=server_log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "api",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--base-model",
+            "smollm2",
+            "--torch-threads",
+            str(args.threads),
+            "--metrics-port",
+            "0",
+            "--max-new-tokens-limit",
+            "512",
+            "--generation-batch-rows",
+            "16",
+        ],
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
     )
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -250,9 +302,15 @@ def main() -> int:
     ]
     for (streams, n_adapters), r in runs.items():
         ref = base["b1_tps"] if streams == 1 else base["b8_tps"]
-        rows.append((f"service, {streams} stream{'s' if streams > 1 else ''}, {n_adapters} adapter"
-                     f"{'s' if n_adapters > 1 else ''}", r["tps"], r["ttft_ms"],
-                     f"{r['tps'] / ref:.2f}x of batch {streams}"))
+        rows.append(
+            (
+                f"service, {streams} stream{'s' if streams > 1 else ''}, {n_adapters} adapter"
+                f"{'s' if n_adapters > 1 else ''}",
+                r["tps"],
+                r["ttft_ms"],
+                f"{r['tps'] / ref:.2f}x of batch {streams}",
+            )
+        )
     table = ["| run | tokens/s | median TTFT (ms) | vs. in-process |", "|---|---:|---:|---:|"]
     for label, tps, ttft, ratio in rows:
         table.append(f"| {label} | {tps:.1f} | {'' if ttft is None else f'{ttft:.0f}'} | {ratio} |")
@@ -261,8 +319,9 @@ def main() -> int:
     print(f"goal 1: 8 streams over 4 adapters = {goal_tps:.2f}x in-process batch 8 (goal >= 0.8x)")
     print(f"goal 2: TTFT overhead (1 stream, 1 adapter) = {ttft_over:+.0f} ms (goal <= 20 ms)")
     if args.save_json:
-        args.save_json.write_text(json.dumps({"in_process": base, "service": {f"{k[0]}x{k[1]}": v
-                                                                            for k, v in runs.items()}}))
+        args.save_json.write_text(
+            json.dumps({"in_process": base, "service": {f"{k[0]}x{k[1]}": v for k, v in runs.items()}})
+        )
     if not args.no_docs:
         body = f"""SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to float32), greedy, up to
 {args.max_new_tokens} new tokens for each of {len(PROMPTS)} chat prompts; four rank-8 LoRA

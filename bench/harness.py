@@ -103,8 +103,16 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}
         env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         cmd = [
-            sys.executable, "-m", "tuneserve_server.cli", "serve",
-            "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
         ]
         if threads is not None:
             cmd += ["--torch-threads", str(threads)]
@@ -173,13 +181,21 @@ def code_version() -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--", "server", "client", "protos"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
-        text = f"commit {commit}" + (" plus uncommitted changes under server/, client/ or protos/" if dirty else "")
+        text = f"commit {commit}" + (
+            " plus uncommitted changes under server/, client/ or protos/" if dirty else ""
+        )
     except (OSError, subprocess.SubprocessError):
         text = "unknown commit (not a git checkout)"
     try:

@@ -10,7 +10,7 @@ release them together, and time until the queue is drained. Each worker loops
     transaction to claim, one to finish);
   - claim+complete: `reserve_adapter_version` then `complete_job` (registry insert and
     job success in one transaction), the path every successful training job takes; these
-    serialise on the registry clock row (see storage/postgres_store.py).
+    serialise on the registry clock row (see storage/sql_store.py).
 
 Then check exactly-once: every job claimed once, by one worker, and every job in the end
 state, none left. Reported: jobs/s = jobs / (release -> last worker done).
@@ -44,18 +44,18 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import DOCS, ROOT, code_version, cpu_model, log, percentile, write_docs  # noqa: E402
+from harness import DOCS, ROOT, code_version, cpu_model, log, percentile, write_docs
 
 sys.path.insert(0, str(ROOT / "server"))
 
-from tuneserve_server.domain.records import AdapterVersionRecord  # noqa: E402
-from tuneserve_server.domain.jobs import (  # noqa: E402
+from tuneserve_server.domain.jobs import (
     Hyperparameters,
     JobSpec,
     JobState,
     LabelledText,
     TaskType,
 )
+from tuneserve_server.domain.records import AdapterVersionRecord
 
 SECTION = "## Job queue claim throughput (bench/job_queue.py)"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -76,13 +76,21 @@ def tiny_spec(i: int, adapter: str = "bench") -> JobSpec:
 
 def record(spec: JobSpec, version: int, job_id: str) -> AdapterVersionRecord:
     return AdapterVersionRecord(
-        namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job_id,
-        task=spec.task, base_model="bench", labels=("x", "y"), metrics={"accuracy": 1.0},
-        lora_rank=4, size_bytes=1, created_at=dt.datetime.now(dt.UTC),
+        namespace=spec.namespace,
+        name=spec.adapter_name,
+        version=version,
+        job_id=job_id,
+        task=spec.task,
+        base_model="bench",
+        labels=("x", "y"),
+        metrics={"accuracy": 1.0},
+        lora_rank=4,
+        size_bytes=1,
+        created_at=dt.datetime.now(dt.UTC),
     )
 
 
-def open_store(backend: str, target: str):  # noqa: ANN201
+def open_store(backend: str, target: str):
     if backend == "postgres":
         from tuneserve_server.storage.postgres_store import PostgresStore
 
@@ -93,7 +101,7 @@ def open_store(backend: str, target: str):  # noqa: ANN201
 
 
 # --------------------------------------------------------------------------- worker process
-def worker_main(backend: str, target: str, mode: str, worker_id: str, start, results) -> None:  # noqa: ANN001
+def worker_main(backend: str, target: str, mode: str, worker_id: str, start, results) -> None:
     store = open_store(backend, target)
     claimed: list[str] = []
     try:
@@ -107,7 +115,7 @@ def worker_main(backend: str, target: str, mode: str, worker_id: str, start, res
                 version = store.reserve_adapter_version(spec.namespace, spec.adapter_name)
                 store.complete_job(job.id, worker_id, {"accuracy": 1.0}, record(spec, version, job.id))
         results.put((worker_id, time.perf_counter(), claimed, ""))
-    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+    except BaseException as exc:
         results.put((worker_id, time.perf_counter(), claimed, repr(exc)))
     finally:
         store.close()
@@ -170,9 +178,7 @@ def run_queue(backend: str, dsn: str, mode: str, jobs: int, workers: int) -> dic
         claims = Counter(job_id for _, _, c, _ in outs for job_id in c)
         end_state = JobState.FAILED if mode == "claim+finish" else JobState.SUCCEEDED
         counts = store.count_jobs_by_state()
-        exactly_once = (
-            set(claims) == created and max(claims.values()) == 1 and counts == {end_state: jobs}
-        )
+        exactly_once = set(claims) == created and max(claims.values()) == 1 and counts == {end_state: jobs}
         extra = ""
         if mode == "claim+complete":
             changes = store.adapter_changes(0, limit=jobs + 1)
@@ -181,11 +187,17 @@ def run_queue(backend: str, dsn: str, mode: str, jobs: int, workers: int) -> dic
             extra = f"; {len(changes)} registry rows, versions 1..{versions[-1] if versions else 0}"
         store.close()
         return {
-            "backend": backend, "mode": mode, "jobs": jobs, "workers": workers,
-            "elapsed_s": elapsed, "rate": jobs / elapsed, "enqueue_rate": jobs / enqueue_s,
-            "per_worker": per_worker, "exactly_once": exactly_once,
+            "backend": backend,
+            "mode": mode,
+            "jobs": jobs,
+            "workers": workers,
+            "elapsed_s": elapsed,
+            "rate": jobs / elapsed,
+            "enqueue_rate": jobs / enqueue_s,
+            "per_worker": per_worker,
+            "exactly_once": exactly_once,
             "check": f"{len(claims)} distinct jobs claimed, {sum(claims.values())} claims, "
-                     f"end states {dict((s.value, n) for s, n in counts.items())}{extra}",
+            f"end states {dict((s.value, n) for s, n in counts.items())}{extra}",
         }
     finally:
         target.drop()
@@ -215,6 +227,7 @@ def notify_delay(dsn: str, samples: int, poll_s: float, poll_samples: int) -> di
         heard: dict[int, float] = {}
         stop = threading.Event()
         with store.registry_listener() as listener:
+
             def listen() -> None:
                 while not stop.is_set():
                     for seq in listener.wait(0.2):
@@ -262,8 +275,11 @@ def notify_delay(dsn: str, samples: int, poll_s: float, poll_samples: int) -> di
         store.close()
         reader.close()
         return {
-            "notify_ms": notify_ms, "notify_lost": samples - len(notify_ms),
-            "poll_ms": poll_ms, "poll_lost": poll_samples - len(poll_ms), "poll_s": poll_s,
+            "notify_ms": notify_ms,
+            "notify_lost": samples - len(notify_ms),
+            "poll_ms": poll_ms,
+            "poll_lost": poll_samples - len(poll_ms),
+            "poll_s": poll_s,
         }
     finally:
         target.drop()
@@ -315,12 +331,18 @@ def delay_table(d: dict[str, object]) -> str:
             f"{max(ms):.1f} ms | {lost} |"
         )
 
-    return "\n".join([
-        "| how a replica learns of a new version | samples | p50 | p95 | max | missed |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("LISTEN/NOTIFY (`registry_listener`)", d["notify_ms"], d["notify_lost"]),
-        row(f"polling `adapter_changes` every {d['poll_s']:g} s (today's engine)", d["poll_ms"], d["poll_lost"]),
-    ])
+    return "\n".join(
+        [
+            "| how a replica learns of a new version | samples | p50 | p95 | max | missed |",
+            "|---|---:|---:|---:|---:|---:|",
+            row("LISTEN/NOTIFY (`registry_listener`)", d["notify_ms"], d["notify_lost"]),
+            row(
+                f"polling `adapter_changes` every {d['poll_s']:g} s (today's engine)",
+                d["poll_ms"],
+                d["poll_lost"],
+            ),
+        ]
+    )
 
 
 def machine() -> str:
@@ -341,8 +363,11 @@ def server_version(dsn: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2000, help="jobs per run")
-    ap.add_argument("--workers", default="4,1",
-                    help="competing worker processes, a comma list (1: the single-worker baseline)")
+    ap.add_argument(
+        "--workers",
+        default="4,1",
+        help="competing worker processes, a comma list (1: the single-worker baseline)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per backend and mode; the median is reported")
     ap.add_argument("--backends", default="postgres,sqlite")
     ap.add_argument("--modes", default=",".join(MODES))

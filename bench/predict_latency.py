@@ -37,7 +37,7 @@ from pathlib import Path
 # bench/harness.py: bench/ is already on sys.path when run as `python bench/predict_latency.py`;
 # the insert covers other ways of loading this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from harness import (
     DOCS,
     Server,
     cpu_model,
@@ -71,7 +71,7 @@ def time_interleaved(
     names = list(sides)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r, start in enumerate(range(0, len(inputs), block)):
-        chunk = inputs[start:start + block]
+        chunk = inputs[start : start + block]
         for name in names if r % 2 == 0 else reversed(names):
             fn = sides[name]
             fn(chunk[0])  # one untimed call after switching sides
@@ -181,19 +181,31 @@ def means_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads, for the server (--torch-threads) and in-process (default 1)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads, for the server (--torch-threads) and in-process (default 1)",
+    )
     ap.add_argument("--n-single", type=int, default=200, help="timed 1-text calls per side")
     ap.add_argument("--n-batch", type=int, default=32, help="timed 32-text calls per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per side before each case")
-    ap.add_argument("--block-single", type=int, default=10,
-                    help="1-text calls per turn; the sides take turns block by block")
+    ap.add_argument(
+        "--block-single",
+        type=int,
+        default=10,
+        help="1-text calls per turn; the sides take turns block by block",
+    )
     ap.add_argument("--block-batch", type=int, default=4, help="32-text calls per turn")
     ap.add_argument("--labels", type=int, default=10, help="Banking77 labels in the training subset")
     ap.add_argument("--per-label", type=int, default=20, help="training examples per label")
     ap.add_argument("--max-steps", type=int, default=30, help="training steps for the adapter")
-    ap.add_argument("--batch-wait-ms", type=float, default=None,
-                    help="server --max-batch-wait-ms (default: the server's own default)")
+    ap.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=None,
+        help="server --max-batch-wait-ms (default: the server's own default)",
+    )
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to rewrite")
     ap.add_argument("--no-docs", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
@@ -222,15 +234,20 @@ def main(argv: list[str] | None = None) -> int:
         log(f"server SERVING after {time.monotonic() - started:.1f}s")
         examples = training_subset(args.labels, args.per_label)
         # One channel for the client and for the bare round-trip probe below.
-        with grpc.insecure_channel(server.target) as channel, \
-                Client(server.target, timeout=60, channel=channel) as client:
-            job = client.train(ADAPTER, examples, max_steps=args.max_steps, batch_size=16,
-                               validation_fraction=0.1, seed=0)
+        with (
+            grpc.insecure_channel(server.target) as channel,
+            Client(server.target, timeout=60, channel=channel) as client,
+        ):
+            job = client.train(
+                ADAPTER, examples, max_steps=args.max_steps, batch_size=16, validation_fraction=0.1, seed=0
+            )
             job = client.wait(job, timeout=300, poll_interval=0.3)
             if job.state != "SUCCEEDED":
                 raise RuntimeError(f"training job {job.id} ended {job.state}: {job.error}")
-            log(f"trained {ADAPTER}@{job.adapter_version} on {len(examples)} examples "
-                f"({job.step} steps) after {time.monotonic() - started:.1f}s")
+            log(
+                f"trained {ADAPTER}@{job.adapter_version} on {len(examples)} examples "
+                f"({job.step} steps) after {time.monotonic() - started:.1f}s"
+            )
             adapter_ref = f"{ADAPTER}@{job.adapter_version}"
             adapter_dir = data_dir / "adapters" / NAMESPACE / ADAPTER / str(job.adapter_version)
 
@@ -296,19 +313,26 @@ def main(argv: list[str] | None = None) -> int:
     md = table(results)
     extra = means_table(results)
     threads_note = f"{args.threads} (server `--torch-threads {args.threads}`, in-process `torch.set_num_threads({args.threads})`)"
-    wait_note = (f"`--max-batch-wait-ms {args.batch_wait_ms:g}`" if args.batch_wait_ms is not None
-                 else f"server default `--max-batch-wait-ms` ({Settings().max_batch_wait_ms:g} ms)")
+    wait_note = (
+        f"`--max-batch-wait-ms {args.batch_wait_ms:g}`"
+        if args.batch_wait_ms is not None
+        else f"server default `--max-batch-wait-ms` ({Settings().max_batch_wait_ms:g} ms)"
+    )
     print()
     print(md)
     print()
     print(extra)
     print()
     print(f"torch threads: {threads_note}; batcher: {wait_note}")
-    print(f"bare gRPC round trip (health Check, same channel): p50 {results_rtt['p50']:.2f} ms, "
-          f"p95 {results_rtt['p95']:.2f} ms")
+    print(
+        f"bare gRPC round trip (health Check, same channel): p50 {results_rtt['p50']:.2f} ms, "
+        f"p95 {results_rtt['p95']:.2f} ms"
+    )
     print(f"label agreement gRPC vs in-process on one batch of {BATCH}: {BATCH - mismatches}/{BATCH}")
-    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}; "
-          f"total runtime {time.monotonic() - started:.0f}s")
+    print(
+        f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}; "
+        f"total runtime {time.monotonic() - started:.0f}s"
+    )
 
     if not args.no_docs:
         body = f"""\
@@ -335,7 +359,7 @@ moves by roughly +-10% from run to run; read it as "about this much", not to the
   {args.n_single} timed 1-text calls and {args.n_batch} timed {BATCH}-text calls per side.
   Label agreement between the two sides on one batch: {BATCH - mismatches}/{BATCH}.
 - **gRPC floor:** a bare round trip on the same channel (health `Check`, no model work)
-  took p50 {results_rtt['p50']:.2f} ms, p95 {results_rtt['p95']:.2f} ms.
+  took p50 {results_rtt["p50"]:.2f} ms, p95 {results_rtt["p95"]:.2f} ms.
 - **Reproduce:** `make bench` (runs `.venv/bin/python bench/predict_latency.py`; about
   {max(1, round((time.monotonic() - started) / 60))} min here).
 

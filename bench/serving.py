@@ -64,7 +64,7 @@ from pathlib import Path
 # bench/harness.py: bench/ is already on sys.path when run as `python bench/serving.py`;
 # the insert covers other ways of loading this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from harness import (
     DOCS,
     Server,
     code_version,
@@ -102,7 +102,7 @@ class ApiServer(Server):
     """`tuneserve api` (no trainer worker) as a child process; the harness's Server supplies
     wait_serving / stop / log_tail. Adds a /metrics port and the serving settings under test."""
 
-    def __init__(self, data_dir: Path, *, dtype: str, max_resident: int, threads: int = 0) -> None:  # noqa: D107
+    def __init__(self, data_dir: Path, *, dtype: str, max_resident: int, threads: int = 0) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -110,15 +110,36 @@ class ApiServer(Server):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}
         env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         self.cmd = [
-            sys.executable, "-m", "tuneserve_server.cli", "api",
-            "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir),
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-            "--max-resident-adapters", str(max_resident), "--serving-dtype", dtype,
-            "--grace-s", "5", "--registry-poll-s", "0.5", "--torch-threads", str(threads),
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--max-resident-adapters",
+            str(max_resident),
+            "--serving-dtype",
+            dtype,
+            "--grace-s",
+            "5",
+            "--registry-poll-s",
+            "0.5",
+            "--torch-threads",
+            str(threads),
         ]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        log(f"started tuneserve api ({dtype}) pid {self.proc.pid} on {self.target}, metrics :{self.metrics_port}")
+        log(
+            f"started tuneserve api ({dtype}) pid {self.proc.pid} on {self.target}, metrics :{self.metrics_port}"
+        )
 
     def metrics(self) -> dict[str, float]:
         """One scrape of /metrics: {'name{labels}': value}."""
@@ -150,21 +171,22 @@ def metric_delta(before: dict[str, float], after: dict[str, float], key: str) ->
 
 
 # --------------------------------------------------------------------------- setup
-def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epochs: int, seed: int,
-                   noise: float) -> dict[str, object]:
+def build_adapters(
+    data_dir: Path, work: Path, count: int, per_label: int, epochs: int, seed: int, noise: float
+) -> dict[str, object]:
     """Train bench-a00 with the real recipe as a real job, publish it and `count - 1` noisy
     copies through the real stores. Returns facts about the training for the report."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    from tuneserve_server.domain.jobs import TaskType
+    from tuneserve_server.domain.limits import TrainLimits
+    from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.modeling import ADAPTER_META, DEFAULT_TARGETS, resolve_base_model
     from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
-    from tuneserve_server.domain.records import AdapterVersionRecord
     from tuneserve_server.storage.sqlite_store import SqliteStore
     from tuneserve_server.training.classification import ClassificationRecipe
     from tuneserve_server.training.recipe import RecipeContext
-    from tuneserve_server.domain.jobs import TaskType
-    from tuneserve_server.domain.limits import TrainLimits
     from tuneserve_server.training.validation import TrainInput, build_job_spec
 
     store = SqliteStore(data_dir / "jobs.db")
@@ -172,32 +194,58 @@ def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epoch
     source = resolve_base_model("minilm")
     targets = DEFAULT_TARGETS["bert"]
     limits = TrainLimits(
-        served_task=TaskType.CLASSIFICATION, base_model=source.model_id, max_train_examples=100_000,
-        max_text_chars=4096, max_lora_rank=64, linear_modules=frozenset(targets), default_targets=targets,
+        served_task=TaskType.CLASSIFICATION,
+        base_model=source.model_id,
+        max_train_examples=100_000,
+        max_text_chars=4096,
+        max_lora_rank=64,
+        linear_modules=frozenset(targets),
+        default_targets=targets,
     )
     examples = training_subset(None, per_label)
     worker_id = f"bench-serving-{os.getpid()}"
 
-    def job_for(name: str):  # noqa: ANN202
-        spec = build_job_spec(TrainInput(
-            namespace=NAMESPACE, adapter_name=name, task=TaskType.CLASSIFICATION,
-            request_id=f"bench-serving-{name}-{uuid.uuid4().hex[:8]}", train=examples, validation=[],
-            validation_fraction=0.1, optimizer={"epochs": epochs, "seed": seed},
-        ), limits)
+    def job_for(name: str):
+        spec = build_job_spec(
+            TrainInput(
+                namespace=NAMESPACE,
+                adapter_name=name,
+                task=TaskType.CLASSIFICATION,
+                request_id=f"bench-serving-{name}-{uuid.uuid4().hex[:8]}",
+                train=examples,
+                validation=[],
+                validation_fraction=0.1,
+                optimizer={"epochs": epochs, "seed": seed},
+            ),
+            limits,
+        )
         job, _ = store.create_job(spec)
         claimed = store.claim_job(worker_id, 3600)
         if claimed is None or claimed[0].id != job.id:
             raise RuntimeError("the bench's job store had another queued job")
         return claimed
 
-    def publish(job, spec, staged: Path, metrics: dict[str, float], meta) -> None:  # noqa: ANN001
+    def publish(job, spec, staged: Path, metrics: dict[str, float], meta) -> None:
         version = store.reserve_adapter_version(spec.namespace, spec.adapter_name)
         size = adapters.publish(staged, spec.namespace, spec.adapter_name, version)
-        store.complete_job(job.id, worker_id, metrics, AdapterVersionRecord(
-            namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job.id,
-            task=spec.task, base_model=meta.base_model, labels=meta.labels, metrics=metrics,
-            lora_rank=meta.lora_rank, size_bytes=size, created_at=job.created_at,
-        ))
+        store.complete_job(
+            job.id,
+            worker_id,
+            metrics,
+            AdapterVersionRecord(
+                namespace=spec.namespace,
+                name=spec.adapter_name,
+                version=version,
+                job_id=job.id,
+                task=spec.task,
+                base_model=meta.base_model,
+                labels=meta.labels,
+                metrics=metrics,
+                lora_rank=meta.lora_rank,
+                size_bytes=size,
+                created_at=job.created_at,
+            ),
+        )
 
     # ---- the one real training job
     t0 = time.monotonic()
@@ -213,8 +261,10 @@ def build_adapters(data_dir: Path, work: Path, count: int, per_label: int, epoch
     pristine = work / "trained"
     shutil.copytree(staging, pristine)
     publish(job, spec, staging, result.metrics, result.meta)
-    log(f"trained {adapter_name(0)}: {len(spec.train)} train / {len(spec.validation)} validation examples, "
-        f"{total_steps} steps, {train_s:.0f}s, validation accuracy {result.metrics['accuracy']:.3f}")
+    log(
+        f"trained {adapter_name(0)}: {len(spec.train)} train / {len(spec.validation)} validation examples, "
+        f"{total_steps} steps, {train_s:.0f}s, validation accuracy {result.metrics['accuracy']:.3f}"
+    )
 
     # ---- noisy copies, each its own job and version
     t1 = time.monotonic()
@@ -255,8 +305,15 @@ def adapter_dir(data_dir: Path, i: int) -> Path:
 
 
 # --------------------------------------------------------------------------- load
-def drive(target: str, refs: list[str], texts: list[str], clients: int, warmup_s: float, seconds: float,
-          server: ApiServer | None = None) -> dict[str, object]:
+def drive(
+    target: str,
+    refs: list[str],
+    texts: list[str],
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    server: ApiServer | None = None,
+) -> dict[str, object]:
     """`clients` threads, one Client each, 1-text Predict calls back to back. Returns
     throughput and latency over the timed window (calls completed inside it), and the
     server's metrics diffed over the window."""
@@ -334,30 +391,40 @@ def drive(target: str, refs: list[str], texts: list[str], clients: int, warmup_s
         out.update(
             batches=batches,
             rows_per_batch=div(rows, taken),
-            adapters_per_batch=div(metric_delta(m0, m1, "tuneserve_batch_adapters_sum"),
-                                   metric_delta(m0, m1, "tuneserve_batch_adapters_count")),
+            adapters_per_batch=div(
+                metric_delta(m0, m1, "tuneserve_batch_adapters_sum"),
+                metric_delta(m0, m1, "tuneserve_batch_adapters_count"),
+            ),
             forward_ms=forward_s / batches * 1000 if batches else float("nan"),
             forward_busy=forward_s / seconds,
-            queue_ms=metric_delta(m0, m1, "tuneserve_predict_queue_seconds_sum") / qn * 1000 if qn else float("nan"),
-            rpc_ms=(metric_delta(m0, m1, 'tuneserve_rpc_latency_seconds_sum{method="Predict"}') / rpc_n * 1000
-                    if rpc_n else float("nan")),
+            queue_ms=metric_delta(m0, m1, "tuneserve_predict_queue_seconds_sum") / qn * 1000
+            if qn
+            else float("nan"),
+            rpc_ms=(
+                metric_delta(m0, m1, 'tuneserve_rpc_latency_seconds_sum{method="Predict"}') / rpc_n * 1000
+                if rpc_n
+                else float("nan")
+            ),
         )
     return out
 
 
-def accuracy(client, ref: str, rows: list[tuple[str, str]]) -> tuple[float, list[str], float]:  # noqa: ANN001
+def accuracy(client, ref: str, rows: list[tuple[str, str]]) -> tuple[float, list[str], float]:
     """Test accuracy of `ref` over `rows`, its predicted labels, and the seconds it took."""
     t0 = time.perf_counter()
     predicted: list[str] = []
     for i in range(0, len(rows), PREDICT_BATCH):
-        predicted += [p.label for p in client.predict(ref, [t for t, _ in rows[i:i + PREDICT_BATCH]], timeout=300)]
+        predicted += [
+            p.label for p in client.predict(ref, [t for t, _ in rows[i : i + PREDICT_BATCH]], timeout=300)
+        ]
     correct = sum(p == y for p, (_, y) in zip(predicted, rows, strict=True))
     return correct / len(rows), predicted, time.perf_counter() - t0
 
 
-def memory_curve(server: ApiServer, client, points: list[int]) -> tuple[list[dict[str, float]], list[float]]:  # noqa: ANN001
+def memory_curve(server: ApiServer, client, points: list[int]) -> tuple[list[dict[str, float]], list[float]]:
     """From a fresh server (nothing resident): RSS and adapter bytes at 0 and at each point,
     loading adapters 0.. in order. Returns the rows and each first load's load_seconds."""
+
     def row(n: int) -> dict[str, float]:
         gc.collect()
         time.sleep(0.3)
@@ -459,8 +526,9 @@ class NaiveBaseline:
                 self.model(**enc, adapter_names=adapter_names)
 
 
-def run_baseline(model: NaiveBaseline, refs: list[str], texts: list[str], warmup_s: float,
-                 seconds: float) -> dict[str, object]:
+def run_baseline(
+    model: NaiveBaseline, refs: list[str], texts: list[str], warmup_s: float, seconds: float
+) -> dict[str, object]:
     n = 0
     start = time.perf_counter()
     t_from = start + warmup_s
@@ -475,8 +543,13 @@ def run_baseline(model: NaiveBaseline, refs: list[str], texts: list[str], warmup
         if t1 >= t_from and t1 <= t_end:
             lat.append(t1 - t0)
         n += 1
-    return {"calls": len(lat), "rps": len(lat) / seconds, "p50": percentile(lat, 50) * 1000,
-            "p99": percentile(lat, 99) * 1000, "errors": 0}
+    return {
+        "calls": len(lat),
+        "rps": len(lat) / seconds,
+        "p50": percentile(lat, 50) * 1000,
+        "p99": percentile(lat, 99) * 1000,
+        "errors": 0,
+    }
 
 
 def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tuple[str, float, float]]:
@@ -497,7 +570,7 @@ def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tu
         "1 row, 1 adapter, set_adapter": "single",
     }
 
-    def call(arg) -> None:  # noqa: ANN001
+    def call(arg) -> None:
         if arg == "single":
             model.forward_rows(rows[:1], None)
         elif isinstance(arg, tuple):
@@ -521,7 +594,9 @@ def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tu
     return out
 
 
-def thread_check(model: NaiveBaseline, texts: list[str], reps: int, restore: int) -> list[tuple[int, float, float]]:
+def thread_check(
+    model: NaiveBaseline, texts: list[str], reps: int, restore: int
+) -> list[tuple[int, float, float]]:
     """Median ms of a 1-row and a PROFILE_ROWS-row forward with 1 and with 2 torch threads,
     interleaved: how much the thread count matters on this (shared) box right now."""
     import torch
@@ -542,7 +617,9 @@ def thread_check(model: NaiveBaseline, texts: list[str], reps: int, restore: int
                     many.append(t2 - t1)
     finally:
         torch.set_num_threads(restore)
-    return [(th, percentile(one, 50) * 1000, percentile(many, 50) * 1000) for th, (one, many) in samples.items()]
+    return [
+        (th, percentile(one, 50) * 1000, percentile(many, 50) * 1000) for th, (one, many) in samples.items()
+    ]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -555,7 +632,9 @@ def wait_quiet(threshold: float, max_minutes: float) -> tuple[bool, float]:
             return True, time.monotonic() - t0
         if time.monotonic() - t0 >= max_minutes * 60:
             return False, time.monotonic() - t0
-        log(f"load average {load1:.2f} >= {threshold}; waiting ({(time.monotonic() - t0) / 60:.1f} min so far)")
+        log(
+            f"load average {load1:.2f} >= {threshold}; waiting ({(time.monotonic() - t0) / 60:.1f} min so far)"
+        )
         time.sleep(30)
 
 
@@ -585,15 +664,18 @@ def load_compare(path: Path) -> dict[str, object]:
     return {
         "argv": r["meta"]["argv"],
         "date": r["meta"]["date"],
-        "threads": (f"{a['threads']}" if a.get("threads") else
-                    f"torch's default ({r.get('inproc_threads', '?')})"),
+        "threads": (
+            f"{a['threads']}" if a.get("threads") else f"torch's default ({r.get('inproc_threads', '?')})"
+        ),
         "load_before": r["meta"]["load_before"],
         "load_after": r["meta"]["load_after"],
         "baseline": r["baseline"]["rps"],
         "baseline_p50": r["baseline"]["p50"],
         "tput": {k: (v["rps"], v["p50"], v["rows_per_batch"], v["forward_ms"]) for k, v in tput.items()},
         "bf16": r["bf16_tput"]["rps"] if r.get("bf16_tput") else None,
-        "profile_one_row": next((ms for case, ms, _ in r["profile"] if case.startswith("1 row")), float("nan")),
+        "profile_one_row": next(
+            (ms for case, ms, _ in r["profile"] if case.startswith("1 row")), float("nan")
+        ),
     }
 
 
@@ -622,7 +704,9 @@ def compare_text(c: dict[str, object]) -> str:
             f"| {div(rps, k1[0]) if k1 else float('nan'):.2f} | {rows:.1f} | {fwd:.1f} |"
         )
     if c["bf16"] is not None:
-        lines.append(f"| service, K=8, bfloat16 | {c['bf16']:.1f} | | {div(c['bf16'], c['baseline']):.2f}x | | | |")
+        lines.append(
+            f"| service, K=8, bfloat16 | {c['bf16']:.1f} | | {div(c['bf16'], c['baseline']):.2f}x | | | |"
+        )
     return "\n".join(lines)
 
 
@@ -633,7 +717,7 @@ def cpu_has_bf16() -> bool:
     return cpu_has_native_bf16()
 
 
-def interpretation(args, res) -> str:  # noqa: ANN001
+def interpretation(args, res) -> str:
     """The reading of the numbers, written from the numbers."""
     tput, base = res["tput"], res["baseline"]
     k1, k8, k64 = tput.get(1), tput.get(8), tput.get(64)
@@ -659,7 +743,8 @@ def interpretation(args, res) -> str:  # noqa: ANN001
                 f"the torch thread busy all the time; at {div(k8['forward_ms'], k8['rows_per_batch']):.2f} ms per row "
                 f"the forward pass itself is what stops it, and with {args.clients} clients that each wait for their "
                 f"answer no batch can exceed {args.clients} rows."
-                if speed < 4 else "The goal is met."
+                if speed < 4
+                else "The goal is met."
             )
         )
         if k8["rows_per_batch"] < 0.75 * args.clients:
@@ -676,7 +761,8 @@ def interpretation(args, res) -> str:  # noqa: ANN001
     if k1 and (k8 or k64):
         mix = ", ".join(
             f"K={k} {div(t['rps'], k1['rps']):.2f} ({t['adapters_per_batch']:.1f} distinct adapters per batch)"
-            for k, t in tput.items() if k != 1
+            for k, t in tput.items()
+            if k != 1
         )
         b1 = prof.get(f"{r} rows, 1 adapter, gathered bank (the server)", float("nan"))
         b8 = prof.get(f"{r} rows, 8 adapters, gathered bank (the server)", float("nan"))
@@ -698,8 +784,11 @@ def interpretation(args, res) -> str:  # noqa: ANN001
             f"and the {args.clients} client threads (gRPC, protobuf, Python) {k8['client_cpu']:.2f} cores of the "
             f"{res['meta']['cpus']}; the server's own time per Predict was {k8['rpc_ms']:.1f} ms of the client's "
             f"{k8['p50']:.1f} ms p50, and requests waited {k8['queue_ms']:.1f} ms on average in the batcher's queue"
-            + (" (about one forward: behind the batch in progress)." if k8["queue_ms"] > 0.5 * k8["forward_ms"]
-               else ".")
+            + (
+                " (about one forward: behind the batch in progress)."
+                if k8["queue_ms"] > 0.5 * k8["forward_ms"]
+                else "."
+            )
         )
     bf = res.get("bf16_tput")
     if bf and k8:
@@ -710,10 +799,13 @@ def interpretation(args, res) -> str:  # noqa: ANN001
             f"- **bfloat16:** x{ratio:.2f} the float32 throughput at K=8 (16 clients, small batches) and "
             f"x{pass_ratio:.2f} on the accuracy pass ({PREDICT_BATCH}-row calls: {res['acc16_s']:.0f} s vs "
             f"{res['acc32_s']:.0f} s); accuracy {(res['acc16'] - res['acc32']) * 100:+.2f} points. "
-            + ("This CPU has no native bfloat16 matmul instructions (no AVX512-BF16 or AMX-BF16 in "
-               "/proc/cpuinfo), so here bfloat16 halves the weight bytes but does not buy speed; it is meant for "
-               "GPUs and CPUs with bfloat16 units." if not hw else
-               "This CPU has bfloat16 matmul instructions.")
+            + (
+                "This CPU has no native bfloat16 matmul instructions (no AVX512-BF16 or AMX-BF16 in "
+                "/proc/cpuinfo), so here bfloat16 halves the weight bytes but does not buy speed; it is meant for "
+                "GPUs and CPUs with bfloat16 units."
+                if not hw
+                else "This CPU has bfloat16 matmul instructions."
+            )
         )
     mem = res["memory"]
     if len(mem) > 1:
@@ -733,11 +825,13 @@ def interpretation(args, res) -> str:  # noqa: ANN001
         out.append(
             f"- **Torch threads** (this run: {used}): during the profile a 1-row forward took {tc[1][0]:.1f} ms "
             f"with 1 thread and {tc[2][0]:.1f} ms with 2 ({PROFILE_ROWS} rows: {tc[1][1]:.1f} vs {tc[2][1]:.1f} ms). "
-            + (f"With 2 threads on this shared 2-vCPU machine, anything else running (other jobs, the "
-               f"server's own gRPC/asyncio thread) stalls torch's thread team: {slower:.1f}x slower, which "
-               f"swamps everything else measured here."
-               if slower > 1.5 else
-               "Two threads did not hurt at the time of the profile.")
+            + (
+                f"With 2 threads on this shared 2-vCPU machine, anything else running (other jobs, the "
+                f"server's own gRPC/asyncio thread) stalls torch's thread team: {slower:.1f}x slower, which "
+                f"swamps everything else measured here."
+                if slower > 1.5
+                else "Two threads did not hurt at the time of the profile."
+            )
         )
     first = res["first_loads"]
     bands = first_load_bands(len(first))
@@ -749,13 +843,12 @@ def interpretation(args, res) -> str:  # noqa: ANN001
             f"resident; the first loads after start took {percentile(first[lo0:hi0], 50) * 1000:.0f} ms p50 with "
             f"{lo0}-{hi0 - 1} others resident and {percentile(first[lo1:hi1], 50) * 1000:.0f} ms with "
             f"{lo1}-{hi1 - 1}: the load time grows with the number of adapters already in the model."
-            if percentile(first[lo1:hi1], 50) > 1.3 * percentile(first[lo0:hi0], 50) else
-            f"- **Cold loads** take {percentile(cold, 50) * 1000:.0f} ms p50; the first loads after start took "
+            if percentile(first[lo1:hi1], 50) > 1.3 * percentile(first[lo0:hi0], 50)
+            else f"- **Cold loads** take {percentile(cold, 50) * 1000:.0f} ms p50; the first loads after start took "
             f"{percentile(first[lo0:hi0], 50) * 1000:.0f} ms p50 with {lo0}-{hi0 - 1} others resident and "
             f"{percentile(first[lo1:hi1], 50) * 1000:.0f} ms with {lo1}-{hi1 - 1}."
         )
     return "\n".join(out)
-
 
 
 # --------------------------------------------------------------------------- main
@@ -763,9 +856,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16, help="concurrent gRPC client threads")
     ap.add_argument("--k", default="1,8,64", help="adapter counts to spread requests over")
-    ap.add_argument("--quick", action="store_true",
-                    help="a short check of the whole run: --seconds 6 --warmup 2 --cold-n 8 --per-label 3 "
-                         "--epochs 1 --test-rows 616 --profile-reps 4 --no-wait (numbers are rough)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short check of the whole run: --seconds 6 --warmup 2 --cold-n 8 --per-label 3 "
+        "--epochs 1 --test-rows 616 --profile-reps 4 --no-wait (numbers are rough)",
+    )
     ap.add_argument("--seconds", type=float, default=20.0, help="timed window per measurement")
     ap.add_argument("--warmup", type=float, default=3.0, help="untimed seconds before each window")
     ap.add_argument("--adapters", type=int, default=64, help="adapters to publish (bench-a00..)")
@@ -775,25 +871,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-label", type=int, default=10, help="Banking77 training examples per label")
     ap.add_argument("--epochs", type=int, default=3, help="training epochs for bench-a00")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    ap.add_argument("--noise", type=float, default=0.05,
-                    help="std of the noise added to the copies' LoRA B, relative to each matrix's std")
+    ap.add_argument(
+        "--noise",
+        type=float,
+        default=0.05,
+        help="std of the noise added to the copies' LoRA B, relative to each matrix's std",
+    )
     ap.add_argument("--profile-reps", type=int, default=10, help="timed forwards per case in the profile")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads for the server (--torch-threads) and the in-process side "
-                         "(0: torch's default on both)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for the server (--torch-threads) and the in-process side "
+        "(0: torch's default on both)",
+    )
     ap.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 server")
-    ap.add_argument("--test-rows", type=int, default=0,
-                    help="Banking77 test rows for the accuracy passes (0: all 3,080; fewer only for quick checks)")
+    ap.add_argument(
+        "--test-rows",
+        type=int,
+        default=0,
+        help="Banking77 test rows for the accuracy passes (0: all 3,080; fewer only for quick checks)",
+    )
     ap.add_argument("--quiet-load", type=float, default=2.5, help="1-minute load average to wait for")
     ap.add_argument("--max-wait-min", type=float, default=25.0, help="longest wait for a quiet machine")
     ap.add_argument("--no-wait", action="store_true", help="start at once, whatever the load")
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to rewrite")
     ap.add_argument("--no-docs", action="store_true", help="print the tables only")
     ap.add_argument("--save-json", type=Path, default=None, help="also write the raw results to this file")
-    ap.add_argument("--compare-json", type=Path, default=None,
-                    help="a --save-json file of another run (e.g. other --threads) to summarise next to this one")
-    ap.add_argument("--render-json", type=Path, default=None,
-                    help="measure nothing: print (and write to --docs) the report of a --save-json file")
+    ap.add_argument(
+        "--compare-json",
+        type=Path,
+        default=None,
+        help="a --save-json file of another run (e.g. other --threads) to summarise next to this one",
+    )
+    ap.add_argument(
+        "--render-json",
+        type=Path,
+        default=None,
+        help="measure nothing: print (and write to --docs) the report of a --save-json file",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.cold_n, args.per_label, args.epochs = 6.0, 2.0, 8, 3, 1
@@ -825,9 +941,12 @@ def main(argv: list[str] | None = None) -> int:
         quiet, waited = os.getloadavg()[0] < args.quiet_load, 0.0
     else:
         quiet, waited = wait_quiet(args.quiet_load, args.max_wait_min)
-    log(f"load average {os.getloadavg()[0]:.2f} ({'quiet' if quiet else 'NOT quiet'}; waited {waited / 60:.1f} min)")
+    log(
+        f"load average {os.getloadavg()[0]:.2f} ({'quiet' if quiet else 'NOT quiet'}; waited {waited / 60:.1f} min)"
+    )
 
     import torch
+
     from tuneserve_client import Client
 
     if args.threads:  # the bench process too (training, baseline, profile)
@@ -838,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     test_rows = read_csv("test")
     texts = [t for t, _ in test_rows]  # the request texts: always the whole test set
     if args.test_rows:
-        test_rows = test_rows[:args.test_rows]
+        test_rows = test_rows[: args.test_rows]
     tmp = Path(tempfile.mkdtemp(prefix="tuneserve-bench-serving-"))
     data_dir = tmp / "data"
     data_dir.mkdir()
@@ -847,9 +966,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def phase(name: str) -> None:
         res["loads"].append((name, os.getloadavg()[0]))
+
     try:
         phase("setup (training)")
-        setup = build_adapters(data_dir, tmp, args.adapters, args.per_label, args.epochs, args.seed, args.noise)
+        setup = build_adapters(
+            data_dir, tmp, args.adapters, args.per_label, args.epochs, args.seed, args.noise
+        )
         res["setup"] = setup
         res["setup_s"] = time.monotonic() - started
 
@@ -874,8 +996,10 @@ def main(argv: list[str] | None = None) -> int:
                 phase(f"K={k}")
                 r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
                 res["tput"][k] = r
-                log(f"K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
-                    f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}")
+                log(
+                    f"K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                    f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}"
+                )
 
             phase("cold loads")
             cold = []
@@ -887,7 +1011,9 @@ def main(argv: list[str] | None = None) -> int:
             res["cold"] = cold
             log(f"cold loads p50 {percentile([c[0] for c in cold], 50) * 1000:.0f} ms")
 
-            res["rss_after_traffic"] = server.metrics().get("tuneserve_process_resident_memory_bytes", float("nan"))
+            res["rss_after_traffic"] = server.metrics().get(
+                "tuneserve_process_resident_memory_bytes", float("nan")
+            )
             for i in range(args.adapters):
                 client.unload_adapter(adapter_name(i))
             time.sleep(0.3)
@@ -925,14 +1051,18 @@ def main(argv: list[str] | None = None) -> int:
         # ---- bfloat16 server -----------------------------------------------------------
         if not args.no_bf16:
             phase("bfloat16 server")
-            server = ApiServer(data_dir, dtype="bfloat16", max_resident=args.max_resident, threads=args.threads)
+            server = ApiServer(
+                data_dir, dtype="bfloat16", max_resident=args.max_resident, threads=args.threads
+            )
             server.wait_serving()
             with Client(server.target, timeout=300) as client:
                 refs = [adapter_name(i) for i in range(8)]
                 for ref in refs:
                     client.load_adapter(ref)
                 res["bf16_adapter_size"] = client.load_adapter(adapter_name(0)).size_bytes
-                res["bf16_rss8"] = server.metrics().get("tuneserve_process_resident_memory_bytes", float("nan"))
+                res["bf16_rss8"] = server.metrics().get(
+                    "tuneserve_process_resident_memory_bytes", float("nan")
+                )
                 res["bf16_by_k"] = {}
                 for k in ks:
                     refs = [adapter_name(i) for i in range(k)]
@@ -941,8 +1071,10 @@ def main(argv: list[str] | None = None) -> int:
                     phase(f"bf16 K={k}")
                     r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
                     res["bf16_by_k"][k] = r
-                    log(f"bf16 K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, "
-                        f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}")
+                    log(
+                        f"bf16 K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, "
+                        f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}"
+                    )
                 res["bf16_tput"] = res["bf16_by_k"].get(8) or next(iter(res["bf16_by_k"].values()))
                 acc16, pred16, acc16_s = accuracy(client, adapter_name(0), test_rows)
                 res["acc16"], res["acc16_s"] = acc16, acc16_s
@@ -994,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- report
-def report(args, res):  # noqa: ANN001, ANN201, PLR0915
+def report(args, res):
     meta = res["meta"]
     setup = res["setup"]
     tput = res["tput"]
@@ -1044,8 +1176,10 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
     for case, ms, per_row in res["profile"]:
         p_lines.append(f"| {case} | {ms:.1f} | {per_row:.2f} |")
     for threads, ms1, ms16 in res.get("thread_check", []):
-        p_lines.append(f"| 1 row / {PROFILE_ROWS} rows, 1 adapter, set_adapter, {threads} torch thread(s) "
-                       f"| {ms1:.1f} / {ms16:.1f} | {ms1:.2f} / {ms16 / PROFILE_ROWS:.2f} |")
+        p_lines.append(
+            f"| 1 row / {PROFILE_ROWS} rows, 1 adapter, set_adapter, {threads} torch thread(s) "
+            f"| {ms1:.1f} / {ms16:.1f} | {ms1:.2f} / {ms16 / PROFILE_ROWS:.2f} |"
+        )
     profile_table = "\n".join(p_lines)
 
     mem = res["memory"]
@@ -1059,8 +1193,10 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
     for r in mem:
         grow = r["rss"] - m0["rss"]
         per = grow / r["resident"] / MB if r["resident"] else float("nan")
-        m_lines.append(f"| {r['resident']} | {r['rss'] / MB:.0f} | {grow / MB:.1f} | {fmt(per, 2)} "
-                       f"| {r['adapter_bytes'] / MB:.1f} |")
+        m_lines.append(
+            f"| {r['resident']} | {r['rss'] / MB:.0f} | {grow / MB:.1f} | {fmt(per, 2)} "
+            f"| {r['adapter_bytes'] / MB:.1f} |"
+        )
     memory_table = "\n".join(m_lines)
     last = mem[-1]
     per_adapter_rss = (last["rss"] - m0["rss"]) / last["resident"]
@@ -1079,10 +1215,14 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
     )
     for lo, hi in first_load_bands(len(first)):
         band = first[lo:hi]
-        cold_line += (f"\n| ... of those, with {lo}-{hi - 1} others already resident | "
-                      f"{percentile(band, 50) * 1000:.0f} | {percentile(band, 95) * 1000:.0f} | |")
-    cold_table = ("| cold load (store -> resident) | load_seconds p50 (ms) | p95 (ms) | LoadAdapter RPC p50 (ms) |\n"
-                  "|---|---:|---:|---:|\n" + cold_line)
+        cold_line += (
+            f"\n| ... of those, with {lo}-{hi - 1} others already resident | "
+            f"{percentile(band, 50) * 1000:.0f} | {percentile(band, 95) * 1000:.0f} | |"
+        )
+    cold_table = (
+        "| cold load (store -> resident) | load_seconds p50 (ms) | p95 (ms) | LoadAdapter RPC p50 (ms) |\n"
+        "|---|---:|---:|---:|\n" + cold_line
+    )
 
     k8 = tput.get(8)
     speedup = div(k8["rps"], base["rps"]) if k8 else float("nan")
@@ -1105,7 +1245,9 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
         for k in (8, 64):
             if k in bf_by_k:
                 ratio = div(bf_by_k[k]["rps"], bf_k1["rps"])
-                goal_lines.append(f"| mixing cost in bfloat16: K={k} / K=1 >= 0.9 | {fmt(ratio, 2)} | {yes(ratio >= 0.9)} |")
+                goal_lines.append(
+                    f"| mixing cost in bfloat16: K={k} / K=1 >= 0.9 | {fmt(ratio, 2)} | {yes(ratio >= 0.9)} |"
+                )
     if 8 in bf_by_k:
         bf_speedup = div(bf_by_k[8]["rps"], base["rps"])
         goal_lines.append(
@@ -1142,8 +1284,9 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
         )
 
     reading = interpretation(args, res)
-    summary = "\n\n".join([throughput_table, goals_table, reading, server_table, profile_table, memory_table,
-                           cold_table])
+    summary = "\n\n".join(
+        [throughput_table, goals_table, reading, server_table, profile_table, memory_table, cold_table]
+    )
     summary += "\n" + bf16_text
     if res.get("compare"):
         summary += "\n" + compare_text(res["compare"]) + "\n"
@@ -1158,38 +1301,38 @@ def report(args, res):  # noqa: ANN001, ANN201, PLR0915
     waited = meta["waited_s"]
     quiet_text = (
         f"it waited {waited / 60:.1f} min for the 1-minute load average to drop below {args.quiet_load:g}"
-        if meta["quiet"] else
-        f"the 1-minute load average never dropped below {args.quiet_load:g} within {args.max_wait_min:g} min "
+        if meta["quiet"]
+        else f"the 1-minute load average never dropped below {args.quiet_load:g} within {args.max_wait_min:g} min "
         f"of polling, so it ran anyway: the absolute numbers carry that background load"
     )
     if args.no_wait:
         quiet_text = "started at once (--no-wait)"
     threads_text = (
         f"{args.threads} (server `--torch-threads {args.threads}`, in-process `torch.set_num_threads`)"
-        if args.threads else
-        f"torch's default on both sides ({res.get('inproc_threads', '?')} in-process; the server leaves "
+        if args.threads
+        else f"torch's default on both sides ({res.get('inproc_threads', '?')} in-process; the server leaves "
         f"`torch_threads` at 0, the same default)"
     )
     compare_block = compare_text(res["compare"]) + "\n\n" if res.get("compare") else ""
     loads_text = ", ".join(f"{name} {load:.1f}" for name, load in res.get("loads", []))
     body = f"""\
-Measured {meta['date']} on a {meta['cpus']}-core CPU machine ({meta['cpu_model']}),
-Python {meta['python']}, torch {meta['torch']}. Code: {meta['code']}. One run of
-`{cmd}` ({meta['runtime_s'] / 60:.1f} min). The box is shared with other jobs: {quiet_text}; 1-minute load
-average {meta['load_before']:.2f} at the start and {meta['load_after']:.2f} at the end (the benchmark's own
+Measured {meta["date"]} on a {meta["cpus"]}-core CPU machine ({meta["cpu_model"]}),
+Python {meta["python"]}, torch {meta["torch"]}. Code: {meta["code"]}. One run of
+`{cmd}` ({meta["runtime_s"] / 60:.1f} min). The box is shared with other jobs: {quiet_text}; 1-minute load
+average {meta["load_before"]:.2f} at the start and {meta["load_after"]:.2f} at the end (the benchmark's own
 server and client threads count in the second figure). 1-minute load average as each phase began:
 {loads_text}. Read the numbers as "about this much".
 
 - **Adapters:** one LoRA adapter trained in the bench process with the service's recipe
   (`ClassificationRecipe`, r=16 on query/key/value/dense, defaults otherwise) on
-  {setup['train_examples']} Banking77 training queries ({args.per_label} per label, all {setup['labels']} labels,
-  {setup['validation_examples']} held out), {args.epochs} epoch(s) = {setup['steps']} steps,
-  {setup['train_seconds']:.0f} s; validation accuracy {setup['validation_accuracy'] * 100:.1f}%, Banking77 test
+  {setup["train_examples"]} Banking77 training queries ({args.per_label} per label, all {setup["labels"]} labels,
+  {setup["validation_examples"]} held out), {args.epochs} epoch(s) = {setup["steps"]} steps,
+  {setup["train_seconds"]:.0f} s; validation accuracy {setup["validation_accuracy"] * 100:.1f}%, Banking77 test
   accuracy {acc32 * 100:.2f}% (chance: 1.3%). It is `{adapter_name(0)}`; `{adapter_name(1)}`..`{adapter_name(args.adapters - 1)}`
   are copies with Gaussian noise ({args.noise:g} x each matrix's std) added to the LoRA B matrices.
   Each of the {args.adapters} is a job and a version in the real stores (`SqliteStore`,
   `LocalAdapterStore` with its checksum manifest), registered with `complete_job` as a worker
-  does; {setup['adapter_file_bytes'] / MB:.2f} MiB of files each.
+  does; {setup["adapter_file_bytes"] / MB:.2f} MiB of files each.
 - **Server:** `tuneserve api` on localhost, `--max-resident-adapters {args.max_resident}`, default batching
   (`max_batch_rows` 64, `max_batch_wait_ms` 2, `batch_regroup_fraction` 0.5), LoRA through the gathered
   bank (engine/lora_batched.py), cold loads on `max_concurrent_loads` 2 loader threads; float32 unless
@@ -1206,7 +1349,7 @@ server and client threads count in the second figure). 1-minute load average as 
   a time: `set_adapter(name)`, tokenize, forward, mean pool, that adapter's head, softmax;
   the same request sequence (adapter n % 8, query n), the same warm-up and window.
 - **Reference** (measured in-process on this machine earlier, quoted from the issue, not
-  re-measured): {'; '.join(f'{a}: {b}' for a, b in REFERENCES)}.
+  re-measured): {"; ".join(f"{a}: {b}" for a, b in REFERENCES)}.
 
 {throughput_table}
 
@@ -1230,8 +1373,8 @@ base model's weights: {base_bytes / MB:.0f} MiB.
 
 {memory_table}
 
-RSS after the throughput runs (64 resident): {res['rss_after_traffic'] / MB:.0f} MiB; after unloading all
-adapters again: {res['rss_after_unload_all'] / MB:.0f} MiB.
+RSS after the throughput runs (64 resident): {res["rss_after_traffic"] / MB:.0f} MiB; after unloading all
+adapters again: {res["rss_after_unload_all"] / MB:.0f} MiB.
 
 **Cold loads** (`load_seconds` in the LoadAdapter reply: open and checksum-verify the version
 in the adapter store and read the LoRA factors and head, on a loader thread; then copy them into

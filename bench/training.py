@@ -105,6 +105,7 @@ def run_baseline(args: argparse.Namespace, train: list, test: list, labels: list
         TrainingArguments,
         default_data_collator,
     )
+
     from tuneserve_server.modeling import resolve_base_model
 
     path = resolve_base_model("minilm").path
@@ -115,39 +116,61 @@ def run_baseline(args: argparse.Namespace, train: list, test: list, labels: list
         def __init__(self) -> None:
             super().__init__()
             encoder = AutoModel.from_pretrained(path)
-            lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.1,
-                              target_modules=list(TARGETS), bias="none")
+            lora = LoraConfig(
+                r=args.rank,
+                lora_alpha=2 * args.rank,
+                lora_dropout=0.1,
+                target_modules=list(TARGETS),
+                bias="none",
+            )
             self.encoder = get_peft_model(encoder, lora)
             self.head = torch.nn.Linear(encoder.config.hidden_size, len(labels))
 
         def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             logits = self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
             loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
             return {"loss": loss, "logits": logits}
 
-    enc = tokenizer([t for t, _ in train], padding=False if tuned else "max_length", truncation=True,
-                    max_length=args.max_seq_length)
-    dataset = [
-        {**{k: enc[k][i] for k in enc}, "labels": label_ids[lab]} for i, (_, lab) in enumerate(train)
-    ]
+    enc = tokenizer(
+        [t for t, _ in train],
+        padding=False if tuned else "max_length",
+        truncation=True,
+        max_length=args.max_seq_length,
+    )
+    dataset = [{**{k: enc[k][i] for k in enc}, "labels": label_ids[lab]} for i, (_, lab) in enumerate(train)]
     torch.manual_seed(args.seed)
     model = MeanPoolClassifier()
     out = Path(tempfile.mkdtemp(prefix="tuneserve-trainer-"))
     try:
         training_args = TrainingArguments(
-            output_dir=str(out), per_device_train_batch_size=args.batch_size,
-            num_train_epochs=args.epochs, learning_rate=args.lr, warmup_steps=args.warmup_ratio,  # a float < 1: a ratio
-            weight_decay=args.weight_decay, lr_scheduler_type="linear", seed=args.seed,
-            eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[],
-            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+            output_dir=str(out),
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=args.epochs,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup_ratio,  # a float < 1: a ratio
+            weight_decay=args.weight_decay,
+            lr_scheduler_type="linear",
+            seed=args.seed,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=10,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
             **({"train_sampling_strategy": "group_by_length", "bf16": True} if tuned else {}),
         )
-        trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
-                          data_collator=DataCollatorWithPadding(tokenizer) if tuned else default_data_collator,
-                          processing_class=tokenizer if tuned else None)
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            train_dataset=dataset,
+            data_collator=DataCollatorWithPadding(tokenizer) if tuned else default_data_collator,
+            processing_class=tokenizer if tuned else None,
+        )
         started = time.perf_counter()
         result = trainer.train()
         train_s = time.perf_counter() - started
@@ -157,30 +180,43 @@ def run_baseline(args: argparse.Namespace, train: list, test: list, labels: list
     preds: list[str] = []
     with torch.no_grad():
         for i in range(0, len(test), 64):
-            chunk = [t for t, _ in test[i:i + 64]]
-            batch = tokenizer(chunk, padding=True, truncation=True, max_length=args.max_seq_length,
-                              return_tensors="pt")
+            chunk = [t for t, _ in test[i : i + 64]]
+            batch = tokenizer(
+                chunk, padding=True, truncation=True, max_length=args.max_seq_length, return_tensors="pt"
+            )
             logits = model(**batch)["logits"]
             preds += [labels[j] for j in logits.argmax(-1).tolist()]
-    return {"train_s": train_s, "steps": result.global_step, "preds": preds,
-            "tuned": tuned}
+    return {"train_s": train_s, "steps": result.global_step, "preds": preds, "tuned": tuned}
 
 
 # --------------------------------------------------------------------------- service
 def run_service(args: argparse.Namespace, train: list, validation: list, test: list, tmp: Path) -> dict:
     import grpc
+
     from tuneserve_client import Client
 
     server = Server(tmp / "data", free_port())
     try:
         server.wait_serving()
-        with grpc.insecure_channel(server.target) as channel, \
-                Client(server.target, timeout=120, channel=channel) as client:
+        with (
+            grpc.insecure_channel(server.target) as channel,
+            Client(server.target, timeout=120, channel=channel) as client,
+        ):
             job = client.train(
-                ADAPTER, train, validation=validation, lora_rank=args.rank, lora_alpha=2 * args.rank,
-                lora_dropout=0.1, target_modules=list(TARGETS), learning_rate=args.lr,
-                batch_size=args.batch_size, epochs=args.epochs, warmup_ratio=args.warmup_ratio,
-                weight_decay=args.weight_decay, seed=args.seed, max_seq_length=args.max_seq_length,
+                ADAPTER,
+                train,
+                validation=validation,
+                lora_rank=args.rank,
+                lora_alpha=2 * args.rank,
+                lora_dropout=0.1,
+                target_modules=list(TARGETS),
+                learning_rate=args.lr,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                warmup_ratio=args.warmup_ratio,
+                weight_decay=args.weight_decay,
+                seed=args.seed,
+                max_seq_length=args.max_seq_length,
             )
             log(f"submitted job {job.id}")
             last = 0.0
@@ -195,7 +231,7 @@ def run_service(args: argparse.Namespace, train: list, validation: list, test: l
             ref = f"{ADAPTER}@{job.adapter_version}"
             preds: list[str] = []
             for i in range(0, len(test), 64):
-                preds += [c.label for c in client.predict(ref, [t for t, _ in test[i:i + 64]], timeout=120)]
+                preds += [c.label for c in client.predict(ref, [t for t, _ in test[i : i + 64]], timeout=120)]
         wall = (job.finished_at - job.started_at).total_seconds()
         return {"job": job, "wall_s": wall, "preds": preds}
     except BaseException:
@@ -220,16 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--validation-fraction", type=float, default=0.1)
-    ap.add_argument("--test-rows", type=int, default=None, help="score on the first N test rows of the chosen intents")
+    ap.add_argument(
+        "--test-rows", type=int, default=None, help="score on the first N test rows of the chosen intents"
+    )
     ap.add_argument("--docs", type=Path, default=DOCS)
     ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--no-tuned-baseline", action="store_true",
-                    help="skip the reference run of the script with dynamic padding, length grouping and bf16")
+    ap.add_argument(
+        "--no-tuned-baseline",
+        action="store_true",
+        help="skip the reference run of the script with dynamic padding, length grouping and bf16",
+    )
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import torch
     from transformers import AutoTokenizer
+
     from tuneserve_server.modeling import resolve_base_model
 
     started = time.monotonic()
@@ -238,11 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     labels = sorted({lab for _, lab in rows})
     test = [r for r in read_csv("test") if r[1] in set(labels)][: args.test_rows]
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm").path)
-    real_tokens = sum(len(ids) for ids in tokenizer([t for t, _ in train], truncation=True,
-                                                    max_length=args.max_seq_length)["input_ids"])
+    real_tokens = sum(
+        len(ids)
+        for ids in tokenizer([t for t, _ in train], truncation=True, max_length=args.max_seq_length)[
+            "input_ids"
+        ]
+    )
     examples = len(train) * args.epochs
-    log(f"{len(train)} train / {len(validation)} validation rows, {len(labels)} labels, "
-        f"{len(test)} test rows, {real_tokens / len(train):.1f} tokens per train row")
+    log(
+        f"{len(train)} train / {len(validation)} validation rows, {len(labels)} labels, "
+        f"{len(test)} test rows, {real_tokens / len(train):.1f} tokens per train row"
+    )
     load_before = os.getloadavg()[0]
     loads: dict[str, float] = {}  # the 1-minute load average at the end of each side's run
 
@@ -276,50 +324,79 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_share = m.get("checkpoint_seconds", float("nan")) / svc["wall_s"]
     goal = "met" if ratio >= 1.3 and svc_acc >= base_acc else "NOT met"
 
-    columns = [("service job (`tuneserve serve`)", svc["wall_s"], svc["job"].step, svc["preds"]),
-               ("plain Trainer + peft script (the baseline)", base["train_s"], base["steps"], base["preds"])]
+    columns = [
+        ("service job (`tuneserve serve`)", svc["wall_s"], svc["job"].step, svc["preds"]),
+        ("plain Trainer + peft script (the baseline)", base["train_s"], base["steps"], base["preds"]),
+    ]
     if tuned is not None:
-        columns.append(("the same script tuned by hand (reference)", tuned["train_s"], tuned["steps"],
-                        tuned["preds"]))
-    service_span = ("job `started_at` -> `finished_at` (model load, training, evaluation, "
-                    "checkpoints, calibration, saving)")
+        columns.append(
+            ("the same script tuned by hand (reference)", tuned["train_s"], tuned["steps"], tuned["preds"])
+        )
+    service_span = (
+        "job `started_at` -> `finished_at` (model load, training, evaluation, "
+        "checkpoints, calibration, saving)"
+    )
     spans = [service_span] + ["`trainer.train()` only"] * (len(columns) - 1)
 
     def row(name: str, cells: list[str]) -> str:
         return f"| {name} | " + " | ".join(cells) + " |"
 
-    table = "\n".join([
-        row("", [c[0] for c in columns]),
-        "|---|" + "---:|" * len(columns),
-        row("timed span", spans),
-        row("wall time", [f"{c[1]:.1f} s" for c in columns]),
-        row(f"examples/s ({examples} = {len(train)} rows x {args.epochs} epochs)",
-            [f"**{examples / c[1]:.1f}**" if i == 0 else f"{examples / c[1]:.1f}" for i, c in enumerate(columns)]),
-        row("tokens/s (real, unpadded tokens of those examples)",
-            [f"{real_tokens * args.epochs / c[1]:.0f}" for c in columns]),
-        row("optimiser steps", [str(c[2]) for c in columns]),
-        row("1-minute load average when it ended (2 cores; above ~2 means other work shared them)",
-            [f"{loads.get(k, float('nan')):.2f}" for k in ("service", "baseline", "tuned")[: len(columns)]]),
-        row(f"test accuracy ({len(test)} rows)", [f"{100 * accuracy(y_true, c[3]):.2f}%" for c in columns]),
-        row("test macro-F1", [f"{100 * macro_f1(y_true, c[3]):.2f}%" for c in columns]),
-    ])
-    detail = "\n".join([
-        "| service job detail | value |",
-        "|---|---:|",
-        (f"| speed-up (service examples/s / baseline examples/s) | **{ratio:.2f}x** (goal >= 1.3x at equal "
-        f"or better accuracy: {goal}) |"),
-        f"| recipe train_seconds (setup, loop, evaluations, checkpoints, calibration) | {m.get('train_seconds', 0):.1f} s |",
-        (f"| evaluation (every epoch, {int(m.get('evaluations', 0))} runs, + calibration) "
-        f"| {m.get('eval_seconds', 0):.1f} s ({100 * eval_share:.1f}% of job time) |"),
-        f"| checkpoints (every 50 steps) | {m.get('checkpoint_seconds', 0):.2f} s ({100 * ckpt_share:.1f}% of job time) |",
-        f"| best step / epoch (by macro_f1) | {int(m.get('best_step', 0))} / {int(m.get('best_epoch', 0))} |",
-        f"| validation accuracy / macro-F1 (best) | {100 * m.get('accuracy', 0):.1f}% / {100 * m.get('macro_f1', 0):.1f}% |",
-        f"| temperature | {m.get('temperature', 1):.3f} |",
-        f"| validation ECE before -> after | {m.get('ece_before', 0):.4f} -> {m.get('ece_after', 0):.4f} |",
-        f"| validation NLL before -> after | {m.get('nll_before', 0):.4f} -> {m.get('nll_after', 0):.4f} |",
-        (f"| tokens the baseline pushes through ({args.max_seq_length} per row, padded) vs real "
-        f"| {examples * args.max_seq_length} vs {real_tokens * args.epochs} |"),
-    ])
+    table = "\n".join(
+        [
+            row("", [c[0] for c in columns]),
+            "|---|" + "---:|" * len(columns),
+            row("timed span", spans),
+            row("wall time", [f"{c[1]:.1f} s" for c in columns]),
+            row(
+                f"examples/s ({examples} = {len(train)} rows x {args.epochs} epochs)",
+                [
+                    f"**{examples / c[1]:.1f}**" if i == 0 else f"{examples / c[1]:.1f}"
+                    for i, c in enumerate(columns)
+                ],
+            ),
+            row(
+                "tokens/s (real, unpadded tokens of those examples)",
+                [f"{real_tokens * args.epochs / c[1]:.0f}" for c in columns],
+            ),
+            row("optimiser steps", [str(c[2]) for c in columns]),
+            row(
+                "1-minute load average when it ended (2 cores; above ~2 means other work shared them)",
+                [
+                    f"{loads.get(k, float('nan')):.2f}"
+                    for k in ("service", "baseline", "tuned")[: len(columns)]
+                ],
+            ),
+            row(
+                f"test accuracy ({len(test)} rows)", [f"{100 * accuracy(y_true, c[3]):.2f}%" for c in columns]
+            ),
+            row("test macro-F1", [f"{100 * macro_f1(y_true, c[3]):.2f}%" for c in columns]),
+        ]
+    )
+    detail = "\n".join(
+        [
+            "| service job detail | value |",
+            "|---|---:|",
+            (
+                f"| speed-up (service examples/s / baseline examples/s) | **{ratio:.2f}x** (goal >= 1.3x at equal "
+                f"or better accuracy: {goal}) |"
+            ),
+            f"| recipe train_seconds (setup, loop, evaluations, checkpoints, calibration) | {m.get('train_seconds', 0):.1f} s |",
+            (
+                f"| evaluation (every epoch, {int(m.get('evaluations', 0))} runs, + calibration) "
+                f"| {m.get('eval_seconds', 0):.1f} s ({100 * eval_share:.1f}% of job time) |"
+            ),
+            f"| checkpoints (every 50 steps) | {m.get('checkpoint_seconds', 0):.2f} s ({100 * ckpt_share:.1f}% of job time) |",
+            f"| best step / epoch (by macro_f1) | {int(m.get('best_step', 0))} / {int(m.get('best_epoch', 0))} |",
+            f"| validation accuracy / macro-F1 (best) | {100 * m.get('accuracy', 0):.1f}% / {100 * m.get('macro_f1', 0):.1f}% |",
+            f"| temperature | {m.get('temperature', 1):.3f} |",
+            f"| validation ECE before -> after | {m.get('ece_before', 0):.4f} -> {m.get('ece_after', 0):.4f} |",
+            f"| validation NLL before -> after | {m.get('nll_before', 0):.4f} -> {m.get('nll_after', 0):.4f} |",
+            (
+                f"| tokens the baseline pushes through ({args.max_seq_length} per row, padded) vs real "
+                f"| {examples * args.max_seq_length} vs {real_tokens * args.epochs} |"
+            ),
+        ]
+    )
     command = shlex.join([".venv/bin/python", "bench/training.py", *[a for a in argv if a != "--no-docs"]])
     body = f"""\
 Measured {dt.date.today().isoformat()} on a {os.cpu_count()}-core CPU ({cpu_model()}), Python
@@ -332,7 +409,7 @@ Measured {dt.date.today().isoformat()} on a {os.cpu_count()}-core CPU ({cpu_mode
   service's validation (the baseline does not evaluate during training); {len(train)} training
   rows, {real_tokens / len(train):.1f} tokens each on average; scored on {len(test)} `test.csv` rows.
 - **Both:** MiniLM + LoRA r={args.rank}, alpha {2 * args.rank}, dropout 0.1 on
-  {'/'.join(TARGETS)}; linear head over mean-pooled tokens; AdamW lr {args.lr:g}, batch
+  {"/".join(TARGETS)}; linear head over mean-pooled tokens; AdamW lr {args.lr:g}, batch
   {args.batch_size}, {args.epochs} epochs, linear schedule with {args.warmup_ratio:g} warmup,
   weight decay {args.weight_decay:g}, seed {args.seed}, max_seq_length {args.max_seq_length}.
 - **Baseline:** `transformers.Trainer` with `padding="max_length"` and

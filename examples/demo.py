@@ -57,7 +57,10 @@ def wait_serving(target: str, proc: subprocess.Popen, timeout: float = 180) -> N
             if proc.poll() is not None:
                 raise SystemExit(f"tuneserve exited with {proc.returncode}; see its log above")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -76,8 +79,10 @@ def main() -> int:
     train_rows, test_rows = read("train"), read("test")
     train = subset(train_rows, args.per_label, args.seed)
     labels = sorted({y for _, y in train})
-    print(f"Banking77: {len(train)} training queries ({args.per_label} per intent, {len(labels)} intents), "
-          f"{len(test_rows)} test queries held back.")
+    print(
+        f"Banking77: {len(train)} training queries ({args.per_label} per intent, {len(labels)} intents), "
+        f"{len(test_rows)} test queries held back."
+    )
 
     port = free_port()
     target = f"127.0.0.1:{port}"
@@ -87,9 +92,23 @@ def main() -> int:
     log = open(log_path, "w")
     print(f"Starting `tuneserve serve` on {target} (data in {args.data_dir}, log in {log_path}) ...")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve_server.cli", "serve", "--port", str(port), "--data-dir", args.data_dir,
-         "--metrics-port", "0", "--worker-metrics-port", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            args.data_dir,
+            "--metrics-port",
+            "0",
+            "--worker-metrics-port",
+            "0",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     started = time.monotonic()
     try:
@@ -97,11 +116,17 @@ def main() -> int:
         print(f"Serving after {time.monotonic() - started:.1f}s.\n")
         with Client(target, timeout=120) as client:
             job = client.train("banking77-intents", train, epochs=args.epochs)
-            print(f"Submitted job {job.id} ({job.train_examples} train / {job.validation_examples} validation).")
+            print(
+                f"Submitted job {job.id} ({job.train_examples} train / {job.validation_examples} validation)."
+            )
 
             def show(j) -> None:
                 loss = f" loss {j.train_loss:.3f}" if j.train_loss is not None else ""
-                print(f"\r  {j.state:<9} step {j.step}/{j.total_steps} epoch {j.epoch}{loss}   ", end="", flush=True)
+                print(
+                    f"\r  {j.state:<9} step {j.step}/{j.total_steps} epoch {j.epoch}{loss}   ",
+                    end="",
+                    flush=True,
+                )
 
             job = client.wait(job, timeout=1800, poll_interval=1.0, on_update=show)
             print()
@@ -109,9 +134,11 @@ def main() -> int:
                 print(f"Job ended {job.state}: {job.error}")
                 return 1
             m = job.metrics
-            print(f"Trained adapter banking77-intents@{job.adapter_version} in {m['train_seconds']:.0f}s "
-                  f"({m['train_examples_per_second']:.0f} examples/s): validation accuracy "
-                  f"{m['accuracy']:.1%}, macro-F1 {m['macro_f1']:.3f}.\n")
+            print(
+                f"Trained adapter banking77-intents@{job.adapter_version} in {m['train_seconds']:.0f}s "
+                f"({m['train_examples_per_second']:.0f} examples/s): validation accuracy "
+                f"{m['accuracy']:.1%}, macro-F1 {m['macro_f1']:.3f}.\n"
+            )
 
             sample = random.Random(args.seed).sample(test_rows, 8)
             preds = client.predict("banking77-intents", [t for t, _ in sample])
@@ -127,12 +154,18 @@ def main() -> int:
                 out = client.predict("banking77-intents", [t for t, _ in chunk])
                 correct += sum(p.label == y for p, (_, y) in zip(out, chunk))
             elapsed = time.monotonic() - t0
-            print(f"\nBanking77 test accuracy: {correct / len(test_rows):.1%} on {len(test_rows)} unseen queries "
-                  f"({len(test_rows) / elapsed:.0f} queries/s through gRPC).")
-            print("(TF-IDF + logistic regression on the FULL training set: 89.4%; this adapter saw "
-                  f"{args.per_label} examples per intent.)")
-        print(f"\nDemo done in {time.monotonic() - started:.0f}s. The server keeps its adapters in {args.data_dir}: "
-              f"`tuneserve serve --data-dir {args.data_dir}` serves them again.")
+            print(
+                f"\nBanking77 test accuracy: {correct / len(test_rows):.1%} on {len(test_rows)} unseen queries "
+                f"({len(test_rows) / elapsed:.0f} queries/s through gRPC)."
+            )
+            print(
+                "(TF-IDF + logistic regression on the FULL training set: 89.4%; this adapter saw "
+                f"{args.per_label} examples per intent.)"
+            )
+        print(
+            f"\nDemo done in {time.monotonic() - started:.0f}s. The server keeps its adapters in {args.data_dir}: "
+            f"`tuneserve serve --data-dir {args.data_dir}` serves them again."
+        )
         return 0
     finally:
         server.send_signal(signal.SIGTERM)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from demo import free_port, wait_serving
+
 from tuneserve_client import Client
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +49,10 @@ def main() -> int:
     args = ap.parse_args()
 
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    print(f"Support-style data: {len(rows)} prompt -> reply pairs in one fixed format, e.g.\n"
-          f"  {rows[0]['prompt']}\n  -> {rows[0]['completion']!r}\n")
+    print(
+        f"Support-style data: {len(rows)} prompt -> reply pairs in one fixed format, e.g.\n"
+        f"  {rows[0]['prompt']}\n  -> {rows[0]['completion']!r}\n"
+    )
 
     port = free_port()
     target = f"127.0.0.1:{port}"
@@ -59,9 +62,25 @@ def main() -> int:
     log = open(log_path, "w")
     print(f"Starting `tuneserve serve --base-model smollm2` on {target} (log in {log_path}) ...")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve_server.cli", "serve", "--port", str(port), "--data-dir", args.data_dir,
-         "--base-model", "smollm2", "--metrics-port", "0", "--worker-metrics-port", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            args.data_dir,
+            "--base-model",
+            "smollm2",
+            "--metrics-port",
+            "0",
+            "--worker-metrics-port",
+            "0",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     started = time.monotonic()
     try:
@@ -69,13 +88,23 @@ def main() -> int:
         print(f"Serving after {time.monotonic() - started:.1f}s.\n")
         with Client(target, timeout=120) as client:
             job = client.train(
-                "support-style", rows, task="causal_lm", validation_fraction=0.1, lora_rank=8,
-                learning_rate=args.learning_rate, batch_size=8, max_steps=args.steps, warmup_ratio=0.05,
-                max_seq_length=128, sample_generations=2,
+                "support-style",
+                rows,
+                task="causal_lm",
+                validation_fraction=0.1,
+                lora_rank=8,
+                learning_rate=args.learning_rate,
+                batch_size=8,
+                max_steps=args.steps,
+                warmup_ratio=0.05,
+                max_seq_length=128,
+                sample_generations=2,
             )
-            print(f"Submitted job {job.id} ({job.train_examples} train / {job.validation_examples} validation).")
+            print(
+                f"Submitted job {job.id} ({job.train_examples} train / {job.validation_examples} validation)."
+            )
 
-            def show(j) -> None:  # noqa: ANN001
+            def show(j) -> None:
                 loss = f" loss {j.train_loss:.3f}" if j.train_loss is not None else ""
                 print(f"\r  {j.state:<9} step {j.step}/{j.total_steps}{loss}   ", end="", flush=True)
 
@@ -85,24 +114,32 @@ def main() -> int:
                 print(f"Job ended {job.state}: {job.error}")
                 return 1
             m = job.metrics
-            print(f"Trained support-style@{job.adapter_version} in {m['train_seconds']:.0f}s: validation loss "
-                  f"{m['eval_loss']:.3f} (perplexity {m['perplexity']:.2f}) vs. the base model's "
-                  f"{m['base_eval_loss']:.3f} ({m['base_perplexity']:.2f}).")
+            print(
+                f"Trained support-style@{job.adapter_version} in {m['train_seconds']:.0f}s: validation loss "
+                f"{m['eval_loss']:.3f} (perplexity {m['perplexity']:.2f}) vs. the base model's "
+                f"{m['base_eval_loss']:.3f} ({m['base_perplexity']:.2f})."
+            )
             for s in job.sample_generations:
                 print(f"  sample: {s.prompt!r}\n    -> {s.generated!r}")
 
             base = client.generate(None, UNSEEN, max_new_tokens=60)
             tuned = client.generate("support-style", UNSEEN, max_new_tokens=60)
-            print(f"\nUnseen customer messages, greedy decoding:\n  {'base SmolLM2-135M-Instruct':<44} | "
-                  "with the support-style adapter")
+            print(
+                f"\nUnseen customer messages, greedy decoding:\n  {'base SmolLM2-135M-Instruct':<44} | "
+                "with the support-style adapter"
+            )
             for prompt, b, t in zip(UNSEEN, base, tuned):
                 print(f"\n> {prompt}")
                 print(columns(b.text, t.text))
             follow = sum(t.text.startswith("Summary:") for t in tuned)
-            print(f"\nReplies in the house format: adapter {follow}/{len(UNSEEN)}, base "
-                  f"{sum(b.text.startswith('Summary:') for b in base)}/{len(UNSEEN)}.")
+            print(
+                f"\nReplies in the house format: adapter {follow}/{len(UNSEEN)}, base "
+                f"{sum(b.text.startswith('Summary:') for b in base)}/{len(UNSEEN)}."
+            )
 
-            print("\nStreaming the adapter's answer to one more message:\n> I need to change my delivery time.")
+            print(
+                "\nStreaming the adapter's answer to one more message:\n> I need to change my delivery time."
+            )
             stream = client.stream("support-style", "I need to change my delivery time.", max_new_tokens=60)
             print("  ", end="")
             for delta in stream:

@@ -30,8 +30,7 @@ def postgres_admin_dsn() -> str:
     except psycopg.Error as exc:
         if required:
             pytest.fail(
-                f"{POSTGRES_DSN_ENV}={dsn} is set but PostgreSQL is unreachable: "
-                f"{' '.join(str(exc).split())}"
+                f"{POSTGRES_DSN_ENV}={dsn} is set but PostgreSQL is unreachable: {' '.join(str(exc).split())}"
             )
         pytest.skip(
             f"no PostgreSQL reachable at {dsn} ({' '.join(str(exc).split())}); "
@@ -41,7 +40,7 @@ def postgres_admin_dsn() -> str:
 
 
 @pytest.fixture
-def postgres_dsn(postgres_admin_dsn: str):  # noqa: ANN201
+def postgres_dsn(postgres_admin_dsn: str):
     """A DSN whose search_path is a fresh, empty schema of its own, dropped after the test:
     each test migrates and uses a database of its own, as a new deployment would."""
     import uuid

@@ -2,7 +2,6 @@
 
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
-from tuneserve_client.hyperparameters import HYPERPARAMETERS, Hyperparameter
 from tuneserve_client.errors import (
     AlreadyExists,
     Cancelled,
@@ -18,6 +17,7 @@ from tuneserve_client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from tuneserve_client.hyperparameters import HYPERPARAMETERS, Hyperparameter
 from tuneserve_client.reports import DataIssue, DataReport, Dataset, JobEvent
 from tuneserve_client.types import (
     Adapter,

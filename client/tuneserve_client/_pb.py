@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -18,4 +18,4 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
 
 def time_of(msg: Any, name: str) -> datetime | None:
     """A Timestamp field as an aware UTC datetime; None when unset."""
-    return getattr(msg, name).ToDatetime(tzinfo=timezone.utc) if msg.HasField(name) else None
+    return getattr(msg, name).ToDatetime(tzinfo=UTC) if msg.HasField(name) else None

@@ -43,45 +43,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     tls = parser.add_argument_group("TLS and authentication (each also from its environment variable)")
-    tls.add_argument("--tls-ca", metavar="FILE", default=_env("TUNESERVE_TLS_CA"),
-                     help="connect with TLS, trusting this PEM CA bundle ($TUNESERVE_TLS_CA)")
-    tls.add_argument("--tls-cert", metavar="FILE", default=_env("TUNESERVE_TLS_CERT"),
-                     help="client certificate (PEM) for mTLS, with --tls-key ($TUNESERVE_TLS_CERT)")
-    tls.add_argument("--tls-key", metavar="FILE", default=_env("TUNESERVE_TLS_KEY"),
-                     help="private key (PEM) of --tls-cert ($TUNESERVE_TLS_KEY)")
-    tls.add_argument("--api-key", metavar="KEY", default=_env("TUNESERVE_API_KEY"),
-                     help="sent as 'authorization: Bearer KEY' with every call ($TUNESERVE_API_KEY)")
+    tls.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=_env("TUNESERVE_TLS_CA"),
+        help="connect with TLS, trusting this PEM CA bundle ($TUNESERVE_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=_env("TUNESERVE_TLS_CERT"),
+        help="client certificate (PEM) for mTLS, with --tls-key ($TUNESERVE_TLS_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=_env("TUNESERVE_TLS_KEY"),
+        help="private key (PEM) of --tls-cert ($TUNESERVE_TLS_KEY)",
+    )
+    tls.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=_env("TUNESERVE_API_KEY"),
+        help="sent as 'authorization: Bearer KEY' with every call ($TUNESERVE_API_KEY)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="submit a training job")
     train.add_argument("--adapter", required=True, help="adapter name to train a new version of")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", metavar="FILE", help="training examples (.csv or .jsonl), sent inline; causal LM: prompt and "
-                        "completion, or a `messages` conversation per JSONL line")
+    source.add_argument(
+        "--data",
+        metavar="FILE",
+        help="training examples (.csv or .jsonl), sent inline; causal LM: prompt and "
+        "completion, or a `messages` conversation per JSONL line",
+    )
     source.add_argument("--dataset", metavar="ID", help="an uploaded dataset (see `datasets upload`)")
     train.add_argument("--validation", metavar="FILE", help="validation examples (.csv or .jsonl)")
     train.add_argument("--validation-dataset", metavar="ID", help="an uploaded validation dataset")
     train.add_argument("--validation-fraction", type=float, metavar="F")
-    train.add_argument("--task", default="classification", choices=("classification", "causal_lm"),
-                       help="what the adapter learns (default: %(default)s; the server serves one family)")
-    train.add_argument("--text-field", metavar="NAME",
-                       help="CSV column / JSON key of the text (default: text; causal LM: prompt)")
-    train.add_argument("--label-field", metavar="NAME",
-                       help="CSV column / JSON key of the label (default: label; causal LM: completion)")
-    hyperparameters.add_arguments(
-        train.add_argument_group("hyperparameters (unset: the server's default)")
+    train.add_argument(
+        "--task",
+        default="classification",
+        choices=("classification", "causal_lm"),
+        help="what the adapter learns (default: %(default)s; the server serves one family)",
     )
+    train.add_argument(
+        "--text-field",
+        metavar="NAME",
+        help="CSV column / JSON key of the text (default: text; causal LM: prompt)",
+    )
+    train.add_argument(
+        "--label-field",
+        metavar="NAME",
+        help="CSV column / JSON key of the label (default: label; causal LM: completion)",
+    )
+    hyperparameters.add_arguments(train.add_argument_group("hyperparameters (unset: the server's default)"))
     follow = train.add_mutually_exclusive_group()
     follow.add_argument("--wait", action="store_true", help="wait for the job and print its metrics")
-    follow.add_argument("--watch", action="store_true",
-                        help="stream the job's events with a live progress bar until it ends")
+    follow.add_argument(
+        "--watch", action="store_true", help="stream the job's events with a live progress bar until it ends"
+    )
     train.set_defaults(handler=_cmd_train)
 
     jobs = commands.add_parser("jobs", help="list, inspect, cancel or wait for jobs")
     jobs_cmds = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     jobs_list = jobs_cmds.add_parser("list", help="list jobs, newest first")
     jobs_list.add_argument(
-        "--state", action="append", type=str.upper, choices=JOB_STATES, dest="states", metavar="S",
+        "--state",
+        action="append",
+        type=str.upper,
+        choices=JOB_STATES,
+        dest="states",
+        metavar="S",
         help=f"only jobs in this state (repeatable): {', '.join(JOB_STATES)}",
     )
     jobs_list.add_argument("--adapter", help="only jobs for this adapter")
@@ -96,8 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("job_id", metavar="ID")
         sub.set_defaults(handler=handler)
         if name == "watch":
-            sub.add_argument("--after", type=_non_negative_int, default=0, metavar="SEQ",
-                             help="only events after this sequence number (resume a watch)")
+            sub.add_argument(
+                "--after",
+                type=_non_negative_int,
+                default=0,
+                metavar="SEQ",
+                help="only events after this sequence number (resume a watch)",
+            )
 
     datasets = commands.add_parser("datasets", help="upload, list, inspect, check or delete datasets")
     dataset_cmds = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
@@ -106,12 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--task", default="classification", choices=("classification", "causal_lm"))
     upload.add_argument("--format", choices=("csv", "jsonl"), help="default: from the file suffix")
     upload.add_argument("--name", help="display name (default: the file name)")
-    upload.add_argument("--text-field", default="", metavar="NAME",
-                        help="column / key of the text (causal LM: the prompt)")
-    upload.add_argument("--label-field", default="", metavar="NAME",
-                        help="column / key of the label (causal LM: the completion)")
-    upload.add_argument("--upload-id", metavar="KEY",
-                        help="resume an interrupted upload by sending the same file with its key")
+    upload.add_argument(
+        "--text-field", default="", metavar="NAME", help="column / key of the text (causal LM: the prompt)"
+    )
+    upload.add_argument(
+        "--label-field",
+        default="",
+        metavar="NAME",
+        help="column / key of the label (causal LM: the completion)",
+    )
+    upload.add_argument(
+        "--upload-id",
+        metavar="KEY",
+        help="resume an interrupted upload by sending the same file with its key",
+    )
     upload.set_defaults(handler=_cmd_datasets_upload)
     dataset_cmds.add_parser("list", help="list datasets, newest first").set_defaults(
         handler=_cmd_datasets_list
@@ -133,14 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_cmd_datasets_validate)
 
     predict = commands.add_parser("predict", help="classify texts, or generate text on a causal-LM server")
+    predict.add_argument("--adapter", default="", help="name or name@version (default: the base model)")
+    predict.add_argument("--probabilities", action="store_true", help="also show every label's probability")
     predict.add_argument(
-        "--adapter", default="", help="name or name@version (default: the base model)"
-    )
-    predict.add_argument(
-        "--probabilities", action="store_true", help="also show every label's probability"
-    )
-    predict.add_argument(
-        "texts", nargs="+", metavar="TEXT",
+        "texts",
+        nargs="+",
+        metavar="TEXT",
         help="texts to classify (or prompts to complete); '-' reads one per line from stdin",
     )
     gen = predict.add_argument_group("generation (causal-LM servers)")
@@ -215,8 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        with Client(args.target, timeout=args.timeout, namespace=args.namespace,
-                    credentials=credentials, api_key=args.api_key) as client:
+        with Client(
+            args.target,
+            timeout=args.timeout,
+            namespace=args.namespace,
+            credentials=credentials,
+            api_key=args.api_key,
+        ) as client:
             return args.handler(client, args, sys.stdout)
     except TuneserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -253,12 +303,20 @@ def _cmd_health(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.task == "causal_lm":
+
         def read(path: str) -> list:
-            return read_causal_examples(path, prompt_field=args.text_field or "prompt",
-                                        completion_field=args.label_field or "completion")
+            return read_causal_examples(
+                path,
+                prompt_field=args.text_field or "prompt",
+                completion_field=args.label_field or "completion",
+            )
     else:
+
         def read(path: str) -> list:
-            return read_examples(path, text_field=args.text_field or "text", label_field=args.label_field or "label")
+            return read_examples(
+                path, text_field=args.text_field or "text", label_field=args.label_field or "label"
+            )
+
     job = client.train(
         args.adapter,
         read(args.data) if args.data else (),
@@ -342,9 +400,12 @@ def _watch(client: Client, job_id: str, after: int, args: argparse.Namespace, ou
 
 def _progress_bar(e: JobEvent, width: int = 24) -> str:
     fraction = e.step / e.total_steps if e.total_steps else 0.0
-    filled = int(round(width * min(fraction, 1.0)))
-    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {e.step}/{e.total_steps or '?'}",
-             f"{fraction:4.0%}", f"epoch {e.epoch}"]
+    filled = round(width * min(fraction, 1.0))
+    parts = [
+        f"[{'#' * filled}{'.' * (width - filled)}] {e.step}/{e.total_steps or '?'}",
+        f"{fraction:4.0%}",
+        f"epoch {e.epoch}",
+    ]
     if e.train_loss is not None:
         parts.append(f"loss {e.train_loss:.4f}")
     if e.learning_rate is not None:
@@ -358,7 +419,11 @@ def _progress_bar(e: JobEvent, width: int = 24) -> str:
 
 def _duration(seconds: float) -> str:
     seconds = max(int(seconds), 0)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def _event_line(e: JobEvent) -> str:
@@ -366,7 +431,9 @@ def _event_line(e: JobEvent) -> str:
     if e.type == "STATE":
         text = f"{e.state}" + (f": {e.message}" if e.message else "")
     elif e.type == "EVALUATION":
-        text = f"evaluation at step {e.step}: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(e.metrics.items()))
+        text = f"evaluation at step {e.step}: " + "  ".join(
+            f"{k}={v:.4f}" for k, v in sorted(e.metrics.items())
+        )
     else:
         text = f"{e.type.lower()}: {e.message}" + (f" (step {e.step})" if e.step else "")
     return f"{stamp} #{e.sequence} {text}"
@@ -374,8 +441,13 @@ def _event_line(e: JobEvent) -> str:
 
 def _cmd_datasets_upload(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     dataset = client.upload_dataset(
-        args.file, task=args.task, format=args.format, display_name=args.name,
-        text_field=args.text_field, label_field=args.label_field, upload_id=args.upload_id,
+        args.file,
+        task=args.task,
+        format=args.format,
+        display_name=args.name,
+        text_field=args.text_field,
+        label_field=args.label_field,
+        upload_id=args.upload_id,
     )
     _emit(out, args, dataset, dataset.id)
     if not args.json and dataset.report is not None:
@@ -385,21 +457,43 @@ def _cmd_datasets_upload(client: Client, args: argparse.Namespace, out: TextIO) 
 
 def _cmd_datasets_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     datasets = list(client.list_datasets())
-    rows = [[d.id, d.display_name, d.task, d.format, str(d.usable_rows), str(d.rows),
-             str(d.size_bytes), _time(d.created_at)] for d in datasets]
-    _emit(out, args, datasets,
-          _table(["ID", "NAME", "TASK", "FORMAT", "USABLE", "ROWS", "BYTES", "CREATED"], rows))
+    rows = [
+        [
+            d.id,
+            d.display_name,
+            d.task,
+            d.format,
+            str(d.usable_rows),
+            str(d.rows),
+            str(d.size_bytes),
+            _time(d.created_at),
+        ]
+        for d in datasets
+    ]
+    _emit(
+        out,
+        args,
+        datasets,
+        _table(["ID", "NAME", "TASK", "FORMAT", "USABLE", "ROWS", "BYTES", "CREATED"], rows),
+    )
     return 0
 
 
 def _cmd_datasets_get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     d = client.get_dataset(args.dataset_id)
-    text = "\n".join([
-        f"id:          {d.id}", f"name:        {d.display_name}", f"task:        {d.task}",
-        f"format:      {d.format}", f"rows:        {d.usable_rows} usable of {d.rows}",
-        f"size:        {d.size_bytes} bytes", f"sha256:      {d.sha256}",
-        f"created:     {_time(d.created_at)}",
-    ] + ([_describe_report(d.report)] if d.report else []))
+    text = "\n".join(
+        [
+            f"id:          {d.id}",
+            f"name:        {d.display_name}",
+            f"task:        {d.task}",
+            f"format:      {d.format}",
+            f"rows:        {d.usable_rows} usable of {d.rows}",
+            f"size:        {d.size_bytes} bytes",
+            f"sha256:      {d.sha256}",
+            f"created:     {_time(d.created_at)}",
+        ]
+        + ([_describe_report(d.report)] if d.report else [])
+    )
     _emit(out, args, d, text)
     return 0
 
@@ -412,7 +506,9 @@ def _cmd_datasets_delete(client: Client, args: argparse.Namespace, out: TextIO) 
 
 def _cmd_datasets_validate(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     report = client.validate_dataset(
-        args.dataset_id, task=args.task, validation_dataset=args.validation_dataset,
+        args.dataset_id,
+        task=args.task,
+        validation_dataset=args.validation_dataset,
         validation_fraction=args.validation_fraction,
     )
     _emit(out, args, report, _describe_report(report))
@@ -429,7 +525,9 @@ def _describe_report(r: DataReport) -> str:
     if r.labels:
         lines.append(f"labels:      {len(r.labels)} (imbalance {r.imbalance_ratio:.1f}x)")
     if r.max_tokens:
-        lines.append(f"tokens:      mean {r.mean_tokens:.1f}, max {r.max_tokens}, {r.truncated_rows} over the limit")
+        lines.append(
+            f"tokens:      mean {r.mean_tokens:.1f}, max {r.max_tokens}, {r.truncated_rows} over the limit"
+        )
     lines.append(
         f"duplicates:  {r.exact_duplicates} exact, {r.near_duplicates} near; "
         f"{r.conflicting_texts} conflicting; {r.leaked_validation_rows} leaked into validation"
@@ -450,8 +548,13 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         print("error: no texts to classify", file=sys.stderr)
         return EXIT_USAGE
     params = {
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-        "top_k": args.top_k, "stop": args.stop, "seed": args.seed, "raw_prompt": args.raw_prompt,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "stop": args.stop,
+        "seed": args.seed,
+        "raw_prompt": args.raw_prompt,
     }
     if args.stream or any(v not in (None, False) for v in params.values()):
         return _generate(client, args, texts, params, out)
@@ -483,8 +586,11 @@ def _generate(client: Client, args: argparse.Namespace, texts: list[str], params
             finals.append(stream.final)
         if not args.json:
             print(file=out)
-            print(f"[{stream.final.finish_reason}: {stream.final.prompt_tokens} prompt + "
-                  f"{stream.final.completion_tokens} completion tokens]", file=sys.stderr)
+            print(
+                f"[{stream.final.finish_reason}: {stream.final.prompt_tokens} prompt + "
+                f"{stream.final.completion_tokens} completion tokens]",
+                file=sys.stderr,
+            )
     if args.json:
         _emit(out, args, [dict(_jsonable(g), input=t) for t, g in zip(texts, finals)], "")
     return 0
@@ -504,8 +610,7 @@ def _print_generations(args: argparse.Namespace, texts: list[str], results: list
 def _cmd_adapters_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     adapters = list(client.list_adapters())
     rows = [
-        [a.name, a.task, _version(a.latest_version), str(len(a.versions)), a.base_model]
-        for a in adapters
+        [a.name, a.task, _version(a.latest_version), str(len(a.versions)), a.base_model] for a in adapters
     ]
     _emit(out, args, adapters, _table(["NAME", "TASK", "LATEST", "VERSIONS", "BASE MODEL"], rows))
     return 0

@@ -6,12 +6,13 @@ import hashlib
 import os
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tuneserve.v1 import (
     adapters_pb2,
     adapters_pb2_grpc,
@@ -23,7 +24,6 @@ from tuneserve.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-
 from tuneserve_client.errors import Unavailable, from_rpc_error
 from tuneserve_client.hyperparameters import doc as hyperparameters_doc
 from tuneserve_client.hyperparameters import set_hyperparameters
@@ -62,7 +62,9 @@ def _causal_example_pb(item: Mapping[str, Any], index: int, field: str) -> commo
     """{"prompt", "completion"} or {"messages": [{"role", "content"}, ...]}: a causal-LM example."""
     if "messages" in item:
         try:
-            messages = [common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in item["messages"]]
+            messages = [
+                common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in item["messages"]
+            ]
         except (TypeError, KeyError):
             raise ValueError(f"{field}[{index}]: messages are {{'role', 'content'}} dicts") from None
         return common_pb2.Example(causal_lm=common_pb2.CausalLMExample(messages=messages))
@@ -93,9 +95,7 @@ def _example_pb(item: ExampleLike, index: int, field: str) -> common_pb2.Example
         label = str(label)
     if not isinstance(label, str):
         raise TypeError(f"{field}[{index}]: label must be a str, got {type(label).__name__}")
-    return common_pb2.Example(
-        classification=common_pb2.ClassificationExample(text=text, label=label)
-    )
+    return common_pb2.Example(classification=common_pb2.ClassificationExample(text=text, label=label))
 
 
 def _examples_pb(items: Iterable[ExampleLike], field: str) -> list[common_pb2.Example]:
@@ -152,9 +152,7 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.namespace = namespace
-        self._metadata = tuple(
-            (metadata.items() if isinstance(metadata, Mapping) else metadata) or ()
-        )
+        self._metadata = tuple((metadata.items() if isinstance(metadata, Mapping) else metadata) or ())
         if api_key:
             self._metadata += (("authorization", f"Bearer {api_key}"),)
         self._owns_channel = channel is None
@@ -379,7 +377,7 @@ class Client:
         source: str | os.PathLike[str] | bytes,
         *,
         task: str = "classification",
-        format: str | None = None,  # noqa: A002 - the proto's name
+        format: str | None = None,
         display_name: str | None = None,
         text_field: str = "",
         label_field: str = "",
@@ -457,7 +455,9 @@ class Client:
         """The checks Train runs, without a job: the data report (hard problems are in
         `report.errors`, and `report.ok` is False)."""
         request = datasets_pb2.ValidateDatasetRequest(
-            namespace=self.namespace, task=task_to_pb(task), dataset_id=_dataset_id(dataset),
+            namespace=self.namespace,
+            task=task_to_pb(task),
+            dataset_id=_dataset_id(dataset),
             training_examples=_examples_pb(examples, "examples"),
             validation_dataset_id=_dataset_id(validation_dataset),
         )
@@ -526,8 +526,13 @@ class Client:
             adapter=adapter or "",
             inputs=[prompts] if single else list(prompts),
             generation=self._generation_params(
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                stop=stop, seed=seed, raw_prompt=raw_prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                stop=stop,
+                seed=seed,
+                raw_prompt=raw_prompt,
             ),
         )
         response = self._call(self._inference.Predict, request, timeout)
@@ -556,8 +561,13 @@ class Client:
             adapter=adapter or "",
             input=prompt,
             generation=self._generation_params(
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                stop=stop, seed=seed, raw_prompt=raw_prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                stop=stop,
+                seed=seed,
+                raw_prompt=raw_prompt,
             ),
         )
         call = self._inference.PredictStream(
@@ -571,9 +581,7 @@ class Client:
         self, page_size: int | None = None, *, timeout: float | None = None
     ) -> Iterator[Adapter]:
         """Adapters by name; pages are fetched lazily."""
-        request = adapters_pb2.ListAdaptersRequest(
-            namespace=self.namespace, page_size=page_size or 0
-        )
+        request = adapters_pb2.ListAdaptersRequest(namespace=self.namespace, page_size=page_size or 0)
         return self._pages(self._adapters.ListAdapters, request, "adapters", adapter_from_pb, timeout)
 
     def get_adapter(self, name: str, *, timeout: float | None = None) -> Adapter:
@@ -620,4 +628,3 @@ class Client:
 
 
 Client.train.__doc__ = (Client.train.__doc__ or "").rstrip() + "\n" + hyperparameters_doc() + "\n"
-

@@ -7,7 +7,6 @@ import csv
 import json
 import os
 from pathlib import Path
-
 from typing import Any
 
 TEXT, LABEL = "text", "label"
@@ -120,11 +119,19 @@ def _read_jsonl(path, f, fields: tuple[str, str], chat: bool = False) -> list[An
 
 def _messages(path, line: int, messages: object) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
-        raise DataFileError(path, "'messages' must be a non-empty list of {\"role\", \"content\"} objects", line)
+        raise DataFileError(
+            path, '\'messages\' must be a non-empty list of {"role", "content"} objects', line
+        )
     turns = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataFileError(path, f"messages[{i}] must be an object with string 'role' and 'content'", line)
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise DataFileError(
+                path, f"messages[{i}] must be an object with string 'role' and 'content'", line
+            )
         if m["role"] not in ROLES:
             raise DataFileError(path, f"messages[{i}]: role must be one of {', '.join(ROLES)}", line)
         turns.append({"role": m["role"], "content": m["content"]})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from tuneserve.v1 import datasets_pb2
 
+from tuneserve.v1 import datasets_pb2
 from tuneserve_client.reports import data_report_from_pb
 
 REQUEST_ID_METADATA_KEY = "x-request-id"

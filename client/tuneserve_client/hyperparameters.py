@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
+
 from tuneserve.v1 import common_pb2
 
 
@@ -49,10 +50,13 @@ _NOTES: dict[str, _Note] = {
     "optimizer.gradient_accumulation_steps": _Note(
         "gradient accumulation steps (effective batch = batch size x N)", minimum=1, aliases=("--grad-accum",)
     ),
-    "evaluation.eval_every_steps": _Note("evaluate every N steps (0: every epoch)", aliases=("--eval-every",)),
+    "evaluation.eval_every_steps": _Note(
+        "evaluate every N steps (0: every epoch)", aliases=("--eval-every",)
+    ),
     "evaluation.metric_for_best": _Note(
         "metric that picks the published checkpoint (default: macro_f1; causal LM: eval_loss)",
-        minimum=None, choices=("accuracy", "macro_f1", "eval_loss"),
+        minimum=None,
+        choices=("accuracy", "macro_f1", "eval_loss"),
     ),
     "evaluation.early_stopping_patience": _Note("stop after N evaluations without improvement (0: never)"),
     "evaluation.calibrate": _Note("fit temperature scaling of the probabilities (default: on)", minimum=None),
@@ -60,8 +64,12 @@ _NOTES: dict[str, _Note] = {
     "causal_lm.sample_generations": _Note("causal LM: validation prompts to generate from after training"),
 }
 
-_INTEGER_TYPES = {FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64,
-                  FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64}
+_INTEGER_TYPES = {
+    FieldDescriptor.CPPTYPE_INT32,
+    FieldDescriptor.CPPTYPE_INT64,
+    FieldDescriptor.CPPTYPE_UINT32,
+    FieldDescriptor.CPPTYPE_UINT64,
+}
 _FLOAT_TYPES = {FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE}
 
 
@@ -175,12 +183,16 @@ def _number(kind: str, note: _Note):  # an argparse type
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind == 'int' else 'a number'}: {text}") from None
+            raise argparse.ArgumentTypeError(
+                f"not {'an integer' if kind == 'int' else 'a number'}: {text}"
+            ) from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be finite: {text}")
         low = note.minimum
         if low is not None and (value <= low if note.exclusive else value < low):
-            raise argparse.ArgumentTypeError(f"must be {'greater than' if note.exclusive else 'at least'} {low:g}: {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'greater than' if note.exclusive else 'at least'} {low:g}: {text}"
+            )
         return value
 
     parse.__name__ = kind  # argparse names the type in its messages
@@ -194,16 +206,28 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         names = (h.flag, *h.note.aliases)
         if h.kind == "bool":
             group = parser.add_mutually_exclusive_group()
-            group.add_argument(*names, dest=h.kwarg, action="store_const", const=True, default=None, help=h.help)
-            group.add_argument("--no-" + h.flag[2:], dest=h.kwarg, action="store_const", const=False,
-                               help=f"the opposite of {h.flag}")
+            group.add_argument(
+                *names, dest=h.kwarg, action="store_const", const=True, default=None, help=h.help
+            )
+            group.add_argument(
+                "--no-" + h.flag[2:],
+                dest=h.kwarg,
+                action="store_const",
+                const=False,
+                help=f"the opposite of {h.flag}",
+            )
         elif h.kind == "strs":
             parser.add_argument(*names, dest=h.kwarg, action="extend", nargs="+", metavar="NAME", help=h.help)
         elif h.kind == "str":
             parser.add_argument(*names, dest=h.kwarg, choices=h.note.choices or None, help=h.help)
         else:
-            parser.add_argument(*names, dest=h.kwarg, type=_number(h.kind, h.note),
-                                metavar="N" if h.kind == "int" else "X", help=h.help)
+            parser.add_argument(
+                *names,
+                dest=h.kwarg,
+                type=_number(h.kind, h.note),
+                metavar="N" if h.kind == "int" else "X",
+                help=h.help,
+            )
 
 
 def from_arguments(args: argparse.Namespace) -> dict[str, Any]:

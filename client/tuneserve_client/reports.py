@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from tuneserve.v1 import common_pb2, datasets_pb2, training_pb2
-
 from tuneserve_client._pb import enum_name, time_of
 
 
@@ -51,18 +50,26 @@ class DataReport:
 
 def data_report_from_pb(pb: datasets_pb2.DataReport) -> DataReport:
     return DataReport(
-        total_rows=pb.total_rows, usable_rows=pb.usable_rows, train_rows=pb.train_rows,
+        total_rows=pb.total_rows,
+        usable_rows=pb.usable_rows,
+        train_rows=pb.train_rows,
         validation_rows=pb.validation_rows,
         dropped={d.reason: d.count for d in pb.dropped},
         labels=tuple((c.label, c.train, c.validation) for c in pb.labels),
-        imbalance_ratio=pb.imbalance_ratio, exact_duplicates=pb.exact_duplicates,
-        near_duplicates=pb.near_duplicates, conflicting_texts=pb.conflicting_texts,
-        leaked_validation_rows=pb.leaked_validation_rows, truncated_rows=pb.truncated_rows,
-        max_tokens=pb.max_tokens, mean_tokens=pb.mean_tokens,
+        imbalance_ratio=pb.imbalance_ratio,
+        exact_duplicates=pb.exact_duplicates,
+        near_duplicates=pb.near_duplicates,
+        conflicting_texts=pb.conflicting_texts,
+        leaked_validation_rows=pb.leaked_validation_rows,
+        truncated_rows=pb.truncated_rows,
+        max_tokens=pb.max_tokens,
+        mean_tokens=pb.mean_tokens,
         issues=tuple(
             DataIssue(
                 enum_name(datasets_pb2.IssueSeverity, i.severity, "ISSUE_SEVERITY_"),
-                i.code, i.message, tuple(i.rows),
+                i.code,
+                i.message,
+                tuple(i.rows),
             )
             for i in pb.issues
         ),
@@ -87,10 +94,15 @@ class Dataset:
 
 def dataset_from_pb(pb: datasets_pb2.Dataset) -> Dataset:
     return Dataset(
-        id=pb.id, namespace=pb.namespace, display_name=pb.display_name,
+        id=pb.id,
+        namespace=pb.namespace,
+        display_name=pb.display_name,
         task=enum_name(common_pb2.TaskType, pb.task, "TASK_TYPE_").lower(),
         format=enum_name(datasets_pb2.DatasetFormat, pb.format, "DATASET_FORMAT_").lower(),
-        size_bytes=pb.size_bytes, sha256=pb.sha256, rows=pb.rows, usable_rows=pb.usable_rows,
+        size_bytes=pb.size_bytes,
+        sha256=pb.sha256,
+        rows=pb.rows,
+        usable_rows=pb.usable_rows,
         created_at=time_of(pb, "created_at"),
         report=data_report_from_pb(pb.report) if pb.HasField("report") else None,
     )
@@ -117,19 +129,25 @@ class JobEvent:
     message: str = ""
 
 
-def _optional(msg, name: str) -> float | None:  # noqa: ANN001
+def _optional(msg, name: str) -> float | None:
     return getattr(msg, name) if msg.HasField(name) else None
 
 
 def job_event_from_pb(pb: training_pb2.JobEvent) -> JobEvent:
     p = pb.progress
     return JobEvent(
-        sequence=pb.sequence, job_id=pb.job_id, time=time_of(pb, "time"),
+        sequence=pb.sequence,
+        job_id=pb.job_id,
+        time=time_of(pb, "time"),
         type=enum_name(training_pb2.JobEventType, pb.type, "JOB_EVENT_TYPE_"),
         state=enum_name(training_pb2.JobState, pb.state, "JOB_STATE_") if pb.state else None,
-        step=p.step, total_steps=p.total_steps, epoch=p.epoch,
-        train_loss=_optional(p, "train_loss"), learning_rate=_optional(p, "learning_rate"),
+        step=p.step,
+        total_steps=p.total_steps,
+        epoch=p.epoch,
+        train_loss=_optional(p, "train_loss"),
+        learning_rate=_optional(p, "learning_rate"),
         examples_per_second=_optional(p, "examples_per_second"),
         eta_seconds=_optional(p, "eta_seconds"),
-        metrics=dict(pb.metrics), message=pb.message,
+        metrics=dict(pb.metrics),
+        message=pb.message,
     )

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
-
 from tuneserve_client._pb import enum_name, time_of
 from tuneserve_client.reports import DataReport, data_report_from_pb
 
@@ -269,13 +268,13 @@ class GenerationStream:
     """Iterate for text deltas; then `final` is the whole Generation. The adapter that serves
     the stream is in `adapter_name` / `adapter_version` once the first message arrived."""
 
-    def __init__(self, call) -> None:  # noqa: ANN001 - a grpc streaming call
+    def __init__(self, call) -> None:
         self._call = call
         self.final: Generation | None = None
         self.adapter_name = ""
         self.adapter_version = 0
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         import grpc
 
         from tuneserve_client.errors import from_rpc_error

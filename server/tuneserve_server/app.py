@@ -34,7 +34,10 @@ def build_services(
     return Services(
         training=TrainingService(store, engine, watch_poll_s=settings.watch_poll_s),
         datasets=DatasetService(
-            store, engine, max_dataset_bytes=settings.max_dataset_bytes, max_text_chars=settings.max_text_chars
+            store,
+            engine,
+            max_dataset_bytes=settings.max_dataset_bytes,
+            max_text_chars=settings.max_text_chars,
         ),
         adapters=AdapterService(store, adapter_store, engine),
         prediction=PredictionService(

@@ -17,8 +17,12 @@ SERVER_COMMANDS = ("serve", "api", "worker", "config")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="TOML file of settings (also $TUNESERVE_CONFIG); env and flags override it")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML file of settings (also $TUNESERVE_CONFIG); env and flags override it",
+    )
     group = parser.add_argument_group("settings (also TUNESERVE_<NAME> variables)")
     for f in fields(Settings):
         default = f.default if f.default is not MISSING else None
@@ -88,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_worker(settings: Settings, parent_pid: int | None) -> int:
     import structlog
 
-    from tuneserve_server.storage.factory import build_stores
     from tuneserve_server.observability.metrics import serve_metrics
+    from tuneserve_server.storage.factory import build_stores
     from tuneserve_server.training.worker import TrainerWorker, wait_for_parent_exit
 
     if settings.torch_threads:

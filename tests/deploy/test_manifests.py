@@ -186,7 +186,9 @@ def gib(quantity: str) -> float:
     return float(quantity) / 2**30
 
 
-def mounts(deploy: dict[str, Any], container: dict[str, Any], *, writable: bool = False) -> dict[str, dict[str, Any]]:
+def mounts(
+    deploy: dict[str, Any], container: dict[str, Any], *, writable: bool = False
+) -> dict[str, dict[str, Any]]:
     """mountPath -> the pod volume mounted there (only read-write mounts if `writable`)."""
     volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"].get("volumes", [])}
     out = {}
@@ -203,16 +205,21 @@ def volume_at(deploy: dict[str, Any], container: dict[str, Any], path: str) -> d
     best: tuple[str, dict[str, Any]] | None = None
     all_mounts = mounts(deploy, container)
     for mount_path in all_mounts:
-        if PurePosixPath(path) == PurePosixPath(mount_path) or PurePosixPath(mount_path) in PurePosixPath(path).parents:
-            if best is None or len(mount_path) > len(best[0]):
-                best = (mount_path, all_mounts[mount_path])
+        holds = (
+            PurePosixPath(path) == PurePosixPath(mount_path)
+            or PurePosixPath(mount_path) in PurePosixPath(path).parents
+        )
+        if holds and (best is None or len(mount_path) > len(best[0])):
+            best = (mount_path, all_mounts[mount_path])
     if best is None or best[0] not in mounts(deploy, container, writable=True):
         return None
     return best[1]
 
 
 # ----------------------------------------------------------------- schema validation
-def test_every_object_validates_against_the_kubernetes_schemas(docs: list[dict[str, Any]], variant: str) -> None:
+def test_every_object_validates_against_the_kubernetes_schemas(
+    docs: list[dict[str, Any]], variant: str
+) -> None:
     import kubernetes_validate
     from kubernetes_validate.utils import latest_version
 
@@ -237,23 +244,70 @@ def test_every_object_validates_against_the_kubernetes_schemas(docs: list[dict[s
     assert not errors, f"{variant}, against the Kubernetes {version} schemas:\n" + "\n".join(errors)
 
 
-def test_namespace_enforces_the_restricted_pod_security_standard(docs: list[dict[str, Any]], variant: str) -> None:
+def test_namespace_enforces_the_restricted_pod_security_standard(
+    docs: list[dict[str, Any]], variant: str
+) -> None:
     ns = one(docs, "Namespace", NAMESPACES[variant])
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 # ------------------------------------------------------------- CRDs, structurally
-SCALEDOBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
-                     "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "advanced", "fallback",
-                     "triggers"}
-TRIGGERAUTH_SPEC = {"secretTargetRef", "env", "configMapTargetRef", "hashiCorpVault", "podIdentity",
-                    "azureKeyVault", "gcpSecretManager", "awsSecretManager", "boundServiceAccountToken"}
-SERVICEMONITOR_SPEC = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
-                       "podTargetLabels", "sampleLimit", "targetLimit", "attachMetadata"}
-SERVICEMONITOR_ENDPOINT = {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
-                           "honorTimestamps", "relabelings", "metricRelabelings", "tlsConfig", "params",
-                           "bearerTokenSecret", "basicAuth", "authorization", "oauth2", "followRedirects",
-                           "enableHttp2", "filterRunning", "proxyUrl"}
+SCALEDOBJECT_SPEC = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "advanced",
+    "fallback",
+    "triggers",
+}
+TRIGGERAUTH_SPEC = {
+    "secretTargetRef",
+    "env",
+    "configMapTargetRef",
+    "hashiCorpVault",
+    "podIdentity",
+    "azureKeyVault",
+    "gcpSecretManager",
+    "awsSecretManager",
+    "boundServiceAccountToken",
+}
+SERVICEMONITOR_SPEC = {
+    "selector",
+    "endpoints",
+    "namespaceSelector",
+    "jobLabel",
+    "targetLabels",
+    "podTargetLabels",
+    "sampleLimit",
+    "targetLimit",
+    "attachMetadata",
+}
+SERVICEMONITOR_ENDPOINT = {
+    "port",
+    "targetPort",
+    "path",
+    "scheme",
+    "interval",
+    "scrapeTimeout",
+    "honorLabels",
+    "honorTimestamps",
+    "relabelings",
+    "metricRelabelings",
+    "tlsConfig",
+    "params",
+    "bearerTokenSecret",
+    "basicAuth",
+    "authorization",
+    "oauth2",
+    "followRedirects",
+    "enableHttp2",
+    "filterRunning",
+    "proxyUrl",
+}
 
 
 def _meta_ok(doc: dict[str, Any]) -> None:
@@ -277,7 +331,9 @@ def test_keda_objects_are_well_formed(docs: list[dict[str, Any]], variant: str) 
     spec = so["spec"]
     assert set(spec) <= SCALEDOBJECT_SPEC, f"unknown ScaledObject fields: {set(spec) - SCALEDOBJECT_SPEC}"
     target = spec["scaleTargetRef"]
-    assert target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
+    assert (
+        target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
+    )
     worker = one(docs, "Deployment", target["name"])
     assert {role(c) for c in containers(worker)} == {"worker"}, "KEDA must scale the trainer workers"
     assert "replicas" not in worker["spec"], "KEDA owns the worker replica count; leave replicas out"
@@ -287,9 +343,16 @@ def test_keda_objects_are_well_formed(docs: list[dict[str, Any]], variant: str) 
         assert isinstance(spec.get(key, 30), int) and spec.get(key, 30) > 0
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
     if behavior:  # KEDA passes it to the HPA it creates: validate it as one
-        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
-               "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 1,
-                        "behavior": behavior}}
+        hpa = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "x"},
+            "spec": {
+                "scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                "maxReplicas": 1,
+                "behavior": behavior,
+            },
+        }
         kubernetes_validate.validate(hpa, latest_version(), strict=True)
     triggers = spec["triggers"]
     assert len(triggers) == 1 and triggers[0]["type"] == "postgresql"
@@ -297,8 +360,18 @@ def test_keda_objects_are_well_formed(docs: list[dict[str, Any]], variant: str) 
     assert set(trigger) <= {"type", "metadata", "authenticationRef", "name", "metricType", "useCachedMetrics"}
     meta = trigger["metadata"]
     assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values must be strings"
-    assert set(meta) <= {"query", "targetQueryValue", "activationTargetQueryValue", "host", "port",
-                         "userName", "dbName", "sslmode", "connectionFromEnv", "passwordFromEnv"}
+    assert set(meta) <= {
+        "query",
+        "targetQueryValue",
+        "activationTargetQueryValue",
+        "host",
+        "port",
+        "userName",
+        "dbName",
+        "sslmode",
+        "connectionFromEnv",
+        "passwordFromEnv",
+    }
     query = meta["query"]
     assert re.search(r"\bcount\(\*\)\s+FROM\s+jobs\s+WHERE\s+state\b", query, re.I), query
     assert "'QUEUED'" in query, "the queue depth counts QUEUED jobs"
@@ -358,7 +431,7 @@ def test_every_tuneserve_variable_is_a_setting(docs: list[dict[str, Any]]) -> No
     for _, c, _ in tuneserve_workloads(docs):
         names |= {k for k in env_of(docs, c) if k.startswith(ENV_PREFIX)}
     assert names
-    unknown = {n for n in names if n[len(ENV_PREFIX):].lower() not in KNOWN_SETTINGS}
+    unknown = {n for n in names if n[len(ENV_PREFIX) :].lower() not in KNOWN_SETTINGS}
     assert not unknown, f"not tuneserve settings (see server/tuneserve_server/config.py): {sorted(unknown)}"
 
 
@@ -383,8 +456,12 @@ def test_grpc_port_and_native_grpc_probes_match_the_settings(docs: list[dict[str
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = c.get(kind)
             assert probe, f"{kind} missing"
-            assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{kind} must be a grpc probe"
-            assert probe["grpc"]["port"] == grpc_port, f"{kind} probes {probe['grpc']['port']}, serves {grpc_port}"
+            assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, (
+                f"{kind} must be a grpc probe"
+            )
+            assert probe["grpc"]["port"] == grpc_port, (
+                f"{kind} probes {probe['grpc']['port']}, serves {grpc_port}"
+            )
         for kind in ("startupProbe", "readinessProbe"):
             # "" = the whole server: NOT_SERVING until the model is loaded and while draining
             assert c[kind]["grpc"].get("service", "") == ""
@@ -417,7 +494,9 @@ def test_termination_grace_covers_drain_and_grace(docs: list[dict[str, Any]]) ->
         if r in ("api", "serve"):
             needed = setting(env, "drain_delay_s") + setting(env, "grace_s")
             assert setting(env, "drain_delay_s") > 0, "drain before stopping so balancers move away"
-            assert grace_period > needed, f"{d['metadata']['name']}: {grace_period}s <= drain + grace {needed}s"
+            assert grace_period > needed, (
+                f"{d['metadata']['name']}: {grace_period}s <= drain + grace {needed}s"
+            )
 
 
 # ------------------------------------------------------------------ security, storage
@@ -460,8 +539,9 @@ def test_resources_have_requests_and_limits(docs: list[dict[str, Any]]) -> None:
             assert kind in res["requests"] and kind in res["limits"], f"{d['metadata']['name']}: {kind}"
         env = env_of(docs, c)
         threads = setting(env, "torch_threads")
-        assert 1 <= threads <= math.ceil(cpu_cores(res["requests"]["cpu"])), \
+        assert 1 <= threads <= math.ceil(cpu_cores(res["requests"]["cpu"])), (
             "TUNESERVE_TORCH_THREADS should match the CPU request (torch defaults to the node's cores)"
+        )
 
 
 # ------------------------------------------------------------------------- Services
@@ -482,8 +562,9 @@ def _service_targets(docs, svc, port) -> list[tuple[dict[str, Any], dict[str, An
 def test_services_reach_container_ports(docs: list[dict[str, Any]]) -> None:
     for svc in of_kind(docs, "Service"):
         for port in svc["spec"]["ports"]:
-            assert _service_targets(docs, svc, port), \
+            assert _service_targets(docs, svc, port), (
                 f"Service {svc['metadata']['name']} port {port['name']} reaches no container port"
+            )
 
 
 def test_grpc_services_headless_for_client_balancing_and_clusterip(docs: list[dict[str, Any]]) -> None:
@@ -503,16 +584,21 @@ def test_grpc_services_headless_for_client_balancing_and_clusterip(docs: list[di
 
 # ------------------------------------------------------------------- NetworkPolicies
 def _policies_for(docs, labels: dict[str, str], direction: str) -> list[dict[str, Any]]:
-    return [p for p in of_kind(docs, "NetworkPolicy")
-            if matches(p["spec"]["podSelector"].get("matchLabels", {}), labels)
-            and direction in p["spec"].get("policyTypes", ["Ingress"])]
+    return [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if matches(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+    ]
 
 
 def _ports(rules: list[dict[str, Any]]) -> set[int]:
     return {p["port"] for rule in rules for p in rule.get("ports", [])}
 
 
-def test_network_policies_default_deny_and_open_only_what_is_served(docs: list[dict[str, Any]], variant: str) -> None:
+def test_network_policies_default_deny_and_open_only_what_is_served(
+    docs: list[dict[str, Any]], variant: str
+) -> None:
     for d, c, r in tuneserve_workloads(docs):
         labels = pod_labels(d)
         ingress = _policies_for(docs, labels, "Ingress")
@@ -538,8 +624,10 @@ def test_network_policies_default_deny_and_open_only_what_is_served(docs: list[d
                 metric_ports = {setting(env, "metrics_port"), setting(env, "worker_metrics_port")}
                 if _ports([rule]) & metric_ports:
                     assert all(
-                        peer.get("namespaceSelector", {}).get("matchLabels", {})
-                        .get("kubernetes.io/metadata.name") == "monitoring"
+                        peer.get("namespaceSelector", {})
+                        .get("matchLabels", {})
+                        .get("kubernetes.io/metadata.name")
+                        == "monitoring"
                         for peer in rule["from"]
                     ), "metrics are open to the monitoring namespace only"
 
@@ -577,11 +665,16 @@ def test_prod_workers_run_on_gpu_nodes(renders: dict[str, list[dict[str, Any]]],
     for d, c, _ in workers:
         res = c["resources"]
         assert int(res.get("limits", {}).get("nvidia.com/gpu", 0)) >= 1, "workers need a GPU (limits)"
-        assert res["requests"].get("nvidia.com/gpu", res["limits"]["nvidia.com/gpu"]) == res["limits"]["nvidia.com/gpu"]
+        assert (
+            res["requests"].get("nvidia.com/gpu", res["limits"]["nvidia.com/gpu"])
+            == res["limits"]["nvidia.com/gpu"]
+        )
         pod = d["spec"]["template"]["spec"]
         assert pod.get("nodeSelector"), "pin workers to GPU nodes"
-        assert any(t.get("key") == "nvidia.com/gpu" and t.get("effect") in (None, "NoSchedule")
-                   for t in pod.get("tolerations", [])), "tolerate the GPU node taint"
+        assert any(
+            t.get("key") == "nvidia.com/gpu" and t.get("effect") in (None, "NoSchedule")
+            for t in pod.get("tolerations", [])
+        ), "tolerate the GPU node taint"
         assert str(setting(env_of(docs, c), "device")).startswith("cuda")
         assert mounts(d, c).get("/dev/shm", {}).get("emptyDir", {}).get("medium") == "Memory"
 
@@ -590,7 +683,7 @@ def test_prod_workers_run_on_gpu_nodes(renders: dict[str, list[dict[str, Any]]],
 def test_prod_hpa_and_pdb_target_the_api(renders: dict[str, list[dict[str, Any]]], name: str) -> None:
     docs = renders[name]
     apis, workers = _prod_workloads(docs)
-    (api, _, _), = apis
+    ((api, _, _),) = apis
     assert "replicas" not in api["spec"], "the HPA owns the API replica count; leave replicas out"
     (hpa,) = of_kind(docs, "HorizontalPodAutoscaler")
     ref = hpa["spec"]["scaleTargetRef"]
@@ -605,13 +698,16 @@ def test_prod_hpa_and_pdb_target_the_api(renders: dict[str, list[dict[str, Any]]
 
 
 @pytest.mark.parametrize("name", ["prod", "prod-s3"])
-def test_prod_uses_postgres_and_a_shared_adapter_store(renders: dict[str, list[dict[str, Any]]], name: str) -> None:
+def test_prod_uses_postgres_and_a_shared_adapter_store(
+    renders: dict[str, list[dict[str, Any]]], name: str
+) -> None:
     docs = renders[name]
     apis, workers = _prod_workloads(docs)
     for d, c, _ in apis + workers:
         env = env_of(docs, c)
-        assert ENV_PREFIX + "DATABASE_URL" in env and env[ENV_PREFIX + "DATABASE_URL"] is None, \
+        assert ENV_PREFIX + "DATABASE_URL" in env and env[ENV_PREFIX + "DATABASE_URL"] is None, (
             "the DSN comes from a Secret"
+        )
         store_url = env.get(ENV_PREFIX + "ADAPTER_STORE_URL")
         if name == "prod-s3":
             assert store_url and store_url.startswith("s3://")
@@ -622,7 +718,9 @@ def test_prod_uses_postgres_and_a_shared_adapter_store(renders: dict[str, list[d
             cache = volume_at(d, c, str(setting(env, "data_dir")))
             assert cache and "emptyDir" in cache
             limit = cache["emptyDir"].get("sizeLimit")
-            assert limit is None or gib(limit) >= 5, f"data dir emptyDir of {limit} is small for the adapter cache"
+            assert limit is None or gib(limit) >= 5, (
+                f"data dir emptyDir of {limit} is small for the adapter cache"
+            )
         else:
             assert store_url is None
             adapter_dir = env.get(ENV_PREFIX + "ADAPTER_DIR")

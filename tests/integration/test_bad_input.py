@@ -6,14 +6,17 @@ import time
 
 import grpc
 import pytest
+from conftest import banking77
 
 from tuneserve.v1 import common_pb2, training_pb2, training_pb2_grpc
 from tuneserve_client import FailedPrecondition, InvalidArgument, NotFound
 
-from conftest import banking77
-
-GOOD = [("my card has not arrived", "card_arrival"), ("where is my card", "card_arrival"),
-        ("card stolen", "lost_or_stolen_card"), ("I lost my card", "lost_or_stolen_card")] * 3
+GOOD = [
+    ("my card has not arrived", "card_arrival"),
+    ("where is my card", "card_arrival"),
+    ("card stolen", "lost_or_stolen_card"),
+    ("I lost my card", "lost_or_stolen_card"),
+] * 3
 
 
 def fields_of(exc) -> set[str]:
@@ -60,9 +63,12 @@ def _raw_train(cluster, **fields) -> grpc.RpcError:
     with grpc.insecure_channel(cluster.api.target) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         request = training_pb2.TrainRequest(
-            adapter_name="raw", request_id=f"raw-{time.monotonic_ns()}",
-            training_examples=[common_pb2.Example(classification=common_pb2.ClassificationExample(text=t, label=y))
-                               for t, y in GOOD],
+            adapter_name="raw",
+            request_id=f"raw-{time.monotonic_ns()}",
+            training_examples=[
+                common_pb2.Example(classification=common_pb2.ClassificationExample(text=t, label=y))
+                for t, y in GOOD
+            ],
             **fields,
         )
         with pytest.raises(grpc.RpcError) as err:
@@ -86,7 +92,10 @@ def test_missing_request_id_is_invalid_argument(cluster):
     with grpc.insecure_channel(cluster.api.target) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Train(training_pb2.TrainRequest(adapter_name="x", task=common_pb2.TASK_TYPE_CLASSIFICATION), timeout=30)
+            stub.Train(
+                training_pb2.TrainRequest(adapter_name="x", task=common_pb2.TASK_TYPE_CLASSIFICATION),
+                timeout=30,
+            )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in err.value.details()
 
 

@@ -21,14 +21,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tuneserve.v1 import training_pb2, training_pb2_grpc
 
+from tuneserve.v1 import training_pb2, training_pb2_grpc
 from tuneserve_client import Client, TuneserveError, tls_credentials
 from tuneserve_client.cli import main
 from tuneserve_client.hyperparameters import BY_PATH
 
 SUPPORT = ROOT / "examples" / "data" / "support_style" / "train.jsonl"
-CLIENT_ENV = ("TUNESERVE_TARGET", "TUNESERVE_API_KEY", "TUNESERVE_TLS_CA", "TUNESERVE_TLS_CERT", "TUNESERVE_TLS_KEY")
+CLIENT_ENV = (
+    "TUNESERVE_TARGET",
+    "TUNESERVE_API_KEY",
+    "TUNESERVE_TLS_CA",
+    "TUNESERVE_TLS_CERT",
+    "TUNESERVE_TLS_KEY",
+)
 
 
 # --- a small PKI -----------------------------------------------------------------------------
@@ -38,44 +44,67 @@ class Issuer:
     def __init__(self, name: str) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.cert = self._builder(self.name, self.key).add_extension(
-            x509.BasicConstraints(ca=True, path_length=None), critical=True
-        ).add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
-            critical=True,
-        ).sign(self.key, hashes.SHA256())
+        self.cert = (
+            self._builder(self.name, self.key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
 
     def _builder(self, subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
         now = datetime.now(UTC)
         return (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(self.name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
         )
 
     def issue(self, name: str, directory: Path, *, server: bool) -> tuple[Path, Path]:
         """A leaf certificate and key signed by this CA, as PEM files: (cert, key)."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = self._builder(subject, key).add_extension(
-            x509.BasicConstraints(ca=False, path_length=None), critical=True
-        ).add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
+        builder = (
+            self._builder(subject, key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return cert_path, key_path
 
     def write(self, path: Path) -> Path:
@@ -124,8 +153,14 @@ def cli(*argv: str) -> int:
 
 
 def test_tls_server_is_reached_with_tls_ca(pki: Pki, tmp_path: Path, capsys, monkeypatch) -> None:
-    api = Proc("api", tmp_path / "data", tmp_path, port=free_port(),
-               tls_cert_file=pki.server_cert, tls_key_file=pki.server_key)
+    api = Proc(
+        "api",
+        tmp_path / "data",
+        tmp_path,
+        port=free_port(),
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+    )
     try:
         wait_tls_serving(api, tls_credentials(pki.ca))
         target = ["--target", api.target]
@@ -157,8 +192,16 @@ def mtls_lm(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc
     """A SmolLM2 API that requires client certificates, and a worker."""
     root = tmp_path_factory.mktemp("mtls")
     settings = {"base_model": "smollm2", "max_new_tokens_default": 24, "max_new_tokens_limit": 64}
-    api = Proc("api", root / "data", root, port=free_port(), tls_cert_file=pki.server_cert,
-               tls_key_file=pki.server_key, tls_client_ca_file=pki.ca, **settings)
+    api = Proc(
+        "api",
+        root / "data",
+        root,
+        port=free_port(),
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
+        **settings,
+    )
     worker = None
     try:
         wait_tls_serving(api, tls_credentials(pki.ca, pki.client_cert, pki.client_key))
@@ -170,16 +213,22 @@ def mtls_lm(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc
                 print(f"--- {proc.role} log ---\n{proc.log()[-4000:]}")
 
 
-def test_mtls_needs_a_client_certificate_the_server_trusts(mtls_lm: Proc, pki: Pki, capsys, monkeypatch) -> None:
+def test_mtls_needs_a_client_certificate_the_server_trusts(
+    mtls_lm: Proc, pki: Pki, capsys, monkeypatch
+) -> None:
     target, ca = ["--target", mtls_lm.target], ["--tls-ca", str(pki.ca)]
 
-    assert cli(*target, *ca, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key), "health") == 0
+    assert (
+        cli(*target, *ca, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key), "health") == 0
+    )
     assert capsys.readouterr().out.strip() == "SERVING"
 
     assert cli(*target, *ca, "health") == 1  # no client certificate
     assert "UNAVAILABLE" in capsys.readouterr().err
-    assert cli(*target, *ca, "--tls-cert", str(pki.stranger_cert), "--tls-key", str(pki.stranger_key),
-               "health") == 1  # a certificate from a CA the server does not trust
+    assert (
+        cli(*target, *ca, "--tls-cert", str(pki.stranger_cert), "--tls-key", str(pki.stranger_key), "health")
+        == 1
+    )  # a certificate from a CA the server does not trust
     assert "UNAVAILABLE" in capsys.readouterr().err
 
     monkeypatch.setenv("TUNESERVE_TLS_CA", str(pki.ca))
@@ -188,26 +237,48 @@ def test_mtls_needs_a_client_certificate_the_server_trusts(mtls_lm: Proc, pki: P
     assert cli(*target, "health") == 0
 
 
-def test_causal_lm_adapter_trained_and_used_from_the_cli(mtls_lm: Proc, pki: Pki, tmp_path: Path, capsys) -> None:
+def test_causal_lm_adapter_trained_and_used_from_the_cli(
+    mtls_lm: Proc, pki: Pki, tmp_path: Path, capsys
+) -> None:
     rows = [line for line in SUPPORT.read_text().splitlines() if line.strip()]
     train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
     train.write_text("\n".join(rows[:16]) + "\n")
     validation.write_text("\n".join(rows[48:52]) + "\n")
-    tls = ["--target", mtls_lm.target, "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
-           "--tls-key", str(pki.client_key)]
+    tls = [
+        "--target",
+        mtls_lm.target,
+        "--tls-ca",
+        str(pki.ca),
+        "--tls-cert",
+        str(pki.client_cert),
+        "--tls-key",
+        str(pki.client_key),
+    ]
 
     # The validation rows as an uploaded dataset, the training rows inline.
     assert cli(*tls, "datasets", "upload", str(validation), "--task", "causal_lm") == 0
     validation_id = capsys.readouterr().out.strip()
 
     given = {  # every hyperparameter, each different from the server's default
-        "lora.rank": 4, "lora.alpha": 8.0, "lora.dropout": 0.0, "lora.target_modules": ["q_proj", "k_proj"],
-        "optimizer.learning_rate": 0.00390625, "optimizer.batch_size": 4, "optimizer.epochs": 1,
-        "optimizer.max_steps": 2, "optimizer.warmup_ratio": 0.0, "optimizer.weight_decay": 0.0,
-        "optimizer.seed": 7, "optimizer.max_seq_length": 96, "optimizer.gradient_accumulation_steps": 2,
-        "evaluation.eval_every_steps": 1, "evaluation.metric_for_best": "eval_loss",
-        "evaluation.early_stopping_patience": 5, "evaluation.calibrate": False,
-        "causal_lm.train_on_prompt": True, "causal_lm.sample_generations": 1,
+        "lora.rank": 4,
+        "lora.alpha": 8.0,
+        "lora.dropout": 0.0,
+        "lora.target_modules": ["q_proj", "k_proj"],
+        "optimizer.learning_rate": 0.00390625,
+        "optimizer.batch_size": 4,
+        "optimizer.epochs": 1,
+        "optimizer.max_steps": 2,
+        "optimizer.warmup_ratio": 0.0,
+        "optimizer.weight_decay": 0.0,
+        "optimizer.seed": 7,
+        "optimizer.max_seq_length": 96,
+        "optimizer.gradient_accumulation_steps": 2,
+        "evaluation.eval_every_steps": 1,
+        "evaluation.metric_for_best": "eval_loss",
+        "evaluation.early_stopping_patience": 5,
+        "evaluation.calibrate": False,
+        "causal_lm.train_on_prompt": True,
+        "causal_lm.sample_generations": 1,
     }
     assert sorted(given) == sorted(BY_PATH)  # a new field needs a value here
     flags: list[str] = []
@@ -220,8 +291,21 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(mtls_lm: Proc, pki: Pki
         else:
             flags += [flag, str(value)]
 
-    rc = cli(*tls, "--json", "train", "--adapter", "support-style", "--task", "causal_lm", "--data", str(train),
-             "--validation-dataset", validation_id, *flags, "--wait")
+    rc = cli(
+        *tls,
+        "--json",
+        "train",
+        "--adapter",
+        "support-style",
+        "--task",
+        "causal_lm",
+        "--data",
+        str(train),
+        "--validation-dataset",
+        validation_id,
+        *flags,
+        "--wait",
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     job = json.loads(out.out.splitlines()[-1])
@@ -232,12 +316,25 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(mtls_lm: Proc, pki: Pki
     # The server ran with exactly what the flags said (the job stores its hyperparameters).
     credentials = tls_credentials(pki.ca, pki.client_cert, pki.client_key)
     with grpc.secure_channel(mtls_lm.target, credentials) as channel:
-        stored = training_pb2_grpc.TrainingServiceStub(channel).GetJob(
-            training_pb2.GetJobRequest(namespace="default", job_id=job["id"]), timeout=20
-        ).job.hyperparameters
+        stored = (
+            training_pb2_grpc.TrainingServiceStub(channel)
+            .GetJob(training_pb2.GetJobRequest(namespace="default", job_id=job["id"]), timeout=20)
+            .job.hyperparameters
+        )
     assert {path: BY_PATH[path].get(stored) for path in given} == given
 
-    assert cli(*tls, "--json", "predict", "--adapter", "support-style", "--max-new-tokens", "8",
-               "How do I reset my password?") == 0
+    assert (
+        cli(
+            *tls,
+            "--json",
+            "predict",
+            "--adapter",
+            "support-style",
+            "--max-new-tokens",
+            "8",
+            "How do I reset my password?",
+        )
+        == 0
+    )
     (generation,) = json.loads(capsys.readouterr().out)
     assert generation["text"] and 0 < generation["completion_tokens"] <= 8

@@ -12,11 +12,10 @@ import json
 
 import grpc
 import pytest
-from tuneserve.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
-
-from tuneserve_client import InvalidArgument, NotFound
-
 from conftest import banking77
+
+from tuneserve.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
+from tuneserve_client import InvalidArgument, NotFound
 
 
 def _csv(rows: list[tuple[str, str]]) -> bytes:
@@ -38,10 +37,11 @@ def test_upload_in_chunks_train_from_it_and_watch_every_event(cluster):
         assert client.get_dataset(dataset.id) == dataset
         assert dataset.id in [d.id for d in client.list_datasets()]
 
-        job = client.train("from-dataset", dataset=dataset, epochs=2, batch_size=16,
-                           eval_every_steps=5)
+        job = client.train("from-dataset", dataset=dataset, epochs=2, batch_size=16, eval_every_steps=5)
         assert job.dataset_id == dataset.id
-        assert job.data_report is not None and job.data_report.train_rows + job.data_report.validation_rows == 96
+        assert (
+            job.data_report is not None and job.data_report.train_rows + job.data_report.validation_rows == 96
+        )
 
         events = list(client.watch_job(job, timeout=600))
         final = client.get_job(job.id)
@@ -71,9 +71,13 @@ def _stub(cluster):
 
 def _header(data: bytes, upload_id: str, **changes) -> datasets_pb2.DatasetUploadHeader:
     fields = dict(
-        namespace="default", display_name="partial", task=common_pb2.TASK_TYPE_CLASSIFICATION,
-        format=datasets_pb2.DATASET_FORMAT_JSONL, size_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), upload_id=upload_id,
+        namespace="default",
+        display_name="partial",
+        task=common_pb2.TASK_TYPE_CLASSIFICATION,
+        format=datasets_pb2.DATASET_FORMAT_JSONL,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        upload_id=upload_id,
     )
     fields.update(changes)
     return datasets_pb2.DatasetUploadHeader(**fields)
@@ -83,7 +87,9 @@ def _send(stub, header, chunks):
     def messages():
         yield datasets_pb2.UploadDatasetRequest(header=header)
         for offset, piece in chunks:
-            yield datasets_pb2.UploadDatasetRequest(chunk=datasets_pb2.DatasetChunk(offset=offset, data=piece))
+            yield datasets_pb2.UploadDatasetRequest(
+                chunk=datasets_pb2.DatasetChunk(offset=offset, data=piece)
+            )
 
     return stub.UploadDataset(messages(), timeout=30)
 
@@ -151,7 +157,10 @@ def test_every_data_problem_is_reported(cluster):
     codes = {i.code for i in report.warnings}
     assert {"rows_dropped", "conflicting_labels"} <= codes
     assert {label for label, _, _ in report.labels} == {
-        "card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed"
+        "card_arrival",
+        "lost_or_stolen_card",
+        "exchange_rate",
+        "top_up_failed",
     }
 
 
@@ -164,10 +173,10 @@ def test_hard_data_errors_refuse_the_job_with_the_report(cluster):
             client.train("leaky", rows, validation=rows[:10])
         assert err.value.data_report is not None and not err.value.data_report.ok
         assert err.value.data_report.leaked_validation_rows == 10
-        assert ("validation_examples" in {f for f, _ in err.value.field_violations})
+        assert "validation_examples" in {f for f, _ in err.value.field_violations}
         # A label with a single example.
         with pytest.raises(InvalidArgument) as err:
-            client.train("rare", rows + [("a lonely query", "rare_label")], validation_fraction=0.2)
+            client.train("rare", [*rows, ("a lonely query", "rare_label")], validation_fraction=0.2)
         assert any(i.code == "label_too_rare" for i in err.value.data_report.errors)
         # The same checks without a job.
         report = client.validate_dataset(None, rows, validation=rows[:10])
@@ -207,8 +216,21 @@ def test_cli_upload_validate_train_and_watch(cluster, tmp_path, capsys):
     assert main([*base, "datasets", "list"]) == 0
     assert dataset_id in capsys.readouterr().out
 
-    rc = main([*base, "train", "--adapter", "cli-intents", "--dataset", dataset_id,
-               "--epochs", "1", "--batch-size", "8", "--watch"])
+    rc = main(
+        [
+            *base,
+            "train",
+            "--adapter",
+            "cli-intents",
+            "--dataset",
+            dataset_id,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--watch",
+        ]
+    )
     out = capsys.readouterr().out.splitlines()
     assert rc == 0, out
     job_id = out[0]

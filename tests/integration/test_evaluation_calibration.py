@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 import torch
 from conftest import banking77
+
 from tuneserve.v1 import common_pb2, training_pb2, training_pb2_grpc
 from tuneserve_server.modeling import (
     AdapterMeta,
@@ -23,20 +24,30 @@ def submit(target: str) -> str:
     rows = banking77("train", per_label=40)
     with grpc.insecure_channel(target) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
-        reply = stub.Train(training_pb2.TrainRequest(
-            adapter_name=ADAPTER, task=common_pb2.TASK_TYPE_CLASSIFICATION, request_id="calibrated-1",
-            training_examples=[
-                common_pb2.Example(classification=common_pb2.ClassificationExample(text=t, label=y))
-                for t, y in rows
-            ],
-            validation_fraction=0.25,
-            hyperparameters=common_pb2.Hyperparameters(
-                optimizer=common_pb2.OptimizerConfig(epochs=4, batch_size=8, gradient_accumulation_steps=2),
-                evaluation=common_pb2.EvaluationConfig(
-                    eval_every_steps=2, metric_for_best="accuracy", early_stopping_patience=2, calibrate=True
+        reply = stub.Train(
+            training_pb2.TrainRequest(
+                adapter_name=ADAPTER,
+                task=common_pb2.TASK_TYPE_CLASSIFICATION,
+                request_id="calibrated-1",
+                training_examples=[
+                    common_pb2.Example(classification=common_pb2.ClassificationExample(text=t, label=y))
+                    for t, y in rows
+                ],
+                validation_fraction=0.25,
+                hyperparameters=common_pb2.Hyperparameters(
+                    optimizer=common_pb2.OptimizerConfig(
+                        epochs=4, batch_size=8, gradient_accumulation_steps=2
+                    ),
+                    evaluation=common_pb2.EvaluationConfig(
+                        eval_every_steps=2,
+                        metric_for_best="accuracy",
+                        early_stopping_patience=2,
+                        calibrate=True,
+                    ),
                 ),
             ),
-        ), timeout=60)
+            timeout=60,
+        )
     assert reply.job.hyperparameters.optimizer.gradient_accumulation_steps == 2
     assert reply.job.hyperparameters.evaluation.metric_for_best == "accuracy"
     return reply.job.id

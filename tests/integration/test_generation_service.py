@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import ROOT, Proc, free_port, wait_serving
+
 from tuneserve_client import Client, FailedPrecondition, InvalidArgument
 
 DATA = ROOT / "examples" / "data" / "support_style" / "train.jsonl"
@@ -41,9 +42,18 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Client,
         client = Client(api.target, timeout=60)
         rows = support_examples()
         job = client.train(
-            "support-style", rows[:48], task="causal_lm", validation=rows[48:54],
-            lora_rank=8, learning_rate=3e-3, batch_size=8, max_steps=12, warmup_ratio=0.0,
-            max_seq_length=128, sample_generations=2, request_id="lm-style-v1",
+            "support-style",
+            rows[:48],
+            task="causal_lm",
+            validation=rows[48:54],
+            lora_rank=8,
+            learning_rate=3e-3,
+            batch_size=8,
+            max_steps=12,
+            warmup_ratio=0.0,
+            max_seq_length=128,
+            sample_generations=2,
+            request_id="lm-style-v1",
         )
         job = client.wait(job, timeout=900, poll_interval=0.5)
         assert job.state == "SUCCEEDED", job.error
@@ -55,7 +65,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Client,
                 print(f"--- {proc.role} log ---\n{proc.log()[-4000:]}")
 
 
-def test_trained_adapter_follows_the_format_and_the_base_does_not(lm) -> None:  # noqa: ANN001
+def test_trained_adapter_follows_the_format_and_the_base_does_not(lm) -> None:
     _, client, job = lm
     assert job.metrics["eval_loss"] < job.metrics["base_eval_loss"]
     assert job.metrics["perplexity"] > 1.0 and job.metrics["truncated_rows"] == 0
@@ -77,7 +87,7 @@ def test_trained_adapter_follows_the_format_and_the_base_does_not(lm) -> None:  
     assert stopped.text.startswith(FORMAT_START)
 
 
-def test_streaming_gives_the_unary_text_and_names_the_adapter(lm) -> None:  # noqa: ANN001
+def test_streaming_gives_the_unary_text_and_names_the_adapter(lm) -> None:
     _, client, _ = lm
     for adapter in ("support-style", None):
         unary = client.generate(adapter, HELD_OUT[1], max_new_tokens=40)
@@ -87,12 +97,10 @@ def test_streaming_gives_the_unary_text_and_names_the_adapter(lm) -> None:  # no
         assert "".join(deltas) == unary.text == stream.final.text
         assert stream.final.finish_reason == unary.finish_reason
         assert stream.final.completion_tokens == unary.completion_tokens
-        assert (stream.adapter_name, stream.adapter_version) == (
-            ("support-style", 1) if adapter else ("", 0)
-        )
+        assert (stream.adapter_name, stream.adapter_version) == (("support-style", 1) if adapter else ("", 0))
 
 
-def test_seeded_sampling_repeats_and_mixed_batches_keep_each_requests_settings(lm) -> None:  # noqa: ANN001
+def test_seeded_sampling_repeats_and_mixed_batches_keep_each_requests_settings(lm) -> None:
     _, client, _ = lm
     prompt = "Write one sentence about the sea."
     params = {"max_new_tokens": 24, "temperature": 1.0, "top_p": 0.95, "seed": 7}
@@ -111,7 +119,7 @@ def test_seeded_sampling_repeats_and_mixed_batches_keep_each_requests_settings(l
         hot.result()
 
 
-def test_cancelled_stream_stops_its_row(lm) -> None:  # noqa: ANN001
+def test_cancelled_stream_stops_its_row(lm) -> None:
     api, client, _ = lm
     before = api.metrics()
     stream = client.stream(None, "Write a very long story about a lighthouse keeper.", max_new_tokens=250)
@@ -122,10 +130,15 @@ def test_cancelled_stream_stops_its_row(lm) -> None:  # noqa: ANN001
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # bounded wait for the server to drop the row
         after = api.metrics()
-        if after.get("tuneserve_generation_cancelled_total", 0) > before.get("tuneserve_generation_cancelled_total", 0):
+        if after.get("tuneserve_generation_cancelled_total", 0) > before.get(
+            "tuneserve_generation_cancelled_total", 0
+        ):
             break
         time.sleep(0.2)
-    assert after["tuneserve_generation_cancelled_total"] == before.get("tuneserve_generation_cancelled_total", 0) + 1
+    assert (
+        after["tuneserve_generation_cancelled_total"]
+        == before.get("tuneserve_generation_cancelled_total", 0) + 1
+    )
     assert after["tuneserve_generation_active_rows"] == 0
     produced = after["tuneserve_generation_tokens_total"] - before.get("tuneserve_generation_tokens_total", 0)
     assert produced < 250, "the cancelled row kept generating"
@@ -142,7 +155,7 @@ def test_cancelled_stream_stops_its_row(lm) -> None:  # noqa: ANN001
         ({"stop": [""]}, "generation.stop[0]"),
     ],
 )
-def test_bad_sampling_settings_are_invalid_argument_naming_the_field(lm, params, field) -> None:  # noqa: ANN001
+def test_bad_sampling_settings_are_invalid_argument_naming_the_field(lm, params, field) -> None:
     _, client, _ = lm
     with pytest.raises(InvalidArgument) as err:
         client.generate(None, "hi", **params)
@@ -152,7 +165,7 @@ def test_bad_sampling_settings_are_invalid_argument_naming_the_field(lm, params,
     assert field in [v[0] for v in err.value.field_violations]
 
 
-def test_empty_input_and_classification_calls_are_refused(lm) -> None:  # noqa: ANN001
+def test_empty_input_and_classification_calls_are_refused(lm) -> None:
     _, client, _ = lm
     with pytest.raises(InvalidArgument) as err:
         list(client.stream(None, "   "))
@@ -161,24 +174,52 @@ def test_empty_input_and_classification_calls_are_refused(lm) -> None:  # noqa: 
         client.train("intents", [("a", "x"), ("b", "y")] * 10, request_id="lm-wrong-task")
 
 
-def test_cli_predict_streams_and_generates(lm, capsys) -> None:  # noqa: ANN001
+def test_cli_predict_streams_and_generates(lm, capsys) -> None:
     from tuneserve_client.cli import main
 
     api, client, _ = lm
     want = client.generate("support-style", HELD_OUT[0], max_new_tokens=30).text
-    assert main(["--target", api.target, "predict", "--adapter", "support-style", "--stream",
-                 "--max-new-tokens", "30", HELD_OUT[0]]) == 0
+    assert (
+        main(
+            [
+                "--target",
+                api.target,
+                "predict",
+                "--adapter",
+                "support-style",
+                "--stream",
+                "--max-new-tokens",
+                "30",
+                HELD_OUT[0],
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert out == want + "\n" and "completion tokens" in err
-    assert main(["--target", api.target, "--json", "predict", "--adapter", "support-style",
-                 "--max-new-tokens", "30", HELD_OUT[0]]) == 0
+    assert (
+        main(
+            [
+                "--target",
+                api.target,
+                "--json",
+                "predict",
+                "--adapter",
+                "support-style",
+                "--max-new-tokens",
+                "30",
+                HELD_OUT[0],
+            ]
+        )
+        == 0
+    )
     payload = json.loads(capsys.readouterr().out)
     assert payload[0]["text"] == want and payload[0]["input"] == HELD_OUT[0]
     assert main(["--target", api.target, "predict", "--temperature", "-1", "hi"]) != 0
     assert "generation.temperature" in capsys.readouterr().err
 
 
-def test_an_encoder_server_refuses_generation_naming_what_it_serves(cluster) -> None:  # noqa: ANN001
+def test_an_encoder_server_refuses_generation_naming_what_it_serves(cluster) -> None:
     with cluster.client(timeout=30) as client:
         with pytest.raises(FailedPrecondition, match="all-MiniLM-L6-v2, a classification model"):
             client.generate(None, "hello")

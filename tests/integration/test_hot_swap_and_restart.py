@@ -24,7 +24,7 @@ def test_hot_swap_under_load_fails_no_request(cluster, trained):
                     for p in client.predict("intents", ["my card is lost", "what is the exchange rate"]):
                         assert p.label
                     seen.append(1)
-                except BaseException as exc:  # noqa: BLE001 - every failure counts
+                except BaseException as exc:
                     errors.append(exc)
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]

@@ -11,10 +11,9 @@ import time
 import grpc
 import psycopg
 import pytest
+from conftest import Proc, banking77, free_port, wait_serving
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
-
-from conftest import Proc, banking77, free_port, wait_serving
 
 PROBE = "my card has not arrived yet"
 
@@ -89,7 +88,10 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
                 "SELECT name, version, created_at FROM adapter_versions ORDER BY created_at"
             ).fetchall()
         assert sorted((n, v) for n, v, _ in versions) == [
-            ("replica-0", 1), ("replica-0", 2), ("replica-1", 1), ("replica-1", 2)
+            ("replica-0", 1),
+            ("replica-0", 2),
+            ("replica-1", 1),
+            ("replica-1", 2),
         ]
         # Each API converges on its own (registry polling), within a bounded time.
         for api in (api1, api2):
@@ -125,8 +127,10 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
                 with psycopg.connect(postgres_dsn) as conn:
                     now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
                 delays.append((now - committed).total_seconds())
-    print(f"\nnew version -> served by both APIs: p50 {statistics.median(delays) * 1000:.0f} ms, "
-          f"max {max(delays) * 1000:.0f} ms over {len(delays)} (registry_poll_s=0.2)")
+    print(
+        f"\nnew version -> served by both APIs: p50 {statistics.median(delays) * 1000:.0f} ms, "
+        f"max {max(delays) * 1000:.0f} ms over {len(delays)} (registry_poll_s=0.2)"
+    )
     assert max(delays) < 5.0
 
 

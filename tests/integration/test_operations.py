@@ -10,12 +10,12 @@ import time
 
 import grpc
 import pytest
+from conftest import ROOT, Proc, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 from tuneserve_client import Client
-
-from conftest import ROOT, Proc, free_port
+from tuneserve_client.errors import NotFound
 
 SERVICES = ("", "tuneserve.v1.InferenceService", "tuneserve.v1.TrainingService")
 # How a stopping gRPC server refuses a call that arrives after it stopped accepting.
@@ -41,7 +41,7 @@ def test_metrics_move_during_train_and_predict(cluster, trained):
     with cluster.client() as client:
         for _ in range(3):
             client.predict("intents", ["where is my card", "card stolen"])
-        with pytest.raises(Exception):
+        with pytest.raises(NotFound):
             client.predict("no-such-adapter", ["x"])
     after = cluster.api.metrics()
 
@@ -85,7 +85,9 @@ def test_request_id_is_returned_and_logged(cluster, trained):
 def test_health_cli(cluster):
     out = subprocess.run(
         [sys.executable, "-m", "tuneserve_client.cli", "--target", cluster.api.target, "health"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0 and out.stdout.strip() == "SERVING", out.stderr
 
@@ -116,7 +118,7 @@ def test_health_transitions_and_sigterm_fails_no_inflight_predict(cluster, train
                 try:
                     client.predict("intents", ["my card has not arrived"] * 8)
                     results.append((started, "OK"))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     results.append((started, getattr(getattr(exc, "code", None), "name", repr(exc))))
                     if results[-1][1] in REFUSED:
                         return
@@ -159,7 +161,10 @@ def test_invalid_config_stops_the_start_naming_the_setting(args, env, setting):
 
     out = subprocess.run(
         [sys.executable, "-m", "tuneserve_server.cli", "serve", *args],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}, **env},
     )
     assert out.returncode == 2

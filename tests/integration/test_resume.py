@@ -6,9 +6,9 @@ from __future__ import annotations
 import signal
 import time
 
-from tuneserve_client import Client
-
 from conftest import Proc, banking77, free_port, wait_serving
+
+from tuneserve_client import Client
 
 
 def wait_step(client: Client, job_id: str, at_least: int, timeout: float = 600):
@@ -62,9 +62,11 @@ def test_kill_9_and_sigterm_resume_from_checkpoints(tmp_path):
         log2 = workers[1].log()
         first_resume = int(log2.split("resumed from checkpoint")[1].split("step=")[1].split()[0])
         assert 0 < first_resume <= killed_at and first_resume % 4 == 0
-        print(f"\nkill -9 at step {killed_at}: resumed from {first_resume}, "
-              f"{killed_at - first_resume} steps repeated; SIGTERM at {stopped_at}: resumed from "
-              f"{int(resumed_from)}, 0 repeated; {final.total_steps} steps in all")
+        print(
+            f"\nkill -9 at step {killed_at}: resumed from {first_resume}, "
+            f"{killed_at - first_resume} steps repeated; SIGTERM at {stopped_at}: resumed from "
+            f"{int(resumed_from)}, 0 repeated; {final.total_steps} steps in all"
+        )
         assert resumed.step > killed_at
     finally:
         api.stop()

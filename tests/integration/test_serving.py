@@ -9,11 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from conftest import Proc, banking77, free_port, wait_serving
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 from tuneserve_client import Client, NotFound
-
-from conftest import Proc, banking77, free_port, wait_serving
 
 QUERIES = [t for t, _ in banking77("test", per_label=6)]
 
@@ -104,7 +103,9 @@ def test_overload_gets_resource_exhausted_and_deadlines_drop_queued_requests(clu
             with grpc.insecure_channel(api.target) as channel:
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
                 try:
-                    stub.Predict(inference_pb2.PredictRequest(adapter="intents", inputs=QUERIES[:16]), timeout=60)
+                    stub.Predict(
+                        inference_pb2.PredictRequest(adapter="intents", inputs=QUERIES[:16]), timeout=60
+                    )
                     code = "OK"
                 except grpc.RpcError as exc:
                     code = exc.code().name
@@ -123,19 +124,18 @@ def test_overload_gets_resource_exhausted_and_deadlines_drop_queued_requests(clu
 
         # Deadlines: keep the torch thread busy, queue calls with short deadlines behind it.
         before = api.metrics()
-        with Client(api.target, timeout=60) as client:
-            with ThreadPoolExecutor(4) as pool:
-                busy = [pool.submit(client.predict, "intents", QUERIES[:32]) for _ in range(2)]
-                time.sleep(0.05)
-                short = []
-                for _ in range(4):
-                    try:
-                        client.predict("intents", QUERIES[:4], timeout=0.02)
-                        short.append("OK")
-                    except Exception as exc:  # noqa: BLE001
-                        short.append(type(exc).__name__)
-                for f in busy:
-                    f.result()
+        with Client(api.target, timeout=60) as client, ThreadPoolExecutor(4) as pool:
+            busy = [pool.submit(client.predict, "intents", QUERIES[:32]) for _ in range(2)]
+            time.sleep(0.05)
+            short = []
+            for _ in range(4):
+                try:
+                    client.predict("intents", QUERIES[:4], timeout=0.02)
+                    short.append("OK")
+                except Exception as exc:
+                    short.append(type(exc).__name__)
+            for f in busy:
+                f.result()
         assert "DeadlineExceeded" in short
         time.sleep(0.5)
         after = api.metrics()

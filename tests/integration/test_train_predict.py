@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from conftest import LABELS, banking77
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 
 def test_job_reports_progress_metrics_and_publishes_version(cluster, trained):
@@ -52,7 +51,10 @@ def test_predict_without_probabilities_is_compact(cluster, trained):
 def test_duplicate_request_id_returns_the_same_job(cluster, trained):
     with cluster.client() as client:
         again = client.train(
-            "intents", banking77("train", per_label=30), epochs=3, learning_rate=2e-3,
+            "intents",
+            banking77("train", per_label=30),
+            epochs=3,
+            learning_rate=2e-3,
             request_id="fixture-intents-v1",
         )
         assert again.id == trained.id
@@ -77,17 +79,26 @@ def test_tenants_do_not_see_each_other(cluster, trained):
 def test_health_and_reflection(cluster):
     with grpc.insecure_channel(cluster.api.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        [reply] = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        [reply] = list(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
     names = {s.name for s in reply.list_services_response.service}
-    assert {"tuneserve.v1.TrainingService", "tuneserve.v1.InferenceService",
-            "tuneserve.v1.AdapterService", "grpc.health.v1.Health"} <= names
+    assert {
+        "tuneserve.v1.TrainingService",
+        "tuneserve.v1.InferenceService",
+        "tuneserve.v1.AdapterService",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def test_cli_predict_and_jobs(cluster, trained, tmp_path):
     cli = [sys.executable, "-m", "tuneserve_client.cli", "--target", cluster.api.target]
     text = "my card was stolen yesterday"
     out = subprocess.run(
-        [*cli, "predict", "--adapter", "intents", text], capture_output=True, text=True, timeout=60,
+        [*cli, "predict", "--adapter", "intents", text],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     with cluster.client() as client:
@@ -95,5 +106,7 @@ def test_cli_predict_and_jobs(cluster, trained, tmp_path):
     assert p.label in out.stdout and text in out.stdout
     out = subprocess.run([*cli, "jobs", "get", trained.id], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "SUCCEEDED" in out.stdout, out.stderr
-    out = subprocess.run([*cli, "predict", "--adapter", "nope", "x"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*cli, "predict", "--adapter", "nope", "x"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1 and "NOT_FOUND" in out.stderr

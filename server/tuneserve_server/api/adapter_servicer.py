@@ -17,7 +17,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         self.adapters = adapters
 
     @rpc
-    async def ListAdapters(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def ListAdapters(self, request, context):
         page = await self.adapters.list(
             namespace_of(request.namespace), page_size=request.page_size, page_token=request.page_token
         )
@@ -27,7 +27,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         )
 
     @rpc
-    async def GetAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def GetAdapter(self, request, context):
         ref = AdapterRef.parse(namespace_of(request.namespace), request.name, field="name")
         if ref.version is not None:
             raise InvalidRequest.field("name", "takes a name without @version")
@@ -35,22 +35,25 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         return adapters_pb2.GetAdapterResponse(adapter=convert.adapter_pb(records, residency))
 
     @rpc
-    async def DeleteAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def DeleteAdapter(self, request, context):
         ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
         return adapters_pb2.DeleteAdapterResponse(deleted_versions=await self.adapters.delete(ref))
 
     @rpc
-    async def LoadAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def LoadAdapter(self, request, context):
         ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
         structlog.contextvars.bind_contextvars(adapter=request.adapter)
         loaded = await self.adapters.load(ref, pin=request.pin)
         return adapters_pb2.LoadAdapterResponse(
-            adapter_name=loaded.record.name, adapter_version=loaded.record.version, pinned=loaded.pinned,
-            size_bytes=loaded.size_bytes, load_seconds=loaded.load_seconds,
+            adapter_name=loaded.record.name,
+            adapter_version=loaded.record.version,
+            pinned=loaded.pinned,
+            size_bytes=loaded.size_bytes,
+            load_seconds=loaded.load_seconds,
         )
 
     @rpc
-    async def UnloadAdapter(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def UnloadAdapter(self, request, context):
         ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
         structlog.contextvars.bind_contextvars(adapter=request.adapter)
         return adapters_pb2.UnloadAdapterResponse(unloaded_versions=await self.adapters.unload(ref))

@@ -7,18 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from tuneserve.v1 import adapters_pb2, common_pb2, datasets_pb2, inference_pb2, training_pb2
 
-from tuneserve_server.engine.classifier import ClassScores
-from tuneserve_server.engine.generation import (
-    FinishReason,
-    GenerationResult,
-    SamplingParams,
-)
+from tuneserve.v1 import adapters_pb2, common_pb2, datasets_pb2, inference_pb2, training_pb2
 from tuneserve_server.domain.errors import FieldViolation, InvalidRequest
-from tuneserve_server.services.datasets import UploadHeader
-from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
-from tuneserve_server.training.data_report import DataReport
 from tuneserve_server.domain.jobs import (
     CausalExample,
     ChatTurn,
@@ -30,6 +21,15 @@ from tuneserve_server.domain.jobs import (
     JobState,
     TaskType,
 )
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
+from tuneserve_server.engine.classifier import ClassScores
+from tuneserve_server.engine.generation import (
+    FinishReason,
+    GenerationResult,
+    SamplingParams,
+)
+from tuneserve_server.services.datasets import UploadHeader
+from tuneserve_server.training.data_report import DataReport
 from tuneserve_server.training.validation import InlineExample, TrainInput
 
 TASK_TO_PB = {
@@ -56,7 +56,8 @@ def _example(ex: common_pb2.Example) -> InlineExample:
     if kind == "causal_lm":
         lm = ex.causal_lm
         return CausalExample(
-            prompt=lm.prompt, completion=lm.completion,
+            prompt=lm.prompt,
+            completion=lm.completion,
             messages=tuple(ChatTurn(m.role, m.content) for m in lm.messages),
         )
     return None
@@ -75,7 +76,8 @@ def _task(value: int, field: str = "task") -> TaskType | None:
 # one mapping, identity; tests/unit/client/test_hyperparameters.py checks that both sides have
 # the same fields). The client's flags and keywords come from the same descriptor.
 HYPERPARAMETER_FIELDS: tuple[tuple[str, tuple[Any, ...]], ...] = tuple(
-    (section.name, tuple(section.message_type.fields)) for section in common_pb2.Hyperparameters.DESCRIPTOR.fields
+    (section.name, tuple(section.message_type.fields))
+    for section in common_pb2.Hyperparameters.DESCRIPTOR.fields
 )
 
 
@@ -157,20 +159,30 @@ def progress_pb(p: JobProgress) -> training_pb2.JobProgress:
 def data_report_pb(data: dict[str, Any]) -> datasets_pb2.DataReport:
     r = DataReport.from_dict(data)
     return datasets_pb2.DataReport(
-        total_rows=r.total_rows, usable_rows=r.usable_rows, train_rows=r.train_rows,
+        total_rows=r.total_rows,
+        usable_rows=r.usable_rows,
+        train_rows=r.train_rows,
         validation_rows=r.validation_rows,
-        dropped=[datasets_pb2.DroppedRows(reason=d.reason, count=d.count, rows=list(d.rows))
-                 for d in r.dropped],
-        labels=[datasets_pb2.LabelCount(label=c.label, train=c.train, validation=c.validation)
-                for c in r.labels],
-        imbalance_ratio=r.imbalance_ratio, exact_duplicates=r.exact_duplicates,
-        near_duplicates=r.near_duplicates, conflicting_texts=r.conflicting_texts,
-        leaked_validation_rows=r.leaked_validation_rows, truncated_rows=r.truncated_rows,
-        max_tokens=r.max_tokens, mean_tokens=r.mean_tokens,
+        dropped=[
+            datasets_pb2.DroppedRows(reason=d.reason, count=d.count, rows=list(d.rows)) for d in r.dropped
+        ],
+        labels=[
+            datasets_pb2.LabelCount(label=c.label, train=c.train, validation=c.validation) for c in r.labels
+        ],
+        imbalance_ratio=r.imbalance_ratio,
+        exact_duplicates=r.exact_duplicates,
+        near_duplicates=r.near_duplicates,
+        conflicting_texts=r.conflicting_texts,
+        leaked_validation_rows=r.leaked_validation_rows,
+        truncated_rows=r.truncated_rows,
+        max_tokens=r.max_tokens,
+        mean_tokens=r.mean_tokens,
         issues=[
             datasets_pb2.DataIssue(
                 severity=datasets_pb2.IssueSeverity.Value(f"ISSUE_SEVERITY_{i.severity.value}"),
-                code=i.code, message=i.message, rows=list(i.rows),
+                code=i.code,
+                message=i.message,
+                rows=list(i.rows),
             )
             for i in r.issues
         ],
@@ -228,22 +240,35 @@ FORMAT_FROM_PB = {v: k for k, v in FORMAT_TO_PB.items()}
 
 def dataset_pb(d: DatasetRecord) -> datasets_pb2.Dataset:
     return datasets_pb2.Dataset(
-        id=d.id, namespace=d.namespace, display_name=d.display_name, task=TASK_TO_PB[d.task],
-        format=FORMAT_TO_PB[d.format], size_bytes=d.size_bytes, sha256=d.sha256, rows=d.rows,
-        usable_rows=d.usable_rows, created_at=_ts(d.created_at),
+        id=d.id,
+        namespace=d.namespace,
+        display_name=d.display_name,
+        task=TASK_TO_PB[d.task],
+        format=FORMAT_TO_PB[d.format],
+        size_bytes=d.size_bytes,
+        sha256=d.sha256,
+        rows=d.rows,
+        usable_rows=d.usable_rows,
+        created_at=_ts(d.created_at),
         report=data_report_pb(d.report) if d.report else None,
     )
 
 
 def upload_header(h: datasets_pb2.DatasetUploadHeader) -> UploadHeader:
     return UploadHeader(
-        namespace=h.namespace, display_name=h.display_name, task=_task(h.task, "header.task"),
-        format=FORMAT_FROM_PB.get(h.format, ""), size_bytes=h.size_bytes, sha256=h.sha256,
-        upload_id=h.upload_id, text_field=h.text_field, label_field=h.label_field,
+        namespace=h.namespace,
+        display_name=h.display_name,
+        task=_task(h.task, "header.task"),
+        format=FORMAT_FROM_PB.get(h.format, ""),
+        size_bytes=h.size_bytes,
+        sha256=h.sha256,
+        upload_id=h.upload_id,
+        text_field=h.text_field,
+        label_field=h.label_field,
     )
 
 
-def job_states(values) -> list[JobState]:  # noqa: ANN001 - repeated enum field
+def job_states(values) -> list[JobState]:
     out = []
     for i, value in enumerate(values):
         if value not in STATE_FROM_PB:

@@ -12,7 +12,9 @@ from tuneserve_server.services.datasets import DatasetService, UploadChunk, Uplo
 from tuneserve_server.services.training import TrainingService
 
 
-async def _upload_parts(messages: AsyncIterator[datasets_pb2.UploadDatasetRequest]) -> AsyncIterator[UploadPart]:
+async def _upload_parts(
+    messages: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+) -> AsyncIterator[UploadPart]:
     """The stream's messages as the service reads them, converted one at a time as it asks:
     the first as a header, the rest as chunks (None: a message of the wrong kind)."""
     first = True
@@ -31,19 +33,19 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self.training = training
 
     @rpc
-    async def UploadDataset(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
+    async def UploadDataset(self, request_iterator, context):
         dataset, created = await self.datasets.upload(_upload_parts(request_iterator))
         return datasets_pb2.UploadDatasetResponse(dataset=convert.dataset_pb(dataset), created=created)
 
     @rpc
-    async def GetDataset(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def GetDataset(self, request, context):
         dataset = await self.datasets.get(
             namespace_of(request.namespace), require_id(request.dataset_id, "dataset_id")
         )
         return datasets_pb2.GetDatasetResponse(dataset=convert.dataset_pb(dataset))
 
     @rpc
-    async def ListDatasets(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def ListDatasets(self, request, context):
         datasets, token = await self.datasets.list(
             namespace_of(request.namespace), page_size=request.page_size, page_token=request.page_token
         )
@@ -52,12 +54,14 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         )
 
     @rpc
-    async def DeleteDataset(self, request, context):  # noqa: N802, ANN001, ANN201
-        await self.datasets.delete(namespace_of(request.namespace), require_id(request.dataset_id, "dataset_id"))
+    async def DeleteDataset(self, request, context):
+        await self.datasets.delete(
+            namespace_of(request.namespace), require_id(request.dataset_id, "dataset_id")
+        )
         return datasets_pb2.DeleteDatasetResponse()
 
     @rpc
-    async def ValidateDataset(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def ValidateDataset(self, request, context):
         """Train's checks without a job: hard data errors come back in the report (this call
         succeeds); a malformed request is still INVALID_ARGUMENT."""
         report = await self.training.validate(convert.validate_input(request))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 
 import structlog
-from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 
+from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 from tuneserve_server.api import convert
 from tuneserve_server.api.rpc import rpc, rpc_stream
 from tuneserve_server.domain.naming import AdapterRef, namespace_of
@@ -22,22 +22,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def _sampling(self, gp: inference_pb2.GenerationParams) -> functools.partial[SamplingParams]:
         limits = self.prediction.limits
         return functools.partial(
-            convert.sampling_params, gp,
+            convert.sampling_params,
+            gp,
             default_max_new_tokens=limits.max_new_tokens_default,
             max_new_tokens_limit=limits.max_new_tokens_limit,
         )
 
     @rpc
-    async def Predict(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def Predict(self, request, context):
         namespace = namespace_of(request.namespace)
         structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
         ref = AdapterRef.parse(namespace, request.adapter) if request.adapter else None
         result = await self.prediction.predict(
-            ref, list(request.inputs), generation_asked=request.HasField("generation"),
+            ref,
+            list(request.inputs),
+            generation_asked=request.HasField("generation"),
             sampling=self._sampling(request.generation),
         )
         if isinstance(result, Generated):
-            predictions = [inference_pb2.Prediction(generation=convert.generation_pb(r)) for r in result.results]
+            predictions = [
+                inference_pb2.Prediction(generation=convert.generation_pb(r)) for r in result.results
+            ]
         else:
             predictions = [convert.classification_pb(s, request.return_probabilities) for s in result.scores]
         return inference_pb2.PredictResponse(
@@ -47,11 +52,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         )
 
     @rpc_stream
-    async def PredictStream(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def PredictStream(self, request, context):
         namespace = namespace_of(request.namespace)
         structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
         ref = AdapterRef.parse(namespace, request.adapter) if request.adapter else None
-        record, stream = await self.prediction.open_stream(ref, request.input, self._sampling(request.generation))
+        record, stream = await self.prediction.open_stream(
+            ref, request.input, self._sampling(request.generation)
+        )
         first = True
         # Leaving this loop early (client cancel or disconnect: CancelledError / GeneratorExit)
         # runs the stream's cleanup, which cancels the row: it leaves the batch at its next step.

@@ -60,7 +60,7 @@ class _Call:
         emit("rpc", code=code.name, duration_ms=round(elapsed * 1000, 2))
 
 
-def _wrap_unary(inner: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails):  # noqa: ANN202
+def _wrap_unary(inner: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails):
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _Call(details, context)
         with call.bound:
@@ -76,7 +76,7 @@ def _wrap_unary(inner: Callable[..., Awaitable[Any]], details: grpc.HandlerCallD
     return handler
 
 
-def _wrap_stream(inner: Callable[..., AsyncIterator[Any]], details: grpc.HandlerCallDetails):  # noqa: ANN202
+def _wrap_stream(inner: Callable[..., AsyncIterator[Any]], details: grpc.HandlerCallDetails):
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _Call(details, context)
         with call.bound:

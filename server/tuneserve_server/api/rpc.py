@@ -32,7 +32,7 @@ def rpc(fn: Handler[R]) -> Handler[R]:
     return wrapper
 
 
-def rpc_stream(fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]):  # noqa: ANN201
+def rpc_stream(fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]):
     """`rpc` for server-streaming handlers (async generators): an exception raised before or
     between messages ends the stream with its status from the same table."""
 
@@ -54,5 +54,3 @@ def require_id(value: str, field: str = "job_id") -> str:
     if not value:
         raise InvalidRequest.field(field, "is required")
     return value
-
-

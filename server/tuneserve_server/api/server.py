@@ -11,8 +11,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tuneserve.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from tuneserve.v1 import (
+    adapters_pb2,
+    adapters_pb2_grpc,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from tuneserve_server.api.adapter_servicer import AdapterServicer
 from tuneserve_server.api.dataset_servicer import DatasetServicer
 from tuneserve_server.api.inference_servicer import InferenceServicer
@@ -40,16 +48,20 @@ class ApiServer:
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(services.training), self.server)
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(services.training), self.server
+        )
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
             DatasetServicer(services.datasets, services.training), self.server
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(services.prediction), self.server
         )
-        adapters_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(services.adapters), self.server)
+        adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
+            AdapterServicer(services.adapters), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -57,7 +69,9 @@ class ApiServer:
         self.port = 0
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *SERVICE_NAMES):
             result = self.health.set(name, status)
             if asyncio.iscoroutine(result):

@@ -40,9 +40,7 @@ STATUS_OF: dict[type[TuneserveError], grpc.StatusCode] = {
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
     """The gRPC code and the google.rpc.Status (with details) that `exc` maps to."""
     if isinstance(exc, TuneserveError):
-        code = next(
-            (c for cls, c in STATUS_OF.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL
-        )
+        code = next((c for cls, c in STATUS_OF.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
         status = status_pb2.Status(code=code.value[0], message=exc.message)
         if isinstance(exc, InvalidRequest) and exc.violations:
             detail = any_pb2.Any()

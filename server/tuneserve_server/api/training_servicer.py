@@ -16,21 +16,22 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self.training = training
 
     @rpc
-    async def Train(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def Train(self, request, context):
         structlog.contextvars.bind_contextvars(adapter=request.adapter_name)
         submitted = await self.training.submit(convert.train_input(request))
         return training_pb2.TrainResponse(
-            job=convert.job_pb(submitted.job), created=submitted.created,
+            job=convert.job_pb(submitted.job),
+            created=submitted.created,
             data_report=convert.data_report_pb(submitted.data_report),
         )
 
     @rpc
-    async def GetJob(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def GetJob(self, request, context):
         job = await self.training.get_job(namespace_of(request.namespace), require_id(request.job_id))
         return training_pb2.GetJobResponse(job=convert.job_pb(job))
 
     @rpc
-    async def ListJobs(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def ListJobs(self, request, context):
         jobs, token = await self.training.list_jobs(
             namespace_of(request.namespace),
             states=convert.job_states(request.states),
@@ -41,12 +42,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         return training_pb2.ListJobsResponse(jobs=[convert.job_pb(j) for j in jobs], next_page_token=token)
 
     @rpc
-    async def CancelJob(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def CancelJob(self, request, context):
         job = await self.training.cancel_job(namespace_of(request.namespace), require_id(request.job_id))
         return training_pb2.CancelJobResponse(job=convert.job_pb(job))
 
     @rpc_stream
-    async def WatchJob(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def WatchJob(self, request, context):
         """The job's events after `after_sequence`, then live ones until it has ended."""
         events = self.training.watch(
             namespace_of(request.namespace), require_id(request.job_id), request.after_sequence

@@ -86,8 +86,6 @@ class DataRejected(InvalidRequest):
     """Training data failed a hard check. `report` is the whole data report (as
     DataReport.to_dict()), so the caller sees every problem, warnings included."""
 
-    def __init__(
-        self, message: str, violations: list[FieldViolation], report: dict[str, object]
-    ) -> None:
+    def __init__(self, message: str, violations: list[FieldViolation], report: dict[str, object]) -> None:
         super().__init__(message, violations)
         self.report = report

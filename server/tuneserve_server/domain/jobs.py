@@ -25,7 +25,6 @@ class JobState(str, enum.Enum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
-
 @dataclass(frozen=True)
 class LoraSettings:
     rank: int = 16

@@ -18,7 +18,8 @@ def is_valid_name(value: str) -> bool:
 def check_name(value: str, field: str) -> str:
     if not is_valid_name(value):
         raise InvalidRequest.field(
-            field, f"{value!r} is not a valid name: use 1-63 of a-z 0-9 . _ -, starting with a letter or digit"
+            field,
+            f"{value!r} is not a valid name: use 1-63 of a-z 0-9 . _ -, starting with a letter or digit",
         )
     return value
 

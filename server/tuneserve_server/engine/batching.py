@@ -27,8 +27,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.domain.errors import CapacityExceeded
+from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.observability.metrics import (
     BATCH_ADAPTERS,
     BATCH_ROWS,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.engine.registry import AdapterKey
 
 
 class AdapterCatalog:

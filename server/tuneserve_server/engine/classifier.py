@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
-from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import mean_pool
 from tuneserve_server.storage.adapter_store import AdapterStore
+
 
 @dataclass(frozen=True)
 class ClassScores:
@@ -53,7 +54,8 @@ class ClassificationRunner:
                 # The engine's loader makes a cold adapter resident off this thread before its
                 # request is queued; loading here is the fallback for one evicted since then.
                 directory = (
-                    None if self.registry.get(key) is not None
+                    None
+                    if self.registry.get(key) is not None
                     else self.adapter_store.open(key.namespace, key.name, key.version)
                 )
                 out[key] = self.registry.ensure(key, directory, keep=keys)
@@ -86,7 +88,7 @@ class ClassificationRunner:
             self._forward(batch, resident, texts, slots, owners, results)
         return [r if r is not None else [] for r in results]
 
-    def _forward(self, batch, resident, texts, slots, owners, results) -> None:  # noqa: ANN001
+    def _forward(self, batch, resident, texts, slots, owners, results) -> None:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
@@ -100,7 +102,7 @@ class ClassificationRunner:
         slot_entry = {e.slot: e for e in resident.values() if not isinstance(e, Exception)}
         for slot, rows in by_slot.items():
             entry = slot_entry[slot]
-            picked = pooled[rows[0]:rows[0] + 1] if len(rows) == 1 else pooled[rows]
+            picked = pooled[rows[0] : rows[0] + 1] if len(rows) == 1 else pooled[rows]
             logits = entry.head(picked).float() / entry.meta.temperature
             for row, p in zip(rows, torch.softmax(logits, -1).cpu().tolist(), strict=True):
                 probs[row] = p

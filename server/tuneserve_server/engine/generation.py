@@ -21,9 +21,9 @@ from typing import Any
 
 import structlog
 
+from tuneserve_server.domain.errors import CapacityExceeded
 from tuneserve_server.engine.generation_sampling import FinishReason, SamplingParams
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.domain.errors import CapacityExceeded
 from tuneserve_server.observability.metrics import PREDICT_REJECTED
 
 __all__ = ["FinishReason", "GenerationResult", "GenerationRow", "GenerationScheduler", "SamplingParams"]
@@ -132,7 +132,9 @@ class GenerationScheduler:
         """Queue one prompt; the returned stream yields its deltas and result."""
         return self.open_many(key, [prompt], params)[0]
 
-    def open_many(self, key: AdapterKey | None, prompts: list[str], params: SamplingParams) -> list[RowStream]:
+    def open_many(
+        self, key: AdapterKey | None, prompts: list[str], params: SamplingParams
+    ) -> list[RowStream]:
         if self.rows_in_flight + len(prompts) > self.max_queue_rows:
             PREDICT_REJECTED.inc()
             raise CapacityExceeded(

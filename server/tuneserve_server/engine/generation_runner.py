@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.engine.generation import Delta, GenerationResult, GenerationRow
 from tuneserve_server.engine.generation_sampling import (
     FinishReason,
@@ -27,7 +28,6 @@ from tuneserve_server.engine.generation_sampling import (
 )
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.modeling_lm import render_prompt
 from tuneserve_server.observability.metrics import (
     GENERATION_ACTIVE_ROWS,
@@ -118,7 +118,8 @@ class GenerationRunner:
             return BASE_SLOT
         assert self.registry is not None and self.adapter_store is not None
         directory = (
-            None if self.registry.get(key) is not None
+            None
+            if self.registry.get(key) is not None
             else self.adapter_store.open(key.namespace, key.name, key.version)
         )
         return self.registry.ensure(key, directory, keep=keep).slot
@@ -148,7 +149,9 @@ class GenerationRunner:
         return out.logits[:, -1, :]
 
     def _tokens(self, row: GenerationRow) -> list[int]:
-        prompt = row.prompt if row.params.raw_prompt else render_prompt(self.tokenizer, [("user", row.prompt)])
+        prompt = (
+            row.prompt if row.params.raw_prompt else render_prompt(self.tokenizer, [("user", row.prompt)])
+        )
         ids = self.tokenizer(prompt, add_special_tokens=row.params.raw_prompt)["input_ids"]
         if not ids:
             raise InvalidRequest.field("inputs", "the prompt has no tokens")
@@ -181,12 +184,17 @@ class GenerationRunner:
         width = max(len(ids) for _, _, ids in new)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, _, ids in new], device=self.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids in new], device=self.device)
+        mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids in new], device=self.device
+        )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = self._forward(
             [slot for _, slot, _ in new],
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
         )
         rows = []
         for row, slot, ids in new:
@@ -228,7 +236,10 @@ class GenerationRunner:
         input_ids = torch.tensor([[a.last_token] for a in self._rows], device=self.device)
         logits = self._forward(
             [a.slot for a in self._rows],
-            input_ids=input_ids, attention_mask=self._mask, position_ids=positions, past_key_values=self._cache,
+            input_ids=input_ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            past_key_values=self._cache,
         )
         self.steps += 1
         self._advance(list(self._rows), logits)

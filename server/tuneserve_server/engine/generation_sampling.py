@@ -81,7 +81,7 @@ class RowText:
     """The text of one row's completion, decoded from all its tokens each step (byte-level
     BPE and sentencepiece decode prefix-stably except for a trailing partial character)."""
 
-    def __init__(self, tokenizer, params: SamplingParams) -> None:  # noqa: ANN001
+    def __init__(self, tokenizer, params: SamplingParams) -> None:
         self.tokenizer = tokenizer
         self.stops = tuple(s for s in params.stop if s)
         self.ids: list[int] = []

@@ -34,7 +34,9 @@ class CausalServing:
     max_positions: int
 
 
-def load_causal_serving(settings: Settings, source: BaseModelSource, adapter_store: AdapterStore) -> CausalServing:
+def load_causal_serving(
+    settings: Settings, source: BaseModelSource, adapter_store: AdapterStore
+) -> CausalServing:
     dtype = getattr(torch, settings.serving_dtype)
     tokenizer, lm = load_causal_lm(source.path, settings.device, settings.model_cache_path, dtype)
     linear = module_names(lm) - {"lm_head"}
@@ -54,8 +56,13 @@ def load_causal_serving(settings: Settings, source: BaseModelSource, adapter_sto
         bank=bank,
     )
     runner = GenerationRunner(
-        tokenizer, registry, adapter_store, device=settings.device, eos_ids=eos,
-        max_rows=settings.generation_batch_rows, max_positions=max_positions,
+        tokenizer,
+        registry,
+        adapter_store,
+        device=settings.device,
+        eos_ids=eos,
+        max_rows=settings.generation_batch_rows,
+        max_positions=max_positions,
     )
     with torch.inference_mode():  # warm-up: first-call allocations happen now, not on a user
         enc = tokenizer(["warm up"], return_tensors="pt").to(settings.device)

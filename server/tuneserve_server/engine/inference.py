@@ -16,6 +16,11 @@ import structlog
 import torch
 
 from tuneserve_server.config import Settings
+from tuneserve_server.domain.errors import FailedPrecondition, NotFound, NotReady
+from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.domain.naming import AdapterRef
+from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.engine.batching import Batcher
 from tuneserve_server.engine.catalog import AdapterCatalog
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
@@ -28,7 +33,6 @@ from tuneserve_server.engine.generation import (
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.domain.errors import FailedPrecondition, NotFound, NotReady
 from tuneserve_server.modeling import (
     base_task,
     default_target_modules,
@@ -37,7 +41,6 @@ from tuneserve_server.modeling import (
     resolve_base_model,
 )
 from tuneserve_server.modeling_lm import is_causal_lm_path
-from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.observability.metrics import (
     ADAPTER_LABELS,
     ADAPTER_LATENCY,
@@ -47,9 +50,6 @@ from tuneserve_server.observability.metrics import (
 )
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.domain.records import AdapterVersionRecord
-from tuneserve_server.domain.jobs import TaskType
-from tuneserve_server.domain.limits import TrainLimits
 
 log = structlog.get_logger("tuneserve.engine")
 
@@ -81,12 +81,17 @@ class InferenceEngine:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self._load)
         self.loader = AdapterLoader(
-            self.registry, self.adapter_store, self.executor, max_concurrent=self.settings.max_concurrent_loads
+            self.registry,
+            self.adapter_store,
+            self.executor,
+            max_concurrent=self.settings.max_concurrent_loads,
         )
         await self.refresh()
         if self.task is TaskType.CAUSAL_LM:
             self.generation = GenerationScheduler(
-                self.generation_runner, self.executor, max_wait_ms=self.settings.max_batch_wait_ms,
+                self.generation_runner,
+                self.executor,
+                max_wait_ms=self.settings.max_batch_wait_ms,
                 max_queue_rows=self.settings.max_queue_rows,
             )
             self.generation.start()
@@ -132,7 +137,9 @@ class InferenceEngine:
         self.linear_modules = module_names(encoder)
         self.default_targets = default_target_modules(encoder)
         self.max_positions = int(getattr(encoder.config, "max_position_embeddings", 512))
-        bank = LoraBank(encoder, self.linear_modules, capacity=self.settings.max_resident_adapters, dtype=self.dtype)
+        bank = LoraBank(
+            encoder, self.linear_modules, capacity=self.settings.max_resident_adapters, dtype=self.dtype
+        )
         model = encoder
         self.registry = AdapterRegistry(
             model,
@@ -208,7 +215,9 @@ class InferenceEngine:
             if gone and self.ready:
                 # Deleted versions go even if pinned; superseded ones unless pinned by version.
                 await self._on_torch_thread(
-                    functools.partial(self.registry.unload_where, set(deleted).__contains__, include_pinned=True)
+                    functools.partial(
+                        self.registry.unload_where, set(deleted).__contains__, include_pinned=True
+                    )
                 )
                 await self._on_torch_thread(self.registry.unload_where, gone.__contains__)
 
@@ -232,10 +241,12 @@ class InferenceEngine:
         if not self.ready:
             raise NotReady("the model is still loading; retry shortly")
 
-    async def _on_torch_thread(self, fn, *args):  # noqa: ANN001, ANN002, ANN202
+    async def _on_torch_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def load_adapter(self, ref: AdapterRef, *, pin: bool) -> tuple[AdapterVersionRecord, bool, int, float]:
+    async def load_adapter(
+        self, ref: AdapterRef, *, pin: bool
+    ) -> tuple[AdapterVersionRecord, bool, int, float]:
         """Make a version resident (and pinned) here. Returns (record, pinned, bytes, seconds
         spent loading). A pin on a bare name follows the name to new versions."""
         self._require_ready()
@@ -288,8 +299,11 @@ class InferenceEngine:
                 for old in (k for k in superseded if (k.namespace, k.name) == (ns, name)):
                     await self._on_torch_thread(self.registry.set_pinned, old, False)
             except Exception:
-                log.warning("could not load the new version of a pinned adapter", adapter=f"{ns}/{name}",
-                            exc_info=True)
+                log.warning(
+                    "could not load the new version of a pinned adapter",
+                    adapter=f"{ns}/{name}",
+                    exc_info=True,
+                )
 
     # ------------------------------------------------------------------ predict
     async def classify(self, ref: AdapterRef | None, texts: list[str]) -> ClassifyResult:
@@ -323,8 +337,10 @@ class InferenceEngine:
         return ClassifyResult(record, scores)
 
     # ------------------------------------------------------------------ generate (causal LM)
-    async def _generation_target(self, ref: AdapterRef | None) -> tuple[AdapterVersionRecord | None, AdapterKey | None]:
-        if not self.ready or self.generation is None and self.task is TaskType.CAUSAL_LM:
+    async def _generation_target(
+        self, ref: AdapterRef | None
+    ) -> tuple[AdapterVersionRecord | None, AdapterKey | None]:
+        if not self.ready or (self.generation is None and self.task is TaskType.CAUSAL_LM):
             raise NotReady("the model is still loading; retry shortly")
         if self.task is not TaskType.CAUSAL_LM or self.generation is None:
             raise FailedPrecondition(

@@ -51,7 +51,9 @@ class LoraWeights:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.factors.values())
+        return sum(
+            a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.factors.values()
+        )
 
 
 def read_lora(directory: Path, *, dtype: torch.dtype, module_paths: Iterable[str]) -> LoraWeights:
@@ -60,7 +62,8 @@ def read_lora(directory: Path, *, dtype: torch.dtype, module_paths: Iterable[str
     alpha, extra trained modules) and layers the served model has no Linear for."""
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
     unsupported = [
-        what for what, bad in (
+        what
+        for what, bad in (
             ("peft_type other than LORA", config.get("peft_type", "LORA") != "LORA"),
             ("DoRA", bool(config.get("use_dora"))),
             ("LoRA biases", config.get("bias", "none") != "none" or bool(config.get("lora_bias"))),
@@ -69,7 +72,8 @@ def read_lora(directory: Path, *, dtype: torch.dtype, module_paths: Iterable[str
             ("fan_in_fan_out", bool(config.get("fan_in_fan_out"))),
             ("layer_replication", bool(config.get("layer_replication"))),
             ("target_parameters", bool(config.get("target_parameters"))),
-        ) if bad
+        )
+        if bad
     ]
     if unsupported:
         raise FailedPrecondition(f"adapter uses {', '.join(unsupported)}, which serving does not support")
@@ -254,7 +258,9 @@ class LoraBank:
             raise FailedPrecondition(f"the LoRA bank is full ({self.capacity} adapters)")
         missing = set(weights.factors) - set(self.layers)
         if missing:
-            raise FailedPrecondition(f"adapter has LoRA weights for layers the served model lacks: {sorted(missing)}")
+            raise FailedPrecondition(
+                f"adapter has LoRA weights for layers the served model lacks: {sorted(missing)}"
+            )
         used = set(self._row_of.values())
         row = next(r for r in range(1, self.capacity + 2) if r not in used)
         if row >= self._rows:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from tuneserve_server.engine.lora_batched import LoraBank, LoraWeights, read_lora
 from tuneserve_server.domain.errors import FailedPrecondition
+from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.engine.lora_batched import LoraBank, LoraWeights, read_lora
 from tuneserve_server.modeling import AdapterMeta, load_head
 from tuneserve_server.observability.metrics import (
     ADAPTER_EVICTIONS,
@@ -33,7 +34,7 @@ from tuneserve_server.observability.metrics import (
     ADAPTERS_RESIDENT,
     ADAPTERS_RESIDENT_BYTES,
 )
-from tuneserve_server.domain.jobs import TaskType
+
 
 @dataclass(frozen=True, order=True)
 class AdapterKey:
@@ -203,9 +204,7 @@ class AdapterRegistry:
 
     def _make_room(self, keep: set[AdapterKey]) -> None:
         while len(self._resident) >= self.max_resident:
-            victim = next(
-                (k for k, e in self._resident.items() if not e.pinned and k not in keep), None
-            )
+            victim = next((k for k, e in self._resident.items() if not e.pinned and k not in keep), None)
             if victim is None:
                 raise FailedPrecondition(
                     f"all {len(self._resident)} resident adapter slots are pinned or in use"
@@ -227,7 +226,7 @@ class AdapterRegistry:
         del entry
         return True
 
-    def unload_where(self, predicate, *, include_pinned: bool = False) -> list[AdapterKey]:  # noqa: ANN001
+    def unload_where(self, predicate, *, include_pinned: bool = False) -> list[AdapterKey]:
         """Unload every resident key matching `predicate` (pinned ones only if asked)."""
         gone = [k for k, e in self._resident.items() if (include_pinned or not e.pinned) and predicate(k)]
         for key in gone:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -21,7 +22,6 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,7 +60,8 @@ BATCH_ROWS = Histogram("tuneserve_batch_rows", "Input rows per forward pass", bu
 GENERATION_ACTIVE_ROWS = Gauge("tuneserve_generation_active_rows", "Sequences in the decoding loop now")
 GENERATION_TOKENS = Counter("tuneserve_generation_tokens_total", "Tokens generated (all rows)")
 GENERATION_CANCELLED = Counter(
-    "tuneserve_generation_cancelled_total", "Rows dropped from the decoding loop because their caller went away"
+    "tuneserve_generation_cancelled_total",
+    "Rows dropped from the decoding loop because their caller went away",
 )
 GENERATION_FINISHED = Counter(
     "tuneserve_generation_finished_total", "Rows that finished, by finish reason", ["reason"]

@@ -136,7 +136,7 @@ class UploadSession:
                     "start over with a new upload_id"
                 )
         if end > self.received:
-            fresh = data[max(overlap, 0):]
+            fresh = data[max(overlap, 0) :]
             self.received = self.store.add_upload_chunk(
                 self.namespace, self.header.upload_id, self.received, fresh
             )
@@ -167,24 +167,42 @@ class UploadSession:
         assert h.task is not None
         try:
             parsed = parse_dataset(
-                content, h.format, h.task, text_field=h.text_field, label_field=h.label_field,
-                max_text_chars=max_text_chars, field="header",
+                content,
+                h.format,
+                h.task,
+                text_field=h.text_field,
+                label_field=h.label_field,
+                max_text_chars=max_text_chars,
+                field="header",
             )
         except InvalidRequest:
             self.store.discard_upload(self.namespace, h.upload_id)
             raise
         report = build_report(
-            h.task, parsed.examples, [], total_rows=parsed.total_rows, dropped=parsed.dropped,
-            token_lengths=count_tokens, max_seq_length=max_seq_length,
+            h.task,
+            parsed.examples,
+            [],
+            total_rows=parsed.total_rows,
+            dropped=parsed.dropped,
+            token_lengths=count_tokens,
+            max_seq_length=max_seq_length,
         )
         if not parsed.examples:
             self.store.discard_upload(self.namespace, h.upload_id)
             raise InvalidRequest.field("chunk.data", f"the file has no usable rows: {report.error_summary()}")
         record = DatasetRecord(
-            id="ds-" + uuid.uuid4().hex[:20], namespace=self.namespace,
-            display_name=h.display_name, task=h.task, format=h.format, size_bytes=h.size_bytes,
-            sha256=h.sha256, rows=parsed.total_rows, usable_rows=parsed.usable_rows,
-            report=report.to_dict(), text_field=h.text_field, label_field=h.label_field,
+            id="ds-" + uuid.uuid4().hex[:20],
+            namespace=self.namespace,
+            display_name=h.display_name,
+            task=h.task,
+            format=h.format,
+            size_bytes=h.size_bytes,
+            sha256=h.sha256,
+            rows=parsed.total_rows,
+            usable_rows=parsed.usable_rows,
+            report=report.to_dict(),
+            text_field=h.text_field,
+            label_field=h.label_field,
             upload_id=h.upload_id,
         )
         return self.store.finish_upload(record, content)
@@ -210,10 +228,14 @@ def load_rows(
             field, f"dataset {dataset_id} holds {record.task.value} examples, not {task.value}"
         )
     return parse_dataset(
-        content, record.format, record.task, text_field=record.text_field,
-        label_field=record.label_field, max_text_chars=max_text_chars, field=field,
+        content,
+        record.format,
+        record.task,
+        text_field=record.text_field,
+        label_field=record.label_field,
+        max_text_chars=max_text_chars,
+        field=field,
     )
-
 
 
 UploadPart = UploadHeader | UploadChunk | None  # None: a message that is neither
@@ -222,7 +244,9 @@ UploadPart = UploadHeader | UploadChunk | None  # None: a message that is neithe
 class DatasetService:
     """Upload, get, list and delete stored datasets of one namespace."""
 
-    def __init__(self, store: JobStore, engine: InferenceEngine, *, max_dataset_bytes: int, max_text_chars: int) -> None:
+    def __init__(
+        self, store: JobStore, engine: InferenceEngine, *, max_dataset_bytes: int, max_text_chars: int
+    ) -> None:
         self.store = store
         self.engine = engine
         self.max_dataset_bytes = max_dataset_bytes
@@ -249,20 +273,28 @@ class DatasetService:
         limits = self.engine.train_limits()
         dataset, created = await asyncio.to_thread(
             functools.partial(
-                session.finish, max_text_chars=self.max_text_chars,
+                session.finish,
+                max_text_chars=self.max_text_chars,
                 count_tokens=limits.count_tokens,
                 max_seq_length=OptimizerSettings().max_seq_length,
             )
         )
         if created:
-            log.info("dataset stored", dataset_id=dataset.id, rows=dataset.rows,
-                     usable_rows=dataset.usable_rows, size_bytes=dataset.size_bytes)
+            log.info(
+                "dataset stored",
+                dataset_id=dataset.id,
+                rows=dataset.rows,
+                usable_rows=dataset.usable_rows,
+                size_bytes=dataset.size_bytes,
+            )
         return dataset, created
 
     async def get(self, namespace: str, dataset_id: str) -> DatasetRecord:
         return await asyncio.to_thread(self.store.get_dataset, namespace, dataset_id)
 
-    async def list(self, namespace: str, *, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
+    async def list(
+        self, namespace: str, *, page_size: int, page_token: str
+    ) -> tuple[list[DatasetRecord], str]:
         return await asyncio.to_thread(
             functools.partial(self.store.list_datasets, namespace, page_size=page_size, page_token=page_token)
         )

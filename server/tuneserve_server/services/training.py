@@ -34,9 +34,15 @@ def prepare_train(store: JobStore, req: TrainInput, limits: TrainLimits) -> tupl
     namespace = namespace_of(req.namespace)
     # A dataset named beside inline examples is not loaded: prepare_job refuses the pair.
     files = [
-        None if not dataset_id or inline else load_rows(
-            store, namespace, dataset_id, task=req.task,
-            max_text_chars=limits.max_text_chars, field=field,
+        None
+        if not dataset_id or inline
+        else load_rows(
+            store,
+            namespace,
+            dataset_id,
+            task=req.task,
+            max_text_chars=limits.max_text_chars,
+            field=field,
         )
         for dataset_id, inline, field in (
             (req.dataset_id, req.train, "dataset_id"),
@@ -66,8 +72,12 @@ class TrainingService:
         job, created = await asyncio.to_thread(self.store.create_job, spec, report.to_dict())
         if created:
             JOBS_SUBMITTED.inc()
-            log.info("job queued", job_id=job.id, train_examples=job.train_examples,
-                     data_warnings=len(report.warnings))
+            log.info(
+                "job queued",
+                job_id=job.id,
+                train_examples=job.train_examples,
+                data_warnings=len(report.warnings),
+            )
         return Submission(job, created, job.data_report or report.to_dict())
 
     async def validate(self, req: TrainInput) -> DataReport:
@@ -82,9 +92,10 @@ class TrainingService:
 
     async def get_job(self, namespace: str, job_id: str) -> Job:
         job = await asyncio.to_thread(self.store.get_job, namespace, job_id)
-        if job.state is JobState.SUCCEEDED and self.engine.catalog.latest(
-            job.namespace, job.adapter_name
-        ) < job.adapter_version:
+        if (
+            job.state is JobState.SUCCEEDED
+            and self.engine.catalog.latest(job.namespace, job.adapter_name) < job.adapter_version
+        ):
             # Read-your-writes: whoever saw the job succeed here can predict with it next.
             await self.engine.refresh()
         return job
@@ -94,8 +105,12 @@ class TrainingService:
     ) -> tuple[list[Job], str]:
         return await asyncio.to_thread(
             functools.partial(
-                self.store.list_jobs, namespace, states=states, adapter_name=adapter_name,
-                page_size=page_size, page_token=page_token,
+                self.store.list_jobs,
+                namespace,
+                states=states,
+                adapter_name=adapter_name,
+                page_size=page_size,
+                page_token=page_token,
             )
         )
 

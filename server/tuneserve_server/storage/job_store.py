@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.domain.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 
 
 class JobStore(Protocol):
@@ -42,9 +42,7 @@ class JobStore(Protocol):
         """Return expired leases to the queue (or fail them past max attempts), then take the
         oldest QUEUED job under a lease. None when there is nothing to do."""
 
-    def heartbeat(
-        self, job_id: str, worker_id: str, lease_seconds: float, progress: JobProgress
-    ) -> bool:
+    def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: JobProgress) -> bool:
         """Extend the lease and record progress; returns True when cancel was requested.
         Raises LeaseLost when the job is no longer this worker's."""
 
@@ -83,9 +81,7 @@ class JobStore(Protocol):
         """Events with sequence > after_seq, in order. NotFound for a job not in namespace."""
 
     # --- datasets: uploads arrive in chunks, are verified and parsed, then stored whole
-    def begin_upload(
-        self, namespace: str, upload_id: str, header: dict
-    ) -> UploadState | DatasetRecord:
+    def begin_upload(self, namespace: str, upload_id: str, header: dict) -> UploadState | DatasetRecord:
         """Start or resume an upload (AlreadyExists when upload_id names another file); a
         finished upload_id returns its dataset."""
 

@@ -49,9 +49,17 @@ class PostgresDialect:
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
 
-    def after_registry_change(self, seq: int) -> sa.Executable:
+    _notify = sa.select(
+        sa.func.pg_notify(
+            REGISTRY_CHANNEL,
+            sa.func.current_schema(type_=sa.Text()) + sa.bindparam("notice", type_=sa.Text()),
+        )
+    )
+    prebuilt = (_notify,)
+
+    def after_registry_change(self, seq: int) -> tuple[sa.Executable, dict[str, Any]]:
         # Delivered when (and only if) the transaction commits.
-        return sa.select(sa.func.pg_notify(REGISTRY_CHANNEL, sa.func.current_schema() + f":{seq}"))
+        return self._notify, {"notice": f":{seq}"}
 
     @contextmanager
     def write_transaction(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
@@ -161,8 +169,11 @@ class PostgresStore(SqlStore):
         psycopg.connect(dsn, **_timeout_kwargs(dsn, connect_timeout)).close()
         engine = PostgresDialect.engine(dsn, pool_size=pool_size, connect_timeout=connect_timeout)
         super().__init__(
-            engine, PostgresDialect(),
-            max_attempts=max_attempts, upload_ttl_s=upload_ttl_s, run_migrations=run_migrations,
+            engine,
+            PostgresDialect(),
+            max_attempts=max_attempts,
+            upload_ttl_s=upload_ttl_s,
+            run_migrations=run_migrations,
         )
 
     def registry_listener(self) -> RegistryListener:

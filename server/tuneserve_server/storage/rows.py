@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
 from tuneserve_server.domain.jobs import (
     EventType,
     Hyperparameters,
@@ -17,6 +16,7 @@ from tuneserve_server.domain.jobs import (
     JobState,
     TaskType,
 )
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
 
 # JobProgress fields beyond the four with columns of their own live in progress_json.
 PROGRESS_EXTRAS = ("learning_rate", "examples_per_second", "eta_seconds")
@@ -54,7 +54,10 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         started_at=_ts(row["started_at"]),
         finished_at=_ts(row["finished_at"]),
         progress=JobProgress(
-            row["step"], row["total_steps"], row["epoch"], row["train_loss"],
+            row["step"],
+            row["total_steps"],
+            row["epoch"],
+            row["train_loss"],
             **{k: extras.get(k) for k in PROGRESS_EXTRAS},
         ),
         metrics=json.loads(row["metrics_json"]),
@@ -76,8 +79,12 @@ def event_body_json(event: JobEvent) -> str:
     return json.dumps(
         {
             "state": event.state.value if event.state else None,
-            "progress": None if p is None else {
-                "step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
+            "progress": None
+            if p is None
+            else {
+                "step": p.step,
+                "total_steps": p.total_steps,
+                "epoch": p.epoch,
                 "train_loss": p.train_loss,
                 **{k: getattr(p, k) for k in PROGRESS_EXTRAS},
             },

@@ -48,7 +48,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """('bucket', 'prefix') from s3://bucket[/prefix]; the prefix has no leading or trailing /."""
     if not url.startswith("s3://"):
         raise ValueError(f"{url!r} is not an s3://bucket/prefix URL")
-    bucket, _, prefix = url[len("s3://"):].partition("/")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
     if not bucket:
         raise ValueError(f"{url!r} names no bucket")
     return bucket, prefix.strip("/")

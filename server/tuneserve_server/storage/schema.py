@@ -181,12 +181,13 @@ dataset_upload_chunks = sa.Table(
 
 sa.Index("jobs_state", jobs.c.state, jobs.c.seq)
 sa.Index("jobs_ns", jobs.c.namespace, jobs.c.seq)
-# What every claim's lease reaping scans: only RUNNING rows, by expiry.
+# What every claim's lease reaping scans: only RUNNING rows, by expiry. PostgreSQL only
+# (the migrations make it there alone): see migrations/versions/0001_initial.py.
 sa.Index(
     "jobs_running_lease",
     jobs.c.lease_expires,
     postgresql_where=jobs.c.state == "RUNNING",
-    sqlite_where=jobs.c.state == "RUNNING",
+    info={"dialects": ("postgresql",)},
 )
 sa.Index("adapter_versions_seq", adapter_versions.c.seq)
 sa.Index("datasets_ns", datasets.c.namespace, datasets.c.seq)

@@ -35,6 +35,8 @@ class SqliteDialect:
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
+    prebuilt: tuple[sa.Executable, ...] = ()
+
     def after_registry_change(self, seq: int) -> None:
         """Replicas on one machine poll adapter_changes; nothing to send."""
 
@@ -62,7 +64,11 @@ class SqliteDialect:
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # the driver's own BEGINs off: we issue them
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}"):
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                f"busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}",
+            ):
                 dbapi_conn.execute(f"PRAGMA {pragma}")
 
         @sa.event.listens_for(engine, "begin")  # SQLAlchemy's own transactions: migrations
@@ -81,6 +87,8 @@ class SqliteStore(SqlStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         super().__init__(
-            SqliteDialect.engine(self.path), SqliteDialect(),
-            max_attempts=max_attempts, upload_ttl_s=upload_ttl_s,
+            SqliteDialect.engine(self.path),
+            SqliteDialect(),
+            max_attempts=max_attempts,
+            upload_ttl_s=upload_ttl_s,
         )

@@ -24,6 +24,12 @@ from pathlib import Path
 import structlog
 import torch
 
+from tuneserve_server.domain.jobs import (
+    CausalExample,
+    EventType,
+    JobProgress,
+    TaskType,
+)
 from tuneserve_server.modeling import (
     ADAPTER_META,
     AdapterMeta,
@@ -46,12 +52,6 @@ from tuneserve_server.training.batching import shuffled_batches
 from tuneserve_server.training.checkpoint import TrainPosition
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
-from tuneserve_server.domain.jobs import (
-    CausalExample,
-    EventType,
-    JobProgress,
-    TaskType,
-)
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -69,7 +69,7 @@ class Encoded:
 
 
 def encode_example(
-    tokenizer, example: CausalExample, max_len: int, *, train_on_prompt: bool, suffix: str  # noqa: ANN001
+    tokenizer, example: CausalExample, max_len: int, *, train_on_prompt: bool, suffix: str
 ) -> Encoded:
     turns = example.conversation()
     prompt = render_prompt(tokenizer, [(t.role, t.content) for t in turns[:-1]])
@@ -110,8 +110,11 @@ class CausalLMRecipe:
         lm.config.use_cache = False
         self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
         config = LoraConfig(
-            r=hp.lora.rank, lora_alpha=hp.lora.alpha, lora_dropout=hp.lora.dropout,
-            target_modules=list(self.targets), bias="none",
+            r=hp.lora.rank,
+            lora_alpha=hp.lora.alpha,
+            lora_dropout=hp.lora.dropout,
+            target_modules=list(self.targets),
+            bias="none",
         )
         self.model = get_peft_model(lm, config)
         self.suffix = completion_suffix(self.tokenizer)
@@ -120,13 +123,20 @@ class CausalLMRecipe:
         self.val_rows = self._encode(self.spec.validation)
         self.truncated = sum(r.truncated for r in self.train_rows) + sum(r.truncated for r in self.val_rows)
         if self.truncated:
-            log.warning("rows truncated to max_seq_length", rows=self.truncated, max_seq_length=opt.max_seq_length)
+            log.warning(
+                "rows truncated to max_seq_length", rows=self.truncated, max_seq_length=opt.max_seq_length
+            )
 
     def _encode(self, rows: tuple) -> list[Encoded]:
         hp = self.spec.hyperparameters
         return [
-            encode_example(self.tokenizer, r, hp.optimizer.max_seq_length,
-                           train_on_prompt=hp.causal_lm.train_on_prompt, suffix=self.suffix)
+            encode_example(
+                self.tokenizer,
+                r,
+                hp.optimizer.max_seq_length,
+                train_on_prompt=hp.causal_lm.train_on_prompt,
+                suffix=self.suffix,
+            )
             for r in rows
         ]
 
@@ -197,7 +207,9 @@ class CausalLMRecipe:
                 optimizer.zero_grad(set_to_none=True)
                 value = pending_loss * accum / pending
                 pos = TrainPosition(
-                    step=pos.step + 1, epoch=epoch, batches_done=number + 1,
+                    step=pos.step + 1,
+                    epoch=epoch,
+                    batches_done=number + 1,
                     loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
                     examples_seen=pos.examples_seen + pending_rows,
                 )
@@ -208,8 +220,9 @@ class CausalLMRecipe:
                     self._checkpoint(optimizer, schedule, pos)
         self._train_seconds = time.monotonic() - self._setup_started
 
-    def _report(self, pos: TrainPosition, total: int, epoch: int, started: float, seen_at_start: int,
-                schedule) -> None:  # noqa: ANN001
+    def _report(
+        self, pos: TrainPosition, total: int, epoch: int, started: float, seen_at_start: int, schedule
+    ) -> None:
         self.examples_this_run = pos.examples_seen - seen_at_start
         elapsed = time.monotonic() - started
         rate = self.examples_this_run / elapsed if elapsed > 0 else None
@@ -222,7 +235,7 @@ class CausalLMRecipe:
         lr = schedule.get_last_lr()[0]
         self.ctx.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema, lr, rate, eta))
 
-    def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:  # noqa: ANN001
+    def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:
         if self.ctx.checkpoint_dir is None:
             return
         checkpoint.save(self.ctx.checkpoint_dir, self.model, None, optimizer, schedule, pos)
@@ -239,8 +252,11 @@ class CausalLMRecipe:
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
             shift_labels = batch["labels"][:, 1:].reshape(-1)
-            total += float(torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE,
-                                                             reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum"
+                )
+            )
             tokens += int((shift_labels != IGNORE).sum())
         return total, tokens
 
@@ -258,8 +274,10 @@ class CausalLMRecipe:
         loss = total / max(tokens, 1)
         base = base_total / max(tokens, 1)
         metrics.update(
-            eval_loss=loss, perplexity=math.exp(min(loss, 50.0)),
-            base_eval_loss=base, base_perplexity=math.exp(min(base, 50.0)),
+            eval_loss=loss,
+            perplexity=math.exp(min(loss, 50.0)),
+            base_eval_loss=base,
+            base_perplexity=math.exp(min(base, 50.0)),
             eval_tokens=float(tokens),
         )
         return metrics
@@ -272,24 +290,36 @@ class CausalLMRecipe:
             return []
         self.model.eval()
         examples = self.spec.validation[:n]
-        prompts = [render_prompt(self.tokenizer, [(t.role, t.content) for t in ex.conversation()[:-1]])
-                   for ex in examples]
+        prompts = [
+            render_prompt(self.tokenizer, [(t.role, t.content) for t in ex.conversation()[:-1]])
+            for ex in examples
+        ]
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         width = max(len(e) for e in encoded)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.device)
-        limit = min(SAMPLE_MAX_NEW_TOKENS, max(len(r.input_ids) - r.prompt_len for r in self.val_rows[:n]) + 16)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=limit, do_sample=False,
-                                  pad_token_id=pad, use_cache=True)
+        limit = min(
+            SAMPLE_MAX_NEW_TOKENS, max(len(r.input_ids) - r.prompt_len for r in self.val_rows[:n]) + 16
+        )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=limit,
+            do_sample=False,
+            pad_token_id=pad,
+            use_cache=True,
+        )
         samples = []
         for ex, row in zip(examples, out[:, width:], strict=True):
             turns = ex.conversation()
-            samples.append({
-                "prompt": turns[-2].content if len(turns) >= 2 else "",
-                "reference": turns[-1].content,
-                "generated": self.tokenizer.decode(row, skip_special_tokens=True).strip(),
-            })
+            samples.append(
+                {
+                    "prompt": turns[-2].content if len(turns) >= 2 else "",
+                    "reference": turns[-1].content,
+                    "generated": self.tokenizer.decode(row, skip_special_tokens=True).strip(),
+                }
+            )
         return samples
 
     # ---------------------------------------------------------------- save

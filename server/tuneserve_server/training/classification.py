@@ -20,6 +20,12 @@ import structlog
 import torch
 import torch.nn.functional as F
 
+from tuneserve_server.domain.jobs import (
+    EventType,
+    JobProgress,
+    LabelledText,
+    TaskType,
+)
 from tuneserve_server.modeling import (
     AdapterMeta,
     load_encoder,
@@ -37,16 +43,10 @@ from tuneserve_server.training import calibration, checkpoint
 from tuneserve_server.training.batching import length_grouped_batches, shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
+from tuneserve_server.training.metrics import accuracy, macro_f1
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
-from tuneserve_server.domain.jobs import (
-    EventType,
-    JobProgress,
-    LabelledText,
-    TaskType,
-)
-from tuneserve_server.training.metrics import accuracy, macro_f1
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -149,8 +149,11 @@ class ClassificationRecipe:
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         for idx in group:
             batch = self._collate([features[i] for i in idx])
-            with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                device_type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
                 logits = self._logits(batch)
             loss = F.cross_entropy(logits.float(), targets[idx].to(self.device), reduction="sum") / rows
             loss.backward()
@@ -293,12 +296,15 @@ class ClassificationRecipe:
         if directory is None:
             return
         started = time.monotonic()
-        extras = Extras(self.best_state, {"tracker": self.tracker.to_dict(), "best_metrics": self.best_metrics})
+        extras = Extras(
+            self.best_state, {"tracker": self.tracker.to_dict(), "best_metrics": self.best_metrics}
+        )
         checkpoint.save(directory, self.model, self.head, optimizer, schedule, pos, extras)
         self.checkpoint_seconds += time.monotonic() - started
         TRAIN_LAST_CHECKPOINT.set(time.time())
         self.ctx.emit(
-            EventType.CHECKPOINT, progress=self.progress,
+            EventType.CHECKPOINT,
+            progress=self.progress,
             message=f"checkpoint at step {pos.step} saved to {directory}",
         )
 
@@ -359,7 +365,9 @@ class ClassificationRecipe:
         note = "new best" if improved else f"no improvement for {self.tracker.since_best} evaluation(s)"
         log.info("evaluated", step=pos.step, improved=improved, **metrics)
         self.ctx.emit(
-            EventType.EVALUATION, progress=self.progress, metrics=shown,
+            EventType.EVALUATION,
+            progress=self.progress,
+            metrics=shown,
             message=f"step {pos.step}: {self.tracker.metric} {metrics[self.tracker.metric]:.4f} ({note})",
         )
 
@@ -377,7 +385,7 @@ class ClassificationRecipe:
         from peft import set_peft_model_state_dict
 
         assert self.best_state is not None
-        adapter = {k[len("adapter."):]: v for k, v in self.best_state.items() if k.startswith("adapter.")}
+        adapter = {k[len("adapter.") :]: v for k, v in self.best_state.items() if k.startswith("adapter.")}
         set_peft_model_state_dict(self.model, adapter)
         with torch.no_grad():
             self.head.weight.copy_(self.best_state["head.weight"])

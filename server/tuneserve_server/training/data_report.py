@@ -71,7 +71,9 @@ class DataIssue:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataIssue:
         return cls(
-            Severity(data["severity"]), data["code"], data.get("message", ""),
+            Severity(data["severity"]),
+            data["code"],
+            data.get("message", ""),
             tuple(data.get("rows", ())),
         )
 
@@ -205,6 +207,7 @@ class ReportThresholds:
 
 
 Rows = Sequence[tuple[int, Example]]
+
 
 class _PunctuationTable(dict[int, int | None]):
     """str.translate table deleting Unicode punctuation (categories P*), filled as
@@ -349,14 +352,16 @@ class _Builder:
             else:
                 detail = "the data has no rows"
             self._issue(
-                Severity.ERROR, "no_usable_rows",
+                Severity.ERROR,
+                "no_usable_rows",
                 f"no usable training rows: {detail}; fix the rows listed under dropped",
                 (r for rows in dropped.values() for r in rows),
             )
         elif n_dropped:
             rows = sorted(r for rows in dropped.values() for r in rows)
             self._issue(
-                Severity.WARNING, "rows_dropped",
+                Severity.WARNING,
+                "rows_dropped",
                 f"{n_dropped} of {_plural(total_rows, 'row')} were dropped ({why}), first at "
                 f"{_rows_text(rows)}; fix them to train on them",
                 rows,
@@ -368,9 +373,7 @@ class _Builder:
         val_counts = Counter(ex.label for _, ex in self.validation)
         every = set(train_counts) | set(val_counts)
         order = sorted(every, key=lambda lb: (-train_counts[lb], -val_counts[lb], lb))
-        self.fields["labels"] = tuple(
-            LabelCount(lb, train_counts[lb], val_counts[lb]) for lb in order
-        )
+        self.fields["labels"] = tuple(LabelCount(lb, train_counts[lb], val_counts[lb]) for lb in order)
         if train_counts:
             most, least = max(train_counts.values()), min(train_counts.values())
             ratio = most / least
@@ -379,7 +382,8 @@ class _Builder:
                 big = next(lb for lb in order if train_counts[lb] == most)
                 small = next(lb for lb in reversed(order) if train_counts[lb] == least)
                 self._issue(
-                    Severity.WARNING, "imbalance",
+                    Severity.WARNING,
+                    "imbalance",
                     f"label {_quote(big)} has {most} training examples and {_quote(small)} has "
                     f"{least} (ratio {ratio:.1f}, above {self.t.imbalance_warning_ratio:g}); the "
                     "model will favour the frequent labels: add examples of the rare ones",
@@ -388,7 +392,8 @@ class _Builder:
         if self.train and len(train_counts) < 2:
             only = f" ({_quote(next(iter(train_counts)))})" if train_counts else ""
             self._issue(
-                Severity.ERROR, "too_few_labels",
+                Severity.ERROR,
+                "too_few_labels",
                 f"the training data has {_plural(len(train_counts), 'distinct label')}{only}; "
                 "a classifier needs at least 2",
                 (),
@@ -405,7 +410,8 @@ class _Builder:
                 what = f"{len(rare)} labels have too few training examples: {shown}{more}"
             rare_set = set(rare)
             self._issue(
-                Severity.ERROR, "label_too_rare",
+                Severity.ERROR,
+                "label_too_rare",
                 f"{what}; at least {need} are needed per label: add examples or remove the label",
                 (r for r, ex in self.train if ex.label in rare_set),
             )
@@ -416,11 +422,13 @@ class _Builder:
             shown = ", ".join(_quote(lb) for lb in unseen[:5])
             more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
             what = (
-                f"validation label {shown} never appears" if len(unseen) == 1
+                f"validation label {shown} never appears"
+                if len(unseen) == 1
                 else f"{len(unseen)} validation labels ({shown}{more}) never appear"
             )
             self._issue(
-                Severity.ERROR, "unseen_validation_label",
+                Severity.ERROR,
+                "unseen_validation_label",
                 f"{what} in training (validation {_rows_text(rows)}); add training examples "
                 "or drop those validation rows",
                 rows,
@@ -440,9 +448,7 @@ class _Builder:
             return
         hits = [(split, key, row, ex) for split, key, row, ex in keyed if key in conflicting]
         _, first_key, _, first_ex = hits[0]
-        rows_of = {
-            split: [r for s, _, r, _ in hits if s == split] for split in ("training", "validation")
-        }
+        rows_of = {split: [r for s, _, r, _ in hits if s == split] for split in ("training", "validation")}
         example_where = "; ".join(
             f"{split} {_rows_text([r for s, k, r, _ in hits if s == split and k == first_key])}"
             for split in ("training", "validation")
@@ -454,7 +460,8 @@ class _Builder:
         where = "; ".join(f"{s} {_rows_text(rs)}" for s, rs in rows_of.items() if rs)
         verb = "appears" if len(conflicting) == 1 else "appear"
         self._issue(
-            Severity.ERROR if too_many else Severity.WARNING, "conflicting_labels",
+            Severity.ERROR if too_many else Severity.WARNING,
+            "conflicting_labels",
             f"{_plural(len(conflicting), 'text')} ({fraction:.1%} of the distinct texts{limit}) "
             f"{verb} with more than one label, e.g. {_quote(first_ex.text)} as "  # type: ignore[union-attr]
             f"{' and '.join(_quote(lb) for lb in sorted(labels_of[first_key]))} "
@@ -487,7 +494,8 @@ class _Builder:
             return
         split, row, earlier = repeated[0]
         self._issue(
-            Severity.WARNING, "duplicates",
+            Severity.WARNING,
+            "duplicates",
             f"{exact + near} of {usable} rows ({_percent(exact + near, usable)}) repeat an "
             f"earlier row of their split: {exact} exactly, {near} after normalising case, "
             f"whitespace and punctuation (e.g. {split} row {row} repeats row {earlier}); "
@@ -509,7 +517,8 @@ class _Builder:
         limit = f", above the {self.t.max_leakage_fraction:.0%} limit" if too_many else ""
         what = "text" if self.task is TaskType.CLASSIFICATION else "prompt and completion"
         self._issue(
-            Severity.ERROR if too_many else Severity.WARNING, "leakage",
+            Severity.ERROR if too_many else Severity.WARNING,
+            "leakage",
             f"{len(leaked)} of {n_val} validation rows ({_percent(len(leaked), n_val)}{limit}) "
             f"are also in training (same {what} after normalising): validation {_rows_text(leaked)}; "
             "evaluation would overstate quality: remove them from one split",
@@ -534,8 +543,11 @@ class _Builder:
         self.fields["mean_tokens"] = sum(lengths) / len(lengths)
         if max_seq_length is None:
             return
-        over = [(n, r, i < len(self.train)) for i, (n, (r, _)) in enumerate(zip(lengths, rows, strict=True))
-                if n > max_seq_length]
+        over = [
+            (n, r, i < len(self.train))
+            for i, (n, (r, _)) in enumerate(zip(lengths, rows, strict=True))
+            if n > max_seq_length
+        ]
         self.fields["truncated_rows"] = len(over)
         if not over:
             return
@@ -543,10 +555,12 @@ class _Builder:
         val_over = [r for _, r, is_train in over if not is_train]
         where = "; ".join(
             f"{split} {_rows_text(rs)}"
-            for split, rs in (("training", train_over), ("validation", val_over)) if rs
+            for split, rs in (("training", train_over), ("validation", val_over))
+            if rs
         )
         self._issue(
-            Severity.WARNING, "over_length",
+            Severity.WARNING,
+            "over_length",
             f"{len(over)} of {len(rows)} rows are longer than max_seq_length={max_seq_length} "
             f"tokens (the longest has {max(lengths)}) and will be truncated ({where}); raise "
             "max_seq_length or shorten them",

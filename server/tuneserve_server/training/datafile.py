@@ -102,7 +102,7 @@ def parse_dataset(
     if not isinstance(task, TaskType):
         raise InvalidRequest.field(field, "a task (classification or causal_lm) is required")
     if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM):]
+        data = data[len(_UTF8_BOM) :]
     elif data.startswith(_UTF16_BOMS):
         raise InvalidRequest.field(field, "the file is UTF-16 encoded; save it as UTF-8")
     if not data.strip():
@@ -153,12 +153,14 @@ class _Parser:
             found = ", ".join(sorted(keys_seen)[:10]) or "none"
             if not has_text:
                 raise InvalidRequest.field(
-                    field_path, f'no row has a "{self.text_name}" key{self._chat_hint()} '
+                    field_path,
+                    f'no row has a "{self.text_name}" key{self._chat_hint()} '
                     f"(keys found: {found}); name the text key with text_field",
                 )
             if not has_label:
                 raise InvalidRequest.field(
-                    field_path, f'no row has a "{self.label_name}" key (keys found: {found}); '
+                    field_path,
+                    f'no row has a "{self.label_name}" key (keys found: {found}); '
                     "name the label key with label_field",
                 )
         return self.out

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneserve_server.domain.errors import DataRejected, FailedPrecondition, Violations
-from tuneserve_server.domain.naming import is_valid_name, namespace_of
-from tuneserve_server.training.data_report import DataReport, build_report, normalise, render_causal
-from tuneserve_server.training.datafile import ParsedRows
-from tuneserve_server.training.evaluation import METRICS
-from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.jobs import (
     CausalExample,
     CausalLMSettings,
@@ -30,6 +25,11 @@ from tuneserve_server.domain.jobs import (
     OptimizerSettings,
     TaskType,
 )
+from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.domain.naming import is_valid_name, namespace_of
+from tuneserve_server.training.data_report import DataReport, build_report, normalise, render_causal
+from tuneserve_server.training.datafile import ParsedRows
+from tuneserve_server.training.evaluation import METRICS
 
 DEFAULT_VALIDATION_FRACTION = 0.1
 
@@ -107,7 +107,9 @@ def _range_text(rng: tuple[float, float, bool, bool]) -> str:
 _ROLES = ("system", "user", "assistant")
 
 
-def _classification(row: tuple[str, str], path: str, limits: TrainLimits, v: Violations) -> LabelledText | None:
+def _classification(
+    row: tuple[str, str], path: str, limits: TrainLimits, v: Violations
+) -> LabelledText | None:
     text, label = row
     bad = False
     if not text.strip():
@@ -133,11 +135,14 @@ def _causal(ex: CausalExample, path: str, limits: TrainLimits, v: Violations) ->
             if not turn.content.strip():
                 v.add(f"{path}.causal_lm.messages[{j}].content", "must not be empty")
             elif len(turn.content) > limits.max_text_chars:
-                v.add(f"{path}.causal_lm.messages[{j}].content",
-                      f"longer than {limits.max_text_chars} characters")
+                v.add(
+                    f"{path}.causal_lm.messages[{j}].content",
+                    f"longer than {limits.max_text_chars} characters",
+                )
         if ex.messages[-1].role != "assistant":
-            v.add(f"{path}.causal_lm.messages",
-                  "must end with the assistant reply to learn (role 'assistant')")
+            v.add(
+                f"{path}.causal_lm.messages", "must end with the assistant reply to learn (role 'assistant')"
+            )
     else:
         for name in ("prompt", "completion"):
             value = getattr(ex, name)
@@ -161,8 +166,10 @@ def _examples(
     for i, row in enumerate(rows):
         path = f"{field_name}[{i}]"
         if task is TaskType.CAUSAL_LM:
-            ok = _causal(row, path, limits, v) if isinstance(row, CausalExample) else v.add(
-                path, "must be a causal_lm example (prompt and completion, or messages)"
+            ok = (
+                _causal(row, path, limits, v)
+                if isinstance(row, CausalExample)
+                else v.add(path, "must be a causal_lm example (prompt and completion, or messages)")
             )
         elif isinstance(row, tuple):
             ok = _classification(row, path, limits, v)
@@ -252,8 +259,10 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
     metric = req.evaluation.get("metric_for_best")
     if metric:
         if metric not in METRICS:
-            v.add("hyperparameters.evaluation.metric_for_best",
-                  f"must be one of {', '.join(METRICS)}, or empty for the task's default")
+            v.add(
+                "hyperparameters.evaluation.metric_for_best",
+                f"must be one of {', '.join(METRICS)}, or empty for the task's default",
+            )
         eval_kw["metric_for_best"] = metric
     if req.evaluation.get("calibrate") is not None:
         eval_kw["calibrate"] = bool(req.evaluation["calibrate"])
@@ -261,8 +270,10 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
     if req.causal_lm.get("train_on_prompt") is not None:
         lm_kw["train_on_prompt"] = bool(req.causal_lm["train_on_prompt"])
     return Hyperparameters(
-        LoraSettings(**lora_kw), OptimizerSettings(**opt_kw),
-        EvaluationSettings(**eval_kw), CausalLMSettings(**lm_kw),
+        LoraSettings(**lora_kw),
+        OptimizerSettings(**opt_kw),
+        EvaluationSettings(**eval_kw),
+        CausalLMSettings(**lm_kw),
     )
 
 
@@ -368,14 +379,17 @@ def prepare_job(
 
     assert req.task is not None
     report = build_report(
-        req.task, train, validation, total_rows=total_rows, dropped=dropped,
-        token_lengths=limits.count_tokens, max_seq_length=hyper.optimizer.max_seq_length,
+        req.task,
+        train,
+        validation,
+        total_rows=total_rows,
+        dropped=dropped,
+        token_lengths=limits.count_tokens,
+        max_seq_length=hyper.optimizer.max_seq_length,
     )
     if not report.ok:
         violations = _report_violations(report, req)
-        raise DataRejected(
-            violations.message("training data rejected"), violations.items, report.to_dict()
-        )
+        raise DataRejected(violations.message("training data rejected"), violations.items, report.to_dict())
     spec = JobSpec(
         namespace=namespace,
         adapter_name=req.adapter_name,

@@ -20,17 +20,7 @@ from pathlib import Path
 import structlog
 
 from tuneserve_server.config import Settings
-from tuneserve_server.modeling import BaseModelSource, resolve_base_model
-from tuneserve_server.observability.metrics import JOBS, TRAIN_RUNNING
-from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.domain.errors import LeaseLost
-from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.domain.records import AdapterVersionRecord
-from tuneserve_server.training import checkpoint
-from tuneserve_server.training.causal_lm import CausalLMRecipe
-from tuneserve_server.training.classification import ClassificationRecipe
-from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
-from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 from tuneserve_server.domain.jobs import (
     Job,
     JobEvent,
@@ -39,6 +29,16 @@ from tuneserve_server.domain.jobs import (
     JobState,
     TaskType,
 )
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.modeling import BaseModelSource, resolve_base_model
+from tuneserve_server.observability.metrics import JOBS, TRAIN_RUNNING
+from tuneserve_server.storage.adapter_store import AdapterStore
+from tuneserve_server.storage.job_store import JobStore
+from tuneserve_server.training import checkpoint
+from tuneserve_server.training.causal_lm import CausalLMRecipe
+from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
+from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 
 log = structlog.get_logger("tuneserve.worker")
 
@@ -149,8 +149,13 @@ class TrainerWorker:
         return True
 
     def _run(self, job: Job, spec: JobSpec) -> None:
-        log.info("job claimed", adapter=spec.adapter_name, attempt=job.attempts,
-                 train_examples=len(spec.train), validation_examples=len(spec.validation))
+        log.info(
+            "job claimed",
+            adapter=spec.adapter_name,
+            attempt=job.attempts,
+            train_examples=len(spec.train),
+            validation_examples=len(spec.validation),
+        )
         beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.worker_lease_s)
         beat.start()
         checkpoints = self.settings.checkpoint_path / job.id
@@ -166,12 +171,19 @@ class TrainerWorker:
                 beat.progress = p
 
             ctx = RecipeContext(
-                spec=spec, source=self.source, job_id=job.id, device=self.settings.device,
+                spec=spec,
+                source=self.source,
+                job_id=job.id,
+                device=self.settings.device,
                 precision=self.settings.train_precision,
-                checkpoint_dir=checkpoints, checkpoint_every=self.settings.checkpoint_every_steps,
+                checkpoint_dir=checkpoints,
+                checkpoint_every=self.settings.checkpoint_every_steps,
                 # A causal LM loads through the GGUF cache the API process shares (modeling_lm).
                 model_cache_dir=self.settings.model_cache_path,
-                cancel=beat.cancel, preempt=self.stopping, on_progress=progress, on_event=events,
+                cancel=beat.cancel,
+                preempt=self.stopping,
+                on_progress=progress,
+                on_event=events,
                 on_resume=lambda step: self._note_resume(job.id, step),
             )
             result = run_recipe(factory(ctx), staging)
@@ -181,9 +193,16 @@ class TrainerWorker:
             version = self.store.reserve_adapter_version(spec.namespace, spec.adapter_name)
             size = self.adapters.publish(staging, spec.namespace, spec.adapter_name, version)
             record = AdapterVersionRecord(
-                namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job.id,
-                task=spec.task, base_model=result.meta.base_model, labels=result.meta.labels,
-                metrics=result.metrics, lora_rank=result.meta.lora_rank, size_bytes=size,
+                namespace=spec.namespace,
+                name=spec.adapter_name,
+                version=version,
+                job_id=job.id,
+                task=spec.task,
+                base_model=result.meta.base_model,
+                labels=result.meta.labels,
+                metrics=result.metrics,
+                lora_rank=result.meta.lora_rank,
+                size_bytes=size,
                 created_at=job.created_at,
             )
             self.store.complete_job(job.id, self.worker_id, result.metrics, record, result.job_outputs())

@@ -8,6 +8,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+
 from tuneserve.v1 import (
     adapters_pb2,
     adapters_pb2_grpc,
@@ -16,7 +17,6 @@ from tuneserve.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-
 from tuneserve_client import Client
 
 
@@ -70,9 +70,7 @@ class RecordingTrainingService(training_pb2_grpc.TrainingServiceServicer):
         size = request.page_size or 50
         page = ids[start : start + size]
         token = str(start + size) if start + size < len(ids) else ""
-        return training_pb2.ListJobsResponse(
-            jobs=[self.jobs[i][0] for i in page], next_page_token=token
-        )
+        return training_pb2.ListJobsResponse(jobs=[self.jobs[i][0] for i in page], next_page_token=token)
 
 
 class RecordingInferenceService(inference_pb2_grpc.InferenceServiceServicer):
@@ -106,7 +104,9 @@ class RecordingAdapterService(adapters_pb2_grpc.AdapterServiceServicer):
         names = ["a", "b", "c"]
         index = int(request.page_token or 0)
         adapter = adapters_pb2.Adapter(
-            namespace=request.namespace, name=names[index], latest_version=1,
+            namespace=request.namespace,
+            name=names[index],
+            latest_version=1,
             versions=[adapters_pb2.AdapterVersion(version=1, job_id=f"job-{index}")],
         )
         token = str(index + 1) if index + 1 < len(names) else ""

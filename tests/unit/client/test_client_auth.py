@@ -18,12 +18,18 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_api_key_flag_is_sent_as_bearer_metadata_on_every_call(tmp_path, server_target, training_service, capsys):
+def test_api_key_flag_is_sent_as_bearer_metadata_on_every_call(
+    tmp_path, server_target, training_service, capsys
+):
     data = tmp_path / "train.csv"
     data.write_text("text,label\nhello,greet\n")
     assert main(["--target", server_target, "--api-key", "k-123", "jobs", "list"]) == 0
-    assert main(["--target", server_target, "--api-key", "k-123", "train", "--adapter", "a",
-                 "--data", str(data)]) == 0
+    assert (
+        main(
+            ["--target", server_target, "--api-key", "k-123", "train", "--adapter", "a", "--data", str(data)]
+        )
+        == 0
+    )
     assert [m.get("authorization") for m in training_service.metadata] == ["Bearer k-123"] * 2
 
 
@@ -33,7 +39,9 @@ def test_api_key_from_the_environment_and_none_without(monkeypatch, server_targe
     assert main(["--target", server_target, "jobs", "list"]) == 0
     assert main(["--target", server_target, "--api-key", "flag-wins", "jobs", "list"]) == 0
     assert [m.get("authorization") for m in training_service.metadata] == [
-        None, "Bearer from-env", "Bearer flag-wins"
+        None,
+        "Bearer from-env",
+        "Bearer flag-wins",
     ]
 
 

@@ -8,15 +8,30 @@ import sys
 import types
 
 import pytest
-from tuneserve.v1 import common_pb2, training_pb2
 
+from tuneserve.v1 import common_pb2, training_pb2
 from tuneserve_client.cli import build_parser, main
 
 
 def test_train_arguments():
     args = build_parser().parse_args(
-        ["--json", "--namespace", "ns", "train", "--adapter", "a", "--data", "d.csv",
-         "--epochs", "3", "--learning-rate", "1e-4", "--validation-fraction", "0.2", "--wait"]
+        [
+            "--json",
+            "--namespace",
+            "ns",
+            "train",
+            "--adapter",
+            "a",
+            "--data",
+            "d.csv",
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "1e-4",
+            "--validation-fraction",
+            "0.2",
+            "--wait",
+        ]
     )
     assert args.json and args.namespace == "ns" and args.timeout == 30.0
     assert (args.adapter, args.data, args.epochs, args.wait) == ("a", "d.csv", 3, True)
@@ -76,14 +91,33 @@ def test_train_and_wait(tmp_path, capsys, server_target, training_service):
     data = tmp_path / "train.csv"
     data.write_text("text,label\nhello,greet\nbye,leave\n")
     done = training_pb2.Job(
-        id="job-1", adapter_name="intents", state=training_pb2.JOB_STATE_SUCCEEDED,
+        id="job-1",
+        adapter_name="intents",
+        state=training_pb2.JOB_STATE_SUCCEEDED,
         progress=training_pb2.JobProgress(step=4, total_steps=4, epoch=2, train_loss=0.5),
-        metrics={"accuracy": 1.0}, adapter_version=1,
+        metrics={"accuracy": 1.0},
+        adapter_version=1,
     )
     training_service.jobs["job-1"] = [done]
 
-    rc = main(["--target", server_target, "--namespace", "team-a", "train", "--adapter", "intents",
-               "--data", str(data), "--epochs", "2", "--seed", "1", "--wait"])
+    rc = main(
+        [
+            "--target",
+            server_target,
+            "--namespace",
+            "team-a",
+            "train",
+            "--adapter",
+            "intents",
+            "--data",
+            str(data),
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            "--wait",
+        ]
+    )
 
     out = capsys.readouterr().out.splitlines()
     assert rc == 0
@@ -98,14 +132,33 @@ def test_train_and_wait(tmp_path, capsys, server_target, training_service):
 
 def test_train_causal_lm_from_a_file(tmp_path, capsys, server_target, training_service):
     data = tmp_path / "train.jsonl"
-    data.write_text('{"prompt": "Hi", "completion": "Hello!"}\n'
-                    '{"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey"}]}\n')
+    data.write_text(
+        '{"prompt": "Hi", "completion": "Hello!"}\n'
+        '{"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey"}]}\n'
+    )
     validation = tmp_path / "val.csv"
     validation.write_text("prompt,completion\nWho?,Me\n")
 
-    rc = main(["--target", server_target, "train", "--adapter", "style", "--task", "causal_lm",
-               "--data", str(data), "--validation", str(validation),
-               "--train-on-prompt", "--sample-generations", "2", "--max-seq-length", "256"])
+    rc = main(
+        [
+            "--target",
+            server_target,
+            "train",
+            "--adapter",
+            "style",
+            "--task",
+            "causal_lm",
+            "--data",
+            str(data),
+            "--validation",
+            str(validation),
+            "--train-on-prompt",
+            "--sample-generations",
+            "2",
+            "--max-seq-length",
+            "256",
+        ]
+    )
 
     assert rc == 0 and capsys.readouterr().out.strip() == "job-1"
     (request,) = training_service.train_requests
@@ -149,8 +202,7 @@ def test_jobs_get_json(capsys, server_target, training_service):
 def test_predict_reads_stdin_for_dash(monkeypatch, capsys, server_target, inference_service):
     monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin\n\nsecond\n"))
 
-    rc = main(["--target", server_target, "predict", "--adapter", "sent@2", "--probabilities",
-               "first", "-"])
+    rc = main(["--target", server_target, "predict", "--adapter", "sent@2", "--probabilities", "first", "-"])
 
     assert rc == 0
     (request,) = inference_service.requests

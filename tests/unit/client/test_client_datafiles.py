@@ -121,16 +121,25 @@ def test_jsonl_with_other_keys(tmp_path):
 
 
 def test_causal_jsonl_reads_prompt_completion_rows_and_conversations(tmp_path):
-    path = _write(tmp_path, "lm.jsonl", (
-        '{"prompt": "Hi", "completion": "Hello!", "id": 1}\n'
-        "\n"
-        '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},'
-        ' {"role": "assistant", "content": "Hey."}]}\n'
-    ))
+    path = _write(
+        tmp_path,
+        "lm.jsonl",
+        (
+            '{"prompt": "Hi", "completion": "Hello!", "id": 1}\n'
+            "\n"
+            '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},'
+            ' {"role": "assistant", "content": "Hey."}]}\n'
+        ),
+    )
     assert read_causal_examples(path) == [
         {"prompt": "Hi", "completion": "Hello!"},
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                      {"role": "assistant", "content": "Hey."}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hey."},
+            ]
+        },
     ]
 
 

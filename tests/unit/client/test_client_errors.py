@@ -35,9 +35,7 @@ def failing_call() -> Iterator[Callable[..., grpc.RpcError]]:
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
 
-    def call(
-        behaviour: Callable[[grpc.ServicerContext], None], timeout: float = 5.0
-    ) -> grpc.RpcError:
+    def call(behaviour: Callable[[grpc.ServicerContext], None], timeout: float = 5.0) -> grpc.RpcError:
         behaviours.append(behaviour)
         with pytest.raises(grpc.RpcError) as info:
             channel.unary_unary(_METHOD)(b"", timeout=timeout)
@@ -83,8 +81,7 @@ def test_bad_request_details_become_field_violations(failing_call):
     assert exc.field_violations == [("training_examples", "needs at least 2 distinct labels")]
     assert exc.request_id == "req-123"
     assert str(exc) == (
-        "INVALID_ARGUMENT: training data has one label "
-        "(training_examples: needs at least 2 distinct labels)"
+        "INVALID_ARGUMENT: training data has one label (training_examples: needs at least 2 distinct labels)"
     )
 
 

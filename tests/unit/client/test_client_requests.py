@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tuneserve.v1 import common_pb2, training_pb2
 
+from tuneserve.v1 import common_pb2, training_pb2
 from tuneserve_client import Client, Job, NotFound, Unavailable
 
 
@@ -145,8 +145,11 @@ def test_wait_times_out(client, training_service):
     training_service.jobs["j"] = [_job("j", training_pb2.JOB_STATE_RUNNING, 3)]
 
     with pytest.raises(TimeoutError, match="still RUNNING"):
-        client.wait(Job(id="j", namespace="", adapter_name="", task="", state="QUEUED"),
-                    timeout=0.05, poll_interval=0.01)
+        client.wait(
+            Job(id="j", namespace="", adapter_name="", task="", state="QUEUED"),
+            timeout=0.05,
+            poll_interval=0.01,
+        )
 
 
 def test_list_adapters_follows_pages(client, adapter_service):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
 
+from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
 from tuneserve_client.types import (
     Job,
     LabelScore,
@@ -35,7 +35,7 @@ def test_job_with_unset_timestamps_and_train_loss():
 
     job = job_from_pb(pb)
 
-    assert job.created_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+    assert job.created_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
     assert job.created_at.tzinfo is not None
     assert (job.started_at, job.finished_at, job.updated_at) == (None, None, None)
     assert job.train_loss is None
@@ -66,7 +66,7 @@ def test_job_with_zero_train_loss_and_metrics_is_done():
     assert job.done and job.state == "SUCCEEDED"
     assert job.task == "causal_lm"
     assert job.metrics == {"accuracy": 0.5}
-    assert job.finished_at == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=timezone.utc)
+    assert job.finished_at == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)
     assert (job.step, job.total_steps, job.epoch, job.adapter_version) == (30, 30, 3, 2)
 
 
@@ -92,14 +92,23 @@ def test_classification_and_prediction():
 
 def test_adapter_with_versions():
     with_rank = adapters_pb2.AdapterVersion(
-        version=1, job_id="j1", labels=["a", "b"], metrics={"accuracy": 1.0},
-        lora=common_pb2.LoraConfig(rank=8), size_bytes=1234, resident=True,
+        version=1,
+        job_id="j1",
+        labels=["a", "b"],
+        metrics={"accuracy": 1.0},
+        lora=common_pb2.LoraConfig(rank=8),
+        size_bytes=1234,
+        resident=True,
     )
     without_rank = adapters_pb2.AdapterVersion(version=2, job_id="j2")
     adapter = adapter_from_pb(
         adapters_pb2.Adapter(
-            namespace="ns", name="intents", task=common_pb2.TASK_TYPE_CLASSIFICATION,
-            base_model="minilm", versions=[with_rank, without_rank], latest_version=2,
+            namespace="ns",
+            name="intents",
+            task=common_pb2.TASK_TYPE_CLASSIFICATION,
+            base_model="minilm",
+            versions=[with_rank, without_rank],
+            latest_version=2,
         )
     )
     assert adapter.name == "intents" and adapter.task == "classification"

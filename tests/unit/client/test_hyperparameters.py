@@ -9,8 +9,8 @@ import dataclasses
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
-from tuneserve.v1 import common_pb2
 
+from tuneserve.v1 import common_pb2
 from tuneserve_client.cli import build_parser, main
 from tuneserve_client.hyperparameters import BY_PATH, HYPERPARAMETERS
 
@@ -106,8 +106,26 @@ def test_every_flag_at_once_round_trips(data_file, server_target, training_servi
 
 
 def test_older_flag_names_and_the_negative_forms(data_file, server_target, training_service):
-    assert main(["--target", server_target, "train", "--adapter", "a", "--data", data_file,
-                 "--grad-accum", "4", "--eval-every", "10", "--no-calibrate", "--no-train-on-prompt"]) == 0
+    assert (
+        main(
+            [
+                "--target",
+                server_target,
+                "train",
+                "--adapter",
+                "a",
+                "--data",
+                data_file,
+                "--grad-accum",
+                "4",
+                "--eval-every",
+                "10",
+                "--no-calibrate",
+                "--no-train-on-prompt",
+            ]
+        )
+        == 0
+    )
     hp = training_service.train_requests[0].hyperparameters
     assert hp.optimizer.gradient_accumulation_steps == 4 and hp.evaluation.eval_every_steps == 10
     assert hp.evaluation.HasField("calibrate") and hp.evaluation.calibrate is False  # off, not unset
@@ -116,9 +134,17 @@ def test_older_flag_names_and_the_negative_forms(data_file, server_target, train
 
 @pytest.mark.parametrize(
     "words",
-    [["--lora-rank", "0"], ["--epochs", "0"], ["--learning-rate", "0"], ["--lora-alpha", "-1"],
-     ["--lora-dropout", "nan"], ["--seed", "-1"], ["--max-steps", "x"], ["--metric-for-best", "f1"],
-     ["--calibrate", "--no-calibrate"]],
+    [
+        ["--lora-rank", "0"],
+        ["--epochs", "0"],
+        ["--learning-rate", "0"],
+        ["--lora-alpha", "-1"],
+        ["--lora-dropout", "nan"],
+        ["--seed", "-1"],
+        ["--max-steps", "x"],
+        ["--metric-for-best", "f1"],
+        ["--calibrate", "--no-calibrate"],
+    ],
 )
 def test_bad_values_are_usage_errors(words, capsys):
     with pytest.raises(SystemExit) as info:
@@ -128,8 +154,26 @@ def test_bad_values_are_usage_errors(words, capsys):
 
 
 def test_zero_is_sent_where_it_means_something(data_file, server_target, training_service):
-    assert main(["--target", server_target, "train", "--adapter", "a", "--data", data_file,
-                 "--max-steps", "0", "--seed", "0", "--sample-generations", "0"]) == 0
+    assert (
+        main(
+            [
+                "--target",
+                server_target,
+                "train",
+                "--adapter",
+                "a",
+                "--data",
+                data_file,
+                "--max-steps",
+                "0",
+                "--seed",
+                "0",
+                "--sample-generations",
+                "0",
+            ]
+        )
+        == 0
+    )
     hp = training_service.train_requests[0].hyperparameters
     assert hp.optimizer.HasField("max_steps") and hp.optimizer.HasField("seed")
     assert hp.causal_lm.HasField("sample_generations") and hp.causal_lm.sample_generations == 0
@@ -151,11 +195,14 @@ def test_client_train_takes_each_keyword_and_refuses_unknown_ones(client, traini
 
 # --- the server's side of the same description --------------------------------------------
 
+
 def test_server_domain_settings_have_exactly_the_proto_fields():
     from tuneserve_server.domain.jobs import Hyperparameters
 
     sections = {f.name: f for f in dataclasses.fields(Hyperparameters)}
-    proto = {s.name: [f.name for f in s.message_type.fields] for s in common_pb2.Hyperparameters.DESCRIPTOR.fields}
+    proto = {
+        s.name: [f.name for f in s.message_type.fields] for s in common_pb2.Hyperparameters.DESCRIPTOR.fields
+    }
     assert sorted(sections) == sorted(proto)
     defaults = Hyperparameters()
     for section, names in proto.items():
@@ -189,25 +236,45 @@ def test_server_round_trip_of_every_field():
     from tuneserve_server.training.validation import build_job_spec
 
     limits = TrainLimits(
-        served_task=TaskType.CLASSIFICATION, base_model="tiny-bert", max_train_examples=1000,
-        max_text_chars=100, max_lora_rank=64, linear_modules=frozenset({"query", "value", "key"}),
+        served_task=TaskType.CLASSIFICATION,
+        base_model="tiny-bert",
+        max_train_examples=1000,
+        max_text_chars=100,
+        max_lora_rank=64,
+        linear_modules=frozenset({"query", "value", "key"}),
         default_targets=("query", "value"),
     )
     # Each a valid value that differs from the default.
     given = {
-        "lora.rank": 4, "lora.alpha": 8.0, "lora.dropout": 0.25, "lora.target_modules": ["key"],
-        "optimizer.learning_rate": 0.0625, "optimizer.batch_size": 3, "optimizer.epochs": 2,
-        "optimizer.max_steps": 9, "optimizer.warmup_ratio": 0.125, "optimizer.weight_decay": 0.5,
-        "optimizer.seed": 5, "optimizer.max_seq_length": 64, "optimizer.gradient_accumulation_steps": 2,
-        "evaluation.eval_every_steps": 3, "evaluation.metric_for_best": "accuracy",
-        "evaluation.early_stopping_patience": 2, "evaluation.calibrate": False,
-        "causal_lm.train_on_prompt": True, "causal_lm.sample_generations": 1,
+        "lora.rank": 4,
+        "lora.alpha": 8.0,
+        "lora.dropout": 0.25,
+        "lora.target_modules": ["key"],
+        "optimizer.learning_rate": 0.0625,
+        "optimizer.batch_size": 3,
+        "optimizer.epochs": 2,
+        "optimizer.max_steps": 9,
+        "optimizer.warmup_ratio": 0.125,
+        "optimizer.weight_decay": 0.5,
+        "optimizer.seed": 5,
+        "optimizer.max_seq_length": 64,
+        "optimizer.gradient_accumulation_steps": 2,
+        "evaluation.eval_every_steps": 3,
+        "evaluation.metric_for_best": "accuracy",
+        "evaluation.early_stopping_patience": 2,
+        "evaluation.calibrate": False,
+        "causal_lm.train_on_prompt": True,
+        "causal_lm.sample_generations": 1,
     }
     assert sorted(given) == sorted(PATHS)  # a new field needs a value here
     request = training_pb2.TrainRequest(
-        adapter_name="a", task=common_pb2.TASK_TYPE_CLASSIFICATION, request_id="r",
+        adapter_name="a",
+        task=common_pb2.TASK_TYPE_CLASSIFICATION,
+        request_id="r",
         training_examples=[
-            common_pb2.Example(classification=common_pb2.ClassificationExample(text=f"t {i}", label="ab"[i % 2]))
+            common_pb2.Example(
+                classification=common_pb2.ClassificationExample(text=f"t {i}", label="ab"[i % 2])
+            )
             for i in range(20)
         ],
     )

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # modules they share (generation_fixtures, worker_fixtures) sit here beside this file.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tuneserve_server.domain.jobs import (  # noqa: E402
+from tuneserve_server.domain.jobs import (
     Hyperparameters,
     JobSpec,
     LabelledText,
@@ -56,7 +56,7 @@ def make_spec() -> Callable[..., JobSpec]:
 
 
 # ---------------------------------------------------------------- tiny models
-def tiny_bert_config(vocab_size: int = 100):  # noqa: ANN201
+def tiny_bert_config(vocab_size: int = 100):
     from transformers import BertConfig
 
     return BertConfig(
@@ -80,7 +80,7 @@ class TinyBase:
         self.encoder = BertModel(self.config).eval()
         self.state = copy.deepcopy(self.encoder.state_dict())
 
-    def fresh_encoder(self):  # noqa: ANN201
+    def fresh_encoder(self):
         """A new BertModel with exactly the base weights (for building or checking adapters)."""
         from transformers import BertModel
 
@@ -88,7 +88,7 @@ class TinyBase:
         model.load_state_dict(self.state)
         return model.eval()
 
-    def serving_registry(self, *, max_resident: int = 4, max_rank: int = 8, dtype=None):  # noqa: ANN001, ANN201
+    def serving_registry(self, *, max_resident: int = 4, max_rank: int = 8, dtype=None):
         """The base served the way InferenceEngine._load serves it: a fresh encoder in the
         serving dtype, its LoRA bank, and the AdapterRegistry over them."""
         import torch
@@ -101,12 +101,18 @@ class TinyBase:
         encoder = self.fresh_encoder().to(dtype)
         linear = module_names(encoder)
         return AdapterRegistry(
-            encoder, bank=LoraBank(encoder, linear, capacity=max_resident, dtype=dtype),
-            base_model_id=TINY_BASE_ID, linear_modules=linear, hidden_size=self.config.hidden_size,
-            max_resident=max_resident, max_rank=max_rank, device="cpu", dtype=dtype,
+            encoder,
+            bank=LoraBank(encoder, linear, capacity=max_resident, dtype=dtype),
+            base_model_id=TINY_BASE_ID,
+            linear_modules=linear,
+            hidden_size=self.config.hidden_size,
+            max_resident=max_resident,
+            max_rank=max_rank,
+            device="cpu",
+            dtype=dtype,
         )
 
-    def peft_model(self):  # noqa: ANN201
+    def peft_model(self):
         """The oracle serving is checked against: the base under plain peft with a zero anchor
         adapter (so `adapter_names=["__base__", ...]` works); load adapters with `load_adapter`."""
         from peft import LoraConfig, get_peft_model
@@ -172,7 +178,7 @@ def make_tiny_base() -> type[TinyBase]:
 # schema per test). `open_store(**kwargs)` opens another instance on the same database, as
 # another process would; every instance is closed after the test.
 @pytest.fixture(params=["sqlite", "postgres"])
-def open_store(request, tmp_path):  # noqa: ANN201
+def open_store(request, tmp_path):
     from tuneserve_server.storage.job_store import JobStore
 
     opened: list[JobStore] = []
@@ -198,5 +204,5 @@ def open_store(request, tmp_path):  # noqa: ANN201
 
 
 @pytest.fixture
-def store(open_store):  # noqa: ANN001, ANN201
+def store(open_store):
     return open_store()

@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 
 import torch
+
 from tuneserve_server.engine.generation import Delta, GenerationResult, GenerationRow
 from tuneserve_server.engine.generation_runner import GenerationRunner
 from tuneserve_server.engine.generation_sampling import SamplingParams
@@ -24,7 +25,7 @@ PEFT_ANCHOR = "anchor"  # the oracle's zero adapter: peft needs one active for "
 SLOTS = ("s0", "s1")
 
 
-def byte_tokenizer():  # noqa: ANN201
+def byte_tokenizer():
     """Every byte is a token (no merges): multi-byte characters span several tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
@@ -45,20 +46,26 @@ def byte_tokenizer():  # noqa: ANN201
     return tok
 
 
-def tiny_llama_base(vocab_size: int, seed: int = 0):  # noqa: ANN201
+def tiny_llama_base(vocab_size: int, seed: int = 0):
     """The bare random Llama (float64); the same seed gives the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
     )
     return LlamaForCausalLM(config).to(torch.float64).eval()
 
 
-def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
+def tiny_llama(vocab_size: int, seed: int = 0):
     """tiny_llama_base under peft: a zero anchor adapter and random adapters s0 / s1."""
     from peft import LoraConfig, get_peft_model
 
@@ -79,7 +86,7 @@ def tiny_llama(vocab_size: int, seed: int = 0):  # noqa: ANN201
 _BANKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def banked(model):  # noqa: ANN001, ANN201
+def banked(model):
     """(base, bank) for the peft `model`: a bare Llama with exactly its base weights, and the
     LoRA bank holding its adapters s0 / s1 in float64 (built once per model)."""
     if model not in _BANKED:
@@ -87,7 +94,8 @@ def banked(model):  # noqa: ANN001, ANN201
 
         state = {
             k.replace(".base_layer.", "."): v
-            for k, v in model.get_base_model().state_dict().items() if ".lora_" not in k
+            for k, v in model.get_base_model().state_dict().items()
+            if ".lora_" not in k
         }
         base = LlamaForCausalLM(model.config).to(torch.float64).eval()
         base.load_state_dict(state, strict=True)
@@ -95,7 +103,9 @@ def banked(model):  # noqa: ANN001, ANN201
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp, selected_adapters=list(SLOTS))
             for slot in SLOTS:
-                bank.install(slot, read_lora(Path(tmp) / slot, dtype=torch.float64, module_paths=bank.module_paths()))
+                bank.install(
+                    slot, read_lora(Path(tmp) / slot, dtype=torch.float64, module_paths=bank.module_paths())
+                )
         _BANKED[model] = (base, bank)
     return _BANKED[model]
 
@@ -109,19 +119,25 @@ class Harness:
     """Drive a GenerationRunner synchronously, one decode step per turn, as the scheduler's
     driver does (with more steps per turn)."""
 
-    def __init__(self, tokenizer, model, max_rows: int = 16, runner: GenerationRunner | None = None) -> None:  # noqa: ANN001
+    def __init__(self, tokenizer, model, max_rows: int = 16, runner: GenerationRunner | None = None) -> None:
         """`model`: the peft oracle from tiny_llama; the runner decodes through `banked(model)`."""
         if runner is None:
             base, bank = banked(model)
             runner = GenerationRunner(
-                tokenizer, None, None, model=base, bank=bank, eos_ids=frozenset({tokenizer.eos_token_id}),
-                max_rows=max_rows, max_positions=256,
+                tokenizer,
+                None,
+                None,
+                model=base,
+                bank=bank,
+                eos_ids=frozenset({tokenizer.eos_token_id}),
+                max_rows=max_rows,
+                max_positions=256,
                 slot_of=lambda k, keep: "__base__" if k is None else k.name,
             )
         self.runner = runner
         self.inbox: deque[GenerationRow] = deque()
 
-    def add(self, prompt: str, slot: str | None = None, **params) -> tuple[list, GenerationRow]:  # noqa: ANN003
+    def add(self, prompt: str, slot: str | None = None, **params) -> tuple[list, GenerationRow]:
         """Queue a row; returns the list its events are appended to, and the row."""
         events: list = []
         params.setdefault("max_new_tokens", 12)

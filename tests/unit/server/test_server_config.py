@@ -114,9 +114,7 @@ def test_database_url_is_read_passed_to_workers_and_masked_by_config_show(capsys
     monkeypatch.delenv("TUNESERVE_DATABASE_URL", raising=False)
     monkeypatch.delenv("TUNESERVE_CONFIG", raising=False)
     # main() configures logging onto capsys' stream; keep later tests' logging off it.
-    monkeypatch.setattr(
-        "tuneserve_server.observability.logging.configure_logging", lambda *a, **k: None
-    )
+    monkeypatch.setattr("tuneserve_server.observability.logging.configure_logging", lambda *a, **k: None)
     assert main(["config", "show", "--database-url", dsn]) == 0
     out = capsys.readouterr().out
     assert "database_url = ***" in out.splitlines()

@@ -23,8 +23,14 @@ class StepRecipe:
     runs before step n (to wait, or to cancel the job from outside); `resume_from` makes
     train() report a resume from that step, as a recipe that found a checkpoint does."""
 
-    def __init__(self, ctx: RecipeContext, *, steps: int = 3, resume_from: int = 0,
-                 before_step: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: RecipeContext,
+        *,
+        steps: int = 3,
+        resume_from: int = 0,
+        before_step: Callable[[int], None] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.steps = steps
         self.resume_from = resume_from
@@ -51,9 +57,13 @@ class StepRecipe:
         metrics = {"eval_loss": 0.25, "total_steps": float(self.steps)}
         spec = self.ctx.spec
         meta = AdapterMeta(
-            task=spec.task, base_model=self.ctx.source.model_id,
+            task=spec.task,
+            base_model=self.ctx.source.model_id,
             labels=tuple(sorted({getattr(r, "label", "") for r in spec.train} - {""})),
-            lora_rank=spec.hyperparameters.lora.rank, target_modules=(), metrics=metrics, job_id=self.ctx.job_id,
+            lora_rank=spec.hyperparameters.lora.rank,
+            target_modules=(),
+            metrics=metrics,
+            job_id=self.ctx.job_id,
         )
         (directory / ADAPTER_META).write_text(meta.to_json())
         self.ctx.emit(EventType.EVALUATION, metrics=metrics)

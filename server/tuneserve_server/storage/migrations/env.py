@@ -29,10 +29,12 @@ def _adopt_unversioned_sqlite(connection: sa.Connection) -> None:
     if "alembic_version" in tables or "jobs" not in tables:
         return
     revision = "0002" if "job_events" in tables else "0001"
-    connection.execute(sa.text(
-        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
-        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
-    ))
+    connection.execute(
+        sa.text(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        )
+    )
     connection.execute(sa.text("INSERT INTO alembic_version VALUES (:v)"), {"v": revision})
 
 

@@ -10,20 +10,23 @@ from generation_fixtures import byte_tokenizer
 
 from tuneserve.v1 import inference_pb2
 from tuneserve_server.api.convert import sampling_params
-from tuneserve_server.engine.generation_sampling import RowText, SamplingParams, filter_logits
 from tuneserve_server.domain.errors import InvalidRequest
+from tuneserve_server.engine.generation_sampling import RowText, SamplingParams, filter_logits
 
 
-def params(**kw):  # noqa: ANN003, ANN201
-    return sampling_params(inference_pb2.GenerationParams(**kw), default_max_new_tokens=32,
-                           max_new_tokens_limit=100)
+def params(**kw):
+    return sampling_params(
+        inference_pb2.GenerationParams(**kw), default_max_new_tokens=32, max_new_tokens_limit=100
+    )
 
 
 def test_defaults_are_greedy_with_the_server_default_length() -> None:
     p = params()
     assert p == SamplingParams(max_new_tokens=32)
     assert p.greedy and p.seed is None and not p.raw_prompt
-    p = params(max_new_tokens=100, temperature=0.7, top_p=0.9, top_k=5, stop=["\n\n"], seed=0, raw_prompt=True)
+    p = params(
+        max_new_tokens=100, temperature=0.7, top_p=0.9, top_k=5, stop=["\n\n"], seed=0, raw_prompt=True
+    )
     assert (p.max_new_tokens, p.top_k, p.stop, p.seed, p.raw_prompt) == (100, 5, ("\n\n",), 0, True)
     assert p.temperature == pytest.approx(0.7) and p.top_p == pytest.approx(0.9) and not p.greedy
 
@@ -42,7 +45,7 @@ def test_defaults_are_greedy_with_the_server_default_length() -> None:
         ({"stop": ["s"] * 17}, "generation.stop"),
     ],
 )
-def test_each_bad_setting_names_its_field(kw, field) -> None:  # noqa: ANN001
+def test_each_bad_setting_names_its_field(kw, field) -> None:
     with pytest.raises(InvalidRequest) as err:
         params(**kw)
     assert [v.field for v in err.value.violations] == [field]
@@ -52,7 +55,10 @@ def test_all_violations_are_reported_at_once() -> None:
     with pytest.raises(InvalidRequest) as err:
         params(temperature=-1, top_p=2, max_new_tokens=500)
     assert {v.field for v in err.value.violations} == {
-        "generation.temperature", "generation.top_p", "generation.max_new_tokens"}
+        "generation.temperature",
+        "generation.top_p",
+        "generation.max_new_tokens",
+    }
 
 
 def test_top_k_and_top_p_keep_the_right_tokens() -> None:

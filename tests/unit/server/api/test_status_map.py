@@ -74,10 +74,9 @@ def test_unexpected_exception_is_internal_and_does_not_leak_its_text():
 
 def test_a_data_rejection_carries_the_report_small_enough_for_a_trailer():
     from tuneserve.v1 import datasets_pb2
-
     from tuneserve_server.domain.errors import DataRejected, FieldViolation
-    from tuneserve_server.training.data_report import build_report
     from tuneserve_server.domain.jobs import LabelledText, TaskType
+    from tuneserve_server.training.data_report import build_report
 
     # An ID column picked as the label: 2,000 labels of one example each.
     rows = [(i + 1, LabelledText(f"text {i}", f"id-{i}")) for i in range(2000)]

@@ -16,8 +16,22 @@ def test_parse_name_and_name_at_version():
 
 
 @pytest.mark.parametrize(
-    "text", ["intents@0", "intents@-1", "intents@", "intents@x", "intents@1@2", "intents@²", "intents@" + "9" * 30, "Name",
-             "@1", "", "-lead", "a b", "x" * 64]
+    "text",
+    [
+        "intents@0",
+        "intents@-1",
+        "intents@",
+        "intents@x",
+        "intents@1@2",
+        "intents@²",
+        "intents@" + "9" * 30,
+        "Name",
+        "@1",
+        "",
+        "-lead",
+        "a b",
+        "x" * 64,
+    ],
 )
 def test_parse_refuses_bad_refs_with_invalid_request_on_the_field(text):
     with pytest.raises(InvalidRequest) as err:

@@ -12,8 +12,8 @@ import weakref
 import pytest
 import torch
 
-from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.domain.errors import FailedPrecondition
+from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.modeling import ADAPTER_META
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.
@@ -27,7 +27,7 @@ def key(name: str, version: int = 1) -> AdapterKey:
 
 
 @pytest.fixture(scope="module")
-def adapter_dirs(tmp_path_factory, make_tiny_base):  # noqa: ANN001, ANN201
+def adapter_dirs(tmp_path_factory, make_tiny_base):
     """Four adapters for the default tiny base, written once for the module."""
     base = make_tiny_base()
     root = tmp_path_factory.mktemp("adapters")
@@ -42,7 +42,7 @@ def adapter_dirs(tmp_path_factory, make_tiny_base):  # noqa: ANN001, ANN201
     }
 
 
-def make_registry(base, max_resident: int = 2, max_rank: int = 8) -> AdapterRegistry:  # noqa: ANN001
+def make_registry(base, max_resident: int = 2, max_rank: int = 8) -> AdapterRegistry:
     return base.serving_registry(max_resident=max_resident, max_rank=max_rank)
 
 
@@ -63,7 +63,7 @@ def test_ensure_loads_once_and_reuses(tiny_base, adapter_dirs):
     assert entry.meta.labels == ("neg", "pos")
     assert entry.head.out_features == 2 and entry.size_bytes > 0
     assert reg.bank.nbytes > 0
-    assert "default" not in entry.slot and "a" != entry.slot  # user names never reach the model
+    assert "default" not in entry.slot and entry.slot != "a"  # user names never reach the model
 
     again = reg.ensure(key("a"), adapter_dirs["a"])
     assert again is entry
@@ -123,7 +123,7 @@ def test_keep_protects_adapters_in_use_by_the_batch(tiny_base, adapter_dirs):
     assert set(reg.resident_keys()) == {key("a"), key("c")}
 
 
-def _write_meta(directory, **changes) -> None:  # noqa: ANN001
+def _write_meta(directory, **changes) -> None:
     meta = json.loads((directory / ADAPTER_META).read_text())
     meta.update(changes)
     (directory / ADAPTER_META).write_text(json.dumps(meta))

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tuneserve_server.domain.errors import CapacityExceeded
 from tuneserve_server.engine.batching import Batcher, PendingRequest
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.domain.errors import CapacityExceeded
 
 KEY_A = AdapterKey("default", "a", 1)
 KEY_B = AdapterKey("default", "b", 1)
@@ -43,10 +43,10 @@ class Recorder:
         return out
 
 
-def run_with_batcher(recorder: Recorder, body, **limits):  # noqa: ANN001, ANN201
+def run_with_batcher(recorder: Recorder, body, **limits):
     settings = {"max_batch_rows": 64, "max_wait_ms": 20.0, "max_queue_rows": 1000} | limits
 
-    async def main():  # noqa: ANN202
+    async def main():
         executor = ThreadPoolExecutor(max_workers=1)
         batcher = Batcher(recorder, executor, **settings)
         batcher.start()
@@ -60,7 +60,7 @@ def run_with_batcher(recorder: Recorder, body, **limits):  # noqa: ANN001, ANN20
     return asyncio.run(main())
 
 
-async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
+async def _until(predicate, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not predicate():
@@ -71,7 +71,7 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
 def test_concurrent_submits_share_one_batch_across_adapters():
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         return await asyncio.gather(
             batcher.submit(KEY_A, ["x"]),
             batcher.submit(KEY_B, ["y", "z"]),
@@ -82,15 +82,13 @@ def test_concurrent_submits_share_one_batch_across_adapters():
     results = run_with_batcher(rec, body)
     assert results == [["a:x"], ["b:y", "b:z"], ["base:w"], ["a:v"]]
     assert len(rec.batches) == 1
-    assert rec.batches[0] == [
-        (KEY_A, ("x",)), (KEY_B, ("y", "z")), (None, ("w",)), (KEY_A, ("v",))
-    ]
+    assert rec.batches[0] == [(KEY_A, ("x",)), (KEY_B, ("y", "z")), (None, ("w",)), (KEY_A, ("v",))]
 
 
 def test_batches_hold_at_most_max_batch_rows():
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         results = await asyncio.gather(*(batcher.submit(KEY_A, [f"t{i}a", f"t{i}b"]) for i in range(5)))
         return results, batcher.queued_rows, batcher.batches
 
@@ -105,7 +103,7 @@ def test_batches_hold_at_most_max_batch_rows():
 def test_a_request_larger_than_a_batch_still_runs_alone():
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         return await asyncio.gather(batcher.submit(KEY_A, ["1", "2", "3"]), batcher.submit(KEY_B, ["4"]))
 
     results = run_with_batcher(rec, body, max_batch_rows=2, max_wait_ms=1.0)
@@ -117,7 +115,7 @@ def test_a_request_cancelled_while_queued_is_never_run():
     rec = Recorder()
     rec.gate.clear()  # the first batch blocks the executor, so later requests queue up
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         first = asyncio.create_task(batcher.submit(KEY_A, ["first"]))
         await _until(rec.entered.is_set)
         doomed = asyncio.create_task(batcher.submit(KEY_B, ["doomed"]))
@@ -140,7 +138,7 @@ def test_queue_over_max_queue_rows_is_refused_at_once():
     rec = Recorder()
     rec.gate.clear()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         with pytest.raises(CapacityExceeded):
             await batcher.submit(KEY_A, ["1", "2", "3", "4"])  # bigger than the whole queue
         running = asyncio.create_task(batcher.submit(KEY_A, ["running"]))
@@ -162,7 +160,7 @@ def test_queue_over_max_queue_rows_is_refused_at_once():
 def test_an_exception_from_run_batch_reaches_every_caller_and_the_batcher_goes_on():
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         rec.fail_whole_batch = RuntimeError("out of memory")
         failed = await asyncio.gather(
             batcher.submit(KEY_A, ["x"]), batcher.submit(KEY_B, ["y"]), return_exceptions=True
@@ -180,7 +178,7 @@ def test_an_exception_from_run_batch_reaches_every_caller_and_the_batcher_goes_o
 def test_a_per_request_exception_reaches_only_its_caller():
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         return await asyncio.gather(
             batcher.submit(KEY_A, ["good"]),
             batcher.submit(KEY_B, ["bad"]),
@@ -201,7 +199,7 @@ def test_rows_of_a_request_cancelled_while_queued_leave_the_queue_bound_at_once(
     rec = Recorder()
     rec.gate.clear()  # the executor is busy: nothing queued is taken until the gate opens
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         running = asyncio.create_task(batcher.submit(KEY_A, ["running"]))
         await _until(rec.entered.is_set)
         doomed = asyncio.create_task(batcher.submit(KEY_B, ["d1", "d2", "d3"]))
@@ -232,7 +230,7 @@ def test_many_cancelled_requests_are_skipped_and_the_count_never_goes_negative()
     rec = Recorder()
     rec.gate.clear()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         running = asyncio.create_task(batcher.submit(KEY_A, ["running"]))
         await _until(rec.entered.is_set)
         doomed = [asyncio.create_task(batcher.submit(KEY_B, [f"d{i}"])) for i in range(100)]
@@ -262,7 +260,7 @@ def test_a_batch_starts_once_the_callers_just_answered_are_back():
     rec = Recorder()
     rec.gate.clear()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         # One 64-row call fills a batch at once (max_batch_rows); hold it in flight.
         big = asyncio.create_task(batcher.submit(KEY_A, [f"r{i}" for i in range(64)]))
         await _until(rec.entered.is_set)
@@ -286,7 +284,7 @@ def test_answered_callers_regroup_into_one_batch_instead_of_two_half_batches():
     for both (up to a fraction of the last forward's time; huge here, so no timing matters)."""
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         await asyncio.gather(batcher.submit(KEY_A, ["a1"]), batcher.submit(KEY_B, ["b1"]))
         quick = asyncio.create_task(batcher.submit(KEY_A, ["a2"]))  # back at once
         await _until(lambda: batcher.queued_rows == 1)
@@ -296,7 +294,9 @@ def test_answered_callers_regroup_into_one_batch_instead_of_two_half_batches():
         await asyncio.gather(quick, slow)
         return rec.batches, held
 
-    batches, held = run_with_batcher(rec, body, max_batch_rows=2, max_wait_ms=0.0, regroup_fraction=1_000_000.0)
+    batches, held = run_with_batcher(
+        rec, body, max_batch_rows=2, max_wait_ms=0.0, regroup_fraction=1_000_000.0
+    )
     assert held == 1
     assert batches[1:] == [[(KEY_A, ("a2",)), (KEY_B, ("b2",))]]
 
@@ -305,7 +305,7 @@ def test_without_regrouping_the_quick_caller_runs_alone():
     """The control for the test above: the split it prevents does happen without it."""
     rec = Recorder()
 
-    async def body(batcher: Batcher):  # noqa: ANN202
+    async def body(batcher: Batcher):
         await asyncio.gather(batcher.submit(KEY_A, ["a1"]), batcher.submit(KEY_B, ["b1"]))
         await batcher.submit(KEY_A, ["a2"])  # runs without waiting for the other caller
         await batcher.submit(KEY_B, ["b2"])

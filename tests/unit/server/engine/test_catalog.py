@@ -6,19 +6,29 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tuneserve_server.engine.catalog import AdapterCatalog
-from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.domain.errors import NotFound
+from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
-from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.engine.catalog import AdapterCatalog
+from tuneserve_server.engine.registry import AdapterKey
 
 
 def rec(name: str, version: int, seq: int, *, deleted: bool = False, ns: str = "default"):
     return AdapterVersionRecord(
-        namespace=ns, name=name, version=version, job_id=f"job-{name}-{version}",
-        task=TaskType.CLASSIFICATION, base_model="tiny-bert", labels=("a", "b"), metrics={},
-        lora_rank=4, size_bytes=1, created_at=datetime.now(UTC), deleted=deleted, seq=seq,
+        namespace=ns,
+        name=name,
+        version=version,
+        job_id=f"job-{name}-{version}",
+        task=TaskType.CLASSIFICATION,
+        base_model="tiny-bert",
+        labels=("a", "b"),
+        metrics={},
+        lora_rank=4,
+        size_bytes=1,
+        created_at=datetime.now(UTC),
+        deleted=deleted,
+        seq=seq,
     )
 
 

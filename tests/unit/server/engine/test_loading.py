@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.classifier import ClassificationRunner
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.modeling import module_names
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 
@@ -83,8 +84,14 @@ def world(tmp_path, make_tiny_base, tokenizer):
     encoder = base.fresh_encoder()
     linear = module_names(encoder)
     registry = AdapterRegistry(
-        encoder, base_model_id=BASE_ID, linear_modules=linear, hidden_size=base.config.hidden_size,
-        max_resident=4, max_rank=8, device="cpu", bank=LoraBank(encoder, linear, capacity=4, dtype=torch.float32),
+        encoder,
+        base_model_id=BASE_ID,
+        linear_modules=linear,
+        hidden_size=base.config.hidden_size,
+        max_resident=4,
+        max_rank=8,
+        device="cpu",
+        bank=LoraBank(encoder, linear, capacity=4, dtype=torch.float32),
     )
     torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     yield store, registry, torch_thread
@@ -194,7 +201,7 @@ def test_a_resident_adapter_is_not_read_from_the_store_again(world):
     store, registry, torch_thread = world
     loader = AdapterLoader(registry, store, torch_thread, max_concurrent=2)
 
-    async def scenario():  # noqa: ANN202
+    async def scenario():
         first = await loader.ensure(KEY_COLD)
         again = await loader.ensure(KEY_COLD)
         return first, again

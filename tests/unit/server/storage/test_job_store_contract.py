@@ -15,11 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tuneserve_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
-from tuneserve_server.domain.errors import LeaseLost
-from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidRequest,
+    LeaseLost,
+    NotFound,
+)
 from tuneserve_server.domain.jobs import JobProgress, JobState, TaskType
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.storage.job_store import JobStore
 
 OpenStore = Callable[..., JobStore]
 
@@ -56,7 +61,7 @@ def _run_threads(target: Callable[..., None], args: list[tuple]) -> None:
     def run(*a: object) -> None:
         try:
             target(*a)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=a) for a in args]
@@ -291,7 +296,7 @@ def test_four_workers_with_their_own_stores_claim_each_job_exactly_once(open_sto
     assert set(claims) == created
     assert all(len(owners) == 1 for owners in claims.values()), claims
     assert stores[1].count_jobs_by_state() == {JobState.FAILED: 40}
-    for job_id, (owner,) in claims.items():
+    for job_id, (_owner,) in claims.items():
         job = stores[2].get_job("default", job_id)
         assert (job.state, job.attempts, job.error) == (JobState.FAILED, 1, "done")
 
@@ -413,7 +418,12 @@ def test_complete_job_registers_the_version_and_succeeds_together(store, make_sp
     assert done.finished_at is not None
     (rec,) = store.adapter_versions("default", "intents")
     assert (rec.name, rec.version, rec.job_id, rec.labels, rec.lora_rank, rec.size_bytes) == (
-        "intents", 1, job.id, ("neg", "pos"), 4, 1234
+        "intents",
+        1,
+        job.id,
+        ("neg", "pos"),
+        4,
+        1234,
     )
     assert rec.metrics == {"accuracy": 0.75} and rec.base_model == "tiny-bert"
     assert rec.created_at.utcoffset() == timedelta(0)

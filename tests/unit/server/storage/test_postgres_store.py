@@ -10,9 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tuneserve_server.domain.errors import AlreadyExists, InvalidRequest, NotFound
+from tuneserve_server.domain.errors import AlreadyExists
 from tuneserve_server.domain.records import AdapterVersionRecord
-from tuneserve_server.domain.jobs import JobState
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -20,7 +19,7 @@ from tuneserve_server.storage.postgres_store import PostgresStore  # noqa: E402
 
 
 @pytest.fixture
-def store(postgres_dsn):  # noqa: ANN201
+def store(postgres_dsn):
     s = PostgresStore(postgres_dsn)
     yield s
     s.close()
@@ -28,9 +27,17 @@ def store(postgres_dsn):  # noqa: ANN201
 
 def _record(spec, version: int, job_id: str) -> AdapterVersionRecord:
     return AdapterVersionRecord(
-        namespace=spec.namespace, name=spec.adapter_name, version=version, job_id=job_id,
-        task=spec.task, base_model="tiny-bert", labels=("neg", "pos"), metrics={},
-        lora_rank=4, size_bytes=1, created_at=datetime.now(UTC),
+        namespace=spec.namespace,
+        name=spec.adapter_name,
+        version=version,
+        job_id=job_id,
+        task=spec.task,
+        base_model="tiny-bert",
+        labels=("neg", "pos"),
+        metrics={},
+        lora_rank=4,
+        size_bytes=1,
+        created_at=datetime.now(UTC),
     )
 
 
@@ -55,7 +62,7 @@ def test_replicas_starting_together_migrate_once_and_all_come_up(postgres_dsn):
         start.wait()
         try:
             s = PostgresStore(postgres_dsn)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
             return
         with lock:
@@ -98,8 +105,13 @@ def test_replica_processes_starting_together_take_turns_migrating(postgres_dsn):
     import sys
 
     procs = [
-        subprocess.Popen([sys.executable, "-c", _BOOT, postgres_dsn], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _BOOT, postgres_dsn],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     try:
@@ -153,7 +165,6 @@ def test_registry_changes_notify_listeners_after_commit(store, make_spec):
         with psycopg.connect(store.dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_notify('tuneserve_registry', 'someone_else:99')")
         assert listener.wait(0.2) == []
-
 
 
 def test_unreachable_database_fails_at_start():

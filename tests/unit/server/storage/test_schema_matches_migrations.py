@@ -12,8 +12,12 @@ from tuneserve_server.storage import schema
 
 
 def _diff(engine: sa.Engine) -> list[object]:
+    def made_here(obj: object, _name: object, _type: object, _reflected: object, _compare_to: object) -> bool:
+        # An object the migrations make on some databases only (info["dialects"]).
+        return engine.dialect.name in getattr(obj, "info", {}).get("dialects", (engine.dialect.name,))
+
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": made_here})
         return compare_metadata(context, schema.metadata)
 
 

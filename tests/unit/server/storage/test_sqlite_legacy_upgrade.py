@@ -12,17 +12,20 @@ from pathlib import Path
 import pytest
 
 from tuneserve_server.domain.jobs import EventType, JobState
-from tuneserve_server.storage.sql_store import head_revision
+from tuneserve_server.storage.sql import head_revision
 from tuneserve_server.storage.sqlite_store import SqliteStore
 
 LEGACY_SCHEMA = (Path(__file__).with_name("legacy_sqlite_schema.sql")).read_text()
 # The first release's file: no event/dataset tables, no JSON side columns on jobs.
 FIRST_RELEASE_DROPS = (
-    "job_events", "datasets", "dataset_uploads", "dataset_upload_chunks",
+    "job_events",
+    "datasets",
+    "dataset_uploads",
+    "dataset_upload_chunks",
 )
 
 
-def _legacy_file(path: Path, spec, *, first_release: bool) -> None:  # noqa: ANN001
+def _legacy_file(path: Path, spec, *, first_release: bool) -> None:
     now = time.time()
     with sqlite3.connect(path) as db:
         db.executescript(LEGACY_SCHEMA)
@@ -52,7 +55,10 @@ def _legacy_file(path: Path, spec, *, first_release: bool) -> None:  # noqa: ANN
         if not first_release:
             db.execute(
                 "INSERT INTO job_events VALUES ('job-old', 1, ?, 'state', ?)",
-                (now - 60, json.dumps({"state": "QUEUED", "progress": None, "metrics": {}, "message": "queued"})),
+                (
+                    now - 60,
+                    json.dumps({"state": "QUEUED", "progress": None, "metrics": {}, "message": "queued"}),
+                ),
             )
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from tuneserve_server.storage.sqlite_store import SqliteStore
 from tuneserve_server.domain.jobs import JobProgress, JobState
+from tuneserve_server.storage.sqlite_store import SqliteStore
 
 
 def test_the_file_and_its_directory_are_made_and_use_wal(tmp_path):
@@ -37,9 +37,7 @@ def test_concurrent_claims_from_two_stores_on_one_file_never_share_a_job(tmp_pat
                 with lock:
                     claims.append((job.id, worker_id))
 
-        threads = [
-            threading.Thread(target=worker, args=(stores[i % 2], f"w{i}")) for i in range(6)
-        ]
+        threads = [threading.Thread(target=worker, args=(stores[i % 2], f"w{i}")) for i in range(6)]
         for t in threads:
             t.start()
         for t in threads:

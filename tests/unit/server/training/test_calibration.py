@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+
+from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.training.calibration import (
     calibration_report,
     ece,
@@ -14,7 +16,6 @@ from tuneserve_server.training.calibration import (
     nll,
 )
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
-from tuneserve_server.domain.jobs import TaskType
 
 
 def sampled(true_logits: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -8,20 +8,28 @@ import threading
 import pytest
 import torch
 
+from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.modeling import resolve_base_model
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.classification import ClassificationRecipe
 from tuneserve_server.training.outcomes import JobPreempted
 from tuneserve_server.training.recipe import RecipeContext
-from tuneserve_server.domain.jobs import TaskType
-from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.training.validation import TrainInput, build_job_spec
 
 _TEXTS = [
-    ("my card has not arrived", "card"), ("where is my new card", "card"), ("card still missing", "card"),
-    ("card delivery is late", "card"), ("exchange rate for euros", "fx"), ("what rate do you use", "fx"),
-    ("currency conversion fee", "fx"), ("dollar to pound rate", "fx"), ("top up failed", "topup"),
-    ("my top-up did not work", "topup"), ("could not add money", "topup"), ("top up declined", "topup"),
+    ("my card has not arrived", "card"),
+    ("where is my new card", "card"),
+    ("card still missing", "card"),
+    ("card delivery is late", "card"),
+    ("exchange rate for euros", "fx"),
+    ("what rate do you use", "fx"),
+    ("currency conversion fee", "fx"),
+    ("dollar to pound rate", "fx"),
+    ("top up failed", "topup"),
+    ("my top-up did not work", "topup"),
+    ("could not add money", "topup"),
+    ("top up declined", "topup"),
 ]
 # Two phrasings of each (not exact copies: the data report refuses a validation split that
 # leaks into training).
@@ -30,11 +38,27 @@ TEXTS = _TEXTS + [(f"{text} again", label) for text, label in _TEXTS]
 
 @pytest.fixture(scope="module")
 def spec():
-    limits = TrainLimits(TaskType.CLASSIFICATION, "m", 1000, 1000, 64,
-                         frozenset({"query", "key", "value", "dense"}), ("query", "key", "value", "dense"))
+    limits = TrainLimits(
+        TaskType.CLASSIFICATION,
+        "m",
+        1000,
+        1000,
+        64,
+        frozenset({"query", "key", "value", "dense"}),
+        ("query", "key", "value", "dense"),
+    )
     return build_job_spec(
-        TrainInput("", "ckpt", TaskType.CLASSIFICATION, "r", TEXTS, [], 0.25, {"rank": 4},
-                   {"epochs": 3, "batch_size": 4, "learning_rate": 1e-2}),
+        TrainInput(
+            "",
+            "ckpt",
+            TaskType.CLASSIFICATION,
+            "r",
+            TEXTS,
+            [],
+            0.25,
+            {"rank": 4},
+            {"epochs": 3, "batch_size": 4, "learning_rate": 1e-2},
+        ),
         limits,
     )
 
@@ -46,8 +70,14 @@ def trained_weights(spec, tmp_path, *, stop_at: int | None, directory) -> dict[s
         if stop_at is not None and p.step == stop_at:
             preempt.set()
 
-    ctx = RecipeContext(spec, resolve_base_model("minilm"), preempt=preempt, on_progress=progress,
-                        checkpoint_dir=directory, checkpoint_every=4)
+    ctx = RecipeContext(
+        spec,
+        resolve_base_model("minilm"),
+        preempt=preempt,
+        on_progress=progress,
+        checkpoint_dir=directory,
+        checkpoint_every=4,
+    )
     recipe = ClassificationRecipe(ctx)
     recipe.setup()
     if stop_at is not None:

@@ -11,11 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tuneserve_server.modeling import AdapterMeta, BaseModelSource, load_head
-from tuneserve_server.training.batching import length_grouped_batches
-from tuneserve_server.training.classification import ClassificationRecipe
-from tuneserve_server.training.outcomes import JobPreempted
-from tuneserve_server.training.recipe import RecipeContext
+
 from tuneserve_server.domain.jobs import (
     EvaluationSettings,
     EventType,
@@ -26,6 +22,11 @@ from tuneserve_server.domain.jobs import (
     OptimizerSettings,
     TaskType,
 )
+from tuneserve_server.modeling import AdapterMeta, BaseModelSource, load_head
+from tuneserve_server.training.batching import length_grouped_batches
+from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.outcomes import JobPreempted
+from tuneserve_server.training.recipe import RecipeContext
 
 WORDS = {
     "card": ["card", "arrived", "delivery", "post", "mail"],
@@ -57,16 +58,34 @@ def source(tmp_path_factory, make_tiny_base) -> BaseModelSource:
 
 
 def make_spec(
-    *, train: int = 8, validation: int = 8, batch: int = 8, accum: int = 1, epochs: int = 2,
-    lr: float = 1e-2, dropout: float = 0.1, max_steps: int = 0, **evaluation: object,
+    *,
+    train: int = 8,
+    validation: int = 8,
+    batch: int = 8,
+    accum: int = 1,
+    epochs: int = 2,
+    lr: float = 1e-2,
+    dropout: float = 0.1,
+    max_steps: int = 0,
+    **evaluation: object,
 ) -> JobSpec:
     return JobSpec(
-        namespace="default", adapter_name="tiny", task=TaskType.CLASSIFICATION, request_id="r",
-        train=rows(train, 1), validation=rows(validation, 2),
+        namespace="default",
+        adapter_name="tiny",
+        task=TaskType.CLASSIFICATION,
+        request_id="r",
+        train=rows(train, 1),
+        validation=rows(validation, 2),
         hyperparameters=Hyperparameters(
             LoraSettings(rank=4, alpha=8, dropout=dropout, target_modules=("query", "value", "dense")),
-            OptimizerSettings(learning_rate=lr, batch_size=batch, epochs=epochs, max_steps=max_steps,
-                              gradient_accumulation_steps=accum, warmup_ratio=0.0),
+            OptimizerSettings(
+                learning_rate=lr,
+                batch_size=batch,
+                epochs=epochs,
+                max_steps=max_steps,
+                gradient_accumulation_steps=accum,
+                warmup_ratio=0.0,
+            ),
             EvaluationSettings(**evaluation),  # type: ignore[arg-type]
         ),
     )
@@ -74,8 +93,7 @@ def make_spec(
 
 def recipe_for(spec: JobSpec, source: BaseModelSource, **kw: object) -> tuple[ClassificationRecipe, list]:
     events: list = []
-    ctx = RecipeContext(spec, source, on_event=events.append, precision="float32",
-                        **kw)  # type: ignore[arg-type]
+    ctx = RecipeContext(spec, source, on_event=events.append, precision="float32", **kw)  # type: ignore[arg-type]
     recipe = ClassificationRecipe(ctx, progress_every_steps=1)
     recipe.setup()
     return recipe, events
@@ -94,7 +112,7 @@ def test_length_grouped_batches_hold_every_row_once_and_repeat_with_the_seed():
     padded = sum(len(b) * max(lengths[i] for i in b) for b in a)
     shuffled = list(range(1000))
     random.Random(7).shuffle(shuffled)
-    plain = sum(16 * max(lengths[i] for i in shuffled[k:k + 16]) for k in range(0, 1000, 16))
+    plain = sum(16 * max(lengths[i] for i in shuffled[k : k + 16]) for k in range(0, 1000, 16))
     assert padded < 0.7 * plain  # far less padding than random batches
 
 
@@ -146,8 +164,9 @@ def test_resume_mid_job_with_accumulation_reproduces_the_uninterrupted_run(sourc
         if p.step == 4:
             preempt.set()
 
-    first, events = recipe_for(spec, source, preempt=preempt, on_progress=stop_at_4,
-                               checkpoint_dir=tmp_path / "ckpt")
+    first, events = recipe_for(
+        spec, source, preempt=preempt, on_progress=stop_at_4, checkpoint_dir=tmp_path / "ckpt"
+    )
     with pytest.raises(JobPreempted):
         first.train()
     assert [e.message for e in of(events, EventType.CHECKPOINT)] == [
@@ -158,15 +177,18 @@ def test_resume_mid_job_with_accumulation_reproduces_the_uninterrupted_run(sourc
     assert resumed.resumed_from_step == 4
     assert resumed.final_position.step == straight.final_position.step == straight.total_steps == 9
     assert resumed.tracker == straight.tracker  # evaluations before the interruption are kept
-    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(
+        straight.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-6), name
     assert torch.equal(straight.best_state["logits"], resumed.best_state["logits"])
 
 
 def test_the_best_evaluation_is_published_not_the_last(source, tmp_path):
-    recipe, events = recipe_for(make_spec(train=8, batch=4, epochs=3, lr=5e-2, eval_every_steps=1,
-                                          metric_for_best="eval_loss"), source)
+    recipe, events = recipe_for(
+        make_spec(train=8, batch=4, epochs=3, lr=5e-2, eval_every_steps=1, metric_for_best="eval_loss"),
+        source,
+    )
     recipe.train()
     evals = of(events, EventType.EVALUATION)
     assert len(evals) == recipe.total_steps == 18
@@ -211,8 +233,10 @@ def test_calibration_is_fitted_on_enough_rows_and_skipped_with_a_warning_on_few(
     result = recipe.run(tmp_path / "b")
     assert result.meta.temperature == 1.0 == result.metrics["temperature"]
     assert [e.message for e in of(events, EventType.WARNING)] == [
-        ("temperature scaling skipped: 5 validation rows are too few to fit it (needs 20); "
-        "Predict uses plain softmax probabilities")
+        (
+            "temperature scaling skipped: 5 validation rows are too few to fit it (needs 20); "
+            "Predict uses plain softmax probabilities"
+        )
     ]
 
 

@@ -7,6 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+
+from tuneserve_server.domain.jobs import (
+    CausalExample,
+    ChatTurn,
+    LabelledText,
+    TaskType,
+)
 from tuneserve_server.training.data_report import (
     DataIssue,
     DataReport,
@@ -18,12 +25,6 @@ from tuneserve_server.training.data_report import (
     normalise,
 )
 from tuneserve_server.training.datafile import parse_dataset
-from tuneserve_server.domain.jobs import (
-    CausalExample,
-    ChatTurn,
-    LabelledText,
-    TaskType,
-)
 
 CLS = TaskType.CLASSIFICATION
 LM = TaskType.CAUSAL_LM
@@ -65,7 +66,12 @@ def test_clean_data_gives_counts_label_distribution_and_no_issues():
     validation = _rows(_balanced(1, ("a", "c"), prefix="held out"), start=100)
     report = _report(train, validation, total_rows=15)
     assert report.issues == () and report.ok
-    assert (report.total_rows, report.usable_rows, report.train_rows, report.validation_rows) == (15, 15, 13, 2)
+    assert (report.total_rows, report.usable_rows, report.train_rows, report.validation_rows) == (
+        15,
+        15,
+        13,
+        2,
+    )
     assert report.labels == (LabelCount("a", 6, 1), LabelCount("b", 4, 0), LabelCount("c", 3, 1))
     assert report.imbalance_ratio == pytest.approx(2.0)
     assert report.exact_duplicates == report.near_duplicates == report.conflicting_texts == 0
@@ -77,8 +83,11 @@ def test_the_report_round_trips_through_json():
     train = _rows([*_balanced(30, ("a",)), ("dup", "b"), ("dup", "b"), ("Dup!", "b"), ("x", "c")])
     validation = _rows([("dup", "b"), ("new", "z")], start=50)
     report = _report(
-        train, validation, dropped={"empty_text": [7, 3], "bad_row": [9]},
-        token_lengths=_words, max_seq_length=2,
+        train,
+        validation,
+        dropped={"empty_text": [7, 3], "bad_row": [9]},
+        token_lengths=_words,
+        max_seq_length=2,
     )
     assert report.errors and report.warnings and report.dropped
     stored = json.loads(json.dumps(report.to_dict(), allow_nan=False))
@@ -87,7 +96,13 @@ def test_the_report_round_trips_through_json():
 
 
 def test_from_dict_fills_keys_an_older_row_lacks_and_recomputes_ok():
-    report = DataReport.from_dict({"total_rows": 3, "issues": [{"severity": "WARNING", "code": "imbalance", "message": "m"}], "ok": False})
+    report = DataReport.from_dict(
+        {
+            "total_rows": 3,
+            "issues": [{"severity": "WARNING", "code": "imbalance", "message": "m"}],
+            "ok": False,
+        }
+    )
     assert report.total_rows == 3 and report.labels == () and report.mean_tokens == 0.0
     assert report.ok  # a warning only; the stored flag is not trusted
     assert report.issues == (DataIssue(Severity.WARNING, "imbalance", "m"),)
@@ -107,7 +122,10 @@ def test_dropped_rows_are_summarised_by_reason_with_the_first_five_rows():
     train = _rows(_balanced(5))
     dropped = {"empty_text": [40, 12, 31, 2, 90, 77, 15], "bad_utf8": [5]}
     report = _report(train, dropped=dropped)
-    assert report.dropped == (DroppedRows("empty_text", 7, (2, 12, 15, 31, 40)), DroppedRows("bad_utf8", 1, (5,)))
+    assert report.dropped == (
+        DroppedRows("empty_text", 7, (2, 12, 15, 31, 40)),
+        DroppedRows("bad_utf8", 1, (5,)),
+    )
     issue = _issue(report, "rows_dropped")
     assert issue.severity is Severity.WARNING and report.ok
     assert issue.rows == (2, 5, 12, 15, 31)
@@ -156,8 +174,10 @@ def test_imbalance_above_the_ratio_is_a_warning_naming_both_labels():
 def test_imbalance_at_the_ratio_is_not_flagged():
     report = _report(_rows([*_balanced(20, ("big",)), *_balanced(2, ("small",))]))
     assert report.imbalance_ratio == pytest.approx(10.0) and "imbalance" not in _codes(report)
-    looser = _report(_rows([*_balanced(20, ("big",)), *_balanced(2, ("small",))]),
-                     thresholds=ReportThresholds(imbalance_warning_ratio=5))
+    looser = _report(
+        _rows([*_balanced(20, ("big",)), *_balanced(2, ("small",))]),
+        thresholds=ReportThresholds(imbalance_warning_ratio=5),
+    )
     assert "imbalance" in _codes(looser)
 
 
@@ -199,16 +219,18 @@ def test_one_training_label_is_too_few_labels():
 
 # ---------------------------------------------------------------- duplicates, conflicts, leakage
 def test_exact_and_near_duplicates_are_counted_within_each_split():
-    train = _rows([
-        ("Where is my card?", "a"),  # 1
-        ("Where is my card?", "a"),  # 2 exact
-        ("where is my  CARD", "a"),  # 3 near
-        ("Where is my card?", "b"),  # 4 a conflict, not a duplicate
-        ("something else", "b"),  # 5
-        ("something else", "b"),  # 6 exact
-        ("Something, else!", "b"),  # 7 near
-        ("Something, else!", "b"),  # 8 exact of 7
-    ])
+    train = _rows(
+        [
+            ("Where is my card?", "a"),  # 1
+            ("Where is my card?", "a"),  # 2 exact
+            ("where is my  CARD", "a"),  # 3 near
+            ("Where is my card?", "b"),  # 4 a conflict, not a duplicate
+            ("something else", "b"),  # 5
+            ("something else", "b"),  # 6 exact
+            ("Something, else!", "b"),  # 7 near
+            ("Something, else!", "b"),  # 8 exact of 7
+        ]
+    )
     validation = _rows([("Where is my card?", "a"), ("other", "a"), ("Other.", "a")], start=20)
     report = _report(train, validation, thresholds=ReportThresholds(max_leakage_fraction=1.0))
     assert report.exact_duplicates == 3  # 2, 6, 8
@@ -229,10 +251,19 @@ def test_duplicates_at_or_below_the_fraction_are_counted_without_a_warning():
 
 
 def test_a_text_with_conflicting_labels_is_a_warning():
-    train = _rows([*_balanced(20, prefix="fine"), ("Refund please", "refund"), ("refund please!", "cancel"),
-                   ("ok", "refund")])
-    report = _report(train, _rows([("REFUND PLEASE", "other")], start=100),
-                     thresholds=ReportThresholds(max_leakage_fraction=1.0))
+    train = _rows(
+        [
+            *_balanced(20, prefix="fine"),
+            ("Refund please", "refund"),
+            ("refund please!", "cancel"),
+            ("ok", "refund"),
+        ]
+    )
+    report = _report(
+        train,
+        _rows([("REFUND PLEASE", "other")], start=100),
+        thresholds=ReportThresholds(max_leakage_fraction=1.0),
+    )
     assert report.conflicting_texts == 1
     issue = _issue(report, "conflicting_labels")
     assert issue.severity is Severity.WARNING
@@ -248,7 +279,7 @@ def test_conflicts_on_more_than_a_tenth_of_the_texts_are_an_error():
     assert report.conflicting_texts == 2
     issue = _issue(report, "conflicting_labels")
     assert issue.severity is Severity.ERROR and "above the 10% limit" in issue.message
-    one = _report(_rows(_balanced(8) + [("TEXT A NUMBER 0", "b")]))  # 1 of 16
+    one = _report(_rows([*_balanced(8), ("TEXT A NUMBER 0", "b")]))  # 1 of 16
     assert _issue(one, "conflicting_labels").severity is Severity.WARNING
 
 
@@ -260,8 +291,9 @@ def test_leakage_is_a_warning_and_an_error_above_the_fraction():
     assert report.leaked_validation_rows == 1
     issue = _issue(report, "leakage")
     assert issue.severity is Severity.WARNING and issue.rows == (139,) and report.ok
-    three_leaks = _rows([*fresh[:37], ("text a number 1", "a"), ("text b number 2", "b"), ("TEXT B NUMBER 3", "b")],
-                        start=100)  # 3 of 40: 7.5%
+    three_leaks = _rows(
+        [*fresh[:37], ("text a number 1", "a"), ("text b number 2", "b"), ("TEXT B NUMBER 3", "b")], start=100
+    )  # 3 of 40: 7.5%
     report = _report(train, three_leaks)
     issue = _issue(report, "leakage")
     assert issue.severity is Severity.ERROR and not report.ok
@@ -327,7 +359,9 @@ def test_causal_lm_duplicates_use_the_whole_example_and_labels_do_not_apply():
 
 def test_causal_lm_leakage_needs_the_same_prompt_and_completion():
     train = _lm(*(CausalExample(f"prompt {i}", f"completion {i}") for i in range(10)))
-    validation = _lm(CausalExample("Prompt 1", "completion 1."), CausalExample("prompt 2", "another answer"), start=50)
+    validation = _lm(
+        CausalExample("Prompt 1", "completion 1."), CausalExample("prompt 2", "another answer"), start=50
+    )
     report = _report(train, validation, task=LM)
     assert report.leaked_validation_rows == 1
     issue = _issue(report, "leakage")
@@ -337,7 +371,9 @@ def test_causal_lm_leakage_needs_the_same_prompt_and_completion():
 def test_causal_lm_token_lengths_measure_the_rendered_example():
     train = _lm(
         CausalExample("one two", "three four five"),
-        CausalExample(messages=(ChatTurn("system", "s"), ChatTurn("user", "u"), ChatTurn("assistant", "a b"))),
+        CausalExample(
+            messages=(ChatTurn("system", "s"), ChatTurn("user", "u"), ChatTurn("assistant", "a b"))
+        ),
     )
     seen: list[str] = []
 
@@ -359,7 +395,9 @@ def test_errors_come_first_and_issues_carry_at_most_five_rows():
     report = _report(train, validation, dropped={"bad_row": list(range(300, 320))})
     severities = [i.severity for i in report.issues]
     assert severities == sorted(severities, key=lambda s: s is not Severity.ERROR)
-    assert {"label_too_rare", "unseen_validation_label", "imbalance", "duplicates", "rows_dropped"} <= _codes(report)
+    assert {"label_too_rare", "unseen_validation_label", "imbalance", "duplicates", "rows_dropped"} <= _codes(
+        report
+    )
     assert all(len(i.rows) <= 5 for i in report.issues)
     assert all(i.message for i in report.issues)
 
@@ -373,10 +411,18 @@ def test_normalise_folds_case_width_punctuation_and_whitespace_but_keeps_symbols
 
 
 def test_the_full_banking77_training_set():
-    parsed = parse_dataset(BANKING77_TRAIN.read_bytes(), "csv", CLS, label_field="category", max_text_chars=2000)
+    parsed = parse_dataset(
+        BANKING77_TRAIN.read_bytes(), "csv", CLS, label_field="category", max_text_chars=2000
+    )
     train, validation = parsed.examples[::2], parsed.examples[1::2]
-    report = _report(train, validation, total_rows=parsed.total_rows, dropped=parsed.dropped,
-                     token_lengths=_words, max_seq_length=64)
+    report = _report(
+        train,
+        validation,
+        total_rows=parsed.total_rows,
+        dropped=parsed.dropped,
+        token_lengths=_words,
+        max_seq_length=64,
+    )
     assert report.total_rows == report.usable_rows == 10003
     assert len(report.labels) == 77 and report.ok
     assert report.conflicting_texts == 0 and report.truncated_rows == 8 and report.max_tokens == 79

@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tuneserve_server.domain.errors import InvalidRequest
-from tuneserve_server.training.datafile import DROP_REASONS, ParsedRows, parse_dataset
 from tuneserve_server.domain.jobs import (
     CausalExample,
     ChatTurn,
     LabelledText,
     TaskType,
 )
+from tuneserve_server.training.datafile import DROP_REASONS, ParsedRows, parse_dataset
 
 CLS = TaskType.CLASSIFICATION
 LM = TaskType.CAUSAL_LM
@@ -85,7 +86,9 @@ def test_each_bad_row_is_dropped_with_its_reason_and_the_rest_is_kept():
 
 
 def test_blank_lines_are_skipped_and_not_counted_crlf_and_bom_are_accepted():
-    data = b"\xef\xbb\xbf" + b'{"text": "one", "label": "a"}\r\n\r\n   \r\n{"text": "two", "label": "b"}\r\n\n'
+    data = (
+        b"\xef\xbb\xbf" + b'{"text": "one", "label": "a"}\r\n\r\n   \r\n{"text": "two", "label": "b"}\r\n\n'
+    )
     parsed = _parse(data)
     assert parsed.total_rows == 2
     assert parsed.examples == [(1, LabelledText("one", "a")), (2, LabelledText("two", "b"))]
@@ -97,12 +100,18 @@ def test_a_line_separator_inside_a_json_string_does_not_split_the_row():
 
 
 def test_jsonl_field_names_can_be_overridden():
-    parsed = _parse(_jsonl({"sentence": "s", "intent": "i", "text": "ignored"}), text_field="sentence", label_field="intent")
+    parsed = _parse(
+        _jsonl({"sentence": "s", "intent": "i", "text": "ignored"}),
+        text_field="sentence",
+        label_field="intent",
+    )
     assert parsed.examples == [(1, LabelledText("s", "i"))]
 
 
 def test_jsonl_without_the_text_key_in_any_row_is_refused_naming_the_key():
-    err = _file_error(_jsonl({"sentence": "s", "label": "a"}, {"sentence": "t", "label": "b"}), field="header")
+    err = _file_error(
+        _jsonl({"sentence": "s", "label": "a"}, {"sentence": "t", "label": "b"}), field="header"
+    )
     assert err.violations[0].field == "header"
     assert '"text"' in err.message and "sentence" in err.message and "text_field" in err.message
 
@@ -149,11 +158,11 @@ def test_the_format_name_is_not_case_sensitive():
 # ---------------------------------------------------------------- CSV
 def test_csv_rows_with_quoted_commas_quotes_and_newlines():
     data = (
-        b'text,label\n'
+        b"text,label\n"
         b'"hello, world",greet\n'
         b'"she said ""hi""",quote\n'
         b'"line one\nline two\n\nline four",multi\n'
-        b'plain, spaced \n'
+        b"plain, spaced \n"
     )
     parsed = _parse(data, "csv")
     assert parsed.total_rows == 4 and parsed.dropped == {}
@@ -167,7 +176,7 @@ def test_csv_rows_with_quoted_commas_quotes_and_newlines():
 
 
 def test_csv_with_bom_crlf_blank_lines_and_spreadsheet_empty_rows():
-    data = b"\xef\xbb\xbftext,label\r\n\r\none,a\r\n,\r\n\r\n\"two\r\nlines\",b\r\n , \r\n"
+    data = b'\xef\xbb\xbftext,label\r\n\r\none,a\r\n,\r\n\r\n"two\r\nlines",b\r\n , \r\n'
     parsed = _parse(data, "csv")
     assert parsed.total_rows == 2
     assert parsed.examples == [(1, LabelledText("one", "a")), (2, LabelledText("two\r\nlines", "b"))]
@@ -183,8 +192,7 @@ def test_csv_bad_rows_are_dropped_one_by_one():
         b"no label,\n"  # 5
         b"caf\xe9,a\n"  # 6 latin-1
         b"   ,  \t\n"  # blank cells only: skipped
-        b"good again,b\n"  # 7
-        + b"y" * 1001 + b",a\n"  # 8
+        b"good again,b\n" + b"y" * 1001 + b",a\n"  # 7  # 8
     )
     parsed = _parse(data, "csv")
     assert parsed.total_rows == 8
@@ -258,20 +266,29 @@ def test_causal_jsonl_prompt_completion_and_messages():
     parsed = _parse(
         _jsonl(
             {"prompt": "Q: 2+2?", "completion": " 4"},
-            {"messages": [
-                {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello!", "name": "bot"},  # extra keys ignored
-            ]},
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!", "name": "bot"},  # extra keys ignored
+                ]
+            },
         ),
         task=LM,
     )
     assert parsed.dropped == {}
     assert parsed.examples == [
         (1, CausalExample(prompt="Q: 2+2?", completion=" 4")),  # kept as written, not stripped
-        (2, CausalExample(messages=(
-            ChatTurn("system", "Be brief."), ChatTurn("user", "Hi"), ChatTurn("assistant", "Hello!"),
-        ))),
+        (
+            2,
+            CausalExample(
+                messages=(
+                    ChatTurn("system", "Be brief."),
+                    ChatTurn("user", "Hi"),
+                    ChatTurn("assistant", "Hello!"),
+                )
+            ),
+        ),
     ]
 
 
@@ -317,7 +334,9 @@ def test_causal_jsonl_with_neither_prompt_nor_messages_is_refused():
 def test_causal_csv_prompt_completion_and_overridden_names():
     parsed = _parse(b'prompt,completion\n"Say hi",Hi!\n', "csv", task=LM)
     assert parsed.examples == [(1, CausalExample(prompt="Say hi", completion="Hi!"))]
-    parsed = _parse(b"question,answer\nWhy?,Because.\n", "csv", task=LM, text_field="question", label_field="answer")
+    parsed = _parse(
+        b"question,answer\nWhy?,Because.\n", "csv", task=LM, text_field="question", label_field="answer"
+    )
     assert parsed.examples == [(1, CausalExample(prompt="Why?", completion="Because."))]
 
 

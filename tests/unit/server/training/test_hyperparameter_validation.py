@@ -4,6 +4,7 @@ defaults, and the protobuf round trip (TrainRequest -> JobSpec -> Job.hyperparam
 from __future__ import annotations
 
 import pytest
+
 from tuneserve.v1 import common_pb2, training_pb2
 from tuneserve_server.api.convert import hyperparameters_pb, train_input
 from tuneserve_server.domain.errors import InvalidRequest
@@ -16,8 +17,12 @@ from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.training.validation import build_job_spec
 
 LIMITS = TrainLimits(
-    served_task=TaskType.CLASSIFICATION, base_model="tiny-bert", max_train_examples=1000,
-    max_text_chars=100, max_lora_rank=64, linear_modules=frozenset({"query", "value"}),
+    served_task=TaskType.CLASSIFICATION,
+    base_model="tiny-bert",
+    max_train_examples=1000,
+    max_text_chars=100,
+    max_lora_rank=64,
+    linear_modules=frozenset({"query", "value"}),
     default_targets=("query", "value"),
 )
 
@@ -28,8 +33,11 @@ def request(**sections: object) -> training_pb2.TrainRequest:
         for i in range(20)
     ]
     return training_pb2.TrainRequest(
-        adapter_name="a", task=common_pb2.TASK_TYPE_CLASSIFICATION, request_id="r",
-        training_examples=examples, hyperparameters=common_pb2.Hyperparameters(**sections),
+        adapter_name="a",
+        task=common_pb2.TASK_TYPE_CLASSIFICATION,
+        request_id="r",
+        training_examples=examples,
+        hyperparameters=common_pb2.Hyperparameters(**sections),
     )
 
 
@@ -69,18 +77,30 @@ def test_given_values_survive_the_round_trip():
 @pytest.mark.parametrize(
     ("sections", "field"),
     [
-        ({"optimizer": common_pb2.OptimizerConfig(gradient_accumulation_steps=0)},
-         "hyperparameters.optimizer.gradient_accumulation_steps"),
-        ({"optimizer": common_pb2.OptimizerConfig(gradient_accumulation_steps=1025)},
-         "hyperparameters.optimizer.gradient_accumulation_steps"),
-        ({"evaluation": common_pb2.EvaluationConfig(eval_every_steps=2_000_000)},
-         "hyperparameters.evaluation.eval_every_steps"),
-        ({"evaluation": common_pb2.EvaluationConfig(early_stopping_patience=5000)},
-         "hyperparameters.evaluation.early_stopping_patience"),
-        ({"evaluation": common_pb2.EvaluationConfig(metric_for_best="f1")},
-         "hyperparameters.evaluation.metric_for_best"),
-        ({"causal_lm": common_pb2.CausalLMConfig(sample_generations=101)},
-         "hyperparameters.causal_lm.sample_generations"),
+        (
+            {"optimizer": common_pb2.OptimizerConfig(gradient_accumulation_steps=0)},
+            "hyperparameters.optimizer.gradient_accumulation_steps",
+        ),
+        (
+            {"optimizer": common_pb2.OptimizerConfig(gradient_accumulation_steps=1025)},
+            "hyperparameters.optimizer.gradient_accumulation_steps",
+        ),
+        (
+            {"evaluation": common_pb2.EvaluationConfig(eval_every_steps=2_000_000)},
+            "hyperparameters.evaluation.eval_every_steps",
+        ),
+        (
+            {"evaluation": common_pb2.EvaluationConfig(early_stopping_patience=5000)},
+            "hyperparameters.evaluation.early_stopping_patience",
+        ),
+        (
+            {"evaluation": common_pb2.EvaluationConfig(metric_for_best="f1")},
+            "hyperparameters.evaluation.metric_for_best",
+        ),
+        (
+            {"causal_lm": common_pb2.CausalLMConfig(sample_generations=101)},
+            "hyperparameters.causal_lm.sample_generations",
+        ),
     ],
 )
 def test_out_of_range_values_name_their_field(sections, field):

@@ -9,14 +9,18 @@ from dataclasses import replace
 import pytest
 
 from tuneserve_server.domain.errors import DataRejected, InvalidRequest
-from tuneserve_server.training.datafile import parse_dataset
 from tuneserve_server.domain.jobs import CausalExample, ChatTurn, TaskType
 from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.training.datafile import parse_dataset
 from tuneserve_server.training.validation import TrainInput, prepare_job
 
 LIMITS = TrainLimits(
-    served_task=TaskType.CLASSIFICATION, base_model="tiny-bert", max_train_examples=1000,
-    max_text_chars=200, max_lora_rank=64, linear_modules=frozenset({"query", "value"}),
+    served_task=TaskType.CLASSIFICATION,
+    base_model="tiny-bert",
+    max_train_examples=1000,
+    max_text_chars=200,
+    max_lora_rank=64,
+    linear_modules=frozenset({"query", "value"}),
     default_targets=("query", "value"),
     count_tokens=lambda texts: [len(t.split()) for t in texts],
 )
@@ -25,8 +29,12 @@ LM_LIMITS = replace(LIMITS, served_task=TaskType.CAUSAL_LM, base_model="tiny-lla
 
 def _input(**changes) -> TrainInput:
     base = TrainInput(
-        namespace="team-a", adapter_name="intents", task=TaskType.CLASSIFICATION,
-        request_id="req-1", train=[], validation=[],
+        namespace="team-a",
+        adapter_name="intents",
+        task=TaskType.CLASSIFICATION,
+        request_id="req-1",
+        train=[],
+        validation=[],
     )
     return replace(base, **changes)
 
@@ -58,7 +66,7 @@ def test_repeated_texts_stay_on_one_side_of_the_held_out_split():
 
 def test_leaky_validation_data_is_rejected_with_the_whole_report():
     train = [(f"train text {i}", "a" if i % 2 else "b") for i in range(20)]
-    validation = train[:5] + [("fresh text", "a")]
+    validation = [*train[:5], ("fresh text", "a")]
     with pytest.raises(DataRejected) as err:
         prepare_job(_input(train=train, validation=validation), LIMITS)
     assert err.value.violations[0].field == "validation_examples"
@@ -81,10 +89,14 @@ def test_a_label_too_rare_is_rejected_naming_the_dataset():
     [
         ({"train": [("a", "b")], "dataset_id": "ds-1"}, "training_examples"),
         ({"dataset_id": "", "train": []}, "training_examples"),
-        ({"validation": [("a", "b")], "validation_dataset_id": "ds-2", "dataset_id": "ds-1"},
-         "validation_examples"),
-        ({"validation_dataset_id": "ds-2", "validation_fraction": 0.2, "dataset_id": "ds-1"},
-         "validation_fraction"),
+        (
+            {"validation": [("a", "b")], "validation_dataset_id": "ds-2", "dataset_id": "ds-1"},
+            "validation_examples",
+        ),
+        (
+            {"validation_dataset_id": "ds-2", "validation_fraction": 0.2, "dataset_id": "ds-1"},
+            "validation_fraction",
+        ),
     ],
 )
 def test_conflicting_data_sources_name_the_field(changes, field):
@@ -112,8 +124,10 @@ def test_causal_examples_are_accepted_and_split_uniformly():
         (CausalExample(prompt="", completion="x"), "training_examples[0].causal_lm.prompt"),
         (CausalExample(prompt="x", completion=" "), "training_examples[0].causal_lm.completion"),
         (CausalExample(messages=(ChatTurn("user", "hi"),)), "training_examples[0].causal_lm.messages"),
-        (CausalExample(messages=(ChatTurn("robot", "hi"), ChatTurn("assistant", "yo"))),
-         "training_examples[0].causal_lm.messages[0].role"),
+        (
+            CausalExample(messages=(ChatTurn("robot", "hi"), ChatTurn("assistant", "yo"))),
+            "training_examples[0].causal_lm.messages[0].role",
+        ),
         (CausalExample(prompt="x" * 300, completion="y"), "training_examples[0].causal_lm.prompt"),
         (("text", "label"), "training_examples[0]"),
     ],
@@ -138,7 +152,5 @@ def test_causal_jobs_get_defaults_for_their_family_unless_set():
     assert (opt.batch_size, opt.epochs, opt.max_seq_length, lora.rank) == (8, 3, 256, 8)
     spec, _ = prepare_job(_lm(optimizer={"batch_size": 4}, lora={"rank": 16}), LM_LIMITS)
     assert spec.hyperparameters.optimizer.batch_size == 4 and spec.hyperparameters.lora.rank == 16
-    classification, _ = prepare_job(
-        _input(train=[(f"text {i}", "ab"[i % 2]) for i in range(20)]), LIMITS
-    )
+    classification, _ = prepare_job(_input(train=[(f"text {i}", "ab"[i % 2]) for i in range(20)]), LIMITS)
     assert classification.hyperparameters.optimizer.batch_size == 32

@@ -87,7 +87,9 @@ def worker_with(world, **recipe_args) -> tuple[TrainerWorker, list[StepRecipe]]:
         built.append(StepRecipe(ctx, **recipe_args))
         return built[-1]
 
-    return TrainerWorker(settings, store, adapters, recipes={**RECIPES, TaskType.CLASSIFICATION: factory}), built
+    return TrainerWorker(
+        settings, store, adapters, recipes={**RECIPES, TaskType.CLASSIFICATION: factory}
+    ), built
 
 
 def events_of(store, job_id: str) -> list:
@@ -112,7 +114,9 @@ def test_a_registered_recipe_is_claimed_logged_and_published(world, make_spec):
     assert done.progress.step == 3
     events = events_of(store, job.id)
     assert [e.state for e in events if e.type is EventType.STATE] == [
-        JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
     ]
     assert [e.progress.step for e in events if e.type is EventType.PROGRESS] == [1, 2, 3]
     assert [e.metrics for e in events if e.type is EventType.EVALUATION] == [done.metrics]

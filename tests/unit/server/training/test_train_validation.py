@@ -52,7 +52,7 @@ def _violations(req: TrainInput) -> dict[str, str]:
 
 
 def test_a_good_request_builds_a_spec_with_defaults():
-    spec = build_job_spec(_input(train=[(" a text ", " pos ")] + _input().train[1:]), LIMITS)
+    spec = build_job_spec(_input(train=[(" a text ", " pos "), *_input().train[1:]]), LIMITS)
     assert spec.namespace == "team-a"
     assert spec.task is TaskType.CLASSIFICATION
     assert spec.hyperparameters.lora.target_modules == ("query", "value")  # the default targets
@@ -86,7 +86,10 @@ def test_given_hyperparameters_and_validation_examples_are_kept():
     ("changes", "field"),
     [
         ({"train": []}, "training_examples"),
-        ({"train": [("ok", "pos"), ("   ", "neg"), ("ok", "neg")]}, "training_examples[1].classification.text"),
+        (
+            {"train": [("ok", "pos"), ("   ", "neg"), ("ok", "neg")]},
+            "training_examples[1].classification.text",
+        ),
         ({"train": [("ok", "pos"), ("x" * 101, "neg")]}, "training_examples[1].classification.text"),
         ({"train": [("ok", "pos"), ("fine", "")]}, "training_examples[1].classification.label"),
         ({"train": [("ok", "pos"), None]}, "training_examples[1]"),
@@ -182,15 +185,13 @@ def test_stratified_split_holds_out_the_fraction_per_label():
     assert sorted(train + held, key=lambda e: e.text) == sorted(examples, key=lambda e: e.text)
 
     assert _split(examples, 0.2, seed=7) == (train, held)  # deterministic
-    other_train, other_held = _split(examples, 0.2, seed=8)
+    _other_train, other_held = _split(examples, 0.2, seed=8)
     assert set(other_held) != set(held)
     assert Counter(ex.label for ex in other_held) == held_counts
 
 
 def test_stratified_split_never_empties_a_label_even_at_half():
-    examples = [LabelledText(f"a{i}", "a") for i in range(2)] + [
-        LabelledText(f"b{i}", "b") for i in range(3)
-    ]
+    examples = [LabelledText(f"a{i}", "a") for i in range(2)] + [LabelledText(f"b{i}", "b") for i in range(3)]
     train, held = _split(examples, 0.5, seed=1)
     assert Counter(ex.label for ex in train) == {"a": 1, "b": 1}
     assert Counter(ex.label for ex in held) == {"a": 1, "b": 2}

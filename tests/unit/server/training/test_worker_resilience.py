@@ -56,7 +56,9 @@ def test_a_failing_heartbeat_does_not_stop_the_job(tmp_path, make_spec):
         if step == 2:  # the job runs on while its heartbeats fail, then succeed again
             wait_until(lambda: store.calls["heartbeat"] >= 3, what="a heartbeat after the failures")
 
-    recipes = {TaskType.CLASSIFICATION: lambda ctx: StepRecipe(ctx, steps=3, before_step=after_two_failed_beats)}
+    recipes = {
+        TaskType.CLASSIFICATION: lambda ctx: StepRecipe(ctx, steps=3, before_step=after_two_failed_beats)
+    }
     worker = TrainerWorker(settings, store, LocalAdapterStore(settings.adapter_path), recipes=recipes)
     assert worker.run_once()
     done = real.get_job("default", job.id)

@@ -1,0 +1,107 @@
+"""The adapter registry in the SQL job store: version numbers, published versions, deletion,
+and the change feed replicas poll (seq order is commit order: see sql_store)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import sqlalchemy as sa
+
+from tuneserve_server.domain.errors import InvalidRequest, NotFound
+from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.storage import schema
+from tuneserve_server.storage.rows import adapter_from_row
+from tuneserve_server.storage.sql import Dialect, Tx, has_nul, valid_page_size
+from tuneserve_server.storage.sql_statements import Statements
+
+AV = schema.adapter_versions
+
+
+class RegistryMixin:
+    """The registry half of SqlStore (it supplies the transactions and the dialect)."""
+
+    _d: Dialect
+    _q: Statements
+
+    def _write(self) -> AbstractContextManager[Tx]: ...  # provided by SqlStore
+
+    def _read(self) -> AbstractContextManager[Tx]: ...
+
+    def reserve_adapter_version(self, namespace: str, name: str) -> int:
+        with self._write() as tx:
+            return int(tx.scalar(self._q.reserve_version, namespace=namespace, name=name))
+
+    def adapter_versions(
+        self, namespace: str, name: str | None = None, *, include_deleted: bool = False
+    ) -> list[AdapterVersionRecord]:
+        if has_nul(namespace, name):
+            return []
+        query = sa.select(AV).where(AV.c.namespace == namespace)
+        if name is not None:
+            query = query.where(AV.c.name == name)
+        if not include_deleted:
+            query = query.where(sa.not_(AV.c.deleted))
+        with self._read() as tx:
+            rows = tx.rows(query.order_by(AV.c.name, AV.c.version))
+        return [adapter_from_row(r) for r in rows]
+
+    def adapter_names(
+        self, namespace: str, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[str], str]:
+        size = valid_page_size(page_size)
+        if has_nul(page_token):
+            raise InvalidRequest.field("page_token", "is not a token this server returned")
+        if has_nul(namespace):
+            return [], ""
+        with self._read() as tx:
+            names = tx.scalars(
+                sa.select(AV.c.name)
+                .distinct()
+                .where(AV.c.namespace == namespace, sa.not_(AV.c.deleted), AV.c.name > page_token)
+                .order_by(AV.c.name)
+                .limit(size + 1)
+            )
+        return list(names[:size]), (names[size - 1] if len(names) > size else "")
+
+    def delete_adapter_versions(
+        self, namespace: str, name: str, version: int | None = None
+    ) -> list[AdapterVersionRecord]:
+        what = name if version is None else f"{name}@{version}"
+        if has_nul(namespace, name):
+            raise NotFound(f"adapter {what!r} not found in namespace {namespace!r}")
+        query = sa.select(AV).where(AV.c.namespace == namespace, AV.c.name == name, sa.not_(AV.c.deleted))
+        if version is not None:
+            query = query.where(AV.c.version == version)
+        with self._write() as tx:
+            # The clock first, then the rows: the lock order complete_job uses.
+            clock = schema.registry_clock
+            tx.execute(sa.select(clock.c.seq).where(clock.c.id == 1).with_for_update())
+            rows = tx.rows(query.order_by(AV.c.version).with_for_update())
+            if not rows:
+                raise NotFound(f"adapter {what!r} not found in namespace {namespace!r}")
+            for row in rows:
+                seq = self._tick(tx)
+                tx.execute(
+                    sa.update(AV)
+                    .where(AV.c.namespace == namespace, AV.c.name == name, AV.c.version == row["version"])
+                    .values(deleted=True, seq=seq)
+                )
+            self._notify(tx, seq)
+        return [adapter_from_row(r) for r in rows]
+
+    def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
+        # No in-flight filter needed: seqs are handed out in commit order (module docstring).
+        with self._read() as tx:
+            rows = tx.rows(self._q.changes, after=after_seq, limit=limit)
+        return [adapter_from_row(r) for r in rows]
+
+    def _notify(self, tx: Tx, seq: int) -> None:
+        notice = self._d.after_registry_change(seq)
+        if notice is not None:
+            stmt, params = notice
+            tx.execute(stmt, **params)
+
+    def _tick(self, tx: Tx) -> int:
+        """The next registry seq. The row lock taken here is held until the caller's
+        transaction ends, which is what makes seq order commit order."""
+        return int(tx.scalar(self._q.tick))
