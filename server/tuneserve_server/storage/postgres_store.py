@@ -67,8 +67,8 @@ class PostgresDialect:
             yield
 
     @contextmanager
-    def read_only(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
-        # Autocommit: one round trip a read, no BEGIN/ROLLBACK around it.
+    def autocommit(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
+        # One round trip a statement, no BEGIN/COMMIT around it.
         raw.autocommit = True
         try:
             yield

@@ -46,8 +46,8 @@ class Dialect(Protocol):
         """A transaction that commits on success and rolls back on any exception."""
 
     @contextmanager
-    def read_only(self, raw: Any) -> Iterator[None]:
-        """Reads outside any write transaction."""
+    def autocommit(self, raw: Any) -> Iterator[None]:
+        """Each statement its own transaction: reads, and writes of a single statement."""
 
 
 class Compiled:
@@ -57,16 +57,26 @@ class Compiled:
     store's calls skip its per-execution machinery, which cost several times the database
     work of a claim (bench/job_queue.py)."""
 
-    __slots__ = ("compiled", "names", "text")
+    __slots__ = ("fixed", "names", "positional", "text")
 
     def __init__(self, stmt: sa.Executable, dialect: sa.engine.Dialect) -> None:
-        self.compiled = stmt.compile(dialect=dialect)
-        self.text = self.compiled.string
-        self.names = self.compiled.positiontup if dialect.positional else None
+        compiled = stmt.compile(dialect=dialect)
+        self.text = compiled.string
+        # Values fixed when the statement was built (literals); the rest come per call.
+        self.fixed = {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
+        self.positional = dialect.positional
+        self.names = (
+            list(compiled.positiontup or ())
+            if self.positional
+            else list(dict.fromkeys(compiled.bind_names.values()))
+        )
 
     def args(self, params: dict[str, Any]) -> Any:
-        values = self.compiled.construct_params(params)  # raises for a missing parameter
-        return values if self.names is None else [values[n] for n in self.names]
+        try:
+            values = [params[n] if n in params else self.fixed[n] for n in self.names]
+        except KeyError as missing:
+            raise TypeError(f"no value for bind parameter {missing}") from None
+        return values if self.positional else dict(zip(self.names, values, strict=True))
 
 
 @dataclass

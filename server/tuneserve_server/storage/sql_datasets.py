@@ -27,7 +27,7 @@ class DatasetsMixin:
 
     def _write(self) -> AbstractContextManager[Tx]: ...  # provided by SqlStore
 
-    def _read(self) -> AbstractContextManager[Tx]: ...
+    def _autocommit(self) -> AbstractContextManager[Tx]: ...
 
     def begin_upload(self, namespace: str, upload_id: str, header: dict) -> UploadState | DatasetRecord:
         """Start or resume an upload. A finished upload_id returns its dataset."""
@@ -98,7 +98,7 @@ class DatasetsMixin:
         return received
 
     def upload_bytes(self, namespace: str, upload_id: str) -> bytes:
-        with self._read() as tx:
+        with self._autocommit() as tx:
             chunks = tx.scalars(
                 sa.select(CH.c.data)
                 .where(CH.c.namespace == namespace, CH.c.upload_id == upload_id)
@@ -156,7 +156,7 @@ class DatasetsMixin:
     def _dataset_row(self, namespace: str, dataset_id: str, *columns: sa.Column) -> sa.RowMapping:
         row = None
         if not has_nul(namespace, dataset_id):
-            with self._read() as tx:
+            with self._autocommit() as tx:
                 row = tx.row(sa.select(*columns).where(DS.c.id == dataset_id, DS.c.namespace == namespace))
         if row is None:
             raise self._dataset_not_found(namespace, dataset_id)
@@ -178,7 +178,7 @@ class DatasetsMixin:
         query = sa.select(*schema.DATASET_COLUMNS).where(DS.c.namespace == namespace)
         if after is not None:
             query = query.where(DS.c.seq < after)
-        with self._read() as tx:
+        with self._autocommit() as tx:
             rows = tx.rows(query.order_by(DS.c.seq.desc()).limit(size + 1))
         token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
         return [dataset_from_row(r) for r in rows[:size]], token
@@ -186,7 +186,7 @@ class DatasetsMixin:
     def delete_dataset(self, namespace: str, dataset_id: str) -> None:
         gone = 0
         if not has_nul(namespace, dataset_id):
-            with self._write() as tx:
+            with self._autocommit() as tx:  # one statement: its own transaction
                 gone = tx.execute(
                     sa.delete(DS).where(DS.c.id == dataset_id, DS.c.namespace == namespace)
                 ).rowcount

@@ -25,10 +25,10 @@ class RegistryMixin:
 
     def _write(self) -> AbstractContextManager[Tx]: ...  # provided by SqlStore
 
-    def _read(self) -> AbstractContextManager[Tx]: ...
+    def _autocommit(self) -> AbstractContextManager[Tx]: ...
 
     def reserve_adapter_version(self, namespace: str, name: str) -> int:
-        with self._write() as tx:
+        with self._autocommit() as tx:  # one statement: its own transaction
             return int(tx.scalar(self._q.reserve_version, namespace=namespace, name=name))
 
     def adapter_versions(
@@ -41,7 +41,7 @@ class RegistryMixin:
             query = query.where(AV.c.name == name)
         if not include_deleted:
             query = query.where(sa.not_(AV.c.deleted))
-        with self._read() as tx:
+        with self._autocommit() as tx:
             rows = tx.rows(query.order_by(AV.c.name, AV.c.version))
         return [adapter_from_row(r) for r in rows]
 
@@ -53,7 +53,7 @@ class RegistryMixin:
             raise InvalidRequest.field("page_token", "is not a token this server returned")
         if has_nul(namespace):
             return [], ""
-        with self._read() as tx:
+        with self._autocommit() as tx:
             names = tx.scalars(
                 sa.select(AV.c.name)
                 .distinct()
@@ -91,7 +91,7 @@ class RegistryMixin:
 
     def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
         # No in-flight filter needed: seqs are handed out in commit order (module docstring).
-        with self._read() as tx:
+        with self._autocommit() as tx:
             rows = tx.rows(self._q.changes, after=after_seq, limit=limit)
         return [adapter_from_row(r) for r in rows]
 

@@ -135,8 +135,8 @@ class SqlStore(DatasetsMixin, RegistryMixin):
             yield self._tx(raw)
 
     @contextmanager
-    def _read(self) -> Iterator[Tx]:
-        with self._raw() as raw, self._d.read_only(raw):
+    def _autocommit(self) -> Iterator[Tx]:
+        with self._raw() as raw, self._d.autocommit(raw):
             yield self._tx(raw)
 
     # ------------------------------------------------------------------ jobs, caller side
@@ -186,7 +186,7 @@ class SqlStore(DatasetsMixin, RegistryMixin):
     def get_job(self, namespace: str, job_id: str) -> Job:
         row = None
         if not has_nul(namespace, job_id):
-            with self._read() as tx:
+            with self._autocommit() as tx:
                 row = tx.row(self._q.job, job_id=job_id, namespace=namespace)
         if row is None:
             raise self._job_not_found(namespace, job_id)
@@ -212,13 +212,13 @@ class SqlStore(DatasetsMixin, RegistryMixin):
             query = query.where(J.c.adapter_name == adapter_name)
         if after is not None:
             query = query.where(J.c.seq < after)
-        with self._read() as tx:
+        with self._autocommit() as tx:
             rows = tx.rows(query.order_by(J.c.seq.desc()).limit(size + 1))
         token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
         return [job_from_row(r) for r in rows[:size]], token
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
-        with self._read() as tx:
+        with self._autocommit() as tx:
             rows = tx.rows(sa.select(J.c.state, sa.func.count().label("n")).group_by(J.c.state))
         return {JobState(r["state"]): int(r["n"]) for r in rows}
 
@@ -293,7 +293,7 @@ class SqlStore(DatasetsMixin, RegistryMixin):
         return row
 
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: JobProgress) -> bool:
-        with self._write() as tx:
+        with self._autocommit() as tx:  # one statement: its own transaction
             row = self._update_owned(
                 tx,
                 self._q.heartbeat,
@@ -420,7 +420,7 @@ class SqlStore(DatasetsMixin, RegistryMixin):
     ) -> list[JobEvent]:
         if has_nul(namespace, job_id):
             raise self._job_not_found(namespace, job_id)
-        with self._read() as tx:
+        with self._autocommit() as tx:
             if tx.row(sa.select(J.c.id).where(J.c.id == job_id, J.c.namespace == namespace)) is None:
                 raise self._job_not_found(namespace, job_id)
             rows = tx.rows(

@@ -51,8 +51,8 @@ class SqliteDialect:
         raw.execute("COMMIT")
 
     @contextmanager
-    def read_only(self, raw: Any) -> Iterator[None]:
-        yield  # autocommit reads (WAL: they never wait for the writer)
+    def autocommit(self, raw: Any) -> Iterator[None]:
+        yield  # the driver is in autocommit mode (WAL: reads never wait for the writer)
 
     @staticmethod
     def engine(path: Path) -> sa.Engine:
