@@ -130,6 +130,47 @@ class Settings:
     tls_client_ca_file: Path | None = _s(
         "PEM CA bundle; when set, clients must present a certificate it signed", default=None
     )
+    auth: str = _s(
+        "how callers prove who they are: api_key (API keys and, when jwt_jwks is set, JWTs; "
+        "mTLS identities through mtls_tenants) or none (every caller is an admin of any "
+        "namespace: development only, logged as a warning at start)",
+        default="api_key",
+        meta={"choices": ("api_key", "none")},
+    )
+    auth_cache_s: float = _s(
+        "how long a verified API key is trusted without reading the store again: a revoked key "
+        "stops working on every replica within this many seconds",
+        default=5.0,
+    )
+    reflection_requires_auth: bool = _s(
+        "gRPC server reflection asks for a credential like every other RPC (health never does)",
+        default=False,
+    )
+    jwt_jwks: str = _s("JWKS for verifying JWTs: a file path or an https URL (empty: no JWTs)", default="")
+    jwt_issuer: str = _s("the `iss` a JWT must carry (empty: not checked)", default="")
+    jwt_audience: str = _s("the `aud` a JWT must carry (empty: not checked)", default="")
+    jwt_tenant_claim: str = _s("JWT claim holding the tenant", default="tenant")
+    jwt_roles_claim: str = _s(
+        "JWT claim holding the roles (a list or a space-separated string)", default="roles"
+    )
+    mtls_tenants: str = _s(
+        "client-certificate identities mapped to tenants and roles: 'CN=tenant:role+role,...' "
+        "(empty: a client certificate proves nothing beyond the TLS handshake)",
+        default="",
+    )
+    quota_active_jobs: int = _s("per tenant: queued + running jobs (0: unlimited)", default=20)
+    quota_dataset_bytes: int = _s("per tenant: bytes of stored datasets (0: unlimited)", default=1024**3)
+    quota_upload_bytes: int = _s(
+        "per tenant: bytes of unfinished uploads (0: unlimited)", default=256 * 1024**2
+    )
+    quota_adapter_versions: int = _s("per tenant: adapter versions stored (0: unlimited)", default=200)
+    quota_pinned_adapters: int = _s("per tenant: adapters pinned in the cache (0: unlimited)", default=4)
+    quota_queued_predict_rows: int = _s(
+        "per tenant: Predict rows waiting in the queue (0: unlimited)", default=1024
+    )
+    upload_sweep_interval_s: float = _s(
+        "how often a server forgets uploads unfinished for longer than their TTL", default=3600.0
+    )
     log_payloads: bool = _s(
         "log Predict input texts (off: no prompt or training text is ever logged)", default=False
     )

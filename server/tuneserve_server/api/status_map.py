@@ -21,7 +21,10 @@ from tuneserve_server.domain.errors import (
     InvalidRequest,
     NotFound,
     NotReady,
+    PermissionDenied,
+    QuotaExceeded,
     TuneserveError,
+    Unauthenticated,
 )
 
 log = structlog.get_logger("tuneserve.api")
@@ -34,6 +37,8 @@ STATUS_OF: dict[type[TuneserveError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -53,6 +58,24 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
                 )
             )
             status.details.append(detail)
+        if isinstance(exc, QuotaExceeded):  # which quota, and when trying again may help
+            failure = any_pb2.Any()
+            failure.Pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=exc.quota, description=f"{exc.used} of {exc.limit} used"
+                        )
+                    ]
+                )
+            )
+            status.details.append(failure)
+            if exc.retry_after_s > 0:
+                retry = any_pb2.Any()
+                retry.Pack(
+                    error_details_pb2.RetryInfo(retry_delay={"seconds": max(1, round(exc.retry_after_s))})
+                )
+                status.details.append(retry)
         if isinstance(exc, DataRejected):  # the whole data report, so the caller sees every issue
             from tuneserve_server.api.convert import data_report_pb
 

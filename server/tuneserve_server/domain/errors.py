@@ -73,6 +73,24 @@ class CapacityExceeded(TuneserveError):
     """A queue or memory bound is reached; the caller should back off and retry."""
 
 
+class Unauthenticated(TuneserveError):
+    """The credential is missing, malformed, expired or revoked."""
+
+
+class PermissionDenied(TuneserveError):
+    """The caller is who it says, but may not do this (a role it lacks, another tenant)."""
+
+
+class QuotaExceeded(CapacityExceeded):
+    """A tenant's quota is used up. `quota` names it (e.g. "active_jobs"), `limit` and `used`
+    say by how much, `retry_after_s` when trying again may help (0: not before something is
+    deleted)."""
+
+    def __init__(self, quota: str, limit: int, used: int, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.quota, self.limit, self.used, self.retry_after_s = quota, limit, used, retry_after_s
+
+
 class NotReady(TuneserveError):
     """The service is starting or draining."""
 
