@@ -5,6 +5,10 @@ the composition root flips it to SERVING once the engine is up."""
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
+import threading
+from pathlib import Path
 
 import grpc
 import structlog
@@ -78,14 +82,18 @@ class ApiServer:
                 await result
 
     def _credentials(self) -> grpc.ServerCredentials | None:
+        """TLS from tls_cert_file/tls_key_file (and client certificates required when
+        tls_client_ca_file is set), reloaded without a restart: grpc asks `_CertificateFiles`
+        for the configuration at each new TLS handshake, and it re-reads the files when one
+        has changed (a rotated Secret, cert-manager renewal)."""
         s = self.settings
         if s.tls_cert_file is None or s.tls_key_file is None:
             return None
-        ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
+        files = _CertificateFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+        return grpc.dynamic_ssl_server_credentials(
+            files.initial(),
+            files.fetch,
+            require_client_authentication=s.tls_client_ca_file is not None,
         )
 
     async def start(self) -> int:
@@ -103,3 +111,57 @@ class ApiServer:
     async def stop(self, grace_s: float | None) -> None:
         """Refuse new calls; give in-flight ones `grace_s` to finish."""
         await self.server.stop(grace_s)
+
+
+class _CertificateFiles:
+    """The server's certificate, key and client CA files, as grpc certificate
+    configurations. `fetch` runs at every TLS handshake: it stats the files and, when one
+    changed (mtime or size), loads them again, so connections made after a rotation get the
+    new certificate while established ones keep theirs. A rotation caught half-way (a key that
+    does not match its certificate, a file missing or unparsable) keeps the previous
+    configuration and is retried at the next handshake."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None) -> None:
+        self.paths = tuple(p for p in (cert, key, client_ca) if p is not None)
+        self.cert, self.key, self.client_ca = cert, key, client_ca
+        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for path in self.paths:
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        # the stdlib's TLS checks the PEMs parse and the key belongs to the certificate
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            check.load_verify_locations(cafile=self.client_ca)
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+        )
+
+    def initial(self) -> grpc.ServerCertificateConfiguration:
+        stamp = self._stat()
+        config = self._load()  # at start a bad file is an error, not a warning
+        self._stamp = stamp
+        return config
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """None: keep the current configuration."""
+        try:
+            with self._lock:
+                stamp = self._stat()
+                if stamp == self._stamp:
+                    return None
+                config = self._load()
+                self._stamp = stamp
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("tls_reload_failed", error=str(exc), files=[str(p) for p in self.paths])
+            return None
+        log.info("tls_reloaded", files=[str(p) for p in self.paths])
+        return config
