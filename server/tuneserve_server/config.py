@@ -41,7 +41,7 @@ class Settings:
     port: int = _s("gRPC port (0 picks a free one)", default=50051)
     metrics_port: int = _s("HTTP port of /metrics for the API process (0: off)", default=9464)
     worker_metrics_port: int = _s("HTTP port of /metrics for a worker process (0: off)", default=9465)
-    metrics_host: str = _s("address the /metrics endpoints bind", default="0.0.0.0")
+    metrics_host: str = _s("address the /metrics endpoints bind (0.0.0.0: all)", default="127.0.0.1")
     data_dir: Path = _s("where the job database and adapters live", default=Path(".tuneserve"))
     job_db: Path | None = _s("SQLite job store file (default: DATA_DIR/jobs.db)", default=None)
     database_url: str = _s(

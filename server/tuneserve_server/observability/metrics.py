@@ -258,6 +258,12 @@ class AdapterLabels:
     grows past twice the weakest labelled adapter's (plus a margin) takes that one's slot, and
     the demoted adapter's series are removed from `series` (its later requests count under
     `other`). Traffic counts halve every `decay_every` requests, so "top" means recent.
+
+    `per_namespace` caps the slots one namespace (the part of the label before `/`) may hold:
+    a tenant that calls many adapters, or creates and calls new ones in a loop, competes only
+    with its own labelled adapters past its share and cannot push every other tenant's
+    adapters into `other`. The series count stays at most top_n + 2 whatever callers do, and
+    the traffic table at most max_tracked entries.
     """
 
     PROMOTE_MARGIN = 8
@@ -269,8 +275,10 @@ class AdapterLabels:
         series: Iterable[Any] = (),
         decay_every: int = 10_000,
         max_tracked: int | None = None,
+        per_namespace: int | None = None,
     ) -> None:
         self.top_n = top_n
+        self.per_namespace = top_n if per_namespace is None else max(1, per_namespace)
         self.series = tuple(series)  # labelled metrics to drop a demoted adapter's series from
         self.decay_every = decay_every
         self.max_tracked = max_tracked if max_tracked is not None else max(1000, 10 * top_n)
@@ -297,6 +305,18 @@ class AdapterLabels:
                 count = self._counts.get(adapter, 0.0)
             if adapter in self._named:
                 return adapter
+            namespace = adapter.partition("/")[0]
+            own = [a for a in self._named if a.partition("/")[0] == namespace]
+            if len(own) >= self.per_namespace:  # its share is used: it may only displace its own
+                weakest = min(own, key=lambda a: self._counts.get(a, 0.0))
+                if count > 2 * self._counts.get(weakest, 0.0) + self.PROMOTE_MARGIN:
+                    self._named.discard(weakest)
+                    self._named.add(adapter)
+                    self._drop_series(weakest)
+                    return adapter
+                if len(self._counts) > self.max_tracked:
+                    self._prune()
+                return OTHER_ADAPTER_LABEL
             if len(self._named) < self.top_n:
                 self._named.add(adapter)
                 return adapter
@@ -328,11 +348,15 @@ class AdapterLabels:
             del self._counts[adapter]
 
 
-ADAPTER_LABELS = AdapterLabels(series=(ADAPTER_REQUESTS, ADAPTER_LATENCY))
+# One tenant may hold at most a quarter of the labelled slots (5 of 20).
+ADAPTER_LABELS_PER_NAMESPACE = max(1, ADAPTER_LABEL_TOP_N // 4)
+ADAPTER_LABELS = AdapterLabels(
+    series=(ADAPTER_REQUESTS, ADAPTER_LATENCY), per_namespace=ADAPTER_LABELS_PER_NAMESPACE
+)
 
 
 # ---------------------------------------------------------------- HTTP endpoint
-def serve_metrics(port: int, host: str = "0.0.0.0") -> int:
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
     """Expose /metrics over HTTP on its own port in a daemon thread (0: do not serve).
     Returns the bound port, 0 when off. Raises OSError when the port cannot be bound."""
     if port <= 0:
