@@ -40,7 +40,10 @@ CRDS = {
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
-NAMESPACES = {"dev": "tuneserve-dev", "prod": "tuneserve", "prod-s3": "tuneserve"}
+NAMESPACES = {"dev": "tuneserve-dev", "prod": "tuneserve", "prod-s3": "tuneserve", "prod-jwt": "tuneserve"}
+# Secrets the manifests mount or reference but never generate (no private key in git):
+# created by cert-manager or `kubectl create secret tls` (docs/deploy.md).
+EXTERNAL_SECRETS = {"tuneserve-tls"}
 ROLES = ("serve", "api", "worker")
 
 
@@ -77,6 +80,12 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
     assert swapped != text, "prod kustomization no longer lists ../../components/adapters-volume"
     kfile.write_text(swapped)
     out["prod-s3"] = _render(copy / "overlays" / "prod")
+    # The documented JWT option: prod with the jwt-jwks component enabled.
+    kfile.write_text(text)
+    enabled = text.replace("# - ../../components/jwt-jwks", "- ../../components/jwt-jwks", 1)
+    assert enabled != text, "prod kustomization no longer offers ../../components/jwt-jwks"
+    kfile.write_text(enabled)
+    out["prod-jwt"] = _render(copy / "overlays" / "prod")
     return out
 
 
@@ -462,6 +471,15 @@ def test_grpc_port_and_native_grpc_probes_match_the_settings(docs: list[dict[str
             assert probe["grpc"]["port"] == grpc_port, (
                 f"{kind} probes {probe['grpc']['port']}, serves {grpc_port}"
             )
+            # The kubelet must speak TLS to a TLS port (and plaintext to a plaintext one).
+            tls = env.get(ENV_PREFIX + "TLS_CERT_FILE") is not None
+            assert probe["grpc"].get("mode", "Plaintext") == ("TLS" if tls else "Plaintext"), (
+                f"{kind}: grpc mode must be {'TLS' if tls else 'Plaintext'}"
+            )
+        # kubelet probes cannot present a client certificate
+        assert ENV_PREFIX + "TLS_CLIENT_CA_FILE" not in env, (
+            "client certificates required on the probed port would fail every probe"
+        )
         for kind in ("startupProbe", "readinessProbe"):
             # "" = the whole server: NOT_SERVING until the model is loaded and while draining
             assert c[kind]["grpc"].get("service", "") == ""
@@ -658,7 +676,7 @@ def _prod_workloads(docs):
     return apis, workers
 
 
-@pytest.mark.parametrize("name", ["prod", "prod-s3"])
+@pytest.mark.parametrize("name", ["prod", "prod-s3", "prod-jwt"])
 def test_prod_workers_run_on_gpu_nodes(renders: dict[str, list[dict[str, Any]]], name: str) -> None:
     docs = renders[name]
     _, workers = _prod_workloads(docs)
@@ -679,7 +697,7 @@ def test_prod_workers_run_on_gpu_nodes(renders: dict[str, list[dict[str, Any]]],
         assert mounts(d, c).get("/dev/shm", {}).get("emptyDir", {}).get("medium") == "Memory"
 
 
-@pytest.mark.parametrize("name", ["prod", "prod-s3"])
+@pytest.mark.parametrize("name", ["prod", "prod-s3", "prod-jwt"])
 def test_prod_hpa_and_pdb_target_the_api(renders: dict[str, list[dict[str, Any]]], name: str) -> None:
     docs = renders[name]
     apis, workers = _prod_workloads(docs)
@@ -697,7 +715,7 @@ def test_prod_hpa_and_pdb_target_the_api(renders: dict[str, list[dict[str, Any]]
     assert matches(api["spec"]["selector"]["matchLabels"], pod_labels(api))
 
 
-@pytest.mark.parametrize("name", ["prod", "prod-s3"])
+@pytest.mark.parametrize("name", ["prod", "prod-s3", "prod-jwt"])
 def test_prod_uses_postgres_and_a_shared_adapter_store(
     renders: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
@@ -731,3 +749,93 @@ def test_prod_uses_postgres_and_a_shared_adapter_store(
             assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every API and worker pod mounts it"
     if name == "prod-s3":
         assert not of_kind(docs, "PersistentVolumeClaim")
+
+
+# ------------------------------------------------------------------ TLS and authentication
+def _secret_volume_file(deploy, container, path: str) -> tuple[dict[str, Any], str]:
+    """The Secret volume holding the file `path` (read-only mount), and the key it comes from."""
+    best = None
+    for m in container.get("volumeMounts", []):
+        mount = PurePosixPath(m["mountPath"])
+        if mount in PurePosixPath(path).parents and (
+            best is None or len(str(mount)) > len(best[0]["mountPath"])
+        ):
+            best = (m, str(PurePosixPath(path).relative_to(mount)))
+    assert best is not None, f"{path} is on no volume"
+    mount, relative = best
+    assert mount.get("readOnly") is True, f"{mount['mountPath']} must be mounted read-only"
+    assert "subPath" not in mount, "a subPath mount never sees a rotated Secret"
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    volume = volumes[mount["name"]]
+    items = {
+        i["path"]: i["key"] for i in (volume.get("secret") or volume.get("configMap") or {}).get("items", [])
+    }
+    return volume, items.get(relative, relative)
+
+
+@pytest.mark.parametrize("name", ["prod", "prod-s3", "prod-jwt"])
+def test_prod_serves_tls_from_a_secret_and_requires_credentials(
+    renders: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    docs = renders[name]
+    apis, workers = _prod_workloads(docs)
+    for d, c, _ in apis:
+        env = env_of(docs, c)
+        assert env.get(ENV_PREFIX + "AUTH") == "api_key", "prod says TUNESERVE_AUTH=api_key explicitly"
+        assert setting(env, "auth") == "api_key"
+        secrets = set()
+        for which, wanted_key in (("tls_cert_file", "tls.crt"), ("tls_key_file", "tls.key")):
+            path = env.get(ENV_PREFIX + which.upper())
+            assert path, f"prod API pods serve TLS: {ENV_PREFIX}{which.upper()} missing"
+            volume, key = _secret_volume_file(d, c, path)
+            assert "secret" in volume, f"{which} must come from a Secret, not {volume}"
+            assert key == wanted_key, f"{which} reads key {key} of the Secret, not {wanted_key}"
+            secrets.add(volume["secret"]["secretName"])
+        assert len(secrets) == 1, "certificate and key come from one Secret"
+        (secret_name,) = secrets
+        rendered = by_name(docs, "Secret", secret_name)
+        assert secret_name in EXTERNAL_SECRETS and rendered is None, (
+            "the TLS Secret is made outside git (cert-manager / kubectl create secret tls)"
+        )
+    for _, c, _ in workers:  # workers serve no gRPC: no TLS files they would have to find
+        env = env_of(docs, c)
+        assert not {k for k in env if k.startswith(ENV_PREFIX + "TLS_")}, "workers serve no TLS"
+    for secret in of_kind(docs, "Secret"):
+        assert secret.get("type") != "kubernetes.io/tls", "no TLS private key is generated from git"
+
+
+def test_prod_jwt_option_mounts_a_jwks_with_issuer_and_audience(
+    renders: dict[str, list[dict[str, Any]]],
+) -> None:
+    import json
+
+    docs = renders["prod-jwt"]
+    apis, _ = _prod_workloads(docs)
+    for d, c, _ in apis:
+        env = env_of(docs, c)
+        jwks = env.get(ENV_PREFIX + "JWT_JWKS")
+        assert jwks and jwks.startswith("/"), "the JWKS is a mounted file in this option"
+        volume, key = _secret_volume_file(d, c, jwks)
+        source = volume.get("configMap") or volume.get("secret")
+        assert source is not None, f"the JWKS comes from a ConfigMap or Secret, not {volume}"
+        if "configMap" in volume:
+            cm = by_name(docs, "ConfigMap", volume["configMap"]["name"])
+            assert cm is not None and key in cm["data"], f"ConfigMap has no {key}"
+            assert isinstance(json.loads(cm["data"][key])["keys"], list), "jwks.json is a JWK Set"
+        assert setting(env, "jwt_issuer") and setting(env, "jwt_audience"), (
+            "tokens from a shared identity provider must be pinned to an issuer and audience"
+        )
+        assert setting(env, "auth") == "api_key"
+    for name in ("prod", "prod-s3"):
+        for _, c, _ in tuneserve_workloads(renders[name]):
+            assert ENV_PREFIX + "JWT_JWKS" not in env_of(renders[name], c), "JWT is opt-in"
+
+
+def test_dev_may_run_without_authentication_but_says_so(renders: dict[str, list[dict[str, Any]]]) -> None:
+    docs = renders["dev"]
+    for _, c, _ in tuneserve_workloads(docs):
+        env = env_of(docs, c)
+        # auth is on by default: turning it off must be an explicit setting, never implied
+        assert SETTINGS["auth"].default == "api_key"
+        assert env.get(ENV_PREFIX + "AUTH") == "none", "dev turns auth off explicitly (TUNESERVE_AUTH=none)"
+        assert ENV_PREFIX + "TLS_CERT_FILE" not in env  # plaintext in dev; probes in Plaintext mode
