@@ -102,6 +102,7 @@ class InferenceEngine:
             max_wait_ms=self.settings.max_batch_wait_ms,
             max_queue_rows=self.settings.max_queue_rows,
             regroup_fraction=self.settings.batch_regroup_fraction,
+            namespace_queue_rows=self.settings.quota_queued_predict_rows,
         )
         self.batcher.start()
         self._poll_task = loop.create_task(self._poll(), name="registry-poll")

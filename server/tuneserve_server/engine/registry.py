@@ -10,7 +10,13 @@ read the head and LoRA factors; touches no shared state, so it may run on any th
 
 The LoRA weights live in a `LoraBank` (engine/lora_batched.py): the adapters' factors are
 stacked per layer and a mixed batch is one gathered product per layer. (The tests check it
-against peft's own `adapter_names=` mixed batches.)"""
+against peft's own `adapter_names=` mixed batches.)
+
+Pinning never takes the last free slots: at least `pin_reserve` slots stay unpinned (by
+default `unpinned_reserve(max_resident)`: a quarter of them, at least 2), so the adapters
+nobody pinned still load and rotate through the cache whatever the pins. A pin past that is
+refused with FailedPrecondition. (The per-tenant cap, quota_pinned_adapters, is checked by
+services/adapters.py where LoadAdapter pins.)"""
 
 from __future__ import annotations
 
@@ -34,6 +40,11 @@ from tuneserve_server.observability.metrics import (
     ADAPTERS_RESIDENT,
     ADAPTERS_RESIDENT_BYTES,
 )
+
+
+def unpinned_reserve(max_resident: int) -> int:
+    """Slots that stay unpinned: a quarter of the cache, at least 2."""
+    return max(2, max_resident // 4)
 
 
 @dataclass(frozen=True, order=True)
@@ -81,6 +92,7 @@ class AdapterRegistry:
         max_rank: int,
         device: str,
         dtype: torch.dtype = torch.float32,
+        pin_reserve: int | None = None,
     ) -> None:
         self.model = model  # the base model; `bank` has wrapped its targeted Linear layers
         self.bank = bank
@@ -88,6 +100,7 @@ class AdapterRegistry:
         self.linear_modules = linear_modules
         self.hidden_size = hidden_size
         self.max_resident = max_resident
+        self.pin_reserve = unpinned_reserve(max_resident) if pin_reserve is None else pin_reserve
         self.max_rank = max_rank
         self.device = device
         self.dtype = dtype
@@ -233,10 +246,28 @@ class AdapterRegistry:
             self.unload(key)
         return gone
 
+    def pinned_count(self, namespace: str | None = None) -> int:
+        return sum(
+            1
+            for k, e in self._resident.items()
+            if e.pinned and (namespace is None or k.namespace == namespace)
+        )
+
     def set_pinned(self, key: AdapterKey, pinned: bool) -> bool:
+        """Pin or unpin a resident version; False when it is not resident. A pin that would
+        leave fewer than `pin_reserve` unpinned slots raises FailedPrecondition."""
         entry = self._resident.get(key)
         if entry is None:
             return False
+        if pinned and not entry.pinned:
+            allowed = self.max_resident - self.pin_reserve
+            if self.pinned_count() >= allowed:
+                raise FailedPrecondition(
+                    f"cannot pin {key.namespace}/{key.name}@{key.version}: "
+                    f"{self.pinned_count()} of the {self.max_resident} adapter cache slots are pinned and "
+                    f"{self.pin_reserve} must stay unpinned for the adapters nobody pinned "
+                    f"(at most {max(allowed, 0)} pins); unpin one first"
+                )
         entry.pinned = pinned
         return True
 

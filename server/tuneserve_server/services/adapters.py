@@ -1,6 +1,10 @@
 """The adapter registry as callers see it: the job store's version rows, the adapter
 store's files and this process's residency, kept in step. Deleting an adapter spans all
-three: the rows are marked deleted, the files removed, the engine unloads the versions."""
+three: the rows are marked deleted, the files removed, the engine unloads the versions.
+
+Pins are capped per namespace (quota_pinned_adapters: pinned versions in this process's
+cache); the engine's registry also keeps a reserve of slots nobody may pin
+(engine/registry.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ import asyncio
 import functools
 from dataclasses import dataclass
 
-from tuneserve_server.domain.errors import NotFound
+from tuneserve_server.domain.errors import NotFound, QuotaExceeded
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 
@@ -39,6 +44,8 @@ class AdapterService:
         self.store = store
         self.adapter_store = adapter_store
         self.engine = engine
+        self.max_pinned = quotas_of(engine.settings).pinned_adapters
+        self._pin_lock = asyncio.Lock()  # a pin's count and the pin itself, one at a time
 
     async def residency(self) -> Residency:
         return {(k.namespace, k.name, k.version): v for k, v in (await self.engine.residency()).items()}
@@ -75,7 +82,24 @@ class AdapterService:
         return [r.version for r in deleted]
 
     async def load(self, ref: AdapterRef, *, pin: bool) -> Loaded:
-        return Loaded(*await self.engine.load_adapter(ref, pin=pin))
+        if not pin or not self.max_pinned:
+            return Loaded(*await self.engine.load_adapter(ref, pin=pin))
+        async with self._pin_lock:
+            record = await self.engine.resolve(ref)
+            pinned = {
+                (k.name, k.version)
+                for k, (is_pinned, _, _) in (await self.engine.residency()).items()
+                if is_pinned and k.namespace == ref.namespace
+            }
+            if (record.name, record.version) not in pinned and len(pinned) >= self.max_pinned:
+                raise QuotaExceeded(
+                    "pinned_adapters",
+                    self.max_pinned,
+                    len(pinned),
+                    f"namespace {ref.namespace!r} is at its pinned_adapters quota: {len(pinned)} of "
+                    f"{self.max_pinned} adapter versions pinned; unpin one (UnloadAdapter) first",
+                )
+            return Loaded(*await self.engine.load_adapter(ref, pin=pin))
 
     async def unload(self, ref: AdapterRef) -> list[int]:
         return await self.engine.unload_adapter(ref)

@@ -27,6 +27,7 @@ from tuneserve_server.domain.jobs import OptimizerSettings, TaskType
 from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.domain.records import DatasetRecord, UploadState
 from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.services.quotas import check_upload, quotas_of
 from tuneserve_server.services.readiness import require_ready
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training.data_report import build_report
@@ -251,6 +252,7 @@ class DatasetService:
         self.engine = engine
         self.max_dataset_bytes = max_dataset_bytes
         self.max_text_chars = max_text_chars
+        self.quotas = quotas_of(engine.settings)  # tenant quotas: see _quota_* below
 
     async def upload(self, parts: AsyncIterator[UploadPart]) -> tuple[DatasetRecord, bool]:
         """One UploadDataset stream: a header, then chunks. Returns (dataset, created); an
@@ -266,9 +268,11 @@ class DatasetService:
         done = await asyncio.to_thread(session.begin)
         if done is not None:  # this upload_id already finished: answer without reading on
             return done, False
+        await self._quota_at_start(session)
         async for part in parts:
             if not isinstance(part, UploadChunk):
                 raise InvalidRequest.field("header", "only the first message may be a header")
+            await self._quota_for_chunk(session, part)
             await asyncio.to_thread(session.add, part.offset, part.data)
         limits = self.engine.train_limits()
         dataset, created = await asyncio.to_thread(
@@ -301,3 +305,28 @@ class DatasetService:
 
     async def delete(self, namespace: str, dataset_id: str) -> None:
         await asyncio.to_thread(self.store.delete_dataset, namespace, dataset_id)
+
+    # ------------------------------------------------------------------ tenant quotas
+    # (services/quotas.py) Checked at an upload's start, with the declared size, and before
+    # every chunk with the bytes it adds; both read the namespace's usage from the store.
+
+    async def _quota_at_start(self, session: UploadSession) -> None:
+        h = session.header
+        usage = await asyncio.to_thread(self.store.namespace_usage, h.namespace)
+        try:
+            # Its own bytes so far are in upload_bytes already: count only what is still to come.
+            check_upload(
+                self.quotas, usage, h.namespace, declared=h.size_bytes, adding=h.size_bytes - session.received
+            )
+        except Exception:
+            if session.received == 0:  # refused before any byte: leave no empty upload behind
+                await asyncio.to_thread(self.store.discard_upload, h.namespace, h.upload_id)
+            raise
+
+    async def _quota_for_chunk(self, session: UploadSession, chunk: UploadChunk) -> None:
+        fresh = chunk.offset + len(chunk.data) - session.received
+        if fresh <= 0:  # a re-sent chunk adds nothing
+            return
+        h = session.header
+        usage = await asyncio.to_thread(self.store.namespace_usage, h.namespace)
+        check_upload(self.quotas, usage, h.namespace, declared=h.size_bytes, adding=fresh)

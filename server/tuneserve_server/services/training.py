@@ -15,9 +15,11 @@ from tuneserve_server.domain.errors import DataRejected
 from tuneserve_server.domain.jobs import Job, JobEvent, JobSpec, JobState
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import namespace_of
+from tuneserve_server.domain.tenancy import Quotas
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import JOBS_SUBMITTED
 from tuneserve_server.services.datasets import load_rows
+from tuneserve_server.services.quotas import check_train, quotas_of
 from tuneserve_server.services.readiness import require_ready
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training.data_report import DataReport
@@ -60,14 +62,27 @@ class Submission:
 
 
 class TrainingService:
-    def __init__(self, store: JobStore, engine: InferenceEngine, *, watch_poll_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        engine: InferenceEngine,
+        *,
+        watch_poll_s: float = 0.25,
+        quotas: Quotas | None = None,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.watch_poll_s = watch_poll_s
+        self.quotas = quotas if quotas is not None else quotas_of(engine.settings)
 
     async def submit(self, req: TrainInput) -> Submission:
-        """Check the request and its data, then queue the job (idempotent on the request id)."""
+        """Check the request and its data, then queue the job (idempotent on the request id).
+        Quotas first: the namespace's active jobs, and its adapter versions counting the one
+        this job would publish (QuotaExceeded before any data is read)."""
         require_ready(self.engine)
+        namespace = namespace_of(req.namespace)
+        usage = await asyncio.to_thread(self.store.namespace_usage, namespace)
+        check_train(self.quotas, usage, namespace)
         spec, report = await asyncio.to_thread(prepare_train, self.store, req, self.engine.train_limits())
         job, created = await asyncio.to_thread(self.store.create_job, spec, report.to_dict())
         if created:

@@ -33,14 +33,20 @@ class JobStore(Protocol):
     def count_jobs_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state, across namespaces (states with none: absent)."""
 
+    def namespace_usage(self, namespace: str) -> dict[str, int]:
+        """What a namespace holds against its quotas, read in one statement: `active_jobs`
+        (QUEUED + RUNNING), `dataset_bytes` (stored datasets), `upload_bytes` (bytes received
+        by unfinished uploads within their TTL), `adapter_versions` (published, not deleted)."""
+
     def cancel_job(self, namespace: str, job_id: str) -> Job:
         """QUEUED -> CANCELLED at once; RUNNING -> cancel requested (the worker stops it);
         terminal -> FailedPrecondition."""
 
     # --- jobs, worker side
     def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec] | None:
-        """Return expired leases to the queue (or fail them past max attempts), then take the
-        oldest QUEUED job under a lease. None when there is nothing to do."""
+        """Return expired leases to the queue (or fail them past max attempts), then take a QUEUED job under a lease: the oldest one of
+        the namespace with the fewest RUNNING jobs (ties: the namespace whose oldest queued job
+        is oldest), so a namespace with many queued jobs does not starve one with few. None when there is nothing to do."""
 
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: JobProgress) -> bool:
         """Extend the lease and record progress; returns True when cancel was requested.

@@ -54,17 +54,33 @@ class Statements:
             .on_conflict_do_nothing(index_elements=[J.c.namespace, J.c.request_id])
             .returning(*J.c)
         )
-        oldest = (
-            sa.select(J.c.seq)
-            .where(J.c.state == _QUEUED)
-            .order_by(J.c.seq)
+        # Fair claiming: the oldest QUEUED job of the namespace with the fewest RUNNING jobs;
+        # among namespaces with equally many, the one whose oldest queued job is oldest. One
+        # ORDER BY says both: (running jobs of the row's namespace, seq). A namespace with 300
+        # queued jobs and one running yields to a namespace with one queued and none running.
+        # Only the candidate row is locked (FOR UPDATE OF q SKIP LOCKED on PostgreSQL; SQLite
+        # drops the clause, BEGIN IMMEDIATE already serialises claims); the UPDATE re-checks
+        # state = QUEUED, so a job is claimed exactly once.
+        R = J.alias("r")
+        running = (
+            sa.select(R.c.namespace, sa.func.count().label("n"))
+            .where(R.c.state == _RUNNING)
+            .group_by(R.c.namespace)
+            .subquery("running")
+        )
+        Q = J.alias("q")
+        fairest = (
+            sa.select(Q.c.seq)
+            .select_from(Q.outerjoin(running, running.c.namespace == Q.c.namespace))
+            .where(Q.c.state == _QUEUED)
+            .order_by(sa.func.coalesce(running.c.n, 0), Q.c.seq)
             .limit(1)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, of=Q)
             .scalar_subquery()
         )
         self.claim = (
             sa.update(J)
-            .where(J.c.seq == oldest, J.c.state == _QUEUED)
+            .where(J.c.seq == fairest, J.c.state == _QUEUED)
             .values(
                 state=_RUNNING,
                 lease_owner=param("worker_id"),
@@ -202,6 +218,28 @@ class Statements:
                 index_elements=[C.c.namespace, C.c.name], set_={"next_version": C.c.next_version + 1}
             )
             .returning(C.c.next_version)
+        )
+        # A namespace's quota usage in one round trip (services/quotas.py checks it).
+        DS, UP = schema.datasets, schema.dataset_uploads
+        ns = param("namespace")
+        self.usage = sa.select(
+            sa.select(sa.func.count())
+            .where(J.c.namespace == ns, sa.or_(J.c.state == _QUEUED, J.c.state == _RUNNING))
+            .scalar_subquery()
+            .label("active_jobs"),
+            sa.select(sa.func.coalesce(sa.func.sum(DS.c.size_bytes), 0))
+            .where(DS.c.namespace == ns)
+            .scalar_subquery()
+            .label("dataset_bytes"),
+            # Uploads past their TTL are as good as gone (the sweep drops them): not counted.
+            sa.select(sa.func.coalesce(sa.func.sum(UP.c.received), 0))
+            .where(UP.c.namespace == ns, UP.c.touched_at >= d.later("ttl_s"))
+            .scalar_subquery()
+            .label("upload_bytes"),
+            sa.select(sa.func.count())
+            .where(AV.c.namespace == ns, AV.c.deleted == sa.false())
+            .scalar_subquery()
+            .label("adapter_versions"),
         )
         self.changes = sa.select(AV).where(AV.c.seq > param("after")).order_by(AV.c.seq).limit(param("limit"))
         self.all = [v for v in vars(self).values() if isinstance(v, sa.Executable)]

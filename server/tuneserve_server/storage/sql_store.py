@@ -11,7 +11,8 @@ backend: sqlite_store.SqliteDialect, postgres_store.PostgresDialect):
 * upserts (the dialect-specific INSERT ... ON CONFLICT construct);
 * what happens after a registry change commits: NOTIFY on PostgreSQL, nothing on SQLite.
 
-Everything else is the same SQL on both. Locks: a claim takes the oldest QUEUED job with
+Everything else is the same SQL on both. Locks: a claim takes the fairest QUEUED job (the oldest
+of the namespace with the fewest RUNNING jobs: sql_statements.py) with
 `SELECT ... FOR UPDATE SKIP LOCKED` (SQLite compiles FOR UPDATE away; BEGIN IMMEDIATE already
 made the transaction exclusive), so competing PostgreSQL workers skip a row another one is
 taking. Lease reaping is one UPDATE over the expired rows; PostgreSQL re-checks its WHERE
@@ -248,6 +249,14 @@ class SqlStore(DatasetsMixin, RegistryMixin):
             if state is JobState.QUEUED:
                 self._state_event(tx, job_id, JobState.CANCELLED, "cancelled by request")
         return job_from_row(row)
+
+    def namespace_usage(self, namespace: str) -> dict[str, int]:
+        if has_nul(namespace):
+            return dict.fromkeys(("active_jobs", "dataset_bytes", "upload_bytes", "adapter_versions"), 0)
+        with self._autocommit() as tx:
+            row = tx.row(self._q.usage, namespace=namespace, ttl_s=-float(self.upload_ttl_s))
+        assert row is not None
+        return {k: int(v) for k, v in row.items()}
 
     # ------------------------------------------------------------------ jobs, worker side
     def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec] | None:

@@ -88,7 +88,7 @@ class TinyBase:
         model.load_state_dict(self.state)
         return model.eval()
 
-    def serving_registry(self, *, max_resident: int = 4, max_rank: int = 8, dtype=None):
+    def serving_registry(self, *, max_resident: int = 4, max_rank: int = 8, dtype=None, pin_reserve=None):
         """The base served the way InferenceEngine._load serves it: a fresh encoder in the
         serving dtype, its LoRA bank, and the AdapterRegistry over them."""
         import torch
@@ -110,6 +110,7 @@ class TinyBase:
             max_rank=max_rank,
             device="cpu",
             dtype=dtype,
+            pin_reserve=pin_reserve,
         )
 
     def peft_model(self):

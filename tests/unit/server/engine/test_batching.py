@@ -313,3 +313,77 @@ def test_without_regrouping_the_quick_caller_runs_alone():
 
     batches = run_with_batcher(rec, body, max_batch_rows=2, max_wait_ms=0.0, regroup_fraction=0.0)
     assert batches[1:] == [[(KEY_A, ("a2",))], [(KEY_B, ("b2",))]]
+
+
+# ---------------------------------------------------------------- fairness across namespaces
+A_KEY = AdapterKey("tenant-a", "flood", 1)
+B_KEY = AdapterKey("tenant-b", "single", 1)
+
+
+def test_a_flooding_namespace_does_not_delay_another_ones_row_past_the_next_batch():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):
+        rec.gate.clear()
+        first = asyncio.create_task(batcher.submit(A_KEY, [f"a0-{i}" for i in range(256)]))
+        await _until(rec.entered.is_set)  # A's first request is in flight
+        flood = [
+            asyncio.create_task(batcher.submit(A_KEY, [f"a{n}-{i}" for i in range(256)])) for n in range(1, 9)
+        ]
+        await _until(lambda: batcher.queued_rows == 8 * 256)
+        single = asyncio.create_task(batcher.submit(B_KEY, ["b"]))
+        await _until(lambda: batcher.queued_rows == 8 * 256 + 1)
+        rec.gate.set()
+        assert await single == ["single:b"]
+        await asyncio.gather(first, *flood)
+
+    run_with_batcher(rec, body, max_batch_rows=64, max_queue_rows=10_000)
+    served = next(i for i, batch in enumerate(rec.batches) if (B_KEY, ("b",)) in batch)
+    assert served == 1  # the batch right after the one in flight when it arrived
+    assert len(rec.batches) == 10  # each 256-row request a batch of its own, B's row alone
+
+
+def test_small_requests_of_two_namespaces_alternate_when_a_batch_cannot_hold_all():
+    rec = Recorder()
+
+    async def body(batcher: Batcher):
+        rec.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(KEY_A, ["hold"]))
+        await _until(rec.entered.is_set)
+        a = [asyncio.create_task(batcher.submit(A_KEY, [f"a{i}", f"a{i}'"])) for i in range(6)]
+        b = [asyncio.create_task(batcher.submit(B_KEY, [f"b{i}"])) for i in range(2)]
+        await _until(lambda: batcher.queued_rows == 14)
+        rec.gate.set()
+        await asyncio.gather(blocker, *a, *b)
+
+    run_with_batcher(rec, body, max_batch_rows=4)
+    # After the blocker, turns alternate: b (new: it goes first) b0, a0, b1, then a1 does
+    # not fit; B's rows, queued after all of A's, are all in the first batch.
+    firsts = [[texts[0] for _, texts in batch] for batch in rec.batches[1:]]
+    assert firsts == [["a0", "b0", "b1"], ["a1", "a2"], ["a3", "a4"], ["a5"]]
+    assert all(sum(len(t) for _, t in batch) <= 4 for batch in rec.batches)
+
+
+def test_a_namespace_past_its_queued_rows_quota_is_refused_while_others_are_taken():
+    from tuneserve_server.domain.errors import QuotaExceeded
+
+    rec = Recorder()
+
+    async def body(batcher: Batcher):
+        rec.gate.clear()
+        running = asyncio.create_task(batcher.submit(A_KEY, ["running"]))
+        await _until(rec.entered.is_set)  # taken: its row no longer counts as queued
+        queued = asyncio.create_task(batcher.submit(A_KEY, ["q1", "q2", "q3"]))
+        await _until(lambda: batcher.namespace_rows("tenant-a") == 3)
+        with pytest.raises(QuotaExceeded) as err:
+            await batcher.submit(A_KEY, ["x", "y"])
+        assert (err.value.quota, err.value.limit, err.value.used) == ("queued_predict_rows", 4, 3)
+        assert err.value.retry_after_s > 0 and "tenant-a" in err.value.message
+        other = asyncio.create_task(batcher.submit(B_KEY, ["b1", "b2", "b3", "b4"]))  # its own quota
+        fits = asyncio.create_task(batcher.submit(A_KEY, ["f"]))  # 3 + 1 <= 4
+        await _until(lambda: batcher.queued_rows == 8)
+        rec.gate.set()
+        await asyncio.gather(running, queued, other, fits)
+        assert batcher.namespace_rows("tenant-a") == batcher.namespace_rows("tenant-b") == 0
+
+    run_with_batcher(rec, body, namespace_queue_rows=4)

@@ -56,8 +56,8 @@ def world(tmp_path_factory, make_tiny_base, tokenizer):
     return base, store
 
 
-def make_registry(base, *, max_resident: int = 4, dtype=torch.float32) -> AdapterRegistry:
-    return base.serving_registry(max_resident=max_resident, max_rank=8, dtype=dtype)
+def make_registry(base, *, max_resident: int = 4, dtype=torch.float32, pin_reserve=None) -> AdapterRegistry:
+    return base.serving_registry(max_resident=max_resident, max_rank=8, dtype=dtype, pin_reserve=pin_reserve)
 
 
 def run(world, tokenizer, registry, keys) -> list[list[ClassScores] | Exception]:
@@ -141,7 +141,7 @@ def test_loads_evictions_and_unloads_keep_the_bank_in_step(world, tokenizer):
 
 def test_a_full_bank_of_pinned_adapters_refuses_the_next(world):
     _, store = world
-    reg = make_registry(world[0], max_resident=1)
+    reg = make_registry(world[0], max_resident=1, pin_reserve=0)  # every slot may be pinned
     reg.ensure(KEY_A, store.open(*_parts(KEY_A)))
     reg.set_pinned(KEY_A, True)
     with pytest.raises(FailedPrecondition, match="pinned"):
@@ -180,3 +180,21 @@ def test_500_loads_and_unloads_leave_the_bank_and_memory_flat(world):
 
 def _parts(key: AdapterKey) -> tuple[str, str, int]:
     return key.namespace, key.name, key.version
+
+
+def test_pins_never_take_the_last_free_slots(world):
+    _, store = world
+    reg = make_registry(world[0], max_resident=4)  # default reserve: max(2, 4 // 4) = 2 unpinned
+    assert reg.pin_reserve == 2
+    keys = [AdapterKey("default", "p", v) for v in (1, 2, 3)]
+    for key in keys:
+        reg.ensure(key, store.open(*_parts(KEY_A)))
+    assert reg.set_pinned(keys[0], True) and reg.set_pinned(keys[1], True)
+    assert reg.set_pinned(keys[1], True)  # pinning a pinned version again is no new pin
+    with pytest.raises(FailedPrecondition, match="2 must stay unpinned"):
+        reg.set_pinned(keys[2], True)
+    assert reg.pinned_count() == 2 and reg.pinned_count("default") == 2 and reg.pinned_count("x") == 0
+    for v in (4, 5, 6):  # the unpinned slots still rotate: loads evict unpinned ones only
+        reg.ensure(AdapterKey("default", "q", v), store.open(*_parts(KEY_A)))
+    assert set(keys[:2]) <= set(reg.resident_keys())
+    assert reg.set_pinned(keys[0], False) and reg.set_pinned(AdapterKey("default", "q", 6), True)

@@ -14,8 +14,14 @@ import pytest
 
 from tuneserve_server.app import build_services
 from tuneserve_server.config import Settings
-from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest, NotFound, NotReady
-from tuneserve_server.domain.jobs import JobSpec, TaskType
+from tuneserve_server.domain.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    NotReady,
+    QuotaExceeded,
+)
+from tuneserve_server.domain.jobs import JobSpec, JobState, TaskType
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.engine.generation import SamplingParams
@@ -86,7 +92,13 @@ class Parts:
 
 
 def run_with(
-    tiny_model_dir, make_spec, tmp_path: Path, body: Callable[[Parts], Awaitable[None]], *, start: bool = True
+    tiny_model_dir,
+    make_spec,
+    tmp_path: Path,
+    body: Callable[[Parts], Awaitable[None]],
+    *,
+    start: bool = True,
+    **settings_overrides: object,
 ) -> None:
     base, model_dir = tiny_model_dir
     settings = Settings(
@@ -96,6 +108,7 @@ def run_with(
         registry_poll_s=3600,
         max_text_chars=50,
         max_predict_inputs=3,
+        **settings_overrides,
     )
     store = SqliteStore(tmp_path / "jobs.db")
     adapter_store = LocalAdapterStore(tmp_path / "adapters")
@@ -327,3 +340,155 @@ def test_prediction_checks_inputs_once_then_classifies(tiny_model_dir, make_spec
         assert [sorted(s.labels) for s in result.scores] == [["neg", "pos"], ["neg", "pos"]]
 
     run_with(tiny_model_dir, make_spec, tmp_path, body)
+
+
+# ---------------------------------------------------------------- tenant quotas
+def _train(request_id: str, namespace: str = NS) -> TrainInput:
+    labels = ("pos", "neg")
+    return TrainInput(
+        namespace=namespace,
+        adapter_name="intents",
+        task=TaskType.CLASSIFICATION,
+        request_id=request_id,
+        train=[(f"w{i} w{i + 1}", labels[i % 2]) for i in range(8)],
+        validation=[],
+    )
+
+
+def test_train_is_refused_past_the_active_jobs_and_adapter_versions_quotas(
+    tiny_model_dir, make_spec, tmp_path
+):
+    async def body(p: Parts) -> None:
+        p.publish("old")
+        p.publish("old")  # 2 versions stored
+        assert (await p.services.training.submit(_train("r0"))).created  # 2 + 1 active + 1 <= 3
+        with pytest.raises(QuotaExceeded) as err:  # 2 stored + 1 active + this one > 3
+            await p.services.training.submit(_train("r1"))
+        e = err.value
+        assert (e.quota, e.limit, e.used) == ("adapter_versions", 3, 3) and e.retry_after_s == 0
+        assert "one per queued or running job" in e.message and NS in e.message
+        p.services.training.quotas = replace(p.services.training.quotas, adapter_versions=0)  # unlimited
+        assert (await p.services.training.submit(_train("r1"))).created
+        with pytest.raises(QuotaExceeded) as err:
+            await p.services.training.submit(_train("r2"))
+        e = err.value
+        assert (e.quota, e.limit, e.used) == ("active_jobs", 2, 2) and e.retry_after_s > 0
+        assert (await p.services.training.submit(_train("r0", "team-b"))).created  # its own quota
+        claimed = p.store.claim_job("w", 60)  # a job of ours ends: room for one more
+        assert claimed is not None and claimed[0].namespace == NS
+        p.store.finish_job(claimed[0].id, "w", JobState.FAILED, "x")
+        assert (await p.services.training.submit(_train("r2"))).created
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body, quota_active_jobs=2, quota_adapter_versions=3)
+
+
+def test_uploads_are_refused_past_the_dataset_and_upload_byte_quotas(tiny_model_dir, make_spec, tmp_path):
+    async def body(p: Parts) -> None:
+        content = _csv()  # ~400 bytes
+        size = len(content)
+        # declared size past the unfinished-upload quota: refused at the start, nothing kept
+        with pytest.raises(QuotaExceeded) as err:
+            await p.services.datasets.upload(_parts(_header(content, "big"), "not read"))
+        assert (err.value.quota, err.value.limit, err.value.used) == ("upload_bytes", size - 1, 0)
+        assert p.store.namespace_usage(NS)["upload_bytes"] == 0
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body, quota_upload_bytes=len(_csv()) - 1)
+
+    async def chunks(p: Parts) -> None:
+        content = _csv()
+        half = len(content) // 2
+        # a half-sent upload holds `half` bytes; a second upload's chunk passes the quota
+        with pytest.raises(ConnectionError):
+            await p.services.datasets.upload(
+                _cut_parts(_header(content, "u1"), UploadChunk(0, content[:half]), _Cut())
+            )
+        assert p.store.namespace_usage(NS)["upload_bytes"] == half
+        other = _csv(23)
+        with pytest.raises(QuotaExceeded) as err:  # refused at its start: its size does not fit
+            await p.services.datasets.upload(_parts(_header(other, "u2"), UploadChunk(0, other)))
+        assert err.value.quota == "upload_bytes" and err.value.used == half
+        # finishing the first one frees its upload bytes and stores it as a dataset
+        dataset, created = await p.services.datasets.upload(
+            _parts(_header(content, "u1"), UploadChunk(half, content[half:]))
+        )
+        assert created and p.store.namespace_usage(NS) == {
+            "active_jobs": 0,
+            "dataset_bytes": len(content),
+            "upload_bytes": 0,
+            "adapter_versions": 0,
+        }
+        # now the stored bytes leave no room for another file of that size
+        with pytest.raises(QuotaExceeded) as err:
+            await p.services.datasets.upload(_parts(_header(content, "u3"), "not read"))
+        assert (err.value.quota, err.value.used) == ("dataset_bytes", len(content))
+        await p.services.datasets.delete(NS, dataset.id)
+        _, created = await p.services.datasets.upload(_parts(_header(content, "u4"), UploadChunk(0, content)))
+        assert created
+
+    n = len(_csv())
+    run_with(
+        tiny_model_dir,
+        make_spec,
+        tmp_path / "chunks",
+        chunks,
+        quota_upload_bytes=n,
+        quota_dataset_bytes=n + n // 2,
+    )
+
+
+class _Cut:
+    """An upload stream part that stands for the connection dropping mid-upload."""
+
+
+async def _cut_parts(*parts: object) -> AsyncIterator[object]:
+    for part in parts:
+        if isinstance(part, _Cut):
+            raise ConnectionError("client went away")
+        yield part
+
+
+def test_pins_are_capped_per_namespace(tiny_model_dir, make_spec, tmp_path):
+    async def body(p: Parts) -> None:
+        for name in ("a", "b", "c"):
+            p.publish(name)
+        await p.engine.refresh()
+        await p.services.adapters.load(AdapterRef(NS, "a"), pin=True)
+        await p.services.adapters.load(AdapterRef(NS, "b"), pin=True)
+        await p.services.adapters.load(AdapterRef(NS, "a"), pin=True)  # already pinned: no new pin
+        with pytest.raises(QuotaExceeded) as err:
+            await p.services.adapters.load(AdapterRef(NS, "c"), pin=True)
+        assert (err.value.quota, err.value.limit, err.value.used) == ("pinned_adapters", 2, 2)
+        loaded = await p.services.adapters.load(AdapterRef(NS, "c"), pin=False)  # loading is fine
+        assert not loaded.pinned
+        await p.services.adapters.unload(AdapterRef(NS, "a"))
+        assert (await p.services.adapters.load(AdapterRef(NS, "c"), pin=True)).pinned
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body, quota_pinned_adapters=2)
+
+
+def test_an_upload_chunk_is_refused_when_other_uploads_filled_the_quota_meanwhile(
+    tiny_model_dir, make_spec, tmp_path
+):
+    async def body(p: Parts) -> None:
+        content, small = _csv(), _csv(4)
+        passed_start, go = asyncio.Event(), asyncio.Event()
+
+        async def slow() -> AsyncIterator[object]:
+            yield _header(content, "slow")
+            passed_start.set()  # the next part is asked for once the start's checks passed
+            await go.wait()
+            yield UploadChunk(0, content)
+
+        slow_upload = asyncio.create_task(p.services.datasets.upload(slow()))
+        await passed_start.wait()
+        with pytest.raises(ConnectionError):  # meanwhile another upload holds some bytes
+            await p.services.datasets.upload(
+                _cut_parts(_header(small, "quick"), UploadChunk(0, small[:50]), _Cut())
+            )
+        go.set()
+        with pytest.raises(QuotaExceeded) as err:
+            await slow_upload
+        assert (err.value.quota, err.value.limit, err.value.used) == ("upload_bytes", len(content), 50)
+        assert p.store.namespace_usage(NS)["upload_bytes"] == 50  # the refused chunk was not stored
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body, quota_upload_bytes=len(_csv()))
