@@ -53,6 +53,17 @@ def build_services(
     )
 
 
+async def sweep_uploads_every(interval_s: float, datasets: DatasetService) -> None:
+    """Every `interval_s`, forget uploads idle past the TTL (starting an upload sweeps too):
+    an abandoned upload goes even when no other one comes. Runs until cancelled."""
+    while True:
+        try:
+            await datasets.sweep_uploads()
+        except Exception:  # a database hiccup: try again next round
+            log.exception("upload sweep failed")
+        await asyncio.sleep(interval_s)
+
+
 class App:
     """The API role: stores, the engine, the services over them and the gRPC server. It
     starts answering at once (health NOT_SERVING), loads the base model, then reports
@@ -69,21 +80,13 @@ class App:
     async def start(self) -> int:
         port = await self.api.start()
         if self.settings.upload_sweep_interval_s > 0:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_uploads())
+            self._sweeper = asyncio.get_running_loop().create_task(
+                sweep_uploads_every(self.settings.upload_sweep_interval_s, self.services.datasets)
+            )
         await self.engine.start()
         await self.api.set_serving(True)
         log.info("serving", base_model=self.engine.source.model_id)
         return port
-
-    async def _sweep_uploads(self) -> None:
-        """Every upload_sweep_interval_s, forget uploads idle past the TTL (starting an
-        upload sweeps too): an abandoned upload goes even when no other one comes."""
-        while True:
-            try:
-                await self.services.datasets.sweep_uploads()
-            except Exception:  # a database hiccup: try again next round
-                log.exception("upload sweep failed")
-            await asyncio.sleep(self.settings.upload_sweep_interval_s)
 
     async def stop(self) -> None:
         """Drain: health NOT_SERVING (still answering for drain_delay_s so balancers move
