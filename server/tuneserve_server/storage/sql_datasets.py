@@ -210,6 +210,8 @@ class DatasetsMixin:
         Without `content` the upload's chunk rows become the dataset's bytes (no copy);
         with it, the bytes are stored in the row and the chunks dropped."""
         with self._write() as tx:
+            if content is None:
+                self._check_complete(tx, record)
             row = tx.row(
                 self._d.insert(DS)
                 .values(
@@ -248,6 +250,25 @@ class DatasetsMixin:
             else:
                 self._drop_upload(tx, record.namespace, record.upload_id)
         return dataset_from_row(row), created
+
+    @staticmethod
+    def _check_complete(tx: Tx, record: DatasetRecord) -> None:
+        """The chunks about to become the dataset are all there: the upload was not
+        discarded or swept while it was being checked (a finished one is answered as is)."""
+        up = tx.row(
+            sa.select(UP.c.received)
+            .where(UP.c.namespace == record.namespace, UP.c.upload_id == record.upload_id)
+            .with_for_update()
+        )
+        if up is not None and int(up["received"]) == record.size_bytes:
+            return
+        done = tx.row(
+            sa.select(DS.c.id).where(DS.c.namespace == record.namespace, DS.c.upload_id == record.upload_id)
+        )
+        if done is None:
+            raise FailedPrecondition(
+                f"upload {record.upload_id!r} was discarded while it was being finished; send it again"
+            )
 
     @staticmethod
     def _dataset_not_found(namespace: str, dataset_id: str) -> NotFound:

@@ -105,6 +105,20 @@ def test_unfinished_uploads_are_listed_per_namespace_with_their_expiry(open_stor
     assert isinstance(again, UploadState) and again.received == 10
 
 
+def test_an_upload_discarded_while_it_was_checked_does_not_become_an_empty_dataset(store):
+    from tuneserve_server.domain.errors import FailedPrecondition
+
+    content = b'{"text":"a","label":"x"}\n'
+    _upload(store, "default", "gone", content, 10)
+    store.discard_upload("default", "gone")  # e.g. DeleteUpload from another replica
+    with pytest.raises(FailedPrecondition, match="discarded"):
+        store.finish_upload(_record("default", "gone", content, "ds-gone"))
+    assert store.list_datasets("default") == ([], "")
+    _upload(store, "default", "short", content[:10], 10, size_bytes=len(content))
+    with pytest.raises(FailedPrecondition):
+        store.finish_upload(_record("default", "short", content, "ds-short"))
+
+
 def test_discarding_an_upload_is_for_its_namespace_only(store):
     _upload(store, "team-a", "u", b"x" * 30, 10)
     assert store.discard_upload("team-b", "u") is False
