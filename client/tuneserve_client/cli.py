@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = dataset_cmds.add_parser(name, help=text)
         sub.add_argument("dataset_id", metavar="ID")
         sub.set_defaults(handler=handler)
+    dataset_cmds.add_parser(
+        "uploads", help="list unfinished uploads: bytes received and when each is forgotten"
+    ).set_defaults(handler=_cmd_datasets_uploads)
+    discard = dataset_cmds.add_parser("discard", help="forget an unfinished upload and its bytes")
+    discard.add_argument("upload_id", metavar="UPLOAD_ID")
+    discard.set_defaults(handler=_cmd_datasets_discard)
     check = dataset_cmds.add_parser(
         "validate", help="run Train's data checks (no job): prints the data report"
     )
@@ -501,6 +507,28 @@ def _cmd_datasets_get(client: Client, args: argparse.Namespace, out: TextIO) -> 
 def _cmd_datasets_delete(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     client.delete_dataset(args.dataset_id)
     _emit(out, args, {"deleted": args.dataset_id}, f"deleted {args.dataset_id}")
+    return 0
+
+
+def _cmd_datasets_uploads(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    uploads = list(client.list_uploads())
+    rows = [
+        [
+            u.upload_id,
+            u.display_name,
+            f"{u.received_bytes}/{u.size_bytes}",
+            _time(u.last_chunk_at),
+            _time(u.expires_at),
+        ]
+        for u in uploads
+    ]
+    _emit(out, args, uploads, _table(["UPLOAD_ID", "NAME", "BYTES", "LAST CHUNK", "EXPIRES"], rows))
+    return 0
+
+
+def _cmd_datasets_discard(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    client.discard_upload(args.upload_id)
+    _emit(out, args, {"discarded": args.upload_id}, f"discarded upload {args.upload_id}")
     return 0
 
 

@@ -31,9 +31,11 @@ from tuneserve_client.reports import (
     DataReport,
     Dataset,
     JobEvent,
+    Upload,
     data_report_from_pb,
     dataset_from_pb,
     job_event_from_pb,
+    upload_from_pb,
 )
 from tuneserve_client.types import (
     Adapter,
@@ -439,6 +441,17 @@ class Client:
     def delete_dataset(self, dataset_id: str, *, timeout: float | None = None) -> None:
         request = datasets_pb2.DeleteDatasetRequest(namespace=self.namespace, dataset_id=dataset_id)
         self._call(self._datasets.DeleteDataset, request, timeout)
+
+    def list_uploads(self, *, page_size: int | None = None, timeout: float | None = None) -> Iterator[Upload]:
+        """Unfinished uploads the server holds for this namespace (by upload_id); pages
+        are fetched lazily."""
+        request = datasets_pb2.ListUploadsRequest(namespace=self.namespace, page_size=page_size or 0)
+        return self._pages(self._datasets.ListUploads, request, "uploads", upload_from_pb, timeout)
+
+    def discard_upload(self, upload_id: str, *, timeout: float | None = None) -> None:
+        """Forget an unfinished upload and the bytes received (NotFound when none)."""
+        request = datasets_pb2.DeleteUploadRequest(namespace=self.namespace, upload_id=upload_id)
+        self._call(self._datasets.DeleteUpload, request, timeout)
 
     def validate_dataset(
         self,

@@ -151,3 +151,27 @@ def job_event_from_pb(pb: training_pb2.JobEvent) -> JobEvent:
         metrics=dict(pb.metrics),
         message=pb.message,
     )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An unfinished upload the server holds (ListUploads): resume it by sending the same
+    file with its `upload_id`, or discard it."""
+
+    upload_id: str
+    display_name: str
+    received_bytes: int
+    size_bytes: int
+    last_chunk_at: datetime | None
+    expires_at: datetime | None
+
+
+def upload_from_pb(pb: datasets_pb2.Upload) -> Upload:
+    return Upload(
+        upload_id=pb.upload_id,
+        display_name=pb.display_name,
+        received_bytes=pb.received_bytes,
+        size_bytes=pb.size_bytes,
+        last_chunk_at=time_of(pb, "last_chunk_time"),
+        expires_at=time_of(pb, "expire_time"),
+    )

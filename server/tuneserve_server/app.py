@@ -53,6 +53,17 @@ def build_services(
     )
 
 
+async def sweep_uploads_every(interval_s: float, datasets: DatasetService) -> None:
+    """Every `interval_s`, forget uploads idle past the TTL (starting an upload sweeps too):
+    an abandoned upload goes even when no other one comes. Runs until cancelled."""
+    while True:
+        try:
+            await datasets.sweep_uploads()
+        except Exception:  # a database hiccup: try again next round
+            log.exception("upload sweep failed")
+        await asyncio.sleep(interval_s)
+
+
 class App:
     """The API role: stores, the engine, the services over them and the gRPC server. It
     starts answering at once (health NOT_SERVING), loads the base model, then reports
@@ -64,9 +75,14 @@ class App:
         self.engine = InferenceEngine(settings, self.store, self.adapter_store)
         self.services = build_services(settings, self.store, self.adapter_store, self.engine)
         self.api = ApiServer(settings, self.services)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         port = await self.api.start()
+        if self.settings.upload_sweep_interval_s > 0:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                sweep_uploads_every(self.settings.upload_sweep_interval_s, self.services.datasets)
+            )
         await self.engine.start()
         await self.api.set_serving(True)
         log.info("serving", base_model=self.engine.source.model_id)
@@ -76,6 +92,8 @@ class App:
         """Drain: health NOT_SERVING (still answering for drain_delay_s so balancers move
         away), then refuse new calls and give in-flight ones grace_s to finish."""
         await self.api.set_serving(False)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.settings.drain_delay_s:
             await asyncio.sleep(self.settings.drain_delay_s)
         await self.api.stop(self.settings.grace_s)

@@ -145,6 +145,52 @@ class DeleteDatasetResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class Upload(_message.Message):
+    __slots__ = ("upload_id", "display_name", "received_bytes", "size_bytes", "last_chunk_time", "expire_time")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHUNK_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    display_name: str
+    received_bytes: int
+    size_bytes: int
+    last_chunk_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, upload_id: _Optional[str] = ..., display_name: _Optional[str] = ..., received_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., last_chunk_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListUploadsRequest(_message.Message):
+    __slots__ = ("namespace", "page_size", "page_token")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    page_size: int
+    page_token: str
+    def __init__(self, namespace: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListUploadsResponse(_message.Message):
+    __slots__ = ("uploads", "next_page_token")
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    uploads: _containers.RepeatedCompositeFieldContainer[Upload]
+    next_page_token: str
+    def __init__(self, uploads: _Optional[_Iterable[_Union[Upload, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteUploadRequest(_message.Message):
+    __slots__ = ("namespace", "upload_id")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    upload_id: str
+    def __init__(self, namespace: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
+
+class DeleteUploadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ValidateDatasetRequest(_message.Message):
     __slots__ = ("namespace", "task", "dataset_id", "training_examples", "validation_dataset_id", "validation_examples", "validation_fraction", "max_seq_length")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

@@ -61,6 +61,16 @@ class DatasetServiceStub:
                 request_serializer=tuneserve_dot_v1_dot_datasets__pb2.ValidateDatasetRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_datasets__pb2.ValidateDatasetResponse.FromString,
                 _registered_method=True)
+        self.ListUploads = channel.unary_unary(
+                '/tuneserve.v1.DatasetService/ListUploads',
+                request_serializer=tuneserve_dot_v1_dot_datasets__pb2.ListUploadsRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_datasets__pb2.ListUploadsResponse.FromString,
+                _registered_method=True)
+        self.DeleteUpload = channel.unary_unary(
+                '/tuneserve.v1.DatasetService/DeleteUpload',
+                request_serializer=tuneserve_dot_v1_dot_datasets__pb2.DeleteUploadRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_datasets__pb2.DeleteUploadResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -107,6 +117,22 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUploads(self, request, context):
+        """Unfinished uploads of the namespace (by upload_id): what has arrived and when each is
+        forgotten. An upload with no chunk for the server's upload TTL is swept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUpload(self, request, context):
+        """Forget an unfinished upload and its bytes now. NOT_FOUND when there is none (a
+        finished upload is a dataset: DeleteDataset).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +160,16 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.ValidateDataset,
                     request_deserializer=tuneserve_dot_v1_dot_datasets__pb2.ValidateDatasetRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_datasets__pb2.ValidateDatasetResponse.SerializeToString,
+            ),
+            'ListUploads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUploads,
+                    request_deserializer=tuneserve_dot_v1_dot_datasets__pb2.ListUploadsRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_datasets__pb2.ListUploadsResponse.SerializeToString,
+            ),
+            'DeleteUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUpload,
+                    request_deserializer=tuneserve_dot_v1_dot_datasets__pb2.DeleteUploadRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_datasets__pb2.DeleteUploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +309,60 @@ class DatasetService:
             '/tuneserve.v1.DatasetService/ValidateDataset',
             tuneserve_dot_v1_dot_datasets__pb2.ValidateDatasetRequest.SerializeToString,
             tuneserve_dot_v1_dot_datasets__pb2.ValidateDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUploads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.DatasetService/ListUploads',
+            tuneserve_dot_v1_dot_datasets__pb2.ListUploadsRequest.SerializeToString,
+            tuneserve_dot_v1_dot_datasets__pb2.ListUploadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.DatasetService/DeleteUpload',
+            tuneserve_dot_v1_dot_datasets__pb2.DeleteUploadRequest.SerializeToString,
+            tuneserve_dot_v1_dot_datasets__pb2.DeleteUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,7 +21,7 @@ from tuneserve_server.domain.jobs import (
     JobState,
     TaskType,
 )
-from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord
+from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.engine.classifier import ClassScores
 from tuneserve_server.engine.generation import (
     FinishReason,
@@ -251,6 +251,17 @@ def dataset_pb(d: DatasetRecord) -> datasets_pb2.Dataset:
         usable_rows=d.usable_rows,
         created_at=_ts(d.created_at),
         report=data_report_pb(d.report) if d.report else None,
+    )
+
+
+def upload_pb(u: UploadState) -> datasets_pb2.Upload:
+    return datasets_pb2.Upload(
+        upload_id=u.upload_id,
+        display_name=u.display_name,
+        received_bytes=u.received,
+        size_bytes=u.declared_bytes,
+        last_chunk_time=_ts(u.touched_at),
+        expire_time=_ts(u.expires_at),
     )
 
 

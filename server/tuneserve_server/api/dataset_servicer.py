@@ -61,6 +61,22 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         return datasets_pb2.DeleteDatasetResponse()
 
     @rpc
+    async def ListUploads(self, request, context):
+        uploads, token = await self.datasets.list_uploads(
+            namespace_of(request.namespace), page_size=request.page_size, page_token=request.page_token
+        )
+        return datasets_pb2.ListUploadsResponse(
+            uploads=[convert.upload_pb(u) for u in uploads], next_page_token=token
+        )
+
+    @rpc
+    async def DeleteUpload(self, request, context):
+        await self.datasets.discard_upload(
+            namespace_of(request.namespace), require_id(request.upload_id, "upload_id")
+        )
+        return datasets_pb2.DeleteUploadResponse()
+
+    @rpc
     async def ValidateDataset(self, request, context):
         """Train's checks without a job: hard data errors come back in the report (this call
         succeeds); a malformed request is still INVALID_ARGUMENT."""

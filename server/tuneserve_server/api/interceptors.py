@@ -1,7 +1,8 @@
 """Server interceptor giving every RPC a request context: a request id (the caller's
 `x-request-id` metadata or a new one, returned in trailing metadata), structlog context
 (request_id, method, peer) for every log line of the call, an access log line, and the RPC
-count/latency metrics by method and status code."""
+count/latency metrics by method and status code. Every RPC kind passes through it: unary,
+client-streaming (UploadDataset), server-streaming (WatchJob, PredictStream) and bidi."""
 
 from __future__ import annotations
 
@@ -93,7 +94,19 @@ def _wrap_stream(inner: Callable[..., AsyncIterator[Any]], details: grpc.Handler
     return handler
 
 
+_MAKE_HANDLER = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every kind of handler: unary and client-streaming calls (UploadDataset) as
+    one awaited call, server- and bidi-streaming ones (WatchJob, PredictStream) as an
+    async generator, or as one awaited call when the handler writes with context.write."""
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -102,15 +115,13 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, handler_call_details),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, handler_call_details),
+        for kind, make in _MAKE_HANDLER.items():
+            inner = getattr(handler, kind)
+            if inner is None:
+                continue
+            wrap = _wrap_stream if inspect.isasyncgenfunction(inner) else _wrap_unary
+            return make(
+                wrap(inner, handler_call_details),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

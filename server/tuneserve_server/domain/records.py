@@ -57,3 +57,11 @@ class UploadState:
     upload_id: str
     header: dict[str, object]
     received: int
+    # Listing only (ListUploads); not part of what identifies the state.
+    display_name: str = field(default="", compare=False)
+    touched_at: datetime | None = field(default=None, compare=False)  # the last chunk's time
+    expires_at: datetime | None = field(default=None, compare=False)  # forgotten after this
+
+    @property
+    def declared_bytes(self) -> int:
+        return int(self.header.get("size_bytes", 0))  # type: ignore[call-overload]

@@ -8,7 +8,9 @@ upload_id). A client that lost its connection sends the same header and the file
 from any offset at or below what the server holds; chunks the server already has are
 compared byte for byte and skipped, the rest appended. The file is checked (size, SHA-256,
 every row parsed) only once it is complete; a file that fails is discarded so the next try
-starts clean."""
+starts clean. Finishing reads the stored chunks back one at a time: the hash, the parse and
+the report are all streamed, and the chunks become the dataset, so an upload at the size
+cap costs the API process a chunk and a few numbers per row, never the file."""
 
 from __future__ import annotations
 
@@ -17,21 +19,21 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 
 import structlog
 
 from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest, NotFound, Violations
-from tuneserve_server.domain.jobs import OptimizerSettings, TaskType
+from tuneserve_server.domain.jobs import Example, LabelledText, OptimizerSettings, TaskType
 from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.domain.records import DatasetRecord, UploadState
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.services.quotas import check_upload, quotas_of
 from tuneserve_server.services.readiness import require_ready
 from tuneserve_server.storage.job_store import JobStore
-from tuneserve_server.training.data_report import build_report
-from tuneserve_server.training.datafile import ParsedRows, parse_dataset
+from tuneserve_server.training.data_report import StreamingReport
+from tuneserve_server.training.datafile import ParsedRows, parse_dataset, scan_dataset
 
 log = structlog.get_logger("tuneserve.services")
 
@@ -105,11 +107,14 @@ class UploadSession:
         self.namespace = header.namespace
         self.done: DatasetRecord | None = None
         self.received = 0
-        self._stored: bytes | None = None  # the bytes held before this call, read on demand
 
     def begin(self) -> DatasetRecord | None:
         """Start or resume; returns the dataset when this upload_id already finished."""
-        state = self.store.begin_upload(self.namespace, self.header.upload_id, self.header.identity())
+        state = self.store.begin_upload(
+            self.namespace,
+            self.header.upload_id,
+            {**self.header.identity(), "display_name": self.header.display_name},
+        )
         if isinstance(state, UploadState):
             self.received = state.received
             return None
@@ -128,19 +133,29 @@ class UploadSession:
                 f"of upload {self.header.upload_id!r}; send from offset {self.received}"
             )
         overlap = min(end, self.received) - offset
-        if overlap > 0:  # a re-sent chunk: it must match what is already stored
-            if self._stored is None:
-                self._stored = self.store.upload_bytes(self.namespace, self.header.upload_id)
-            if self._stored[offset : offset + overlap] != data[:overlap]:
-                raise FailedPrecondition(
-                    f"re-sent bytes at offset {offset} differ from the ones already uploaded; "
-                    "start over with a new upload_id"
-                )
+        # A re-sent chunk: it must match what is already stored.
+        if overlap > 0 and self._stored_bytes(offset, overlap) != data[:overlap]:
+            raise FailedPrecondition(
+                f"re-sent bytes at offset {offset} differ from the ones already uploaded; "
+                "start over with a new upload_id"
+            )
         if end > self.received:
             fresh = data[max(overlap, 0) :]
             self.received = self.store.add_upload_chunk(
                 self.namespace, self.header.upload_id, self.received, fresh
             )
+
+    def _stored_bytes(self, offset: int, length: int) -> bytes:
+        """`length` stored bytes from `offset`, read a chunk at a time."""
+        out = bytearray()
+        for chunk in self.store.iter_upload_chunks(self.namespace, self.header.upload_id, offset):
+            out += chunk[: length - len(out)]
+            if len(out) >= length:
+                break
+        return bytes(out)
+
+    def _chunks(self) -> Iterator[bytes]:
+        return self.store.iter_upload_chunks(self.namespace, self.header.upload_id)
 
     def finish(
         self,
@@ -157,38 +172,34 @@ class UploadSession:
                 f"upload {h.upload_id!r} is incomplete: {self.received} of {h.size_bytes} bytes; "
                 f"send the rest from offset {self.received} with the same upload_id"
             )
-        content = self.store.upload_bytes(self.namespace, h.upload_id)
-        digest = hashlib.sha256(content).hexdigest()
-        if digest != h.sha256:
+        digest = hashlib.sha256()
+        for chunk in self._chunks():
+            digest.update(chunk)
+        if digest.hexdigest() != h.sha256:
             self.store.discard_upload(self.namespace, h.upload_id)
             raise InvalidRequest.field(
                 "header.sha256",
-                f"the uploaded bytes hash to {digest}, not {h.sha256}; the upload was discarded, send it again",
+                f"the uploaded bytes hash to {digest.hexdigest()}, not {h.sha256}; the upload was "
+                "discarded, send it again",
             )
         assert h.task is not None
+        read = functools.partial(
+            scan_dataset,
+            fmt=h.format,
+            task=h.task,
+            text_field=h.text_field,
+            label_field=h.label_field,
+            max_text_chars=max_text_chars,
+            field="header",
+        )
+        stream = StreamingReport(h.task, token_lengths=count_tokens, max_seq_length=max_seq_length)
         try:
-            parsed = parse_dataset(
-                content,
-                h.format,
-                h.task,
-                text_field=h.text_field,
-                label_field=h.label_field,
-                max_text_chars=max_text_chars,
-                field="header",
-            )
+            total_rows = read(self._chunks(), sink=stream)
         except InvalidRequest:
             self.store.discard_upload(self.namespace, h.upload_id)
             raise
-        report = build_report(
-            h.task,
-            parsed.examples,
-            [],
-            total_rows=parsed.total_rows,
-            dropped=parsed.dropped,
-            token_lengths=count_tokens,
-            max_seq_length=max_seq_length,
-        )
-        if not parsed.examples:
+        report = stream.finish(total_rows, lambda row: _text_of_row(read, self._chunks(), row))
+        if not report.usable_rows:
             self.store.discard_upload(self.namespace, h.upload_id)
             raise InvalidRequest.field("chunk.data", f"the file has no usable rows: {report.error_summary()}")
         record = DatasetRecord(
@@ -199,14 +210,42 @@ class UploadSession:
             format=h.format,
             size_bytes=h.size_bytes,
             sha256=h.sha256,
-            rows=parsed.total_rows,
-            usable_rows=parsed.usable_rows,
+            rows=total_rows,
+            usable_rows=report.usable_rows,
             report=report.to_dict(),
             text_field=h.text_field,
             label_field=h.label_field,
             upload_id=h.upload_id,
         )
-        return self.store.finish_upload(record, content)
+        return self.store.finish_upload(record)
+
+
+class _Found(Exception):
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _RowText:
+    """A row sink that stops the scan at one row and keeps its text."""
+
+    def __init__(self, row: int) -> None:
+        self.row = row
+
+    def example(self, row: int, example: Example) -> None:
+        if row == self.row:
+            raise _Found(example.text if isinstance(example, LabelledText) else "")
+
+    def drop(self, row: int, reason: str) -> None:
+        pass
+
+
+def _text_of_row(read: Callable[..., int], chunks: Iterator[bytes], row: int) -> str:
+    """One row's text, by reading the file again up to it (the report quotes one row)."""
+    try:
+        read(chunks, sink=_RowText(row))
+    except _Found as found:
+        return found.text
+    return ""
 
 
 def load_rows(
@@ -330,3 +369,23 @@ class DatasetService:
         h = session.header
         usage = await asyncio.to_thread(self.store.namespace_usage, h.namespace)
         check_upload(self.quotas, usage, h.namespace, declared=h.size_bytes, adding=fresh)
+
+    async def list_uploads(
+        self, namespace: str, *, page_size: int, page_token: str
+    ) -> tuple[list[UploadState], str]:
+        """The namespace's unfinished uploads (an owner sees only its own namespace)."""
+        return await asyncio.to_thread(
+            functools.partial(self.store.list_uploads, namespace, page_size=page_size, page_token=page_token)
+        )
+
+    async def discard_upload(self, namespace: str, upload_id: str) -> None:
+        if not await asyncio.to_thread(self.store.discard_upload, namespace, upload_id):
+            raise NotFound(f"upload {upload_id!r} not found in namespace {namespace!r}")
+        log.info("upload discarded", upload_id=upload_id)
+
+    async def sweep_uploads(self) -> int:
+        """Forget uploads idle past the TTL (the API server's timer; starts sweep too)."""
+        swept = await asyncio.to_thread(self.store.sweep_uploads)
+        if swept:
+            log.info("uploads swept", count=swept)
+        return swept

@@ -5,7 +5,7 @@ adapter version it publishes must commit together."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from tuneserve_server.domain.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
@@ -86,21 +86,38 @@ class JobStore(Protocol):
     ) -> list[JobEvent]:
         """Events with sequence > after_seq, in order. NotFound for a job not in namespace."""
 
-    # --- datasets: uploads arrive in chunks, are verified and parsed, then stored whole
+    # --- datasets: uploads arrive in chunks, are verified and parsed as a stream, then kept
     def begin_upload(self, namespace: str, upload_id: str, header: dict) -> UploadState | DatasetRecord:
-        """Start or resume an upload (AlreadyExists when upload_id names another file); a
-        finished upload_id returns its dataset."""
+        """Start or resume an upload (AlreadyExists when upload_id names another file; a
+        "display_name" key is kept for listing, not compared); a finished upload_id returns
+        its dataset."""
 
     def add_upload_chunk(self, namespace: str, upload_id: str, offset: int, data: bytes) -> int:
         """Append bytes at `offset`, which must equal the bytes received so far; returns
         the new total."""
 
-    def upload_bytes(self, namespace: str, upload_id: str) -> bytes: ...
+    def iter_upload_chunks(self, namespace: str, upload_id: str, start: int = 0) -> Iterator[bytes]:
+        """An open upload's bytes from `start`, in order, a stored chunk at a time."""
 
-    def discard_upload(self, namespace: str, upload_id: str) -> None: ...
+    def upload_bytes(self, namespace: str, upload_id: str) -> bytes:
+        """An open upload's bytes joined (b"" when there is none)."""
 
-    def finish_upload(self, record: DatasetRecord, content: bytes) -> tuple[DatasetRecord, bool]:
-        """Store the dataset and drop its upload, in one transaction; (dataset, created)."""
+    def discard_upload(self, namespace: str, upload_id: str) -> bool:
+        """Forget an unfinished upload; False when there was none."""
+
+    def list_uploads(
+        self, namespace: str, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[UploadState], str]:
+        """Unfinished uploads of the namespace that have not expired, by upload_id."""
+
+    def sweep_uploads(self) -> int:
+        """Forget uploads idle for longer than the TTL; returns how many."""
+
+    def finish_upload(
+        self, record: DatasetRecord, content: bytes | None = None
+    ) -> tuple[DatasetRecord, bool]:
+        """Store the dataset and close its upload, in one transaction; (dataset, created).
+        Without `content` the upload's stored chunks become the dataset's bytes."""
 
     def get_dataset(self, namespace: str, dataset_id: str) -> DatasetRecord: ...
 

@@ -32,11 +32,15 @@ says which split they belong to."""
 from __future__ import annotations
 
 import enum
+import hashlib
 import unicodedata
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from tuneserve_server.domain.jobs import (
     CausalExample,
@@ -566,3 +570,295 @@ class _Builder:
             "max_seq_length or shorten them",
             train_over or val_over,
         )
+
+
+# ---------------------------------------------------------------------- as a stream
+def _digest(*parts: str) -> int:
+    """64 bits of BLAKE2b over the parts, 0xFF-separated (a byte UTF-8 never holds). What
+    the stream keeps per row instead of the text: two rows that differ collide with odds
+    of about n^2 / 2^65 (1e-8 for a million rows)."""
+    data = b"\xff".join(p.encode("utf-8", "surrogatepass") for p in parts)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+class StreamingReport:
+    """`build_report(task, rows, [], ...)` for a file read once, row by row (an upload):
+    it keeps a few fixed-size numbers per row (row number, label id, three 64-bit digests,
+    token length) in arrays, never the rows, and measures tokens in batches. The report is
+    the one `build_report` gives on the same rows (a test checks it). A text it must quote
+    (the first conflicting one) comes from `text_of_row`, which reads that row again."""
+
+    TOKEN_BATCH = 512
+
+    def __init__(
+        self,
+        task: TaskType,
+        *,
+        token_lengths: Callable[[list[str]], list[int]] | None = None,
+        max_seq_length: int | None = None,
+        thresholds: ReportThresholds = ReportThresholds(),
+        render: Callable[[CausalExample], str] = render_causal,
+    ) -> None:
+        self.task = task
+        self.measure = token_lengths
+        self.max_seq_length = max_seq_length
+        self.t = thresholds
+        self.render = render
+        self.rows = array("q")
+        self.label_ids = array("q")
+        self.text_keys = array("q")
+        self.exact_keys = array("q")
+        self.near_keys = array("q")
+        self.tokens = array("q")
+        self.labels: dict[str, int] = {}  # label -> id, in first-seen order
+        self.label_rows: list[list[int]] = []  # id -> its first MAX_EXAMPLE_ROWS rows
+        self.drops: dict[str, list[int]] = {}  # reason -> [count, first rows...]
+        self.first_drops: list[int] = []
+        self.n_dropped = 0
+        self._texts: list[str] = []
+
+    # RowSink: rows arrive in ascending order
+    def example(self, row: int, ex: Example) -> None:
+        self.rows.append(row)
+        text_key = _text_key(ex)
+        self.text_keys.append(_digest(text_key))
+        if isinstance(ex, LabelledText):
+            lid = self.labels.setdefault(ex.label, len(self.labels))
+            if lid == len(self.label_rows):
+                self.label_rows.append([])
+            if len(self.label_rows[lid]) < MAX_EXAMPLE_ROWS:
+                self.label_rows[lid].append(row)
+            self.label_ids.append(lid)
+            self.exact_keys.append(_digest(ex.text, ex.label))
+            self.near_keys.append(_digest(text_key, ex.label))
+        else:
+            self.label_ids.append(-1)
+            self.exact_keys.append(_digest(*(p for t in ex.conversation() for p in (t.role, t.content))))
+            self.near_keys.append(self.text_keys[-1])
+        if self.measure is not None:
+            self._texts.append(ex.text if isinstance(ex, LabelledText) else self.render(ex))
+            if len(self._texts) >= self.TOKEN_BATCH:
+                self._measure()
+
+    def drop(self, row: int, reason: str) -> None:
+        entry = self.drops.setdefault(reason, [0])
+        entry[0] += 1
+        if len(entry) <= MAX_EXAMPLE_ROWS:
+            entry.append(row)
+        if len(self.first_drops) < MAX_EXAMPLE_ROWS:
+            self.first_drops.append(row)
+        self.n_dropped += 1
+
+    def _measure(self) -> None:
+        assert self.measure is not None
+        lengths = list(self.measure(self._texts)) if self._texts else []
+        if len(lengths) != len(self._texts):
+            raise ValueError(f"token_lengths returned {len(lengths)} lengths for {len(self._texts)} texts")
+        self.tokens.extend(lengths)
+        self._texts = []
+
+    def finish(self, total_rows: int, text_of_row: Callable[[int], str]) -> DataReport:
+        if self.measure is not None:
+            self._measure()
+        issues: list[DataIssue] = []
+        fields: dict[str, Any] = {}
+        n = len(self.rows)
+        rows = np.frombuffer(self.rows, dtype=np.int64) if n else np.zeros(0, np.int64)
+
+        def issue(severity: Severity, code: str, message: str, first: Sequence[int]) -> None:
+            issues.append(DataIssue(severity, code, message, tuple(int(r) for r in first[:MAX_EXAMPLE_ROWS])))
+
+        # drops
+        entries = sorted(
+            (DroppedRows(reason, e[0], tuple(e[1:])) for reason, e in self.drops.items()),
+            key=lambda d: (-d.count, d.reason),
+        )
+        fields["dropped"] = tuple(entries)
+        why = ", ".join(f"{d.count} {d.reason}" for d in entries)
+        if not n:
+            detail = (
+                f"all {_plural(total_rows, 'row')} were dropped ({why})"
+                if self.n_dropped
+                else "the data has no rows"
+            )
+            issue(
+                Severity.ERROR,
+                "no_usable_rows",
+                f"no usable training rows: {detail}; fix the rows listed under dropped",
+                self.first_drops,
+            )
+        elif self.n_dropped:
+            issue(
+                Severity.WARNING,
+                "rows_dropped",
+                f"{self.n_dropped} of {_plural(total_rows, 'row')} were dropped ({why}), first at "
+                f"{_rows_text_n(self.first_drops, self.n_dropped)}; fix them to train on them",
+                self.first_drops,
+            )
+        labels_arr = np.frombuffer(self.label_ids, dtype=np.int64) if n else np.zeros(0, np.int64)
+        if self.task is TaskType.CLASSIFICATION:
+            self._labels(labels_arr, issue, fields)
+            self._conflicts(rows, labels_arr, issue, fields, text_of_row)
+        self._duplicates(rows, issue, fields)
+        fields["leaked_validation_rows"] = 0
+        if self.measure is not None and len(self.tokens):
+            self._token_fields(rows, issue, fields)
+        issues.sort(key=lambda i: i.severity is not Severity.ERROR)
+        return DataReport(
+            total_rows=total_rows,
+            usable_rows=n,
+            train_rows=n,
+            validation_rows=0,
+            issues=tuple(issues),
+            **fields,
+        )
+
+    def _labels(self, labels_arr: Any, issue: Callable[..., None], fields: dict[str, Any]) -> None:
+        names = list(self.labels)
+        counts = np.bincount(labels_arr, minlength=len(names)) if len(labels_arr) else np.zeros(0, np.int64)
+        train_counts = Counter({names[i]: int(c) for i, c in enumerate(counts)})
+        order = sorted(train_counts, key=lambda lb: (-train_counts[lb], lb))
+        fields["labels"] = tuple(LabelCount(lb, train_counts[lb], 0) for lb in order)
+        if train_counts:
+            most, least = max(train_counts.values()), min(train_counts.values())
+            ratio = most / least
+            fields["imbalance_ratio"] = ratio
+            if ratio > self.t.imbalance_warning_ratio:
+                big = next(lb for lb in order if train_counts[lb] == most)
+                small = next(lb for lb in reversed(order) if train_counts[lb] == least)
+                issue(
+                    Severity.WARNING,
+                    "imbalance",
+                    f"label {_quote(big)} has {most} training examples and {_quote(small)} has "
+                    f"{least} (ratio {ratio:.1f}, above {self.t.imbalance_warning_ratio:g}); the "
+                    "model will favour the frequent labels: add examples of the rare ones",
+                    (),
+                )
+        if len(labels_arr) and len(train_counts) < 2:
+            only = f" ({_quote(next(iter(train_counts)))})" if train_counts else ""
+            issue(
+                Severity.ERROR,
+                "too_few_labels",
+                f"the training data has {_plural(len(train_counts), 'distinct label')}{only}; "
+                "a classifier needs at least 2",
+                (),
+            )
+        rare = [lb for lb in reversed(order) if 0 < train_counts[lb] < self.t.min_examples_per_label]
+        if rare:
+            need = self.t.min_examples_per_label
+            if len(rare) == 1:
+                what = f"label {_quote(rare[0])} has {_plural(train_counts[rare[0]], 'training example')}"
+            else:
+                shown = ", ".join(f"{_quote(lb)} ({train_counts[lb]})" for lb in rare[:5])
+                more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+                what = f"{len(rare)} labels have too few training examples: {shown}{more}"
+            first = sorted(r for lb in rare for r in self.label_rows[self.labels[lb]])
+            issue(
+                Severity.ERROR,
+                "label_too_rare",
+                f"{what}; at least {need} are needed per label: add examples or remove the label",
+                first,
+            )
+
+    def _conflicts(
+        self,
+        rows: Any,
+        labels_arr: Any,
+        issue: Callable[..., None],
+        fields: dict[str, Any],
+        text_of_row: Callable[[int], str],
+    ) -> None:
+        keys = np.frombuffer(self.text_keys, dtype=np.int64) if len(rows) else np.zeros(0, np.int64)
+        distinct = np.unique(keys)
+        pairs = np.unique(np.stack([keys, labels_arr], axis=1), axis=0) if len(keys) else np.zeros((0, 2))
+        pair_keys, per_key = np.unique(pairs[:, 0], return_counts=True)
+        conflicting = pair_keys[per_key > 1]
+        fields["conflicting_texts"] = len(conflicting)
+        if not len(conflicting):
+            return
+        hit = np.isin(keys, conflicting)
+        hit_rows = rows[hit]
+        first_i = int(np.argmax(hit))
+        first_key = keys[first_i]
+        first_rows = rows[keys == first_key]
+        names = list(self.labels)
+        first_labels = sorted({names[int(i)] for i in labels_arr[keys == first_key]})
+        fraction = len(conflicting) / len(distinct)
+        too_many = fraction > self.t.max_conflict_fraction
+        limit = f", above the {self.t.max_conflict_fraction:.0%} limit" if too_many else ""
+        verb = "appears" if len(conflicting) == 1 else "appear"
+        issue(
+            Severity.ERROR if too_many else Severity.WARNING,
+            "conflicting_labels",
+            f"{_plural(len(conflicting), 'text')} ({fraction:.1%} of the distinct texts{limit}) "
+            f"{verb} with more than one label, e.g. {_quote(text_of_row(int(rows[first_i])))} as "
+            f"{' and '.join(_quote(lb) for lb in first_labels)} "
+            f"(training {_rows_text_n(first_rows[:MAX_EXAMPLE_ROWS].tolist(), len(first_rows))}); "
+            f"all: training {_rows_text_n(hit_rows[:MAX_EXAMPLE_ROWS].tolist(), len(hit_rows))}. "
+            "Fix the labels or remove the rows",
+            hit_rows[:MAX_EXAMPLE_ROWS].tolist(),
+        )
+
+    def _duplicates(self, rows: Any, issue: Callable[..., None], fields: dict[str, Any]) -> None:
+        n = len(rows)
+        if not n:
+            fields["exact_duplicates"] = fields["near_duplicates"] = 0
+            return
+        exact_keys = np.frombuffer(self.exact_keys, dtype=np.int64)
+        near_keys = np.frombuffer(self.near_keys, dtype=np.int64)
+        first_exact = _first_index(exact_keys)  # per row: the first row index with its key
+        first_near = _first_index(near_keys)
+        index = np.arange(n)
+        exact_rep = first_exact < index
+        near_rep = ~exact_rep & (first_near < index)
+        exact, near = int(exact_rep.sum()), int(near_rep.sum())
+        fields["exact_duplicates"] = exact
+        fields["near_duplicates"] = near
+        if not (exact + near) or (exact + near) / n <= self.t.duplicate_warning_fraction:
+            return
+        repeated = exact_rep | near_rep
+        j = int(np.argmax(repeated))
+        earlier = first_exact[j] if exact_rep[j] else first_near[j]
+        issue(
+            Severity.WARNING,
+            "duplicates",
+            f"{exact + near} of {n} rows ({_percent(exact + near, n)}) repeat an "
+            f"earlier row of their split: {exact} exactly, {near} after normalising case, "
+            f"whitespace and punctuation (e.g. training row {int(rows[j])} repeats row {int(rows[earlier])}); "
+            "repeated rows weigh more in training: remove them",
+            rows[repeated][:MAX_EXAMPLE_ROWS].tolist(),
+        )
+
+    def _token_fields(self, rows: Any, issue: Callable[..., None], fields: dict[str, Any]) -> None:
+        lengths = np.frombuffer(self.tokens, dtype=np.int64)
+        longest = int(lengths.max())
+        fields["max_tokens"] = longest
+        fields["mean_tokens"] = int(lengths.sum()) / len(lengths)
+        if self.max_seq_length is None:
+            return
+        over = rows[lengths > self.max_seq_length]
+        fields["truncated_rows"] = len(over)
+        if not len(over):
+            return
+        first = over[:MAX_EXAMPLE_ROWS].tolist()
+        issue(
+            Severity.WARNING,
+            "over_length",
+            f"{len(over)} of {len(rows)} rows are longer than max_seq_length={self.max_seq_length} "
+            f"tokens (the longest has {longest}) and will be truncated (training "
+            f"{_rows_text_n(first, len(over))}); raise max_seq_length or shorten them",
+            first,
+        )
+
+
+def _first_index(keys: Any) -> Any:
+    """For each position, the first position holding the same key."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)]
+
+
+def _rows_text_n(first: Sequence[int], count: int) -> str:
+    """`_rows_text` from the first rows and how many there are in all."""
+    shown = ", ".join(str(r) for r in first[:MAX_EXAMPLE_ROWS])
+    more = ", ..." if count > MAX_EXAMPLE_ROWS else ""
+    return f"{'row' if count == 1 else 'rows'} {shown}{more}"

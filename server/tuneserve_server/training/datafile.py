@@ -30,9 +30,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.domain.jobs import (
@@ -57,6 +57,14 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
+class RowSink(Protocol):
+    """Where parsed rows go, one at a time, in row order."""
+
+    def example(self, row: int, example: Example) -> None: ...
+
+    def drop(self, row: int, reason: str) -> None: ...
+
+
 @dataclass
 class ParsedRows:
     """`total_rows` counts every non-blank data row, usable or not."""
@@ -68,6 +76,12 @@ class ParsedRows:
     @property
     def usable_rows(self) -> int:
         return len(self.examples)
+
+    def example(self, row: int, example: Example) -> None:
+        self.examples.append((row, example))
+
+    def drop(self, row: int, reason: str) -> None:
+        self.dropped.setdefault(reason, []).append(row)
 
 
 class _Drop(Exception):
@@ -84,7 +98,7 @@ def default_fields(task: TaskType) -> tuple[str, str]:
 
 
 def parse_dataset(
-    data: bytes,
+    data: bytes | Iterable[bytes],
     fmt: str,
     task: TaskType,
     *,
@@ -93,49 +107,106 @@ def parse_dataset(
     max_text_chars: int,
     field: str = "dataset",
 ) -> ParsedRows:
-    """Every row of `data` as an example or a drop. `text_field` / `label_field` rename the
-    text and label columns / keys (causal LM: prompt and completion); `field` is the request
-    field path that whole-file errors name."""
+    """Every row of `data` (the file, or its bytes in pieces) as an example or a drop.
+    `text_field` / `label_field` rename the text and label columns / keys (causal LM:
+    prompt and completion); `field` is the request field path that whole-file errors name."""
+    parsed = ParsedRows(0)
+    parsed.total_rows = scan_dataset(
+        [data] if isinstance(data, bytes | bytearray) else data,
+        fmt,
+        task,
+        parsed,
+        text_field=text_field,
+        label_field=label_field,
+        max_text_chars=max_text_chars,
+        field=field,
+    )
+    return parsed
+
+
+def scan_dataset(
+    chunks: Iterable[bytes],
+    fmt: str,
+    task: TaskType,
+    sink: RowSink,
+    *,
+    text_field: str = "",
+    label_field: str = "",
+    max_text_chars: int,
+    field: str = "dataset",
+) -> int:
+    """`parse_dataset` as a stream: the file arrives as `chunks` (split anywhere), each row
+    goes to `sink` as it is read, and nothing but the current line is held. Returns the
+    number of rows (`total_rows`); whole-file errors raise as in `parse_dataset`."""
     fmt_name = fmt.strip().lower()
     if fmt_name not in FORMATS:
         raise InvalidRequest.field(field, f"unknown format {fmt!r}; use jsonl or csv")
     if not isinstance(task, TaskType):
         raise InvalidRequest.field(field, "a task (classification or causal_lm) is required")
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM) :]
-    elif data.startswith(_UTF16_BOMS):
-        raise InvalidRequest.field(field, "the file is UTF-16 encoded; save it as UTF-8")
-    if not data.strip():
-        raise InvalidRequest.field(field, "the file is empty")
     default_text, default_label = default_fields(task)
     names = (text_field or default_text, label_field or default_label)
-    parser = _Parser(task, names, max_text_chars)
+    parser = _Parser(task, names, max_text_chars, sink)
+    lines = _lines(_without_bom(chunks, field))
     if fmt_name == "jsonl":
-        return parser.parse_jsonl(data, field)
-    return parser.parse_csv(data, field)
+        return parser.parse_jsonl(lines, field)
+    return parser.parse_csv(lines, field)
+
+
+def _without_bom(chunks: Iterable[bytes], field_path: str) -> Iterator[bytes]:
+    """The chunks, less a leading UTF-8 byte-order mark; a UTF-16 one is refused."""
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        if len(head) >= len(_UTF8_BOM):
+            break
+    if head.startswith(_UTF8_BOM):
+        head = head[len(_UTF8_BOM) :]
+    elif head.startswith(_UTF16_BOMS):
+        raise InvalidRequest.field(field_path, "the file is UTF-16 encoded; save it as UTF-8")
+    if head:
+        yield head
+    yield from it
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """`b"".join(chunks).split(b"\n")`, one line at a time (bytes split: U+2028 etc.
+    inside a string stay put)."""
+    rest = b""
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            rest += chunk
+            continue
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    yield rest
 
 
 class _Parser:
-    def __init__(self, task: TaskType, names: tuple[str, str], max_text_chars: int) -> None:
+    def __init__(self, task: TaskType, names: tuple[str, str], max_text_chars: int, sink: RowSink) -> None:
         self.task = task
         self.text_name, self.label_name = names
         self.max_chars = max_text_chars
-        self.out = ParsedRows(0)
+        self.sink = sink
+        self.total_rows = 0
 
     def _row(self, build: Any, *args: Any) -> None:
-        self.out.total_rows += 1
-        row = self.out.total_rows
+        self.total_rows += 1
+        row = self.total_rows
         try:
-            self.out.examples.append((row, build(*args)))
+            example = build(*args)
         except _Drop as drop:
-            self.out.dropped.setdefault(drop.reason, []).append(row)
+            self.sink.drop(row, drop.reason)
+        else:
+            self.sink.example(row, example)
 
     # ------------------------------------------------------------------ JSONL
-    def parse_jsonl(self, data: bytes, field_path: str) -> ParsedRows:
+    def parse_jsonl(self, lines: Iterable[bytes], field_path: str) -> int:
         objects = 0
         has_text = has_label = False
         keys_seen: set[str] = set()
-        for raw in data.split(b"\n"):  # bytes split: U+2028 etc. inside a string stay put
+        for raw in lines:
             line = raw.strip()
             if not line:
                 continue
@@ -147,7 +218,7 @@ class _Parser:
                 has_text = has_text or self.text_name in obj or self._is_chat(obj)
                 has_label = has_label or self.label_name in obj or self._is_chat(obj)
             self._row(self._from_json, obj)
-        if self.out.total_rows == 0:
+        if self.total_rows == 0:
             raise InvalidRequest.field(field_path, "the file is empty")
         if objects:
             found = ", ".join(sorted(keys_seen)[:10]) or "none"
@@ -163,7 +234,7 @@ class _Parser:
                     f'no row has a "{self.label_name}" key (keys found: {found}); '
                     "name the label key with label_field",
                 )
-        return self.out
+        return self.total_rows
 
     def _is_chat(self, obj: dict[str, Any]) -> bool:
         return self.task is TaskType.CAUSAL_LM and "messages" in obj
@@ -181,8 +252,8 @@ class _Parser:
         return self._example(obj.get(self.text_name), obj.get(self.label_name))
 
     # ------------------------------------------------------------------ CSV
-    def parse_csv(self, data: bytes, field_path: str) -> ParsedRows:
-        records = _csv_records(data)
+    def parse_csv(self, lines: Iterable[bytes], field_path: str) -> int:
+        records = _csv_records(lines)
         header_bytes = next(records, None)
         if header_bytes is None:
             raise InvalidRequest.field(field_path, "the file is empty")
@@ -198,9 +269,9 @@ class _Parser:
         label_col = _column(header, self.label_name, "label_field", field_path)
         for record in records:
             self._csv_record(record, len(header), text_col, label_col)
-        if self.out.total_rows == 0:
+        if self.total_rows == 0:
             raise InvalidRequest.field(field_path, "the CSV file has a header but no rows")
-        return self.out
+        return self.total_rows
 
     def _csv_record(self, record: bytes, width: int, text_col: int, label_col: int) -> None:
         try:
@@ -295,14 +366,14 @@ def _json_object(line: bytes) -> Any:
         return _Drop(BAD_ROW)
 
 
-def _csv_records(data: bytes) -> Iterator[bytes]:
+def _csv_records(lines: Iterable[bytes]) -> Iterator[bytes]:
     """Non-blank CSV records as bytes, without their line ending. A newline inside a quoted
     cell does not end a record: lines are joined while the count of quote bytes is odd (a
     quote byte never occurs inside a UTF-8 multi-byte sequence, so this is safe on bytes
     that do not decode). A quote left open runs to the end of the file, as one record."""
     pending: list[bytes] = []
     quotes = 0
-    for line in data.split(b"\n"):
+    for line in lines:
         pending.append(line)
         quotes += line.count(b'"')
         if quotes % 2:

@@ -307,6 +307,85 @@ def test_an_upload_stream_of_the_wrong_shape_is_refused_by_field(tiny_model_dir,
     run_with(tiny_model_dir, make_spec, tmp_path, body)
 
 
+def test_an_upload_resumes_over_stored_chunks_and_quotes_a_conflict_from_the_stream(
+    tiny_model_dir, make_spec, tmp_path
+):
+    async def body(p: Parts) -> None:
+        content = _csv() + b"w0 w1 w2,a\n"  # row 1's text again, with the other label
+        datasets = p.services.datasets
+        with pytest.raises(FailedPrecondition, match="incomplete"):  # the connection drops
+            await datasets.upload(_parts(_header(content), UploadChunk(0, content[:40])))
+        (held,), _ = await datasets.list_uploads(NS, page_size=10, page_token="")
+        assert (held.upload_id, held.received, held.declared_bytes, held.display_name) == (
+            "up-1",
+            40,
+            len(content),
+            "demo",
+        )
+        with pytest.raises(FailedPrecondition, match="differ"):  # re-sent bytes must match
+            await datasets.upload(_parts(_header(content), UploadChunk(30, b"X" * 20)))
+        dataset, created = await datasets.upload(
+            _parts(_header(content), UploadChunk(0, content[:25]), UploadChunk(25, content[25:]))
+        )
+        assert created and dataset.rows == 25
+        (conflict,) = [i for i in dataset.report["issues"] if i["code"] == "conflicting_labels"]
+        assert "e.g. 'w0 w1 w2' as 'a' and 'b' (training rows 1, 25)" in conflict["message"]
+        assert await datasets.list_uploads(NS, page_size=10, page_token="") == ([], "")
+        assert p.store.dataset_content(NS, dataset.id) == content
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body)
+
+
+def test_an_owner_discards_an_unfinished_upload_and_a_bad_file_is_discarded(
+    tiny_model_dir, make_spec, tmp_path
+):
+    async def body(p: Parts) -> None:
+        content = _csv()
+        datasets = p.services.datasets
+        with pytest.raises(FailedPrecondition):
+            await datasets.upload(_parts(_header(content, "half"), UploadChunk(0, content[:10])))
+        with pytest.raises(NotFound):
+            await datasets.discard_upload("team-b", "half")  # another namespace's upload
+        await datasets.discard_upload(NS, "half")
+        with pytest.raises(NotFound):
+            await datasets.discard_upload(NS, "half")
+        bad = replace(_header(content, "bad"), sha256="0" * 64)
+        with pytest.raises(InvalidRequest) as err:
+            await datasets.upload(_parts(bad, UploadChunk(0, content)))
+        assert [v.field for v in err.value.violations] == ["header.sha256"]
+        assert await datasets.list_uploads(NS, page_size=10, page_token="") == ([], "")
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body)
+
+
+def test_the_api_sweeps_abandoned_uploads_on_a_timer(tmp_path):
+    from tuneserve_server.app import sweep_uploads_every
+    from tuneserve_server.services.datasets import DatasetService
+
+    store = SqliteStore(tmp_path / "jobs.db", upload_ttl_s=0.2)
+    header = {"sha256": "0" * 64, "size_bytes": 100, "format": "csv", "task": "classification"}
+    store.begin_upload(NS, "abandoned", header)
+    store.add_upload_chunk(NS, "abandoned", 0, b"x" * 50)
+    datasets = DatasetService(store, engine=None, max_dataset_bytes=1000, max_text_chars=50)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        sweeper = asyncio.create_task(sweep_uploads_every(0.05, datasets))
+        try:
+            for _ in range(400):  # no other upload starts: only the timer can forget it
+                if store.upload_bytes(NS, "abandoned") == b"":
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("the abandoned upload was never swept")
+        finally:
+            sweeper.cancel()
+
+    try:
+        asyncio.run(main())
+        assert store.list_uploads(NS) == ([], "")
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------- prediction
 def _no_sampling() -> SamplingParams:
     raise AssertionError("an encoder server must not convert generation parameters")
