@@ -20,6 +20,7 @@ from tuneserve_server.services import Services
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.datasets import DatasetService
 from tuneserve_server.services.inference import PredictionService, PredictLimits
+from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.services.training import TrainingService
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.factory import build_stores
@@ -38,6 +39,7 @@ def build_services(
             engine,
             max_dataset_bytes=settings.max_dataset_bytes,
             max_text_chars=settings.max_text_chars,
+            quotas=quotas_of(settings),
         ),
         adapters=AdapterService(store, adapter_store, engine),
         prediction=PredictionService(

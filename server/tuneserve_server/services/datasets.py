@@ -28,8 +28,9 @@ from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest, N
 from tuneserve_server.domain.jobs import Example, LabelledText, OptimizerSettings, TaskType
 from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.domain.records import DatasetRecord, UploadState
+from tuneserve_server.domain.tenancy import Quotas
 from tuneserve_server.engine.inference import InferenceEngine
-from tuneserve_server.services.quotas import check_upload, quotas_of
+from tuneserve_server.services.quotas import check_upload
 from tuneserve_server.services.readiness import require_ready
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training.data_report import StreamingReport
@@ -285,13 +286,19 @@ class DatasetService:
     """Upload, get, list and delete stored datasets of one namespace."""
 
     def __init__(
-        self, store: JobStore, engine: InferenceEngine, *, max_dataset_bytes: int, max_text_chars: int
+        self,
+        store: JobStore,
+        engine: InferenceEngine,
+        *,
+        max_dataset_bytes: int,
+        max_text_chars: int,
+        quotas: Quotas,
     ) -> None:
         self.store = store
         self.engine = engine
         self.max_dataset_bytes = max_dataset_bytes
         self.max_text_chars = max_text_chars
-        self.quotas = quotas_of(engine.settings)  # tenant quotas: see _quota_* below
+        self.quotas = quotas  # tenant quotas: see _quota_* below
 
     async def upload(self, parts: AsyncIterator[UploadPart]) -> tuple[DatasetRecord, bool]:
         """One UploadDataset stream: a header, then chunks. Returns (dataset, created); an

@@ -24,6 +24,7 @@ from tuneserve_server.domain.errors import (
 from tuneserve_server.domain.jobs import JobSpec, JobState, TaskType
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.tenancy import Quotas
 from tuneserve_server.engine.generation import SamplingParams
 from tuneserve_server.engine.inference import ClassifyResult, InferenceEngine
 from tuneserve_server.observability.metrics import JOBS_SUBMITTED
@@ -366,7 +367,7 @@ def test_the_api_sweeps_abandoned_uploads_on_a_timer(tmp_path):
     header = {"sha256": "0" * 64, "size_bytes": 100, "format": "csv", "task": "classification"}
     store.begin_upload(NS, "abandoned", header)
     store.add_upload_chunk(NS, "abandoned", 0, b"x" * 50)
-    datasets = DatasetService(store, engine=None, max_dataset_bytes=1000, max_text_chars=50)  # type: ignore[arg-type]
+    datasets = DatasetService(store, engine=None, max_dataset_bytes=1000, max_text_chars=50, quotas=Quotas())  # type: ignore[arg-type]
 
     async def main() -> None:
         sweeper = asyncio.create_task(sweep_uploads_every(0.05, datasets))
