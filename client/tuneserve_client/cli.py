@@ -18,7 +18,7 @@ from tuneserve_client.errors import TuneserveError
 from tuneserve_client.reports import DataReport, JobEvent
 from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job
 
-SERVER_COMMANDS = ("serve", "api", "worker", "config")
+SERVER_COMMANDS = ("serve", "api", "worker", "config", "keys")
 EXIT_ERROR = 1  # an RPC failed, or a waited-for job did not succeed
 EXIT_USAGE = 2  # bad arguments or data files, server extra missing
 

@@ -18,6 +18,7 @@ from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
 from tuneserve_server.services import Services
 from tuneserve_server.services.adapters import AdapterService
+from tuneserve_server.services.auth import Authenticator
 from tuneserve_server.services.datasets import DatasetService
 from tuneserve_server.services.inference import PredictionService, PredictLimits
 from tuneserve_server.services.training import TrainingService
@@ -63,7 +64,7 @@ class App:
         self.store, self.adapter_store = build_stores(settings)
         self.engine = InferenceEngine(settings, self.store, self.adapter_store)
         self.services = build_services(settings, self.store, self.adapter_store, self.engine)
-        self.api = ApiServer(settings, self.services)
+        self.api = ApiServer(settings, self.services, Authenticator(settings, self.store))
 
     async def start(self) -> int:
         port = await self.api.start()
