@@ -258,6 +258,10 @@ def main() -> int:
             "-m",
             "tuneserve_server.cli",
             "api",
+            # Explicitly no auth: this measures serving, not authentication
+            # (bench/auth_overhead.py measures what a key costs per call).
+            "--auth",
+            "none",
             "--port",
             str(port),
             "--data-dir",

@@ -92,21 +92,32 @@ class Server:
 
     `threads` is passed as `--torch-threads` (None: the server's default); `batch_wait_ms`
     as `--max-batch-wait-ms` (None: the server's default). The server log goes to
-    `data_dir.parent / "serve.log"`."""
+    `data_dir.parent / "<role>-<port>.log"`."""
 
     def __init__(
-        self, data_dir: Path, port: int, threads: int | None = None, batch_wait_ms: float | None = None
+        self,
+        data_dir: Path,
+        port: int,
+        threads: int | None = None,
+        batch_wait_ms: float | None = None,
+        *,
+        auth: str = "none",
+        role: str = "serve",
+        extra: Sequence[str] = (),
     ) -> None:
+        """`auth`: "none" by default, explicitly: these benchmarks measure serving and
+        training, not authentication (bench/auth_overhead.py measures that); "api_key" first
+        makes an admin key in the server's job store (`tuneserve keys create`), `api_key`."""
         self.port = port
         self.target = f"127.0.0.1:{port}"
-        self.log_path = data_dir.parent / "serve.log"
+        self.log_path = data_dir.parent / f"{role}-{port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}
         env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         cmd = [
             sys.executable,
             "-m",
             "tuneserve_server.cli",
-            "serve",
+            role,
             "--host",
             "127.0.0.1",
             "--port",
@@ -119,7 +130,20 @@ class Server:
         cmd += ["--grace-s", "5", "--worker-poll-s", "1.0", "--registry-poll-s", "0.5"]
         if batch_wait_ms is not None:
             cmd += ["--max-batch-wait-ms", str(batch_wait_ms)]
+        cmd += ["--auth", auth, *extra]
         self.cmd = cmd
+        self.api_key: str | None = None
+        if auth != "none":
+            key_cmd = [sys.executable, "-m", "tuneserve_server.cli", "keys", "create", "--tenant", "default"]
+            key_cmd += ["--role", "admin", "--description", "bench", "--data-dir", str(data_dir), *extra]
+            made = subprocess.run(
+                key_cmd,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            self.api_key = made.stdout.strip()
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         log(f"started server pid {self.proc.pid} on {self.target}")

@@ -114,6 +114,10 @@ class ApiServer(Server):
             "-m",
             "tuneserve_server.cli",
             "api",
+            # Explicitly no auth: this measures serving, not authentication
+            # (bench/auth_overhead.py measures what a key costs per call).
+            "--auth",
+            "none",
             "--host",
             "127.0.0.1",
             "--port",

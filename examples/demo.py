@@ -68,6 +68,34 @@ def wait_serving(target: str, proc: subprocess.Popen, timeout: float = 180) -> N
     raise SystemExit("tuneserve did not become ready in time")
 
 
+def create_key(data_dir: str, env: dict[str, str]) -> str:
+    """A new API key's token, made in the job store under `data_dir` (printed once)."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--role",
+            "train",
+            "--description",
+            "make demo",
+            "--data-dir",
+            data_dir,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        raise SystemExit(f"could not create an API key:\n{made.stderr}")
+    return made.stdout.strip()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--per-label", type=int, default=24, help="training examples per intent")
@@ -91,6 +119,9 @@ def main() -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     print(f"Starting `tuneserve serve` on {target} (data in {args.data_dir}, log in {log_path}) ...")
+    # Auth is on by default: make this demo its own API key (a train key of the default
+    # tenant) in the server's job store, with the server's own `tuneserve keys create`.
+    api_key = create_key(args.data_dir, env)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -114,7 +145,7 @@ def main() -> int:
     try:
         wait_serving(target, server)
         print(f"Serving after {time.monotonic() - started:.1f}s.\n")
-        with Client(target, timeout=120) as client:
+        with Client(target, timeout=120, api_key=api_key) as client:
             job = client.train("banking77-intents", train, epochs=args.epochs)
             print(
                 f"Submitted job {job.id} ({job.train_examples} train / {job.validation_examples} validation)."

@@ -41,6 +41,34 @@ def columns(left: str, right: str, width: int = 44) -> str:
     return "\n".join(f"  {x:<{width}} | {y}" for x, y in zip(a, b))
 
 
+def create_key(data_dir: str, env: dict[str, str]) -> str:
+    """A new API key's token, made in the job store under `data_dir` (printed once)."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneserve_server.cli",
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--role",
+            "train",
+            "--description",
+            "make demo",
+            "--data-dir",
+            data_dir,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        raise SystemExit(f"could not create an API key:\n{made.stderr}")
+    return made.stdout.strip()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", default=".tuneserve/demo-generate")
@@ -61,6 +89,9 @@ def main() -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     print(f"Starting `tuneserve serve --base-model smollm2` on {target} (log in {log_path}) ...")
+    # Auth is on by default: make this demo its own API key (a train key of the default
+    # tenant) in the server's job store, with the server's own `tuneserve keys create`.
+    api_key = create_key(args.data_dir, env)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -86,7 +117,7 @@ def main() -> int:
     try:
         wait_serving(target, server, timeout=300)
         print(f"Serving after {time.monotonic() - started:.1f}s.\n")
-        with Client(target, timeout=120) as client:
+        with Client(target, timeout=120, api_key=api_key) as client:
             job = client.train(
                 "support-style",
                 rows,

@@ -18,7 +18,7 @@ from tuneserve_client.errors import TuneserveError
 from tuneserve_client.reports import DataReport, JobEvent
 from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job
 
-SERVER_COMMANDS = ("serve", "api", "worker", "config")
+SERVER_COMMANDS = ("serve", "api", "worker", "config", "keys")
 EXIT_ERROR = 1  # an RPC failed, or a waited-for job did not succeed
 EXIT_USAGE = 2  # bad arguments or data files, server extra missing
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TUNESERVE_TARGET") or DEFAULT_TARGET,
         help="server address host:port (default: $TUNESERVE_TARGET or %(default)s)",
     )
-    parser.add_argument("--namespace", default="default", help="tenant namespace (default: %(default)s)")
+    parser.add_argument("--namespace", default="", help="tenant namespace (default: the API key's tenant)")
     parser.add_argument(
         "--timeout", type=_positive_float, default=30.0, help="seconds per RPC (default: %(default)s)"
     )

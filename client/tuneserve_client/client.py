@@ -133,7 +133,9 @@ class Client:
     Every RPC gets a deadline: `timeout` seconds unless the method's own `timeout` says
     otherwise. Failed RPCs raise `TuneserveError` subclasses. `credentials` (see
     `tls_credentials`) make the channel TLS; `api_key` is sent with every call as
-    `authorization: Bearer <key>` metadata.
+    `authorization: Bearer <key>` metadata. `namespace` empty (the default) means the
+    tenant of the credential (the server's "default" namespace with auth none); another
+    tenant's namespace is refused unless the key is an admin's.
     """
 
     #: Sleeps before each retry of Train after UNAVAILABLE (3 retries).
@@ -144,7 +146,7 @@ class Client:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float = 30.0,
-        namespace: str = "default",
+        namespace: str = "",
         channel: grpc.Channel | None = None,
         metadata: Metadata | None = None,
         credentials: grpc.ChannelCredentials | None = None,

@@ -4,6 +4,7 @@ supervised trainer worker process of the all-in-one `serve` role."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -18,8 +19,11 @@ from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
 from tuneserve_server.services import Services
 from tuneserve_server.services.adapters import AdapterService
+from tuneserve_server.services.auth import Authenticator
 from tuneserve_server.services.datasets import DatasetService
 from tuneserve_server.services.inference import PredictionService, PredictLimits
+from tuneserve_server.services.jwt_auth import JwtVerifier
+from tuneserve_server.services.mtls import parse_mtls_tenants, principal_from_peer
 from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.services.training import TrainingService
 from tuneserve_server.storage.adapter_store import AdapterStore
@@ -27,6 +31,15 @@ from tuneserve_server.storage.factory import build_stores
 from tuneserve_server.storage.job_store import JobStore
 
 log = structlog.get_logger("tuneserve.app")
+
+
+def build_authenticator(settings: Settings, store: JobStore) -> Authenticator:
+    """API keys always; JWTs when a JWKS is configured; client certificates listed in
+    mtls_tenants."""
+    tokens = [JwtVerifier(settings).principal] if settings.jwt_jwks else []
+    mapping = parse_mtls_tenants(settings.mtls_tenants)
+    peers = [functools.partial(principal_from_peer, mapping=mapping)] if mapping else []
+    return Authenticator(settings, store, token_verifiers=tokens, peer_verifiers=peers)
 
 
 def build_services(
@@ -76,7 +89,7 @@ class App:
         self.store, self.adapter_store = build_stores(settings)
         self.engine = InferenceEngine(settings, self.store, self.adapter_store)
         self.services = build_services(settings, self.store, self.adapter_store, self.engine)
-        self.api = ApiServer(settings, self.services)
+        self.api = ApiServer(settings, self.services, build_authenticator(settings, self.store))
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:

@@ -57,6 +57,46 @@ def wait_serving(target: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"server at {target} did not become SERVING")
 
 
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <key>` to every call of a raw channel."""
+
+    def __init__(self, api_key: str) -> None:
+        self.pair = ("authorization", f"Bearer {api_key}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        class Details(grpc.ClientCallDetails):
+            pass
+
+        out = Details()
+        out.method, out.timeout, out.credentials = details.method, details.timeout, details.credentials
+        out.wait_for_ready, out.compression = details.wait_for_ready, details.compression
+        out.metadata = [*(details.metadata or ()), self.pair]
+        return out
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+def auth_channel(proc: Proc, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A raw gRPC channel to an API process that sends its API key with every call."""
+    raw = grpc.secure_channel(proc.target, credentials) if credentials else grpc.insecure_channel(proc.target)
+    return grpc.intercept_channel(raw, _Bearer(proc.api_key)) if proc.api_key else raw
+
+
 class Proc:
     """A tuneserve role in its own process, its output in a log file."""
 
@@ -76,6 +116,12 @@ class Proc:
         env["TUNESERVE_WORKER_METRICS_PORT"] = str(self.metrics_port)
         for key, value in settings.items():
             env[f"TUNESERVE_{key.upper()}"] = str(value)
+        self.env = env
+        # Auth is on by default: an API process gets an admin key of the default tenant,
+        # made through the real `tuneserve keys create` against the same data dir / database.
+        self.api_key: str | None = None
+        if role == "api" and str(settings.get("auth", "api_key")) != "none":
+            self.api_key = self.create_key("default", "admin", description="integration tests")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tuneserve_server.cli", role],
@@ -83,6 +129,23 @@ class Proc:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    def keys(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `tuneserve keys ARGS...` against this process's job store."""
+        return subprocess.run(
+            [sys.executable, "-m", "tuneserve_client.cli", "keys", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def create_key(self, tenant: str, *roles: str, description: str = "") -> str:
+        """A new API key's token (`tuneserve keys create`)."""
+        flags = [f"--role={r}" for r in roles]
+        done = self.keys("create", "--tenant", tenant, *flags, "--description", description)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
 
     @property
     def target(self) -> str:
@@ -138,6 +201,7 @@ class Cluster:
         return api
 
     def client(self, **kw: object) -> Client:
+        kw.setdefault("api_key", self.api.api_key)
         return Client(self.api.target, **kw)
 
     def restart_api(self, sig: int = signal.SIGTERM) -> Proc:

@@ -6,7 +6,7 @@ import time
 
 import grpc
 import pytest
-from conftest import banking77
+from conftest import auth_channel, banking77
 
 from tuneserve.v1 import common_pb2, training_pb2, training_pb2_grpc
 from tuneserve_client import FailedPrecondition, InvalidArgument, NotFound
@@ -60,7 +60,7 @@ def test_bad_adapter_name_is_invalid_argument(cluster):
 
 
 def _raw_train(cluster, **fields) -> grpc.RpcError:
-    with grpc.insecure_channel(cluster.api.target) as channel:
+    with auth_channel(cluster.api) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         request = training_pb2.TrainRequest(
             adapter_name="raw",
@@ -89,7 +89,7 @@ def test_task_the_served_base_cannot_do_is_failed_precondition(cluster):
 
 
 def test_missing_request_id_is_invalid_argument(cluster):
-    with grpc.insecure_channel(cluster.api.target) as channel:
+    with auth_channel(cluster.api) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.Train(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ROOT, Proc, free_port
+from conftest import ROOT, Proc, auth_channel, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -135,7 +135,7 @@ def no_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def wait_tls_serving(proc: Proc, credentials: grpc.ChannelCredentials, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
-    with Client(proc.target, timeout=2, credentials=credentials) as client:
+    with Client(proc.target, timeout=2, credentials=credentials, api_key=proc.api_key) as client:
         while time.monotonic() < deadline:
             assert proc.proc.poll() is None, proc.log()[-4000:]
             with contextlib.suppress(TuneserveError):  # not up yet
@@ -163,7 +163,7 @@ def test_tls_server_is_reached_with_tls_ca(pki: Pki, tmp_path: Path, capsys, mon
     )
     try:
         wait_tls_serving(api, tls_credentials(pki.ca))
-        target = ["--target", api.target]
+        target = ["--target", api.target, "--api-key", api.api_key]
 
         assert cli(*target, "--tls-ca", str(pki.ca), "health") == 0
         assert capsys.readouterr().out.strip() == "SERVING"
@@ -216,7 +216,7 @@ def mtls_lm(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc
 def test_mtls_needs_a_client_certificate_the_server_trusts(
     mtls_lm: Proc, pki: Pki, capsys, monkeypatch
 ) -> None:
-    target, ca = ["--target", mtls_lm.target], ["--tls-ca", str(pki.ca)]
+    target, ca = ["--target", mtls_lm.target, "--api-key", mtls_lm.api_key], ["--tls-ca", str(pki.ca)]
 
     assert (
         cli(*target, *ca, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key), "health") == 0
@@ -247,6 +247,8 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(
     tls = [
         "--target",
         mtls_lm.target,
+        "--api-key",
+        mtls_lm.api_key,
         "--tls-ca",
         str(pki.ca),
         "--tls-cert",
@@ -315,7 +317,7 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(
 
     # The server ran with exactly what the flags said (the job stores its hyperparameters).
     credentials = tls_credentials(pki.ca, pki.client_cert, pki.client_key)
-    with grpc.secure_channel(mtls_lm.target, credentials) as channel:
+    with auth_channel(mtls_lm, credentials) as channel:
         stored = (
             training_pb2_grpc.TrainingServiceStub(channel)
             .GetJob(training_pb2.GetJobRequest(namespace="default", job_id=job["id"]), timeout=20)

@@ -12,7 +12,7 @@ import json
 
 import grpc
 import pytest
-from conftest import banking77
+from conftest import auth_channel, banking77
 
 from tuneserve.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
 from tuneserve_client import InvalidArgument, NotFound
@@ -65,7 +65,7 @@ def test_upload_in_chunks_train_from_it_and_watch_every_event(cluster):
 
 
 def _stub(cluster):
-    channel = grpc.insecure_channel(cluster.api.target)
+    channel = auth_channel(cluster.api)
     return channel, datasets_pb2_grpc.DatasetServiceStub(channel)
 
 
@@ -206,7 +206,7 @@ def test_cli_upload_validate_train_and_watch(cluster, tmp_path, capsys):
 
     path = tmp_path / "tickets.csv"
     path.write_bytes(_csv(banking77("train", per_label=10)))
-    base = ["--target", cluster.api.target, "--namespace", "cli-team"]
+    base = ["--target", cluster.api.target, "--api-key", cluster.api.api_key, "--namespace", "cli-team"]
     assert main([*base, "datasets", "upload", str(path)]) == 0
     captured = capsys.readouterr()
     dataset_id = captured.out.strip()

@@ -4,9 +4,8 @@ the calibration it fitted; Predict's probabilities are softmax(logits / temperat
 
 from __future__ import annotations
 
-import grpc
 import torch
-from conftest import banking77
+from conftest import auth_channel, banking77
 
 from tuneserve.v1 import common_pb2, training_pb2, training_pb2_grpc
 from tuneserve_server.modeling import (
@@ -20,9 +19,9 @@ from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
 ADAPTER = "calibrated"
 
 
-def submit(target: str) -> str:
+def submit(api) -> str:
     rows = banking77("train", per_label=40)
-    with grpc.insecure_channel(target) as channel:
+    with auth_channel(api) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         reply = stub.Train(
             training_pb2.TrainRequest(
@@ -54,7 +53,7 @@ def submit(target: str) -> str:
 
 
 def test_early_stopping_and_calibration_through_the_service(cluster):
-    job_id = submit(cluster.api.target)
+    job_id = submit(cluster.api)
     with cluster.client(timeout=60) as client:
         job = client.wait(job_id, timeout=600, poll_interval=0.3)
         assert job.state == "SUCCEEDED", job.error

@@ -39,7 +39,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Client,
     try:
         wait_serving(api.target, timeout=240)
         worker = Proc("worker", root / "data", root, **settings)
-        client = Client(api.target, timeout=60)
+        client = Client(api.target, timeout=60, api_key=api.api_key)
         rows = support_examples()
         job = client.train(
             "support-style",
@@ -184,6 +184,8 @@ def test_cli_predict_streams_and_generates(lm, capsys) -> None:
             [
                 "--target",
                 api.target,
+                "--api-key",
+                api.api_key,
                 "predict",
                 "--adapter",
                 "support-style",
@@ -202,6 +204,8 @@ def test_cli_predict_streams_and_generates(lm, capsys) -> None:
             [
                 "--target",
                 api.target,
+                "--api-key",
+                api.api_key,
                 "--json",
                 "predict",
                 "--adapter",
@@ -215,7 +219,9 @@ def test_cli_predict_streams_and_generates(lm, capsys) -> None:
     )
     payload = json.loads(capsys.readouterr().out)
     assert payload[0]["text"] == want and payload[0]["input"] == HELD_OUT[0]
-    assert main(["--target", api.target, "predict", "--temperature", "-1", "hi"]) != 0
+    assert (
+        main(["--target", api.target, "--api-key", api.api_key, "predict", "--temperature", "-1", "hi"]) != 0
+    )
     assert "generation.temperature" in capsys.readouterr().err
 
 

@@ -11,15 +11,15 @@ import time
 import grpc
 import psycopg
 import pytest
-from conftest import Proc, banking77, free_port, wait_serving
+from conftest import Proc, auth_channel, banking77, free_port, wait_serving
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 
 PROBE = "my card has not arrived yet"
 
 
-def served_version(target: str, adapter: str) -> int:
-    with grpc.insecure_channel(target) as channel:
+def served_version(api, adapter: str) -> int:
+    with auth_channel(api) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         try:
             reply = stub.Predict(inference_pb2.PredictRequest(adapter=adapter, inputs=[PROBE]), timeout=10)
@@ -72,7 +72,10 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
     api1, api2 = replicas["api-1"], replicas["api-2"]
     data = banking77("train", per_label=12)
     jobs = []
-    with Client(api1.target, timeout=60) as c1, Client(api2.target, timeout=60) as c2:
+    with (
+        Client(api1.target, timeout=60, api_key=api1.api_key) as c1,
+        Client(api2.target, timeout=60, api_key=api2.api_key) as c2,
+    ):
         for i in range(4):  # alternate the API a job is submitted through
             client = (c1, c2)[i % 2]
             jobs.append(client.train(f"replica-{i % 2}", data, epochs=1, seed=i))
@@ -97,10 +100,10 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
         for api in (api1, api2):
             for name in ("replica-0", "replica-1"):
                 deadline = time.monotonic() + 10
-                while served_version(api.target, name) != 2 and time.monotonic() < deadline:
+                while served_version(api, name) != 2 and time.monotonic() < deadline:
                     time.sleep(0.05)
-                assert served_version(api.target, name) == 2
-                assert served_version(api.target, f"{name}@1") == 1
+                assert served_version(api, name) == 2
+                assert served_version(api, f"{name}@1") == 1
 
     # Exactly-once across the two workers: every job was claimed by one worker, once.
     claims = {job.id: 0 for job in jobs}
@@ -115,14 +118,14 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
     # Propagation delay, measured on fresh versions: from the commit that marks the job
     # SUCCEEDED to each API answering with the new version (no load call anywhere).
     delays: list[float] = []
-    with Client(api1.target, timeout=60) as c1:
+    with Client(api1.target, timeout=60, api_key=api1.api_key) as c1:
         for i in range(3):
             job = c1.train("propagate", data, epochs=1, seed=100 + i)
             row = wait_state(postgres_dsn, job.id, {"SUCCEEDED"})
             committed = row["finished_at"]
             want = i + 1
             for api in (api1, api2):
-                while served_version(api.target, "propagate") != want:
+                while served_version(api, "propagate") != want:
                     time.sleep(0.005)
                 with psycopg.connect(postgres_dsn) as conn:
                     now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
@@ -137,7 +140,7 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
 def test_killing_a_worker_mid_job_lets_the_other_finish_it(replicas, postgres_dsn):
     from tuneserve_client import Client
 
-    with Client(replicas["api-1"].target, timeout=60) as client:
+    with Client(replicas["api-1"].target, timeout=60, api_key=replicas["api-1"].api_key) as client:
         job = client.train("resilient", banking77("train", per_label=20), epochs=4)
     row = wait_state(postgres_dsn, job.id, {"RUNNING"})
     time.sleep(2.0)  # well into training
@@ -150,4 +153,4 @@ def test_killing_a_worker_mid_job_lets_the_other_finish_it(replicas, postgres_ds
     survivor = next(p for n, p in replicas.items() if n.startswith("worker") and p is not victim)
     assert job.id in survivor.log()
     for name in ("api-1", "api-2"):
-        assert served_version(replicas[name].target, "resilient") == 1
+        assert served_version(replicas[name], "resilient") == 1

@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from conftest import ROOT, Proc, free_port
+from conftest import ROOT, Proc, auth_channel, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
@@ -61,7 +61,7 @@ def test_metrics_move_during_train_and_predict(cluster, trained):
 
 
 def test_request_id_is_returned_and_logged(cluster, trained):
-    with grpc.insecure_channel(cluster.api.target) as channel:
+    with auth_channel(cluster.api) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         _, call = stub.Predict.with_call(
             inference_pb2.PredictRequest(adapter="intents", inputs=["lost my card"]),
@@ -112,7 +112,7 @@ def test_health_transitions_and_sigterm_fails_no_inflight_predict(cluster, train
     stop = threading.Event()
 
     def burst() -> None:
-        with Client(api.target, timeout=30) as client:
+        with Client(api.target, timeout=30, api_key=api.api_key) as client:
             while not stop.is_set():
                 started = time.monotonic()
                 try:

@@ -28,7 +28,7 @@ def test_kill_9_and_sigterm_resume_from_checkpoints(tmp_path):
     workers = [Proc("worker", data, tmp_path, **settings)]
     try:
         wait_serving(api.target)
-        with Client(api.target, timeout=60) as client:
+        with Client(api.target, timeout=60, api_key=api.api_key) as client:
             job = client.train("resumable", banking77("train", per_label=24), epochs=4, batch_size=8)
 
             # 1. SIGKILL: no chance to save; the next worker resumes from the last periodic
@@ -52,7 +52,7 @@ def test_kill_9_and_sigterm_resume_from_checkpoints(tmp_path):
         resumed_from = final.metrics["resumed_from_step"]
         assert resumed_from == stopped_at  # SIGTERM saved exactly where it stopped
         assert final.resumed_from_step == stopped_at
-        with Client(api.target, timeout=60) as client:
+        with Client(api.target, timeout=60, api_key=api.api_key) as client:
             events = list(client.watch_job(job.id))
         states = [e.state for e in events if e.type == "STATE"]
         # queued, started, lease expired -> queued, started, released -> queued, started, done

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import Proc, banking77, free_port, wait_serving
+from conftest import Proc, auth_channel, banking77, free_port, wait_serving
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 from tuneserve_client import Client, NotFound
@@ -38,7 +38,7 @@ def test_concurrent_mixed_adapter_requests_match_each_adapter_alone(cluster, two
 
     def one(args):
         ref, i = args
-        with Client(cluster.api.target, timeout=60) as c:
+        with cluster.client(timeout=60) as c:
             return ref, i, c.predict(ref, [QUERIES[i]], probabilities=True)[0]
 
     jobs = [(ref, i) for i in range(len(QUERIES)) for ref in refs]
@@ -100,7 +100,7 @@ def test_overload_gets_resource_exhausted_and_deadlines_drop_queued_requests(clu
         lock = threading.Lock()
 
         def call(i: int) -> None:
-            with grpc.insecure_channel(api.target) as channel:
+            with auth_channel(api) as channel:
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
                 try:
                     stub.Predict(
@@ -124,7 +124,7 @@ def test_overload_gets_resource_exhausted_and_deadlines_drop_queued_requests(clu
 
         # Deadlines: keep the torch thread busy, queue calls with short deadlines behind it.
         before = api.metrics()
-        with Client(api.target, timeout=60) as client, ThreadPoolExecutor(4) as pool:
+        with Client(api.target, timeout=60, api_key=api.api_key) as client, ThreadPoolExecutor(4) as pool:
             busy = [pool.submit(client.predict, "intents", QUERIES[:32]) for _ in range(2)]
             time.sleep(0.05)
             short = []
@@ -154,7 +154,7 @@ def test_bfloat16_mode_agrees_with_float32(cluster, trained, tmp_path):
     try:
         wait_serving(api.target)
         ref = f"intents@{trained.adapter_version}"
-        with cluster.client() as fp32, Client(api.target, timeout=60) as bf16:
+        with cluster.client() as fp32, Client(api.target, timeout=60, api_key=api.api_key) as bf16:
             a = fp32.predict(ref, QUERIES)
             b = bf16.predict(ref, QUERIES)
         agree = sum(x.label == y.label for x, y in zip(a, b)) / len(QUERIES)

@@ -93,6 +93,7 @@ def test_health_and_reflection(cluster):
 
 def test_cli_predict_and_jobs(cluster, trained, tmp_path):
     cli = [sys.executable, "-m", "tuneserve_client.cli", "--target", cluster.api.target]
+    cli += ["--api-key", cluster.api.api_key]
     text = "my card was stolen yesterday"
     out = subprocess.run(
         [*cli, "predict", "--adapter", "intents", text],

@@ -6,9 +6,10 @@ import structlog
 
 from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc
 from tuneserve_server.api import convert
+from tuneserve_server.api.auth_interceptor import namespace
 from tuneserve_server.api.rpc import rpc
 from tuneserve_server.domain.errors import InvalidRequest
-from tuneserve_server.domain.naming import AdapterRef, namespace_of
+from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.services.adapters import AdapterService
 
 
@@ -19,7 +20,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
     @rpc
     async def ListAdapters(self, request, context):
         page = await self.adapters.list(
-            namespace_of(request.namespace), page_size=request.page_size, page_token=request.page_token
+            namespace(request.namespace), page_size=request.page_size, page_token=request.page_token
         )
         return adapters_pb2.ListAdaptersResponse(
             adapters=[convert.adapter_pb(records, page.residency) for records in page.adapters],
@@ -28,7 +29,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     @rpc
     async def GetAdapter(self, request, context):
-        ref = AdapterRef.parse(namespace_of(request.namespace), request.name, field="name")
+        ref = AdapterRef.parse(namespace(request.namespace), request.name, field="name")
         if ref.version is not None:
             raise InvalidRequest.field("name", "takes a name without @version")
         records, residency = await self.adapters.get(ref.namespace, ref.name)
@@ -36,12 +37,12 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     @rpc
     async def DeleteAdapter(self, request, context):
-        ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
+        ref = AdapterRef.parse(namespace(request.namespace), request.adapter)
         return adapters_pb2.DeleteAdapterResponse(deleted_versions=await self.adapters.delete(ref))
 
     @rpc
     async def LoadAdapter(self, request, context):
-        ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
+        ref = AdapterRef.parse(namespace(request.namespace), request.adapter)
         structlog.contextvars.bind_contextvars(adapter=request.adapter)
         loaded = await self.adapters.load(ref, pin=request.pin)
         return adapters_pb2.LoadAdapterResponse(
@@ -54,6 +55,6 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     @rpc
     async def UnloadAdapter(self, request, context):
-        ref = AdapterRef.parse(namespace_of(request.namespace), request.adapter)
+        ref = AdapterRef.parse(namespace(request.namespace), request.adapter)
         structlog.contextvars.bind_contextvars(adapter=request.adapter)
         return adapters_pb2.UnloadAdapterResponse(unloaded_versions=await self.adapters.unload(ref))

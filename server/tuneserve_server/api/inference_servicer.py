@@ -9,8 +9,9 @@ import structlog
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 from tuneserve_server.api import convert
+from tuneserve_server.api.auth_interceptor import namespace
 from tuneserve_server.api.rpc import rpc, rpc_stream
-from tuneserve_server.domain.naming import AdapterRef, namespace_of
+from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.engine.generation import GenerationResult, SamplingParams
 from tuneserve_server.services.inference import Generated, PredictionService
 
@@ -30,9 +31,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @rpc
     async def Predict(self, request, context):
-        namespace = namespace_of(request.namespace)
+        ns = namespace(request.namespace)
         structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
-        ref = AdapterRef.parse(namespace, request.adapter) if request.adapter else None
+        ref = AdapterRef.parse(ns, request.adapter) if request.adapter else None
         result = await self.prediction.predict(
             ref,
             list(request.inputs),
@@ -53,9 +54,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @rpc_stream
     async def PredictStream(self, request, context):
-        namespace = namespace_of(request.namespace)
+        ns = namespace(request.namespace)
         structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
-        ref = AdapterRef.parse(namespace, request.adapter) if request.adapter else None
+        ref = AdapterRef.parse(ns, request.adapter) if request.adapter else None
         record, stream = await self.prediction.open_stream(
             ref, request.input, self._sampling(request.generation)
         )

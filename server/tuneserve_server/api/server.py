@@ -26,12 +26,14 @@ from tuneserve.v1 import (
     training_pb2_grpc,
 )
 from tuneserve_server.api.adapter_servicer import AdapterServicer
+from tuneserve_server.api.auth_interceptor import AuthInterceptor
 from tuneserve_server.api.dataset_servicer import DatasetServicer
 from tuneserve_server.api.inference_servicer import InferenceServicer
 from tuneserve_server.api.interceptors import RequestContextInterceptor
 from tuneserve_server.api.training_servicer import TrainingServicer
 from tuneserve_server.config import Settings
 from tuneserve_server.services import Services
+from tuneserve_server.services.auth import Authenticator
 
 log = structlog.get_logger("tuneserve.app")
 
@@ -44,11 +46,16 @@ SERVICE_NAMES = (
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, services: Services) -> None:
+    def __init__(self, settings: Settings, services: Services, authenticator: Authenticator) -> None:
         self.settings = settings
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        # Order: the request context (request id, access log, metrics) is outermost, so a call
+        # refused by authentication still has its request id, log line and metrics, and its
+        # auth.failed audit event carries the request id; the auth interceptor then runs
+        # before any servicer code, for every unary and streaming method.
+        auth = AuthInterceptor(authenticator, reflection_requires_auth=settings.reflection_requires_auth)
         self.server = grpc.aio.server(
-            interceptors=[RequestContextInterceptor()],
+            interceptors=[RequestContextInterceptor(), auth],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),

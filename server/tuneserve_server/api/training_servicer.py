@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import structlog
 
 from tuneserve.v1 import training_pb2, training_pb2_grpc
 from tuneserve_server.api import convert
+from tuneserve_server.api.auth_interceptor import namespace
 from tuneserve_server.api.rpc import require_id, rpc, rpc_stream
-from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.services.training import TrainingService
 
 
@@ -18,7 +20,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     @rpc
     async def Train(self, request, context):
         structlog.contextvars.bind_contextvars(adapter=request.adapter_name)
-        submitted = await self.training.submit(convert.train_input(request))
+        train = convert.train_input(request)
+        submitted = await self.training.submit(replace(train, namespace=namespace(request.namespace)))
         return training_pb2.TrainResponse(
             job=convert.job_pb(submitted.job),
             created=submitted.created,
@@ -27,13 +30,13 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     @rpc
     async def GetJob(self, request, context):
-        job = await self.training.get_job(namespace_of(request.namespace), require_id(request.job_id))
+        job = await self.training.get_job(namespace(request.namespace), require_id(request.job_id))
         return training_pb2.GetJobResponse(job=convert.job_pb(job))
 
     @rpc
     async def ListJobs(self, request, context):
         jobs, token = await self.training.list_jobs(
-            namespace_of(request.namespace),
+            namespace(request.namespace),
             states=convert.job_states(request.states),
             adapter_name=request.adapter_name,
             page_size=request.page_size,
@@ -43,14 +46,14 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     @rpc
     async def CancelJob(self, request, context):
-        job = await self.training.cancel_job(namespace_of(request.namespace), require_id(request.job_id))
+        job = await self.training.cancel_job(namespace(request.namespace), require_id(request.job_id))
         return training_pb2.CancelJobResponse(job=convert.job_pb(job))
 
     @rpc_stream
     async def WatchJob(self, request, context):
         """The job's events after `after_sequence`, then live ones until it has ended."""
         events = self.training.watch(
-            namespace_of(request.namespace), require_id(request.job_id), request.after_sequence
+            namespace(request.namespace), require_id(request.job_id), request.after_sequence
         )
         async for event in events:
             yield training_pb2.WatchJobResponse(event=convert.event_pb(event))

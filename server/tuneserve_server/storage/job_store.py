@@ -10,6 +10,7 @@ from typing import Protocol
 
 from tuneserve_server.domain.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.domain.tenancy import ApiKeyRecord
 
 
 class JobStore(Protocol):
@@ -148,5 +149,19 @@ class JobStore(Protocol):
 
     def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
         """Registry rows (published or deleted) changed after `after_seq`, by seq."""
+
+    # --- API keys (services/keys.py makes and verifies them; the store keeps only hashes)
+    def insert_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """Store a new key (AlreadyExists if its key_id is taken); returns it as stored,
+        with created_at from the store's clock."""
+
+    def api_key(self, key_id: str) -> ApiKeyRecord:
+        """The key, revoked or not. NotFound when it never existed."""
+
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        """Every key (of one tenant, when given), revoked ones included."""
+
+    def revoke_api_key(self, key_id: str) -> ApiKeyRecord:
+        """Set revoked_at (once: revoking again keeps the first time). NotFound if unknown."""
 
     def close(self) -> None: ...

@@ -179,6 +179,20 @@ dataset_upload_chunks = sa.Table(
     sa.PrimaryKeyConstraint("namespace", "upload_id", "start_byte", name="dataset_upload_chunks_pkey"),
 )
 
+# API keys (services/keys.py): only a salted scrypt hash of each secret is stored.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("tenant", BYTEWISE, nullable=False),
+    sa.Column("roles_json", sa.Text, nullable=False),
+    sa.Column("salt", sa.LargeBinary, nullable=False),
+    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("revoked_at", Timestamp),
+)
+
 sa.Index("jobs_state", jobs.c.state, jobs.c.seq)
 sa.Index("jobs_ns", jobs.c.namespace, jobs.c.seq)
 # What every claim's lease reaping scans: only RUNNING rows, by expiry. PostgreSQL only
@@ -191,6 +205,7 @@ sa.Index(
 )
 sa.Index("adapter_versions_seq", adapter_versions.c.seq)
 sa.Index("datasets_ns", datasets.c.namespace, datasets.c.seq)
+sa.Index("api_keys_tenant", api_keys.c.tenant, api_keys.c.key_id)
 
 # Listing datasets never reads their bytes.
 DATASET_COLUMNS = tuple(c for c in datasets.c if c.name != "content")

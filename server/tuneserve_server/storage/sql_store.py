@@ -71,6 +71,7 @@ from tuneserve_server.storage.sql import (
     valid_page_size,
 )
 from tuneserve_server.storage.sql_datasets import DatasetsMixin
+from tuneserve_server.storage.sql_keys import KeysMixin
 from tuneserve_server.storage.sql_registry import RegistryMixin
 from tuneserve_server.storage.sql_statements import Statements
 
@@ -86,7 +87,7 @@ _RUNNING = JobState.RUNNING.value
 _QUEUED = JobState.QUEUED.value
 
 
-class SqlStore(DatasetsMixin, RegistryMixin):
+class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
     """JobStore over one SQLAlchemy engine. Safe across threads (a connection pool) and
     processes or machines (the locks described in the module docstring)."""
 

@@ -72,7 +72,8 @@ def test_every_call_has_a_deadline_and_metadata(server_target, training_service)
     assert first is not None and 5.0 < first <= 7.5  # gRPC rounds deadlines a little
     assert second is not None and 1.0 < second <= 2.5
     assert training_service.metadata[0]["authorization"] == "Bearer t"
-    assert training_service.train_requests[0].namespace == "default"
+    # No namespace given: the server takes the credential's tenant (auth none: "default").
+    assert training_service.train_requests[0].namespace == ""
 
 
 def test_train_retries_unavailable_with_the_same_request_id(client, training_service):
