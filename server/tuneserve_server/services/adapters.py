@@ -16,6 +16,7 @@ from tuneserve_server.domain.errors import NotFound, QuotaExceeded
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.observability.audit import audit
 from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
@@ -79,6 +80,9 @@ class AdapterService:
         for rec in deleted:
             await asyncio.to_thread(self.adapter_store.delete, rec.namespace, rec.name, rec.version)
         await self.engine.refresh()
+        audit(
+            "adapter.delete", namespace=ref.namespace, adapter=ref.name, versions=[r.version for r in deleted]
+        )
         return [r.version for r in deleted]
 
     async def load(self, ref: AdapterRef, *, pin: bool) -> Loaded:

@@ -30,6 +30,7 @@ from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.domain.records import DatasetRecord, UploadState
 from tuneserve_server.domain.tenancy import Quotas
 from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.observability.audit import audit
 from tuneserve_server.services.quotas import check_upload
 from tuneserve_server.services.readiness import require_ready
 from tuneserve_server.storage.job_store import JobStore
@@ -351,6 +352,7 @@ class DatasetService:
 
     async def delete(self, namespace: str, dataset_id: str) -> None:
         await asyncio.to_thread(self.store.delete_dataset, namespace, dataset_id)
+        audit("dataset.delete", namespace=namespace, dataset_id=dataset_id)
 
     # ------------------------------------------------------------------ tenant quotas
     # (services/quotas.py) Checked at an upload's start, with the declared size, and before

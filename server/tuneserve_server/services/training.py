@@ -17,6 +17,7 @@ from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import namespace_of
 from tuneserve_server.domain.tenancy import Quotas
 from tuneserve_server.engine.inference import InferenceEngine
+from tuneserve_server.observability.audit import audit
 from tuneserve_server.observability.metrics import JOBS_SUBMITTED
 from tuneserve_server.services.datasets import load_rows
 from tuneserve_server.services.quotas import check_train, quotas_of
@@ -87,6 +88,7 @@ class TrainingService:
         job, created = await asyncio.to_thread(self.store.create_job, spec, report.to_dict())
         if created:
             JOBS_SUBMITTED.inc()
+            audit("job.create", namespace=job.namespace, job_id=job.id, adapter=job.adapter_name)
             log.info(
                 "job queued",
                 job_id=job.id,
@@ -130,7 +132,9 @@ class TrainingService:
         )
 
     async def cancel_job(self, namespace: str, job_id: str) -> Job:
-        return await asyncio.to_thread(self.store.cancel_job, namespace, job_id)
+        job = await asyncio.to_thread(self.store.cancel_job, namespace, job_id)
+        audit("job.cancel", namespace=namespace, job_id=job_id)
+        return job
 
     async def watch(self, namespace: str, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
         """Replays the log after `after_sequence`, then polls it until the job has ended and
