@@ -76,6 +76,35 @@ def _seed_adapters(store: Any, adapter_root: Path, source: Path, record: Any, na
         store.complete_job(job.id, "matrix-seed", dict(record.metrics), published)
 
 
+def _half_upload(target: str, key: str, upload_id: str) -> None:
+    """An upload that stops after its first chunk: it stays unfinished (FAILED_PRECONDITION:
+    the stream ended before size_bytes)."""
+    import hashlib
+
+    import grpc
+
+    from tuneserve.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
+
+    header = datasets_pb2.DatasetUploadHeader(
+        namespace="teama",
+        display_name="half.jsonl",
+        task=common_pb2.TASK_TYPE_CLASSIFICATION,
+        format=datasets_pb2.DATASET_FORMAT_JSONL,
+        size_bytes=len(ROWS),
+        sha256=hashlib.sha256(ROWS).hexdigest(),
+        upload_id=upload_id,
+    )
+    messages = [
+        datasets_pb2.UploadDatasetRequest(header=header),
+        datasets_pb2.UploadDatasetRequest(chunk=datasets_pb2.DatasetChunk(offset=0, data=ROWS[:40])),
+    ]
+    with grpc.insecure_channel(target) as channel:
+        stub = datasets_pb2_grpc.DatasetServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UploadDataset(iter(messages), timeout=30, metadata=(("authorization", f"Bearer {key}"),))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value
+
+
 def _pg_schema(admin_dsn: str) -> tuple[str, Callable[[], None]]:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -142,6 +171,9 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
             for name in ("job", "job-own-cancel", "job-admin-cancel", "job-watch"):
                 ids[name] = a.train("intents", dataset=ids["dataset"], request_id=name).id
             a.cancel_job(ids["job-watch"])  # an ended job: watching it ends
+        for name in ("half", "half-own", "half-admin"):
+            _half_upload(api.target, keys["teama"], name)
+            ids[name] = name
         yield w
     finally:
         rc = api.stop()
@@ -164,6 +196,10 @@ def _cancel(c: Client, ids: dict, purpose: str) -> Any:
 
 def _delete_dataset(c: Client, ids: dict, purpose: str) -> Any:
     return c.delete_dataset(ids[{"own": "ds-own-delete", "admin": "ds-admin-delete"}.get(purpose, "dataset")])
+
+
+def _discard_upload(c: Client, ids: dict, purpose: str) -> Any:
+    return c.discard_upload(ids[{"own": "half-own", "admin": "half-admin"}.get(purpose, "half")])
 
 
 def _delete_adapter(c: Client, ids: dict, purpose: str) -> Any:
@@ -192,6 +228,8 @@ RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     "ListDatasets": ("train", lambda c, ids, _: sorted(d.id for d in c.list_datasets())),
     "DeleteDataset": ("train", _delete_dataset),
     "ValidateDataset": ("train", lambda c, ids, _: c.validate_dataset(ids["dataset"]).usable_rows),
+    "ListUploads": ("train", lambda c, ids, _: sorted(u.upload_id for u in c.list_uploads())),
+    "DeleteUpload": ("train", _discard_upload),
 }
 # Calls that name one of teama's resources: another tenant gets NOT_FOUND for them, worded as
 # for a name that never existed. The rest list or create inside the caller's own tenant.
@@ -208,6 +246,7 @@ NAMED = {
     "GetDataset",
     "DeleteDataset",
     "ValidateDataset",
+    "DeleteUpload",
 }
 
 
@@ -277,7 +316,7 @@ def test_another_tenants_resource_is_not_found_like_one_that_never_existed(world
         assert a.get_dataset(ids["dataset"]).id == ids["dataset"]
 
 
-@pytest.mark.parametrize("rpc", ["ListJobs", "ListAdapters", "ListDatasets", "UploadDataset"])
+@pytest.mark.parametrize("rpc", ["ListJobs", "ListAdapters", "ListDatasets", "ListUploads", "UploadDataset"])
 def test_another_tenant_sees_only_its_own(world, rpc):
     ids = _ids(world)
     with world.client("teamb") as b:
@@ -286,7 +325,7 @@ def test_another_tenant_sees_only_its_own(world, rpc):
         if rpc == "UploadDataset":  # the same upload id as team A's makes team B's own dataset
             assert b.upload_dataset(ROWS, format="jsonl", upload_id="up-dataset").id != ids["dataset"]
         else:
-            assert not set(got) & {"intents", ids["job"], ids["dataset"]}
+            assert not set(got) & {"intents", ids["job"], ids["dataset"], "half"}
 
 
 def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
@@ -301,6 +340,8 @@ def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
         assert "intents" in value
     elif rpc == "ListDatasets":
         assert ids["dataset"] in value
+    elif rpc == "ListUploads":
+        assert "half" in value
     elif rpc == "CancelJob":
         assert value == "CANCELLED"
 

@@ -10,6 +10,7 @@ import json
 
 import grpc
 import pytest
+from conftest import auth_channel
 
 from tuneserve.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
 from tuneserve_client import NotFound
@@ -42,7 +43,7 @@ def _trailer(call_or_error) -> str | None:
 def test_an_owner_lists_and_discards_unfinished_uploads(cluster, capsys):
     from tuneserve_client.cli import main
 
-    with grpc.insecure_channel(cluster.api.target) as channel:
+    with auth_channel(cluster.api) as channel:
         stub = datasets_pb2_grpc.DatasetServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:  # the connection "drops" after 1,000 bytes
             stub.UploadDataset(_messages(_header("half-1", "uploads-a"), [(0, DATA[:1000])]), timeout=30)
@@ -57,7 +58,7 @@ def test_an_owner_lists_and_discards_unfinished_uploads(cluster, capsys):
         with pytest.raises(NotFound):
             other.discard_upload("half-1")
 
-    base = ["--target", cluster.api.target, "--namespace", "uploads-a"]
+    base = ["--target", cluster.api.target, "--namespace", "uploads-a", "--api-key", cluster.api.api_key]
     assert main([*base, "datasets", "uploads"]) == 0
     out = capsys.readouterr().out
     assert "half-1" in out and f"1000/{len(DATA)}" in out
@@ -81,7 +82,7 @@ def test_streaming_rpcs_pass_the_request_interceptor(cluster):
     ok_before = _rpc_count(cluster, "UploadDataset", "OK")
     bad_before = _rpc_count(cluster, "UploadDataset", "INVALID_ARGUMENT")
     watch_before = _rpc_count(cluster, "WatchJob", "NOT_FOUND")
-    with grpc.insecure_channel(cluster.api.target) as channel:
+    with auth_channel(cluster.api) as channel:
         stub = datasets_pb2_grpc.DatasetServiceStub(channel)
         chunks = [(0, DATA[:2000]), (2000, DATA[2000:])]
         reply, call = stub.UploadDataset.with_call(
