@@ -103,7 +103,9 @@ COPY --from=build /opt/tuneserve /opt/tuneserve
 
 # HF_HUB_OFFLINE: nothing is fetched from a model hub; the base model is baked in or
 # mounted. Caches go under /tmp, which is an emptyDir when the root filesystem is
-# read-only (Kubernetes). TUNESERVE_HOST: a container must bind every interface.
+# read-only (Kubernetes). TUNESERVE_HOST and _METRICS_HOST: a container must bind every
+# interface (the container's port mapping is the boundary; the server's own default is
+# 127.0.0.1 for /metrics).
 ENV PATH=/opt/tuneserve/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1 \
@@ -112,6 +114,7 @@ ENV PATH=/opt/tuneserve/bin:$PATH \
     HF_HOME=/tmp/hf \
     XDG_CACHE_HOME=/tmp/cache \
     TUNESERVE_HOST=0.0.0.0 \
+    TUNESERVE_METRICS_HOST=0.0.0.0 \
     TUNESERVE_DATA_DIR=/var/lib/tuneserve
 
 WORKDIR /home/tuneserve

@@ -182,6 +182,7 @@ def test_environment_and_ports_match_the_settings(final: list[tuple[str, str]]) 
     unknown = {k for k in tuneserve if k[len(ENV_PREFIX) :].lower() not in SETTINGS}
     assert not unknown, f"not tuneserve settings: {unknown}"
     assert env.get(ENV_PREFIX + "HOST") == "0.0.0.0", "a container must bind every interface"
+    assert env.get(ENV_PREFIX + "METRICS_HOST") == "0.0.0.0", "/metrics too, or no scraper reaches it"
     assert env.get(ENV_PREFIX + "DATA_DIR", "").startswith("/")
     for var in ("HF_HOME", "XDG_CACHE_HOME"):
         assert env.get(var, "").startswith("/tmp/"), f"{var}: caches belong on /tmp (read-only root fs)"
