@@ -183,12 +183,12 @@ class Proc:
 class Cluster:
     """One API process and one worker process sharing a data dir."""
 
-    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, **api_settings: object) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.procs: list[Proc] = []
         self.worker = self.start("worker")
-        self.api = self.start_api()
+        self.api = self.start_api(**api_settings)
 
     def start(self, role: str, **settings: object) -> Proc:
         proc = Proc(role, self.data_dir, self.log_dir, **settings)

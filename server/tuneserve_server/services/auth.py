@@ -86,18 +86,24 @@ class Authenticator:
         if not self.enabled:
             return Principal(DEFAULT_NAMESPACE, ALL_ROLES, via="none")
         token = bearer_token(metadata)
+        try:
+            if token is None:
+                for verify in self.peer_verifiers:
+                    principal = verify(peer or {})
+                    if principal is not None:
+                        return principal
+            elif not token.startswith(PREFIX):
+                for verify_token in self.token_verifiers:
+                    principal = verify_token(token)
+                    if principal is not None:
+                        return principal
+        except Unauthenticated as exc:  # a JWT or client certificate refused: audited too
+            audit("auth.failed", outcome="denied", reason=str(exc), key_id="")
+            raise
         if token is None:
-            for verify in self.peer_verifiers:
-                principal = verify(peer or {})
-                if principal is not None:
-                    return principal
             self._fail("no credential", "")
         if token.startswith(PREFIX):
             return self._api_key(token)
-        for verify_token in self.token_verifiers:
-            principal = verify_token(token)
-            if principal is not None:
-                return principal
         self._fail("malformed credential", "")
 
     async def authenticate_async(
