@@ -188,6 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify texts, or generate text on a causal-LM server")
     predict.add_argument("--adapter", default="", help="name or name@version (default: the base model)")
     predict.add_argument("--probabilities", action="store_true", help="also show every label's probability")
+    unsure = predict.add_argument_group("uncertainty (classification)")
+    unsure.add_argument(
+        "--confidence",
+        type=float,
+        metavar="LEVEL",
+        help="also show the conformal prediction set that holds the true label with this probability, e.g. 0.9",
+    )
+    unsure.add_argument(
+        "--conformal-score", choices=("lac", "aps"), default="lac", help="set score (default lac)"
+    )
+    unsure.add_argument(
+        "--conformal-mode",
+        choices=("auto", "marginal", "mondrian"),
+        default="auto",
+        help="per-label (mondrian) or marginal calibration (default auto: mondrian when every label has enough rows)",
+    )
+    unsure.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also show whether to abstain and whether the text is out of domain",
+    )
     predict.add_argument(
         "texts",
         nargs="+",
@@ -586,7 +607,15 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     }
     if args.stream or any(v not in (None, False) for v in params.values()):
         return _generate(client, args, texts, params, out)
-    results = client.predict(args.adapter or None, texts, probabilities=args.probabilities)
+    results = client.predict(
+        args.adapter or None,
+        texts,
+        probabilities=args.probabilities,
+        confidence=args.confidence,
+        conformal_score=args.conformal_score,
+        conformal_mode=args.conformal_mode,
+        uncertainty=args.uncertainty,
+    )
     if results and isinstance(results[0], Generation):  # a causal-LM server answered
         return _print_generations(args, texts, results, out)
     if args.json:
@@ -597,6 +626,11 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         columns = [result.label, f"{result.score:.4f}"]
         if args.probabilities:
             columns.append(" ".join(f"{p.label}:{p.score:.4f}" for p in result.probabilities))
+        if result.prediction_set is not None:
+            columns.append("{" + ",".join(result.prediction_set) + "}")
+        if result.abstain is not None:
+            columns.append(f"abstain:{result.abstain_reason}" if result.abstain else "answer")
+            columns.append(f"ood:{result.ood_score:.1f}{'!' if result.out_of_domain else ''}")
         columns.append(text.replace("\r", "\\r").replace("\n", "\\n"))
         print("\t".join(columns), file=out)
     return 0

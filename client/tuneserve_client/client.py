@@ -492,9 +492,19 @@ class Client:
         texts: Sequence[str] | str,
         *,
         probabilities: bool = False,
+        confidence: float | None = None,
+        conformal_score: str = "lac",
+        conformal_mode: str = "auto",
+        uncertainty: bool = False,
         timeout: float | None = None,
     ) -> list[Classification]:
-        """Classify `texts` with `adapter` ("name", "name@version", or None for the base model)."""
+        """Classify `texts` with `adapter` ("name", "name@version", or None for the base model).
+
+        `confidence` (e.g. 0.9): also return each text's conformal prediction set, which
+        holds the true label with at least that probability; `conformal_score` "lac" or
+        "aps", `conformal_mode` "auto", "marginal" or "mondrian" (per-label coverage).
+        `uncertainty`: also return `abstain` (with `abstain_reason`), `out_of_domain` and
+        `ood_score`, from thresholds the adapter fitted on its validation split."""
         if isinstance(texts, str):
             texts = [texts]
         request = inference_pb2.PredictRequest(
@@ -502,9 +512,23 @@ class Client:
             adapter=adapter or "",
             inputs=list(texts),
             return_probabilities=probabilities,
+            return_uncertainty=uncertainty,
+            conformal_score=_enum(inference_pb2.ConformalScore, "CONFORMAL_SCORE_", conformal_score),
+            conformal_mode=_enum(inference_pb2.ConformalMode, "CONFORMAL_MODE_", conformal_mode, "auto"),
         )
+        if confidence is not None:
+            request.confidence_level = confidence
         response = self._call(self._inference.Predict, request, timeout)
-        return [prediction_from_pb(p) for p in response.predictions]
+        mode = ""
+        if confidence is not None and response.conformal_mode:
+            mode = (
+                inference_pb2.ConformalMode.Name(response.conformal_mode)
+                .removeprefix("CONFORMAL_MODE_")
+                .lower()
+            )
+        return [
+            prediction_from_pb(p, conformal_mode=mode, uncertainty=uncertainty) for p in response.predictions
+        ]
 
     # --- generation (causal LM) ------------------------------------------------------
 
@@ -643,3 +667,21 @@ class Client:
 
 
 Client.train.__doc__ = (Client.train.__doc__ or "").rstrip() + "\n" + hyperparameters_doc() + "\n"
+
+
+def _enum(enum: Any, prefix: str, name: str, unspecified: str = "") -> int:
+    """An enum value by its short lower-case name ("aps" -> CONFORMAL_SCORE_APS); the
+    `unspecified` name means the server's default."""
+    if name == unspecified:
+        return 0
+    try:
+        return enum.Value(prefix + name.upper())
+    except ValueError:
+        known = [
+            n.removeprefix(prefix).lower()
+            for n in enum.DESCRIPTOR.values_by_name
+            if not n.endswith("UNSPECIFIED")
+        ]
+        raise ValueError(
+            f"unknown {prefix.lower().rstrip('_')} {name!r}; one of {', '.join(known)}"
+        ) from None

@@ -60,6 +60,19 @@ _NOTES: dict[str, _Note] = {
     ),
     "evaluation.early_stopping_patience": _Note("stop after N evaluations without improvement (0: never)"),
     "evaluation.calibrate": _Note("fit temperature scaling of the probabilities (default: on)", minimum=None),
+    "evaluation.fit_uncertainty": _Note(
+        "fit prediction sets, abstention and out-of-domain detection on validation (default: on)",
+        minimum=None,
+    ),
+    "evaluation.abstain_target_precision": _Note(
+        "abstain below the confidence at which validation answers are this precise (default 0.95)",
+    ),
+    "evaluation.abstain_target_coverage": _Note(
+        "abstain on all but this most-confident fraction of texts (instead of a precision)",
+    ),
+    "evaluation.ood_false_positive_rate": _Note(
+        "fraction of in-domain texts the out-of-domain flag may mark (default 0.05)",
+    ),
     "causal_lm.train_on_prompt": _Note("causal LM: also train on the prompt's tokens", minimum=None),
     "causal_lm.sample_generations": _Note("causal LM: validation prompts to generate from after training"),
 }

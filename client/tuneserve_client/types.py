@@ -72,6 +72,15 @@ class Classification:
     label: str
     score: float
     probabilities: list[LabelScore] = field(default_factory=list)
+    # With `confidence=`: the conformal prediction set (most probable first) and the
+    # calibration it was built with ("marginal" or "mondrian").
+    prediction_set: list[str] | None = None
+    conformal_mode: str = ""
+    # With `uncertainty=True`: whether to hand the text to a person, and why.
+    abstain: bool | None = None
+    abstain_reason: str = ""
+    out_of_domain: bool | None = None
+    ood_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -184,21 +193,33 @@ def job_from_pb(pb: training_pb2.Job) -> Job:
     )
 
 
-def classification_from_pb(pb: inference_pb2.Classification) -> Classification:
+def classification_from_pb(
+    pb: inference_pb2.Classification, *, conformal_mode: str = "", uncertainty: bool = False
+) -> Classification:
+    """`conformal_mode` ("marginal"/"mondrian"): the response carried sets; `uncertainty`:
+    the request asked for abstain / out-of-domain outputs (otherwise they stay None)."""
     return Classification(
         label=pb.label,
         score=pb.score,
         probabilities=[LabelScore(p.label, p.score) for p in pb.probabilities],
+        prediction_set=list(pb.prediction_set) if conformal_mode else None,
+        conformal_mode=conformal_mode,
+        abstain=pb.abstain if uncertainty else None,
+        abstain_reason=pb.abstain_reason,
+        out_of_domain=pb.out_of_domain if uncertainty else None,
+        ood_score=pb.ood_score if uncertainty else None,
     )
 
 
-def prediction_from_pb(pb: inference_pb2.Prediction) -> Classification | Generation:
+def prediction_from_pb(
+    pb: inference_pb2.Prediction, *, conformal_mode: str = "", uncertainty: bool = False
+) -> Classification | Generation:
     kind = pb.WhichOneof("output")
     if kind == "generation":  # a causal-LM server answers predict() with generations
         return generation_from_pb(pb)
     if kind != "classification":
         raise ValueError(f"unsupported prediction output {kind!r}; upgrade the client")
-    return classification_from_pb(pb.classification)
+    return classification_from_pb(pb.classification, conformal_mode=conformal_mode, uncertainty=uncertainty)
 
 
 def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:

@@ -7,12 +7,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ConformalScore(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONFORMAL_SCORE_UNSPECIFIED: _ClassVar[ConformalScore]
+    CONFORMAL_SCORE_LAC: _ClassVar[ConformalScore]
+    CONFORMAL_SCORE_APS: _ClassVar[ConformalScore]
+
+class ConformalMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONFORMAL_MODE_UNSPECIFIED: _ClassVar[ConformalMode]
+    CONFORMAL_MODE_MARGINAL: _ClassVar[ConformalMode]
+    CONFORMAL_MODE_MONDRIAN: _ClassVar[ConformalMode]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_EOS: _ClassVar[FinishReason]
+CONFORMAL_SCORE_UNSPECIFIED: ConformalScore
+CONFORMAL_SCORE_LAC: ConformalScore
+CONFORMAL_SCORE_APS: ConformalScore
+CONFORMAL_MODE_UNSPECIFIED: ConformalMode
+CONFORMAL_MODE_MARGINAL: ConformalMode
+CONFORMAL_MODE_MONDRIAN: ConformalMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason
@@ -37,18 +55,26 @@ class GenerationParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., raw_prompt: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("namespace", "adapter", "inputs", "return_probabilities", "generation")
+    __slots__ = ("namespace", "adapter", "inputs", "return_probabilities", "generation", "confidence_level", "conformal_score", "conformal_mode", "return_uncertainty")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    CONFORMAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONFORMAL_MODE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     adapter: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     return_probabilities: bool
     generation: GenerationParams
-    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., return_probabilities: _Optional[bool] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+    confidence_level: float
+    conformal_score: ConformalScore
+    conformal_mode: ConformalMode
+    return_uncertainty: bool
+    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., return_probabilities: _Optional[bool] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ..., confidence_level: _Optional[float] = ..., conformal_score: _Optional[_Union[ConformalScore, str]] = ..., conformal_mode: _Optional[_Union[ConformalMode, str]] = ..., return_uncertainty: _Optional[bool] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -59,14 +85,24 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("label", "score", "probabilities")
+    __slots__ = ("label", "score", "probabilities", "prediction_set", "abstain", "abstain_reason", "out_of_domain", "ood_score")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_SET_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_REASON_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    OOD_SCORE_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
     probabilities: _containers.RepeatedCompositeFieldContainer[LabelScore]
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., probabilities: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
+    prediction_set: _containers.RepeatedScalarFieldContainer[str]
+    abstain: bool
+    abstain_reason: str
+    out_of_domain: bool
+    ood_score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., probabilities: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., abstain: _Optional[bool] = ..., abstain_reason: _Optional[str] = ..., out_of_domain: _Optional[bool] = ..., ood_score: _Optional[float] = ...) -> None: ...
 
 class Generation(_message.Message):
     __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens")
@@ -89,14 +125,16 @@ class Prediction(_message.Message):
     def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("predictions", "adapter_name", "adapter_version")
+    __slots__ = ("predictions", "adapter_name", "adapter_version", "conformal_mode")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFORMAL_MODE_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     adapter_name: str
     adapter_version: int
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ...) -> None: ...
+    conformal_mode: ConformalMode
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ..., conformal_mode: _Optional[_Union[ConformalMode, str]] = ...) -> None: ...
 
 class PredictStreamRequest(_message.Message):
     __slots__ = ("namespace", "adapter", "input", "generation")

@@ -22,6 +22,7 @@ from tuneserve_server.domain.jobs import (
     TaskType,
 )
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
+from tuneserve_server.domain.uncertainty import ConformalMode, ConformalScore, UncertaintyRequest
 from tuneserve_server.engine.classifier import ClassScores
 from tuneserve_server.engine.generation import (
     FinishReason,
@@ -294,7 +295,45 @@ def classification_pb(scores: ClassScores, with_probabilities: bool) -> inferenc
     if with_probabilities:
         ranked = sorted(zip(scores.labels, scores.probabilities, strict=True), key=lambda p: -p[1])
         out.probabilities.extend(inference_pb2.LabelScore(label=lab, score=p) for lab, p in ranked)
+    if scores.prediction_set is not None:
+        out.prediction_set.extend(scores.prediction_set)
+    if scores.ood_score is not None:
+        out.abstain, out.abstain_reason = scores.abstain, scores.abstain_reason
+        out.out_of_domain, out.ood_score = scores.out_of_domain, scores.ood_score
     return inference_pb2.Prediction(classification=out)
+
+
+_SCORE_FROM_PB = {
+    inference_pb2.CONFORMAL_SCORE_UNSPECIFIED: ConformalScore.LAC,
+    inference_pb2.CONFORMAL_SCORE_LAC: ConformalScore.LAC,
+    inference_pb2.CONFORMAL_SCORE_APS: ConformalScore.APS,
+}
+_MODE_FROM_PB = {
+    inference_pb2.CONFORMAL_MODE_UNSPECIFIED: ConformalMode.AUTO,
+    inference_pb2.CONFORMAL_MODE_MARGINAL: ConformalMode.MARGINAL,
+    inference_pb2.CONFORMAL_MODE_MONDRIAN: ConformalMode.MONDRIAN,
+}
+CONFORMAL_MODE_TO_PB = {
+    ConformalMode.MARGINAL: inference_pb2.CONFORMAL_MODE_MARGINAL,
+    ConformalMode.MONDRIAN: inference_pb2.CONFORMAL_MODE_MONDRIAN,
+}
+
+
+def uncertainty_request(request: inference_pb2.PredictRequest) -> UncertaintyRequest:
+    """A PredictRequest's uncertainty options, every violation named by its field."""
+    problems: list[FieldViolation] = []
+    level = request.confidence_level if request.HasField("confidence_level") else None
+    if level is not None and not (math.isfinite(level) and 0 < level < 1):
+        problems.append(FieldViolation("confidence_level", "must be in (0, 1), e.g. 0.9"))
+    score = _SCORE_FROM_PB.get(request.conformal_score)
+    if score is None:
+        problems.append(FieldViolation("conformal_score", "unknown value; one of LAC, APS"))
+    mode = _MODE_FROM_PB.get(request.conformal_mode)
+    if mode is None:
+        problems.append(FieldViolation("conformal_mode", "unknown value; one of MARGINAL, MONDRIAN"))
+    if problems:
+        raise InvalidRequest("invalid uncertainty options", problems)
+    return UncertaintyRequest(level, score, mode, request.return_uncertainty)  # type: ignore[arg-type]
 
 
 Residency = dict[tuple[str, str, int], tuple[bool, float, int]]  # key -> (pinned, last_used, bytes)

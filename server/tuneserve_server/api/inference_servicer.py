@@ -39,17 +39,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             list(request.inputs),
             generation_asked=request.HasField("generation"),
             sampling=self._sampling(request.generation),
+            uncertainty=convert.uncertainty_request(request),
         )
+        mode = None
         if isinstance(result, Generated):
             predictions = [
                 inference_pb2.Prediction(generation=convert.generation_pb(r)) for r in result.results
             ]
         else:
             predictions = [convert.classification_pb(s, request.return_probabilities) for s in result.scores]
+            mode = result.scores[0].conformal_mode if result.scores else None
         return inference_pb2.PredictResponse(
             predictions=predictions,
             adapter_name=result.adapter.name if result.adapter else "",
             adapter_version=result.adapter.version if result.adapter else 0,
+            conformal_mode=convert.CONFORMAL_MODE_TO_PB.get(mode, 0),
         )
 
     @rpc_stream

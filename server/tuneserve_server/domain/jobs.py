@@ -52,6 +52,12 @@ class EvaluationSettings:
     metric_for_best: str = ""  # "": the task's default (macro_f1 / eval_loss)
     early_stopping_patience: int = 0  # 0: never stop early
     calibrate: bool = True
+    # Classification uncertainty (prediction sets, abstention, out-of-domain), fitted on
+    # validation; a coverage target > 0 replaces the precision target.
+    fit_uncertainty: bool = True
+    abstain_target_precision: float = 0.95
+    abstain_target_coverage: float = 0.0
+    ood_false_positive_rate: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneserve_server.domain.errors import CapacityExceeded, QuotaExceeded
+from tuneserve_server.domain.uncertainty import NONE as NO_UNCERTAINTY
+from tuneserve_server.domain.uncertainty import UncertaintyRequest
 from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.observability.metrics import (
     BATCH_ADAPTERS,
@@ -58,6 +60,7 @@ class PendingRequest:
     texts: Sequence[str]
     future: asyncio.Future[Any]
     namespace: str = ""  # the tenant whose turn this request takes
+    uncertainty: UncertaintyRequest = NO_UNCERTAINTY  # classification: sets / abstention asked for
     arrival: int = 0  # submit order: a batch lists its requests in it
     enqueued: float = field(default_factory=time.monotonic)
     # True while the request's rows count against max_queue_rows (queued, not yet taken/dropped).
@@ -123,7 +126,13 @@ class Batcher:
         """Rows `namespace` has waiting in the queue."""
         return self._namespace_rows.get(namespace, 0)
 
-    async def submit(self, key: AdapterKey | None, texts: Sequence[str], namespace: str | None = None) -> Any:
+    async def submit(
+        self,
+        key: AdapterKey | None,
+        texts: Sequence[str],
+        namespace: str | None = None,
+        uncertainty: UncertaintyRequest = NO_UNCERTAINTY,
+    ) -> Any:
         """Queue `texts` and wait for their results. `namespace`: the tenant asking (default:
         the adapter's namespace; "" for the base model)."""
         ns = namespace if namespace is not None else (key.namespace if key is not None else "")
@@ -145,7 +154,14 @@ class Batcher:
                 f"predict queue is full ({self._queued_rows} rows waiting); retry with backoff"
             )
         self._arrivals += 1
-        request = PendingRequest(key, texts, asyncio.get_running_loop().create_future(), ns, self._arrivals)
+        request = PendingRequest(
+            key,
+            texts,
+            asyncio.get_running_loop().create_future(),
+            ns,
+            uncertainty=uncertainty,
+            arrival=self._arrivals,
+        )
         request.queued = True
         self._queued_requests += 1
         if ns in self._queues:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from tuneserve_server.domain.errors import FailedPrecondition
+from tuneserve_server.domain.uncertainty import ConformalMode
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
 from tuneserve_server.modeling import mean_pool
@@ -23,6 +24,14 @@ class ClassScores:
 
     labels: tuple[str, ...]
     probabilities: tuple[float, ...]
+    # Only when the request asked (UncertaintyRequest): the conformal set (most probable
+    # label first) and the calibration used; the abstain decision and out-of-domain score.
+    prediction_set: tuple[str, ...] | None = None
+    conformal_mode: ConformalMode | None = None
+    abstain: bool = False
+    abstain_reason: str = ""
+    out_of_domain: bool = False
+    ood_score: float | None = None
 
     def top(self) -> tuple[str, float]:
         i = max(range(len(self.probabilities)), key=self.probabilities.__getitem__)

@@ -21,6 +21,8 @@ from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.uncertainty import NONE as NO_UNCERTAINTY
+from tuneserve_server.domain.uncertainty import UncertaintyRequest
 from tuneserve_server.engine.batching import Batcher
 from tuneserve_server.engine.catalog import AdapterCatalog
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
@@ -307,7 +309,9 @@ class InferenceEngine:
                 )
 
     # ------------------------------------------------------------------ predict
-    async def classify(self, ref: AdapterRef | None, texts: list[str]) -> ClassifyResult:
+    async def classify(
+        self, ref: AdapterRef | None, texts: list[str], uncertainty: UncertaintyRequest = NO_UNCERTAINTY
+    ) -> ClassifyResult:
         """Resolve, queue, wait. Per-adapter request count and latency (whole call, any
         outcome) are recorded for requests that resolved to an adapter or the base model;
         unknown names never become labels."""
@@ -328,7 +332,7 @@ class InferenceEngine:
         try:
             if key is not None and self.loader is not None and not self.loader.is_resident(key):
                 await self.loader.ensure(key)  # cold: load off the torch thread, then queue
-            scores = await self.batcher.submit(key, texts)
+            scores = await self.batcher.submit(key, texts, uncertainty=uncertainty)
         finally:
             label = ADAPTER_LABELS.label(
                 BASE_ADAPTER_LABEL if record is None else adapter_label_name(record.namespace, record.name)

@@ -12,6 +12,8 @@ from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest
 from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.uncertainty import NONE as NO_UNCERTAINTY
+from tuneserve_server.domain.uncertainty import UncertaintyRequest
 from tuneserve_server.engine.generation import GenerationResult, RowStream, SamplingParams
 from tuneserve_server.engine.inference import ClassifyResult, InferenceEngine
 
@@ -72,17 +74,24 @@ class PredictionService:
         *,
         generation_asked: bool,
         sampling: Callable[[], SamplingParams],
+        uncertainty: UncertaintyRequest = NO_UNCERTAINTY,
     ) -> ClassifyResult | Generated:
         """Classify or generate, as the served model does. `sampling` converts the request's
         generation parameters; it is called only once the call is known to generate, so an
-        encoder server refuses generation settings (FAILED_PRECONDITION) before judging them."""
+        encoder server refuses generation settings (FAILED_PRECONDITION) before judging them.
+        `uncertainty`: prediction sets / abstention, classification only."""
         self._check_inputs(inputs)
         if self.limits.log_payloads:
             log.info("predict inputs", inputs=inputs)
         if self._generates(generation_asked):
+            if uncertainty.wanted:
+                raise FailedPrecondition(
+                    "confidence_level and return_uncertainty are classification outputs; "
+                    f"this server serves {self.engine.source.model_id}, a causal-LM model"
+                )
             record, results = await self.engine.generate(ref, inputs, sampling())
             return Generated(record, results)
-        return await self.engine.classify(ref, inputs)
+        return await self.engine.classify(ref, inputs, uncertainty)
 
     async def open_stream(
         self, ref: AdapterRef | None, prompt: str, sampling: Callable[[], SamplingParams]

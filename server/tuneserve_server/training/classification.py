@@ -316,25 +316,32 @@ class ClassificationRecipe:
         self.best_state = extras.best
 
     # ---------------------------------------------------------------- evaluate
-    @torch.no_grad()
     def validation_logits(self) -> torch.Tensor:
         """Float32 logits of every validation row (in spec order), computed in eval mode in
         length-sorted batches."""
+        if not hasattr(self, "_val_features"):
+            self._val_features = self._encode(self.spec.validation)
+        return self._eval_pass(self._val_features, self._logits, len(self.labels))
+
+    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+
+    def _eval_pass(self, features: list[dict[str, list[int]]], forward, width: int) -> torch.Tensor:
+        """`forward` over `features` in eval mode and length-sorted batches: (rows, width)
+        float32 on the CPU, in the order of `features`."""
         was_training = self.model.training
         self.model.eval()
         self.head.eval()
-        if not hasattr(self, "_val_features"):
-            self._val_features = self._encode(self.spec.validation)
-        features = self._val_features
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-        logits = torch.zeros(len(features), len(self.labels))
-        for i in range(0, len(order), EVAL_BATCH):
-            idx = order[i : i + EVAL_BATCH]
-            logits[idx] = self._logits(self._collate([features[j] for j in idx])).float().cpu()
+        out = torch.zeros(len(features), width)
+        with torch.no_grad():
+            for i in range(0, len(order), EVAL_BATCH):
+                idx = order[i : i + EVAL_BATCH]
+                out[idx] = forward(self._collate([features[j] for j in idx])).float().cpu()
         if was_training:
             self.model.train()
             self.head.train()
-        return logits
+        return out
 
     def _metrics(self, logits: torch.Tensor) -> dict[str, float]:
         y = self._targets(self.spec.validation)

@@ -264,8 +264,10 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
                 f"must be one of {', '.join(METRICS)}, or empty for the task's default",
             )
         eval_kw["metric_for_best"] = metric
-    if req.evaluation.get("calibrate") is not None:
-        eval_kw["calibrate"] = bool(req.evaluation["calibrate"])
+    for flag in ("calibrate", "fit_uncertainty"):
+        if req.evaluation.get(flag) is not None:
+            eval_kw[flag] = bool(req.evaluation[flag])
+    eval_kw.update(_abstention_targets(req.evaluation, v))
     lm_kw = _ranged(req.causal_lm, _CAUSAL_LM_RANGES, "causal_lm", v)
     if req.causal_lm.get("train_on_prompt") is not None:
         lm_kw["train_on_prompt"] = bool(req.causal_lm["train_on_prompt"])
@@ -275,6 +277,33 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
         EvaluationSettings(**eval_kw),
         CausalLMSettings(**lm_kw),
     )
+
+
+_UNCERTAINTY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "abstain_target_precision": (0.0, 1.0, True, False),
+    "abstain_target_coverage": (0.0, 1.0, True, True),
+    "ood_false_positive_rate": (0.0, 0.5, False, True),
+}
+
+
+def _abstention_targets(values: dict[str, Any], v: Violations) -> dict[str, float]:
+    """The uncertainty targets given; a coverage target replaces the default precision one."""
+    out: dict[str, float] = {}
+    for name, rng in _UNCERTAINTY_RANGES.items():
+        value = values.get(name)
+        if value is not None:
+            if not _in_range(value, rng):
+                v.add(f"hyperparameters.evaluation.{name}", _range_text(rng))
+            out[name] = float(value)
+    precision, coverage = out.get("abstain_target_precision"), out.get("abstain_target_coverage")
+    if precision and coverage:
+        v.add(
+            "hyperparameters.evaluation.abstain_target_coverage",
+            "set at most one of abstain_target_precision and abstain_target_coverage above 0",
+        )
+    elif coverage and precision is None:
+        out["abstain_target_precision"] = 0.0
+    return out
 
 
 def _ranged(

@@ -98,6 +98,30 @@ def test_given_values_survive_the_round_trip():
             "hyperparameters.evaluation.metric_for_best",
         ),
         (
+            {"evaluation": common_pb2.EvaluationConfig(abstain_target_precision=1.0)},
+            "hyperparameters.evaluation.abstain_target_precision",
+        ),
+        (
+            {"evaluation": common_pb2.EvaluationConfig(abstain_target_coverage=1.5)},
+            "hyperparameters.evaluation.abstain_target_coverage",
+        ),
+        (
+            {
+                "evaluation": common_pb2.EvaluationConfig(
+                    abstain_target_precision=0.9, abstain_target_coverage=0.8
+                )
+            },
+            "hyperparameters.evaluation.abstain_target_coverage",
+        ),
+        (
+            {"evaluation": common_pb2.EvaluationConfig(ood_false_positive_rate=0.0)},
+            "hyperparameters.evaluation.ood_false_positive_rate",
+        ),
+        (
+            {"evaluation": common_pb2.EvaluationConfig(ood_false_positive_rate=0.6)},
+            "hyperparameters.evaluation.ood_false_positive_rate",
+        ),
+        (
             {"causal_lm": common_pb2.CausalLMConfig(sample_generations=101)},
             "hyperparameters.causal_lm.sample_generations",
         ),
@@ -106,6 +130,20 @@ def test_given_values_survive_the_round_trip():
 def test_out_of_range_values_name_their_field(sections, field):
     found = violations(request(**sections))
     assert field in found, found
+
+
+def test_a_coverage_target_replaces_the_default_precision_target():
+    hp = build_job_spec(train_input(request()), LIMITS).hyperparameters.evaluation
+    assert (hp.abstain_target_precision, hp.abstain_target_coverage, hp.fit_uncertainty) == (0.95, 0.0, True)
+    req = request(evaluation=common_pb2.EvaluationConfig(abstain_target_coverage=0.8))
+    hp = build_job_spec(train_input(req), LIMITS).hyperparameters.evaluation
+    assert hp.abstain_target_precision == 0.0 and hp.abstain_target_coverage == pytest.approx(0.8)
+    # The server's echo (both fields set, one of them 0) is accepted back as it is.
+    again = request(
+        evaluation=hyperparameters_pb(build_job_spec(train_input(req), LIMITS).hyperparameters).evaluation
+    )
+    echoed = build_job_spec(train_input(again), LIMITS).hyperparameters.evaluation
+    assert (echoed.abstain_target_precision, echoed.abstain_target_coverage) == (0.0, pytest.approx(0.8))
 
 
 def test_the_metric_description_lists_the_choices():
