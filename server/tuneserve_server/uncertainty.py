@@ -30,8 +30,25 @@ if none reaches it the threshold is above every probability: always abstain) or 
 Out-of-domain: class-conditional Mahalanobis distance to the training embeddings' class means with a
 shared Ledoit–Wolf-shrunk covariance (stable with few rows per class in 384 dimensions); the flag
 threshold is the conformal (1 - fpr) quantile of the validation rows' scores, so an in-domain row is
-flagged with probability <= fpr. The default variant is chosen by `bench/ood_choice.py` (MiniLM
-masked-mean embeddings, Banking77 train vs test vs examples/data/ood/general.txt).
+flagged with probability <= fpr. The default variant was chosen with `bench/ood_choice.py`: base
+MiniLM masked-mean embeddings (no adapter), fit on 3000 Banking77 train rows, threshold on 1000
+others. AUROC, in-domain Banking77 test (3080 rows) vs
+"far": examples/data/ood/general.txt (302 general questions, chit-chat, encyclopedic sentences),
+"near": test rows of 19 intents held out of the fit (the other 58 intents' rows in-domain):
+
+                                               far AUROC   near AUROC
+    min class Mahalanobis (shared LW cov)        0.9995      0.802    <- default ("mahalanobis")
+    relative Mahalanobis (min_c MD_c - MD_0)     0.9845      0.897    ("relative")
+    global Mahalanobis (one Gaussian)            0.9995      0.741
+    min cosine distance to class means           0.9999      0.876
+    kNN cosine distance (k=1)                    0.9999      0.904
+
+The default is picked on the far set, the question this flag answers (is this text about the
+adapter's domain at all?): there plain min-Mahalanobis catches 100% of the general texts at a 5%
+false-positive target (the in-domain test rows flagged: 5.0%) while the relative variant catches
+95% and flags 6.9%. The relative variant is clearly better at unsupported intents of the same domain
+(near), so it stays available as `ood_method="relative"`. A fine-tuned adapter's embeddings will
+separate better than the base model's; this only picks the method.
 """
 
 from __future__ import annotations
@@ -64,7 +81,7 @@ MAX_COVARIANCE_ROWS = 8192
 Score = Literal["lac", "aps"]
 Mode = Literal["auto", "marginal", "mondrian"]
 OodMethod = Literal["relative", "mahalanobis"]
-DEFAULT_OOD_METHOD: OodMethod = "relative"
+DEFAULT_OOD_METHOD: OodMethod = "mahalanobis"  # see the module docstring
 
 
 # ---------------------------------------------------------------- conformal quantile

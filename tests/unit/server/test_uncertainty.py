@@ -413,7 +413,8 @@ def test_covariance_rows_are_capped_deterministically() -> None:
 
 
 # ---------------------------------------------------------------- the container and its file
-def test_save_load_round_trip_and_bounded_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ood_method", ["mahalanobis", "relative"])
+def test_save_load_round_trip_and_bounded_size(tmp_path: Path, ood_method: str) -> None:
     rng = torch.Generator().manual_seed(3)
     d, k = 384, 77
     centres = torch.randn(k, d, generator=rng)
@@ -426,14 +427,25 @@ def test_save_load_round_trip_and_bounded_size(tmp_path: Path) -> None:
     probs = torch.softmax(logits, 1)
     names = [f"label_{j}" for j in range(k)]
     model = UncertaintyModel.fit(
-        probs, val_labels, val, train, train_labels, target_precision=0.97, label_names=names
+        probs,
+        val_labels,
+        val,
+        train,
+        train_labels,
+        target_precision=0.97,
+        label_names=names,
+        ood_method=ood_method,  # type: ignore[arg-type]
     )
     assert UncertaintyModel.load(tmp_path) is None  # an adapter from before this file existed
     path = model.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [UNCERTAINTY_FILE]
-    assert path.stat().st_size < 2_000_000  # 20000 training rows, yet ~ d^2 + k*d floats
+    # 20000 training rows, yet only d^2 + k*d float32 (twice d^2 with the background Gaussian)
+    # and 24 bytes per validation row, plus a few kB of header and metadata
+    squares = 2 if ood_method == "relative" else 1
+    assert path.stat().st_size < 4 * (squares * d * d + k * d + d) + 24 * 1500 + 16_000
     with safe_open(str(path), framework="pt") as f:
         assert f.get_tensor("ood_precision").dtype == torch.float32
+        assert ("ood_background_precision" in f.keys()) == (ood_method == "relative")  # noqa: SIM118
     loaded = UncertaintyModel.load(tmp_path)
     assert loaded is not None
     assert loaded.summary() == model.summary()
