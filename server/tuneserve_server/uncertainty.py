@@ -660,6 +660,18 @@ class UncertaintyModel:
     def summary(self) -> dict[str, float]:
         return dict(self.metrics)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory its tensors hold (counted in the serving registry's resident bytes)."""
+        parts = (self.calibration, self.ood_detector)
+        return sum(
+            v.numel() * v.element_size()
+            for part in parts
+            if part is not None
+            for v in vars(part).values()
+            if isinstance(v, torch.Tensor)
+        )
+
     # ---------------------------------------------------------------- files
     def save(self, directory: Path | str) -> Path:
         """One safetensors file: tensors, plus the small json (options, label names, summary) as its

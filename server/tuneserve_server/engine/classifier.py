@@ -5,13 +5,13 @@ gathered product per layer)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from tuneserve_server.domain.errors import FailedPrecondition
-from tuneserve_server.domain.uncertainty import ConformalMode
+from tuneserve_server.domain.uncertainty import ConformalMode, UncertaintyRequest
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
 from tuneserve_server.modeling import mean_pool
@@ -79,7 +79,6 @@ class ClassificationRunner:
         results: list[list[ClassScores] | Exception | None] = [None] * len(batch)
         texts: list[str] = []
         slots: list[str] = []
-        owners: list[int] = []  # batch index of each row
         for i, request in enumerate(batch):
             if request.key is None:
                 results[i] = FailedPrecondition(
@@ -92,12 +91,11 @@ class ClassificationRunner:
                 continue
             texts += request.texts
             slots += [entry.slot] * request.rows
-            owners += [i] * request.rows
         if texts:
-            self._forward(batch, resident, texts, slots, owners, results)
+            self._forward(batch, resident, texts, slots, results)
         return [r if r is not None else [] for r in results]
 
-    def _forward(self, batch, resident, texts, slots, owners, results) -> None:
+    def _forward(self, batch, resident, texts, slots, results) -> None:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
@@ -115,8 +113,57 @@ class ClassificationRunner:
             logits = entry.head(picked).float() / entry.meta.temperature
             for row, p in zip(rows, torch.softmax(logits, -1).cpu().tolist(), strict=True):
                 probs[row] = p
-        for row, owner in enumerate(owners):
-            entry = resident[batch[owner].key]
-            if results[owner] is None:
-                results[owner] = []
-            results[owner].append(ClassScores(entry.meta.labels, tuple(probs[row])))
+        start = 0  # each request's rows are contiguous, in batch order
+        for owner, request in enumerate(batch):
+            if results[owner] is not None:  # failed before the forward
+                continue
+            entry = resident[request.key]
+            rows = range(start, start + request.rows)
+            start += request.rows
+            plain = [ClassScores(entry.meta.labels, tuple(probs[row])) for row in rows]
+            if not request.uncertainty.wanted:
+                results[owner] = plain
+                continue
+            try:
+                results[owner] = with_uncertainty(
+                    entry, plain, pooled[rows.start : rows.stop], request.uncertainty
+                )
+            except Exception as exc:  # a level this version cannot guarantee: this request only
+                results[owner] = exc
+
+
+def with_uncertainty(
+    entry: ResidentAdapter, plain: list[ClassScores], pooled: torch.Tensor, options: UncertaintyRequest
+) -> list[ClassScores]:
+    """`plain` with the prediction sets / abstention / out-of-domain outputs `options` asks for,
+    from the version's fitted UncertaintyModel."""
+    model = entry.uncertainty
+    if model is None:
+        raise FailedPrecondition(
+            f"adapter {entry.key} has no uncertainty calibration (trained before it existed, with "
+            "evaluation.fit_uncertainty off, or without a validation split); train a new version "
+            "to use confidence_level or return_uncertainty"
+        )
+    probs = torch.tensor([s.probabilities for s in plain], dtype=torch.float64)
+    fields: list[dict[str, Any]] = [{} for _ in plain]
+    if options.confidence_level is not None:
+        sets = model.prediction_sets(probs, options.confidence_level, options.score.value, options.mode.value)
+        mode = ConformalMode(sets.mode)
+        order = torch.argsort(probs, dim=1, descending=True, stable=True)
+        for i, (row_order, members) in enumerate(zip(order.tolist(), sets.members.tolist(), strict=True)):
+            chosen = tuple(entry.meta.labels[j] for j in row_order if members[j])
+            fields[i].update(prediction_set=chosen, conformal_mode=mode)
+    if options.abstention:
+        embeddings = pooled.double().cpu()
+        detector = model.ood_detector
+        ood_scores = detector.scores(embeddings) if detector is not None else torch.zeros(len(plain))
+        flags = model.ood(embeddings)
+        decided = model.abstain(probs, flags)
+        for i, reason in enumerate(decided.reasons):
+            fields[i].update(
+                abstain=bool(decided.abstain[i]),
+                abstain_reason=reason,
+                out_of_domain=bool(flags[i]),
+                ood_score=float(ood_scores[i]),
+            )
+    return [replace(s, **f) for s, f in zip(plain, fields, strict=True)]

@@ -44,10 +44,12 @@ from tuneserve_server.modeling import (
 )
 from tuneserve_server.modeling_lm import is_causal_lm_path
 from tuneserve_server.observability.metrics import (
+    ABSTAINED_ROWS,
     ADAPTER_LABELS,
     ADAPTER_LATENCY,
     ADAPTER_REQUESTS,
     BASE_ADAPTER_LABEL,
+    UNCERTAINTY_ROWS,
     adapter_label_name,
 )
 from tuneserve_server.storage.adapter_store import AdapterStore
@@ -339,6 +341,9 @@ class InferenceEngine:
             )
             ADAPTER_REQUESTS.labels(label).inc()
             ADAPTER_LATENCY.labels(label).observe(time.perf_counter() - start)
+        if uncertainty.abstention:
+            UNCERTAINTY_ROWS.labels(label).inc(len(scores))
+            ABSTAINED_ROWS.labels(label).inc(sum(s.abstain for s in scores))
         return ClassifyResult(record, scores)
 
     # ------------------------------------------------------------------ generate (causal LM)

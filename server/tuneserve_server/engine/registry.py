@@ -40,6 +40,7 @@ from tuneserve_server.observability.metrics import (
     ADAPTERS_RESIDENT,
     ADAPTERS_RESIDENT_BYTES,
 )
+from tuneserve_server.uncertainty import UncertaintyModel
 
 
 def unpinned_reserve(max_resident: int) -> int:
@@ -66,6 +67,8 @@ class ResidentAdapter:
     size_bytes: int
     last_used: float = field(default_factory=time.time)
     pinned: bool = False
+    # Classification: conformal calibration, abstention and OOD detector (None: not fitted).
+    uncertainty: UncertaintyModel | None = None
 
 
 @dataclass
@@ -77,6 +80,7 @@ class PreparedAdapter:
     head: torch.nn.Linear | None  # None for causal-LM adapters
     lora: LoraWeights
     seconds: float  # spent preparing
+    uncertainty: UncertaintyModel | None = None
 
 
 class AdapterRegistry:
@@ -166,16 +170,20 @@ class AdapterRegistry:
         meta = AdapterMeta.read(directory)
         self.check_compatible(key, meta)
         head = None  # causal-LM adapters have no head: the base model's LM head serves them
+        uncertainty = None
         if meta.task is not TaskType.CAUSAL_LM:
             head = load_head(directory, self.device)
             if head.in_features != self.hidden_size or head.out_features != len(meta.labels):
                 raise FailedPrecondition(f"adapter {key} has a head that does not fit its labels or the base")
             head = head.to(self.dtype)
+            uncertainty = UncertaintyModel.load(directory)
+            if uncertainty is not None and uncertainty.calibration.num_labels != len(meta.labels):
+                raise FailedPrecondition(f"adapter {key} has an uncertainty calibration for other labels")
         try:
             lora = read_lora(directory, dtype=self.dtype, module_paths=self.bank.module_paths())
         except FailedPrecondition as exc:
             raise FailedPrecondition(f"adapter {key} cannot be served: {exc}") from None
-        return PreparedAdapter(key, meta, head, lora, time.perf_counter() - start)
+        return PreparedAdapter(key, meta, head, lora, time.perf_counter() - start, uncertainty)
 
     def install(self, prepared: PreparedAdapter, keep: Iterable[AdapterKey] = ()) -> ResidentAdapter:
         """Torch thread: put a prepared adapter into a slot (evicting by LRU if needed) and
@@ -204,7 +212,9 @@ class AdapterRegistry:
         size = prepared.lora.nbytes
         if head is not None:
             size += sum(p.numel() * p.element_size() for p in head.parameters())
-        entry = ResidentAdapter(key, slot, prepared.meta, head, size)
+        if prepared.uncertainty is not None:
+            size += prepared.uncertainty.nbytes
+        entry = ResidentAdapter(key, slot, prepared.meta, head, size, uncertainty=prepared.uncertainty)
         self._resident[key] = entry
         self._resident_bytes += size
         self.loads += 1

@@ -83,6 +83,17 @@ FORWARD_SECONDS = Histogram(
 ADAPTER_REQUESTS = Counter(
     "tuneserve_adapter_requests_total", "Predict requests by adapter (top-N, rest as other)", ["adapter"]
 )
+UNCERTAINTY_ROWS = Counter(
+    "tuneserve_uncertainty_rows_total",
+    "Classified texts whose request asked for abstention (return_uncertainty), by adapter (top-N, rest as other)",
+    ["adapter"],
+)
+ABSTAINED_ROWS = Counter(
+    "tuneserve_abstained_rows_total",
+    "Of those, texts answered with abstain=true (low confidence or out of domain); "
+    "abstain rate = this / tuneserve_uncertainty_rows_total",
+    ["adapter"],
+)
 ADAPTER_LATENCY = Histogram(
     "tuneserve_adapter_request_seconds",
     "Predict latency by adapter (top-N, rest as other)",
@@ -351,7 +362,8 @@ class AdapterLabels:
 # One tenant may hold at most a quarter of the labelled slots (5 of 20).
 ADAPTER_LABELS_PER_NAMESPACE = max(1, ADAPTER_LABEL_TOP_N // 4)
 ADAPTER_LABELS = AdapterLabels(
-    series=(ADAPTER_REQUESTS, ADAPTER_LATENCY), per_namespace=ADAPTER_LABELS_PER_NAMESPACE
+    series=(ADAPTER_REQUESTS, ADAPTER_LATENCY, UNCERTAINTY_ROWS, ABSTAINED_ROWS),
+    per_namespace=ADAPTER_LABELS_PER_NAMESPACE,
 )
 
 

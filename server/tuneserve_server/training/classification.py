@@ -47,10 +47,14 @@ from tuneserve_server.training.metrics import accuracy, macro_f1
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
+from tuneserve_server.uncertainty import MAX_COVARIANCE_ROWS, UncertaintyModel
 
 log = structlog.get_logger("tuneserve.training")
 
 EVAL_BATCH = 64
+# Below this many validation rows no conformal level, abstention target or OOD rate is worth
+# promising (a 0.9 set needs 9 rows; the abstention target needs 25 answered).
+MIN_UNCERTAINTY_ROWS = 20
 
 
 class ClassificationRecipe:
@@ -86,6 +90,7 @@ class ClassificationRecipe:
         self.best_metrics: dict[str, float] = {}
         self.stopped_early = False
         self.temperature = 1.0
+        self.uncertainty: UncertaintyModel | None = None
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
         self.examples_this_run = 0
@@ -427,8 +432,49 @@ class ClassificationRecipe:
             )
         metrics.update(calibration.calibration_report(logits, y, fit))
         self.temperature = metrics["temperature"]
+        if self.spec.hyperparameters.evaluation.fit_uncertainty:
+            metrics.update(self._fit_uncertainty(logits, y))
         self.eval_seconds += time.monotonic() - started
         return metrics
+
+    def _fit_uncertainty(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Conformal calibration, abstention threshold and OOD detector of the published
+        weights, on the temperature-scaled validation probabilities and pooled embeddings
+        (of validation rows, and of up to MAX_COVARIANCE_ROWS training rows); their summary
+        as metrics. Every request-time guarantee is checked against the rows kept here."""
+        if len(y) < MIN_UNCERTAINTY_ROWS:
+            self._warn(
+                f"uncertainty outputs not fitted: {len(y)} validation rows are too few "
+                f"(needs {MIN_UNCERTAINTY_ROWS}); Predict refuses confidence_level / return_uncertainty"
+            )
+            return {}
+        ev = self.spec.hyperparameters.evaluation
+        probs = torch.softmax(logits.double() / self.temperature, dim=-1)
+        width = self.head.in_features
+        if not hasattr(self, "_val_features"):  # resumed after the last evaluation
+            self._val_features = self._encode(self.spec.validation)
+        val_embeddings = self._eval_pass(self._val_features, self._pooled, width)
+        rows = self.spec.train
+        if len(rows) > MAX_COVARIANCE_ROWS:  # bounds the time; plenty for the covariance
+            keep = sorted(
+                random.Random(self.spec.hyperparameters.optimizer.seed).sample(
+                    range(len(rows)), MAX_COVARIANCE_ROWS
+                )
+            )
+            rows = tuple(rows[i] for i in keep)
+        train_embeddings = self._eval_pass(self._encode(rows), self._pooled, width)
+        self.uncertainty = UncertaintyModel.fit(
+            probs,
+            y,
+            val_embeddings.double(),
+            train_embeddings.double(),
+            self._targets(rows),
+            target_precision=ev.abstain_target_precision or None,
+            target_coverage=ev.abstain_target_coverage or None,
+            ood_fpr=ev.ood_false_positive_rate,
+            label_names=self.labels,
+        )
+        return self.uncertainty.summary()
 
     # ---------------------------------------------------------------- save
     def save(self, directory: Path, metrics: dict[str, float]) -> AdapterMeta:
@@ -446,6 +492,8 @@ class ClassificationRecipe:
             temperature=self.temperature,
         )
         (directory / "tuneserve.json").write_text(meta.to_json())
+        if self.uncertainty is not None:
+            self.uncertainty.save(directory)
         return meta
 
     def finalize(self, directory: Path) -> TrainResult:

@@ -27,6 +27,7 @@ from tuneserve_server.training.batching import length_grouped_batches
 from tuneserve_server.training.classification import ClassificationRecipe
 from tuneserve_server.training.outcomes import JobPreempted
 from tuneserve_server.training.recipe import RecipeContext
+from tuneserve_server.uncertainty import UncertaintyModel
 
 WORDS = {
     "card": ["card", "arrived", "delivery", "post", "mail"],
@@ -227,6 +228,14 @@ def test_calibration_is_fitted_on_enough_rows_and_skipped_with_a_warning_on_few(
     assert result.meta.temperature == m["temperature"] != 1.0
     assert AdapterMeta.read(tmp_path / "a").temperature == m["temperature"]
     assert not of(events, EventType.WARNING)
+    # The uncertainty calibration is published beside it, fitted on the temperature-scaled
+    # validation probabilities of the published weights.
+    fitted = UncertaintyModel.load(tmp_path / "a")
+    assert fitted is not None and fitted.calibration.rows == len(recipe.spec.validation)
+    probs = torch.softmax(recipe.validation_logits().double() / m["temperature"], -1)
+    y = recipe._targets(recipe.spec.validation)
+    assert torch.allclose(fitted.calibration.lac, 1 - probs[torch.arange(len(y)), y], atol=1e-6)
+    assert m["uncertainty_validation_rows"] == len(y) and "abstain_threshold" in m
 
     few = replace(make_spec(train=8, validation=2, batch=8, epochs=1), validation=rows(2, 2)[:5])
     recipe, events = recipe_for(few, source)
@@ -236,8 +245,13 @@ def test_calibration_is_fitted_on_enough_rows_and_skipped_with_a_warning_on_few(
         (
             "temperature scaling skipped: 5 validation rows are too few to fit it (needs 20); "
             "Predict uses plain softmax probabilities"
-        )
+        ),
+        (
+            "uncertainty outputs not fitted: 5 validation rows are too few (needs 20); "
+            "Predict refuses confidence_level / return_uncertainty"
+        ),
     ]
+    assert UncertaintyModel.load(tmp_path / "b") is None
 
 
 def test_a_broken_event_sink_does_not_fail_the_job(source, tmp_path):
