@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,13 +288,7 @@ _UNCERTAINTY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
 
 def _abstention_targets(values: dict[str, Any], v: Violations) -> dict[str, float]:
     """The uncertainty targets given; a coverage target replaces the default precision one."""
-    out: dict[str, float] = {}
-    for name, rng in _UNCERTAINTY_RANGES.items():
-        value = values.get(name)
-        if value is not None:
-            if not _in_range(value, rng):
-                v.add(f"hyperparameters.evaluation.{name}", _range_text(rng))
-            out[name] = float(value)
+    out = _ranged(values, _UNCERTAINTY_RANGES, "evaluation", v, convert=float)
     precision, coverage = out.get("abstain_target_precision"), out.get("abstain_target_coverage")
     if precision and coverage:
         v.add(
@@ -307,16 +301,21 @@ def _abstention_targets(values: dict[str, Any], v: Violations) -> dict[str, floa
 
 
 def _ranged(
-    values: dict[str, Any], ranges: dict[str, tuple[float, float, bool, bool]], section: str, v: Violations
+    values: dict[str, Any],
+    ranges: dict[str, tuple[float, float, bool, bool]],
+    section: str,
+    v: Violations,
+    convert: Callable[[Any], Any] = int,
 ) -> dict[str, Any]:
-    """The given integer settings of one section, each checked against its range."""
+    """The given settings of one section (integers unless `convert` says otherwise), each
+    checked against its range."""
     out: dict[str, Any] = {}
     for name, rng in ranges.items():
         value = values.get(name)
         if value is not None:
             if not _in_range(value, rng):
                 v.add(f"hyperparameters.{section}.{name}", _range_text(rng))
-            out[name] = int(value)
+            out[name] = convert(value)
     return out
 
 
