@@ -156,8 +156,11 @@ def with_uncertainty(
     if options.abstention:
         embeddings = pooled.double().cpu()
         detector = model.ood_detector
-        ood_scores = detector.scores(embeddings) if detector is not None else torch.zeros(len(plain))
-        flags = model.ood(embeddings)
+        if detector is None:
+            ood_scores, flags = torch.zeros(len(plain)), torch.zeros(len(plain), dtype=torch.bool)
+        else:  # the flags are the scores against the threshold: score once
+            ood_scores = detector.scores(embeddings)
+            flags = ood_scores > detector.threshold
         decided = model.abstain(probs, flags)
         for i, reason in enumerate(decided.reasons):
             fields[i].update(
