@@ -194,3 +194,105 @@ def test_the_store_is_opened_to_load_only_not_per_batch(world, tokenizer, loop):
     runner.run([request(loop, KEY_B, TEXTS_B)])  # evicts A (one slot)
     runner.run([request(loop, KEY_A, TEXTS_A2)])  # so A is opened again to load
     assert [o[1] for o in opened] == ["sentiment", "topics", "sentiment"]
+
+
+# ---------------------------------------------------------------- uncertainty (issue #14)
+KEY_U = AdapterKey("default", "routed", 1)
+LABELS_U = ("billing", "cards", "other")
+TEXTS_U = ["where is my new card", "cancel the transfer please", "what is the capital of France"]
+
+
+@pytest.fixture(scope="module")
+def uncertain(world):
+    """KEY_U: an adapter published with an uncertainty model (fitted on synthetic validation
+    scores and embeddings of the base's width: the runner's job is to apply it, not to fit it)."""
+    from tuneserve_server.uncertainty import UncertaintyModel
+
+    base, store = world
+    width = base.fresh_encoder().config.hidden_size
+    g = torch.Generator().manual_seed(5)
+    val_probs = torch.softmax(3 * torch.randn(60, len(LABELS_U), generator=g), -1)
+    val_labels = torch.arange(60) % len(LABELS_U)
+    model = UncertaintyModel.fit(
+        val_probs,
+        val_labels,
+        validation_embeddings=torch.randn(60, width, generator=g),
+        train_embeddings=torch.randn(120, width, generator=g),
+        train_labels=torch.arange(120) % len(LABELS_U),
+        target_coverage=0.5,
+        label_names=LABELS_U,
+    )
+    staged = store.staging_dir()
+    base.write_adapter(staged, labels=LABELS_U, seed=14, base_model=BASE_ID)
+    model.save(staged)
+    store.publish(staged, KEY_U.namespace, KEY_U.name, KEY_U.version)
+    return UncertaintyModel.load(store.open(KEY_U.namespace, KEY_U.name, KEY_U.version))
+
+
+def reference_pooled(world, tokenizer, key: AdapterKey, texts: list[str]) -> torch.Tensor:
+    from peft import PeftModel
+
+    base, store = world
+    directory = store.open(key.namespace, key.name, key.version)
+    model = PeftModel.from_pretrained(base.fresh_encoder(), str(directory)).eval()
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        return mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+
+
+def asking(loop, key, texts, **options) -> PendingRequest:
+    from tuneserve_server.domain.uncertainty import UncertaintyRequest
+
+    return PendingRequest(key, list(texts), loop.create_future(), uncertainty=UncertaintyRequest(**options))
+
+
+def test_a_mixed_batch_with_uncertainty_gives_each_request_its_own_outputs(world, tokenizer, loop, uncertain):
+    """One forward pass holds: a request with a set and abstention, a plain request for another
+    adapter, a request for a version without calibration and one at a level its validation split
+    cannot guarantee. The two bad ones fail alone; the others get what they get alone, and the
+    outputs are the fitted model applied to plain peft's probabilities and embeddings."""
+    from tuneserve_server.domain.uncertainty import ConformalMode, ConformalScore
+
+    runner = make_runner(world, tokenizer)
+    a, u, no_calibration, too_high, u_aps = runner.run(
+        [
+            request(loop, KEY_A, TEXTS_A1),  # first: U's rows are not the batch's first rows
+            asking(loop, KEY_U, TEXTS_U, confidence_level=0.8, abstention=True),
+            asking(loop, KEY_B, TEXTS_B, confidence_level=0.9),
+            asking(loop, KEY_U, TEXTS_U[:1], confidence_level=0.999),
+            asking(loop, KEY_U, TEXTS_U, confidence_level=0.8, score=ConformalScore.APS),
+        ]
+    )
+    assert (
+        isinstance(no_calibration, FailedPrecondition) and "uncertainty calibration" in no_calibration.message
+    )
+    assert isinstance(too_high, FailedPrecondition)
+    assert torch.allclose(probs(a), reference(world, tokenizer, KEY_A, TEXTS_A1), atol=1e-5)
+    for row in a:  # a plain request carries none of the outputs
+        assert row.prediction_set is None and row.ood_score is None and row.abstain_reason == ""
+
+    (alone,) = runner.run([asking(loop, KEY_U, TEXTS_U, confidence_level=0.8, abstention=True)])
+    assert [(s.prediction_set, s.abstain, s.abstain_reason, s.out_of_domain) for s in u] == [
+        (s.prediction_set, s.abstain, s.abstain_reason, s.out_of_domain) for s in alone
+    ]
+    assert [s.ood_score for s in u] == pytest.approx([s.ood_score for s in alone], rel=1e-4)
+
+    # The outputs are the fitted model applied to what plain peft computes for these texts.
+    p = reference(world, tokenizer, KEY_U, TEXTS_U).double()
+    assert torch.allclose(probs(u), p.float(), atol=1e-5)  # the served probabilities are these
+    expected = uncertain.prediction_sets(p, 0.8, "lac", "auto")
+    assert [s.conformal_mode for s in u] == [ConformalMode(expected.mode)] * len(TEXTS_U)
+    for row, members in zip(u, expected.members.tolist(), strict=True):
+        assert set(row.prediction_set) == {LABELS_U[j] for j, m in enumerate(members) if m}
+        ranked = sorted(row.prediction_set, key=lambda lab: -row.probabilities[LABELS_U.index(lab)])
+        assert list(row.prediction_set) == ranked  # most probable first
+    aps = uncertain.prediction_sets(p, 0.8, "aps", "auto")
+    for row, members in zip(u_aps, aps.members.tolist(), strict=True):
+        assert set(row.prediction_set) == {LABELS_U[j] for j, m in enumerate(members) if m}
+        assert row.ood_score is None  # a set only: no abstention asked
+    pooled = reference_pooled(world, tokenizer, KEY_U, TEXTS_U).double()
+    ood = uncertain.ood_detector.scores(pooled)
+    assert [s.ood_score for s in u] == pytest.approx(ood.tolist(), rel=1e-4)
+    decided = uncertain.abstain(p, ood > uncertain.ood_detector.threshold)
+    assert [s.abstain for s in u] == decided.abstain.tolist()
+    assert [s.abstain_reason for s in u] == decided.reasons
