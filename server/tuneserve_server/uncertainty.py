@@ -9,19 +9,26 @@ Conformal prediction sets (split conformal). The calibration rows' non-conformit
 so any confidence level in (0, 1) is served at request time:
 
 - LAC: score 1 - p_true; the set holds every label with 1 - p <= q.
-- APS: the deterministic (non-randomised) score, the probability mass of the labels sorted by
-  probability down to and including the true one; the set takes labels in that order until the mass
-  reaches q, the label that crosses q included.
+- APS: the probability mass of the labels sorted by probability down to and including the true
+  one, randomised as Romano et al. (2020) and MAPIE do: minus u * p_true, u uniform in [0, 1); the set
+  holds every label whose own randomised score, with the row's u, is within q: the labels above the
+  one that crosses q, and that one with probability (its mass past q) / p. The u of a row is a hash
+  of its text (`text_uniforms`), not a random draw: the same text always gets the same set, and
+  across texts u is uniform, which is all the guarantee needs. Versions fitted without u (and any
+  calibration built without `aps_u`) use the deterministic score (u = 0) and always include the
+  crossing label (MAPIE's `include_last_label=True`): valid but conservative; with a confident
+  model it covers far more than asked (bench/uncertainty.py, docs/benchmarks.md).
 - q is the k-th smallest calibration score, k = ceil((n + 1) * level): the finite-sample corrected
   quantile, which gives P(true label in set) >= level on exchangeable data. When k > n no finite
   quantile exists and asking for that level raises FailedPrecondition saying how many rows it needs.
 - Mondrian (per-label) calibration uses each label's own rows, so rare labels get the coverage too.
 
 The definitions are MAPIE 1.6's exactly (its `SplitConformalClassifier`, prefit, `"lac"`, and `"aps"`
-with `include_last_label=True` and the calibration score not randomised); the tests compare the sets
-row by row. As in MAPIE, LAC sets may be EMPTY: no label is plausible enough at that level (the
-guarantee is about coverage, and an empty set on an ambiguous row is the honest answer; callers can
-treat it as "abstain"). APS sets with the crossing label included are never empty.
+with `include_last_label="randomized"` given the same u, or `True` with the calibration score not
+randomised); the tests compare the sets row by row. As in MAPIE, LAC sets and randomised APS sets may
+be EMPTY: no label is plausible enough at that level (the guarantee is about coverage, and an empty
+set on an ambiguous row is the honest answer; callers can treat it as "abstain"). Deterministic APS
+sets (crossing label included) are never empty.
 
 Abstention: a threshold on the top probability, fitted on validation for a target precision (the
 smallest threshold whose answered rows are at least that precise, with a minimum number answered;
@@ -53,6 +60,7 @@ separate better than the base model's; this only picks the method.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -168,15 +176,47 @@ def lac_scores(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 1.0 - probs.gather(1, labels.reshape(-1, 1)).squeeze(1)
 
 
-def aps_scores(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def text_uniforms(texts: Sequence[str]) -> torch.Tensor:
+    """One u in [0, 1) per text, a function of the text alone (BLAKE2b of its UTF-8 bytes): the APS
+    randomisation, reproducible per input and uniform across inputs."""
+    out = torch.empty(len(texts), dtype=torch.float64)
+    for i, text in enumerate(texts):
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=b"tuneserve-aps").digest()
+        out[i] = (int.from_bytes(digest, "big") >> 11) * 2.0**-53  # 53 bits: exact in float64
+    return out
+
+
+def _mass_through(probs: torch.Tensor) -> torch.Tensor:
+    """(n, K): for each label, the probability mass of every label at least as probable (itself and
+    the labels tied with it included: the conservative reading of ties, independent of order)."""
+    k = probs.shape[1]
+    descending = torch.sort(probs, dim=1, descending=True, stable=True).values
+    cumulative = torch.cumsum(descending, dim=1)
+    ascending = torch.flip(descending, dims=[1]).contiguous()
+    at_least = k - torch.searchsorted(ascending, probs.contiguous(), right=False)  # labels with p >= p_j
+    return cumulative.gather(1, (at_least - 1).clamp(min=0))
+
+
+def aps_scores(probs: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """Cumulative mass of the labels sorted by probability, down to and including the true label
-    (labels tied with it count as above it: the conservative reading, and order-independent)."""
+    (labels tied with it count as above it: the conservative reading, and order-independent);
+    with `u` (one per row) randomised: minus u * p_true."""
     probs = _as_probs(probs)
     ranked = torch.sort(probs, dim=1, descending=True, stable=True).values
     cumulative = torch.cumsum(ranked, dim=1)
     p_true = probs.gather(1, labels.reshape(-1, 1))
     last = (probs >= p_true).sum(1) - 1
-    return cumulative.gather(1, last.reshape(-1, 1)).squeeze(1)
+    scores = cumulative.gather(1, last.reshape(-1, 1)).squeeze(1)
+    if u is None:
+        return scores
+    return scores - _as_u(u, probs.shape[0]) * p_true.squeeze(1)
+
+
+def _as_u(u: torch.Tensor, rows: int) -> torch.Tensor:
+    u = torch.as_tensor(u, dtype=torch.float64).reshape(-1)
+    if u.numel() != rows:
+        raise ValueError(f"{u.numel()} APS uniforms for {rows} rows")
+    return u
 
 
 def lac_sets(probs: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Tensor:
@@ -208,6 +248,20 @@ def aps_sets(probs: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Ten
     return (probs - p_last) >= -EPSILON
 
 
+def aps_sets_randomized(
+    probs: torch.Tensor, thresholds: torch.Tensor | float, u: torch.Tensor
+) -> torch.Tensor:
+    """Randomised APS sets: label j is in when its own randomised score, mass through j - u * p_j
+    with the row's u, is within the threshold (scalar, per label (K,) for Mondrian, or per row (n, 1)
+    or per row and label (n, K)). The labels above the crossing one are always in; the crossing one
+    is in when u >= (its mass - q) / p, as MAPIE's `include_last_label="randomized"`. May be empty."""
+    probs = _as_probs(probs)
+    n, k = probs.shape
+    scores = _mass_through(probs) - _as_u(u, n).reshape(n, 1) * probs
+    q = torch.as_tensor(thresholds, dtype=torch.float64)
+    return (scores - q.expand(n, k) if q.dim() == 2 else scores - q) <= EPSILON
+
+
 def aps_sets_mondrian(probs: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Per-label APS sets: label j is in when the mass strictly above it is below its own threshold
     q_j (per label (K,) or per row and label (n, K)), the per-label reading of "walk down until the
@@ -223,17 +277,13 @@ def aps_sets_mondrian(probs: torch.Tensor, thresholds: torch.Tensor) -> torch.Te
     return (mass_above - q) < -EPSILON
 
 
-def _scores(score: str, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if score == "lac":
-        return lac_scores(probs, labels)
-    if score == "aps":
-        return aps_scores(probs, labels)
-    raise InvalidRequest.field("conformal_score", f"must be 'lac' or 'aps', got {score!r}")
-
-
-def _sets(score: str, probs: torch.Tensor, thresholds: torch.Tensor, mondrian: bool) -> torch.Tensor:
+def _sets(
+    score: str, probs: torch.Tensor, thresholds: torch.Tensor, mondrian: bool, u: torch.Tensor | None = None
+) -> torch.Tensor:
     if score == "lac":
         return lac_sets(probs, thresholds)
+    if u is not None:
+        return aps_sets_randomized(probs, thresholds, u)
     return aps_sets_mondrian(probs, thresholds) if mondrian else aps_sets(probs, thresholds)
 
 
@@ -251,24 +301,37 @@ class PredictionSets:
 
 @dataclass(frozen=True)
 class ConformalCalibration:
-    """The calibration (validation) rows' labels and both scores: enough for any level later."""
+    """The calibration (validation) rows' labels and both scores: enough for any level later.
+    `aps_u`: the rows' APS uniforms when the APS score is randomised (then every request must
+    bring its rows' u), None for the deterministic score."""
 
     num_labels: int
     labels: torch.Tensor  # (n,) int64
     lac: torch.Tensor  # (n,) float64
     aps: torch.Tensor  # (n,) float64
     label_names: tuple[str, ...] | None = None
+    aps_u: torch.Tensor | None = None  # (n,) float64
 
     @classmethod
     def fit(
-        cls, probs: torch.Tensor, labels: torch.Tensor, label_names: Sequence[str] | None = None
+        cls,
+        probs: torch.Tensor,
+        labels: torch.Tensor,
+        label_names: Sequence[str] | None = None,
+        aps_u: torch.Tensor | None = None,
     ) -> ConformalCalibration:
         probs = _as_probs(probs)
         labels = _as_labels(labels, probs.shape[1], probs.shape[0])
         names = tuple(label_names) if label_names is not None else None
         if names is not None and len(names) != probs.shape[1]:
             raise ValueError(f"{len(names)} label names for {probs.shape[1]} labels")
-        return cls(probs.shape[1], labels, lac_scores(probs, labels), aps_scores(probs, labels), names)
+        u = None if aps_u is None else _as_u(aps_u, probs.shape[0])
+        aps = aps_scores(probs, labels, u)
+        return cls(probs.shape[1], labels, lac_scores(probs, labels), aps, names, u)
+
+    @property
+    def aps_randomized(self) -> bool:
+        return self.aps_u is not None
 
     @property
     def rows(self) -> int:
@@ -312,15 +375,29 @@ class ConformalCalibration:
         return torch.full((self.num_labels,), q, dtype=torch.float64), "marginal"
 
     def prediction_sets(
-        self, probs: torch.Tensor, level: float, score: Score = "lac", mode: Mode = "auto"
+        self,
+        probs: torch.Tensor,
+        level: float,
+        score: Score = "lac",
+        mode: Mode = "auto",
+        u: torch.Tensor | None = None,
     ) -> PredictionSets:
+        """`u`: the rows' APS uniforms (`text_uniforms` of their texts); needed for APS sets when
+        this calibration's APS score is randomised, ignored otherwise."""
         probs = _as_probs(probs)
         if probs.shape[1] != self.num_labels:
             raise ValueError(f"probabilities have {probs.shape[1]} labels, calibration {self.num_labels}")
         q, used = self.thresholds(level, score, mode)
         mondrian = used == "mondrian"
-        members = _sets(score, probs, q if mondrian else q[:1], mondrian)
+        members = _sets(score, probs, q if mondrian else q[:1], mondrian, self._row_u(score, u, probs))
         return PredictionSets(members, used, float(level), score, q)
+
+    def _row_u(self, score: str, u: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor | None:
+        if score != "aps" or not self.aps_randomized:
+            return None
+        if u is None:
+            raise ValueError("this calibration's APS score is randomised: give each row's u (text_uniforms)")
+        return _as_u(u, probs.shape[0])
 
     def loo_coverage(self, probs: torch.Tensor, level: float, score: Score) -> dict[str, float] | None:
         """Honest coverage of the sets `mode="auto"` would build, by leave-one-out over the calibration
@@ -346,7 +423,7 @@ class ConformalCalibration:
             if loo is None:
                 return None
             q = loo.reshape(n, 1)
-        members = _sets(score, probs, q, mondrian)
+        members = _sets(score, probs, q, mondrian, self.aps_u if score == "aps" else None)
         covered = members[torch.arange(n), self.labels].to(torch.float64)
         present = [j for j in range(k) if int(counts[j]) > 0]
         per_label = torch.stack([covered[self.labels == j].mean() for j in present])
@@ -609,9 +686,12 @@ class UncertaintyModel:
         ood_method: OodMethod = DEFAULT_OOD_METHOD,
         label_names: Sequence[str] | None = None,
         max_covariance_rows: int = MAX_COVARIANCE_ROWS,
+        aps_u: torch.Tensor | None = None,
     ) -> UncertaintyModel:
+        """`aps_u`: the validation rows' APS uniforms (`text_uniforms` of their texts) for the
+        randomised APS score; None: deterministic APS."""
         probs = _as_probs(validation_probs)
-        calibration = ConformalCalibration.fit(probs, validation_labels, label_names)
+        calibration = ConformalCalibration.fit(probs, validation_labels, label_names, aps_u)
         abstention = AbstentionPolicy.fit(
             probs, calibration.labels, target_precision, target_coverage, min_answered
         )
@@ -636,9 +716,14 @@ class UncertaintyModel:
         return cls(calibration, abstention, detector, metrics)
 
     def prediction_sets(
-        self, probs: torch.Tensor, level: float, score: Score = "lac", mode: Mode = "auto"
+        self,
+        probs: torch.Tensor,
+        level: float,
+        score: Score = "lac",
+        mode: Mode = "auto",
+        u: torch.Tensor | None = None,
     ) -> PredictionSets:
-        return self.calibration.prediction_sets(probs, level, score, mode)
+        return self.calibration.prediction_sets(probs, level, score, mode, u)
 
     def ood(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Out-of-domain flag per row (all False without a detector or with too few validation rows)."""
@@ -683,6 +768,8 @@ class UncertaintyModel:
             "calibration_aps": cal.aps.contiguous(),
             "abstain_threshold": torch.tensor([ab.threshold], dtype=torch.float64),
         }
+        if cal.aps_u is not None:
+            tensors["calibration_aps_u"] = cal.aps_u.contiguous()
         meta: dict[str, object] = {
             "format": FORMAT_VERSION,
             "num_labels": cal.num_labels,
@@ -725,6 +812,7 @@ class UncertaintyModel:
             t["calibration_lac"],
             t["calibration_aps"],
             tuple(names) if names is not None else None,
+            t.get("calibration_aps_u"),  # absent: deterministic APS (fitted before randomisation)
         )
         a = meta["abstention"]
         abstention = AbstentionPolicy(
@@ -764,6 +852,7 @@ def _summarise(
         "conformal_min_label_rows": float(counts.min()),
         "conformal_max_level_marginal": max_supported_level(calibration.rows),
         "conformal_max_level_mondrian": max_supported_level(int(counts.min())),
+        "conformal_aps_randomized": 1.0 if calibration.aps_randomized else 0.0,
     }
     for score in ("lac", "aps"):
         for level in SUMMARY_LEVELS:

@@ -16,7 +16,7 @@ from conftest import banking77
 from tuneserve_client import TuneserveError
 from tuneserve_server.config import Settings
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
-from tuneserve_server.uncertainty import UncertaintyModel
+from tuneserve_server.uncertainty import UncertaintyModel, text_uniforms
 
 ADAPTER = "unsure"
 OUT_OF_DOMAIN = [
@@ -66,6 +66,7 @@ def test_the_job_fits_and_publishes_the_calibration(cluster, unsure):
     assert m["uncertainty_validation_rows"] == 96 == model.calibration.rows
     assert m["conformal_min_label_rows"] == 24
     assert {"abstain_threshold", "ood_threshold", "aurc"} <= m.keys()
+    assert m["conformal_aps_randomized"] == 1.0 and model.calibration.aps_randomized
     with cluster.client() as client:
         [version] = [v for v in client.get_adapter(ADAPTER).versions if v.version == job.adapter_version]
     assert version.metrics["abstain_threshold"] == pytest.approx(m["abstain_threshold"])
@@ -91,7 +92,9 @@ def test_prediction_sets_are_the_published_calibrations(cluster, unsure):
                 ],
                 dtype=torch.float64,
             )
-            sets = model.prediction_sets(probs, 0.9, score, mode)
+            sets = model.prediction_sets(
+                probs, 0.9, score, mode, text_uniforms(texts)
+            )  # APS: u from the text
             assert sets.mode == expected_mode
             for pred, members in zip(preds, sets.members.tolist(), strict=True):
                 assert pred.conformal_mode == expected_mode

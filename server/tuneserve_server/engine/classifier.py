@@ -16,6 +16,7 @@ from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
 from tuneserve_server.modeling import mean_pool
 from tuneserve_server.storage.adapter_store import AdapterStore
+from tuneserve_server.uncertainty import text_uniforms
 
 
 @dataclass(frozen=True)
@@ -126,17 +127,21 @@ class ClassificationRunner:
                 continue
             try:
                 results[owner] = with_uncertainty(
-                    entry, plain, pooled[rows.start : rows.stop], request.uncertainty
+                    entry, plain, pooled[rows.start : rows.stop], request.uncertainty, request.texts
                 )
             except Exception as exc:  # a level this version cannot guarantee: this request only
                 results[owner] = exc
 
 
 def with_uncertainty(
-    entry: ResidentAdapter, plain: list[ClassScores], pooled: torch.Tensor, options: UncertaintyRequest
+    entry: ResidentAdapter,
+    plain: list[ClassScores],
+    pooled: torch.Tensor,
+    options: UncertaintyRequest,
+    texts: list[str],
 ) -> list[ClassScores]:
     """`plain` with the prediction sets / abstention / out-of-domain outputs `options` asks for,
-    from the version's fitted UncertaintyModel."""
+    from the version's fitted UncertaintyModel. `texts` give the randomised APS score its u."""
     model = entry.uncertainty
     if model is None:
         raise FailedPrecondition(
@@ -147,7 +152,10 @@ def with_uncertainty(
     probs = torch.tensor([s.probabilities for s in plain], dtype=torch.float64)
     fields: list[dict[str, Any]] = [{} for _ in plain]
     if options.confidence_level is not None:
-        sets = model.prediction_sets(probs, options.confidence_level, options.score.value, options.mode.value)
+        u = text_uniforms(texts) if options.score.value == "aps" else None
+        sets = model.prediction_sets(
+            probs, options.confidence_level, options.score.value, options.mode.value, u
+        )
         mode = ConformalMode(sets.mode)
         order = torch.argsort(probs, dim=1, descending=True, stable=True)
         for i, (row_order, members) in enumerate(zip(order.tolist(), sets.members.tolist(), strict=True)):

@@ -47,7 +47,7 @@ from tuneserve_server.training.metrics import accuracy, macro_f1
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
-from tuneserve_server.uncertainty import MAX_COVARIANCE_ROWS, UncertaintyModel
+from tuneserve_server.uncertainty import MAX_COVARIANCE_ROWS, UncertaintyModel, text_uniforms
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -473,6 +473,7 @@ class ClassificationRecipe:
             target_coverage=ev.abstain_target_coverage or None,
             ood_fpr=ev.ood_false_positive_rate,
             label_names=self.labels,
+            aps_u=text_uniforms([r.text for r in self.spec.validation]),  # Predict hashes its texts alike
         )
         return self.uncertainty.summary()
 

@@ -105,6 +105,69 @@ def test_marginal_sets_equal_mapie(score: str, n: int, k: int, seed: int) -> Non
         assert float(sets.thresholds[0]) == float(mapie._mapie_classifier.quantiles_[i])
 
 
+@pytest.mark.parametrize(("n", "k"), [(40, 3), (200, 5), (1000, 20), (250, 77)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_randomised_aps_equals_mapie(n: int, k: int, seed: int) -> None:
+    """MAPIE's own randomised APS (its default score, include_last_label="randomized"): given the u
+    MAPIE draws (a RandomState(seed) per call: n for the calibration scores, one per predicted row),
+    the scores, the quantiles and every set are MAPIE's."""
+    rng = np.random.default_rng(seed)
+    probs, labels = _dirichlet_rows(rng, n + 500, k)
+    levels = [0.5, 0.8, 0.9, 0.95]
+    mapie = SplitConformalClassifier(
+        _FixedProbs(probs), confidence_level=levels, conformity_score="aps", prefit=True, random_state=seed
+    )
+    rows = np.arange(len(probs))[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapie.conformalize(rows[:n], labels[:n])
+        _, expected = mapie.predict_set(
+            rows[n:], conformity_score_params={"include_last_label": "randomized"}
+        )
+    u_cal = torch.from_numpy(np.random.RandomState(seed).uniform(size=n))
+    u_new = torch.from_numpy(np.random.RandomState(seed).uniform(size=(500, 1)).ravel())
+    calibration = ConformalCalibration.fit(
+        torch.from_numpy(probs[:n]), torch.from_numpy(labels[:n]), aps_u=u_cal
+    )
+    np.testing.assert_allclose(calibration.scores("aps").numpy(), mapie.conformity_scores.ravel(), atol=1e-12)
+    for i, level in enumerate(levels):
+        sets = calibration.prediction_sets(torch.from_numpy(probs[n:]), level, "aps", "marginal", u_new)
+        assert float(sets.thresholds[0]) == pytest.approx(
+            float(mapie._mapie_classifier.quantiles_[i]), abs=1e-12
+        )
+        np.testing.assert_array_equal(sets.members.numpy(), expected[:, :, i], err_msg=f"level {level}")
+
+
+def test_randomised_aps_needs_the_rows_u_and_covers_exactly() -> None:
+    """With u the coverage is the level, not more (exchangeable synthetic rows, many splits), and a
+    request without u is refused rather than served the deterministic sets."""
+    covered, deterministic = [], []
+    for seed in range(30):
+        probs, labels = _dirichlet_rows(np.random.default_rng(100 + seed), 1300, 10)
+        p, y = torch.from_numpy(probs), torch.from_numpy(labels)
+        u = torch.from_numpy(np.random.default_rng(seed).random(1300))
+        randomised = ConformalCalibration.fit(p[:300], y[:300], aps_u=u[:300])
+        sets = randomised.prediction_sets(p[300:], 0.8, "aps", "marginal", u[300:])
+        covered.append(float(sets.members[torch.arange(1000), y[300:]].double().mean()))
+        plain = ConformalCalibration.fit(p[:300], y[:300]).prediction_sets(p[300:], 0.8, "aps", "marginal")
+        deterministic.append(float(plain.members[torch.arange(1000), y[300:]].double().mean()))
+    assert abs(np.mean(covered) - 0.8) < 0.01  # E[coverage] = ceil(301 * 0.8) / 301 = 0.8007
+    assert np.mean(deterministic) > np.mean(covered) + 0.01  # the crossing label always in: conservative
+    with pytest.raises(ValueError, match="randomised"):
+        randomised.prediction_sets(p[:5], 0.8, "aps", "marginal")
+    assert randomised.prediction_sets(p[:5], 0.8, "lac", "marginal").members.shape == (5, 10)  # LAC: no u
+
+
+def test_text_uniforms_are_a_function_of_the_text() -> None:
+    from tuneserve_server.uncertainty import text_uniforms
+
+    u = text_uniforms(["a", "b", "a", "où est ma carte"])
+    assert u[0] == u[2] and u[0] != u[1]
+    assert bool(((u >= 0) & (u < 1)).all())
+    many = text_uniforms([f"ticket {i}" for i in range(20000)])
+    assert abs(float(many.mean()) - 0.5) < 0.01 and abs(float(many.var()) - 1 / 12) < 0.005
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_binary_lac_equals_mapie(seed: int) -> None:  # MAPIE allows only LAC on two labels
     probs, labels = _dirichlet_rows(np.random.default_rng(seed), 600, 2)

@@ -221,6 +221,7 @@ def uncertain(world):
         train_labels=torch.arange(120) % len(LABELS_U),
         target_coverage=0.5,
         label_names=LABELS_U,
+        aps_u=torch.rand(60, generator=g, dtype=torch.float64),  # randomised APS, as training fits it
     )
     staged = store.staging_dir()
     base.write_adapter(staged, labels=LABELS_U, seed=14, base_model=BASE_ID)
@@ -252,6 +253,7 @@ def test_a_mixed_batch_with_uncertainty_gives_each_request_its_own_outputs(world
     cannot guarantee. The two bad ones fail alone; the others get what they get alone, and the
     outputs are the fitted model applied to plain peft's probabilities and embeddings."""
     from tuneserve_server.domain.uncertainty import ConformalMode, ConformalScore
+    from tuneserve_server.uncertainty import text_uniforms
 
     runner = make_runner(world, tokenizer)
     a, u, no_calibration, too_high, u_aps = runner.run(
@@ -286,7 +288,7 @@ def test_a_mixed_batch_with_uncertainty_gives_each_request_its_own_outputs(world
         assert set(row.prediction_set) == {LABELS_U[j] for j, m in enumerate(members) if m}
         ranked = sorted(row.prediction_set, key=lambda lab: -row.probabilities[LABELS_U.index(lab)])
         assert list(row.prediction_set) == ranked  # most probable first
-    aps = uncertain.prediction_sets(p, 0.8, "aps", "auto")
+    aps = uncertain.prediction_sets(p, 0.8, "aps", "auto", text_uniforms(TEXTS_U))  # u: the texts' hash
     for row, members in zip(u_aps, aps.members.tolist(), strict=True):
         assert set(row.prediction_set) == {LABELS_U[j] for j, m in enumerate(members) if m}
         assert row.ood_score is None  # a set only: no abstention asked
