@@ -173,6 +173,42 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def docs_body(results: list[dict]) -> str:
+    """The docs section's body from every row of --results."""
+    first = results[0]
+    # One of A's 256-row forwards, from A's throughput under the flood; B's flooded latency
+    # in those units says how many of A's passes B waited for.
+    waits = "; ".join(
+        f"`{r['label']}`: one forward about {FLOOD_ROWS / r['a_rows_per_s']:.1f} s, B's p50 "
+        f"{r['flood_p50_ms'] / 1000 / (FLOOD_ROWS / r['a_rows_per_s']):.1f} and p99 "
+        f"{r['flood_p99_ms'] / 1000 / (FLOOD_ROWS / r['a_rows_per_s']):.1f} of them"
+        for r in results
+        if r["a_rows_per_s"] > 0
+    )
+    codes = "; ".join(f"`{r['label']}`: {r['code']}" for r in results)
+    return f"""{table(results)}
+
+- **Server:** `tuneserve serve` on localhost, the packaged MiniLM, float32, one torch
+  thread, default batching (`max_batch_rows` 64: each 256-text call is a forward pass of its
+  own), `--auth none`.
+- **Workload:** tenant B (`team-b`) calls its own adapter with one text, {first["calls"]}
+  calls one after another alone, then {first["flood_calls"]} while tenant A (`team-a`) runs
+  {first["flooders"]} callers each sending 256-text calls to its own adapter back to back.
+  With so few calls, p99 is about the slowest call.
+- **Rows:** `before` is the single FIFO queue (a request waits behind every row queued
+  before it: with {first["flooders"]} callers, up to {first["flooders"]} of A's 256-row
+  calls); `after` forms batches round-robin across namespaces, so B's row rides in the
+  next forward pass. A forward pass is not interrupted: B still waits for the one in
+  flight, so "after" is expected near one 256-row forward (B calls again as soon as it is
+  answered, just as A's next pass starts). Each row is one run of
+  `bench/fairness.py --label ...` with that tree's server on PYTHONPATH.
+- **In A's forwards** (256 / A rows/s): {waits}.
+- **Code:** {codes}.
+- **Machine:** {cpu_model()}, {os.cpu_count()} CPUs, shared with other work (a noisy
+  neighbour moves every column).
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="this tree", help="the row's name (e.g. before / after)")
@@ -191,24 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.write_text(json.dumps(results, indent=1))
     print(table(results))
     if not args.no_docs:
-        first = results[0]
-        body = f"""{table(results)}
-
-- **Server:** `tuneserve serve` on localhost, the packaged MiniLM, float32, one torch
-  thread, default batching (`max_batch_rows` 64: each 256-text call is a forward pass of its
-  own), `--auth none`.
-- **Workload:** tenant B (`team-b`) calls its own adapter with one text, {first["calls"]}
-  calls one after another alone, then {first["flood_calls"]} while tenant A (`team-a`) runs
-  {first["flooders"]} callers each sending 256-text calls to its own adapter back to back.
-- **Rows:** `before` is the single FIFO queue (a request waits behind every row queued
-  before it); `after` forms batches round-robin across namespaces, so B's row rides in the
-  next forward pass. A forward pass is not interrupted: B still waits for the one in
-  flight, so "after" is about one 256-row forward (B calls again as soon as it is answered,
-  just as A's next pass starts). Each row is one run of `bench/fairness.py --label ...` with that
-  tree's server on PYTHONPATH.
-- **Machine:** {cpu_model()}, {os.cpu_count()} CPUs, shared with other work (a noisy
-  neighbour moves every column).
-"""
+        body = docs_body(results)
         write_docs(args.docs, SECTION, body)
         log(f"rewrote {SECTION!r} in {args.docs}")
     return 0
