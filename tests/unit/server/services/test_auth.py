@@ -77,6 +77,32 @@ def test_wrong_secret_is_unauthenticated_and_audited_with_the_key_id(store, keys
     assert forged.split("_", 2)[2] not in repr(logs)
 
 
+def test_a_wrong_secret_sent_again_is_refused_without_the_kdf(store, keys, monkeypatch):
+    """The KDF is the expensive part of a refusal; a token whose secret was wrong once is wrong
+    for good (a key's secret never changes), so a retry loop with a stale secret costs no KDF.
+    The right secret of the same key still verifies, and a different wrong one is checked."""
+    import tuneserve_server.services.auth as auth_module
+
+    record, token = keys.create("teama", ["predict"])
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    other = token[:-4] + ("CCCC" if not token.endswith("CCCC") else "DDDD")
+    kdf_runs = []
+    real = auth_module.verify_secret
+    monkeypatch.setattr(auth_module, "verify_secret", lambda r, s: kdf_runs.append(s) or real(r, s))
+    auth = Authenticator(Settings(), store)
+    with capture_logs() as logs:
+        for _ in range(5):
+            with pytest.raises(Unauthenticated, match="wrong API key secret"):
+                auth.authenticate(_bearer(forged))
+    assert len(kdf_runs) == 1
+    assert [e["audit_action"] for e in logs] == ["auth.failed"] * 5  # every refusal still audited
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(_bearer(other))
+    assert len(kdf_runs) == 2
+    assert auth.authenticate(_bearer(token)).key_id == record.key_id
+    assert len(kdf_runs) == 3
+
+
 def test_revocation_is_seen_within_auth_cache_s_by_every_replica(open_store):
     store_a, store_b = open_store(), open_store()
     record, token = KeyService(store_a).create("teama", ["train"])
