@@ -19,8 +19,10 @@ after each switch), so drifting background load on a shared box lands on all of 
 alike; the idle servers get no calls meanwhile. Two more sides, on server (b), time refused
 calls (UNAUTHENTICATED), --refused-calls of each:
 
-  (d1) the real key id with a wrong secret: the record is read and the presented secret
-       hashed with scrypt (a failure is never cached);
+  (d1) the real key id with the same wrong secret every call: the record is read; the
+       secret was refused before, so no scrypt (a key's secret never changes);
+  (d1') the real key id with a different wrong secret every call (sent on a raw stub):
+       record read + scrypt of each new secret, the cost a guessing caller imposes;
   (d2) a key id the store does not know: one store read.
 
 The table (p50 / p95 / mean, and p50 and p95 as a ratio to (a)) is printed, and the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
 import shutil
 import signal
@@ -69,7 +72,8 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "(c) api_key, --auth-cache-s 0": ("api_key", ("--auth-cache-s", "0")),
 }
 BASELINE = "(a) auth none"
-WRONG_SECRET = "(d1) refused: wrong secret"
+WRONG_SECRET = "(d1) refused: same wrong secret"
+NEW_WRONG_SECRET = "(d1') refused: new wrong secret each call"
 UNKNOWN_KEY = "(d2) refused: unknown key id"
 
 
@@ -197,6 +201,32 @@ def main(argv: list[str] | None = None) -> int:
 
             sides[name] = (refused, args.refused_calls)
 
+        import grpc
+
+        from tuneserve.v1 import inference_pb2, inference_pb2_grpc
+
+        channel = grpc.insecure_channel(keyed.target)
+        clients.append(channel)  # closed with the clients
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        key_id = keyed.api_key[4:20]
+
+        guesses = itertools.count(1)  # i repeats across warm-up and rounds; a guess must not
+
+        def guessed(i: int) -> object:
+            secret = f"{next(guesses):043d}"  # well formed, never the real one, new every call
+            request = inference_pb2.PredictRequest(adapter=f"{ADAPTER}@1", inputs=[texts[i % len(texts)]])
+            try:
+                stub.Predict(
+                    request, metadata=[("authorization", f"Bearer tsk_{key_id}_{secret}")], timeout=120
+                )
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    return err
+                raise
+            raise RuntimeError(f"{NEW_WRONG_SECRET}: a guessed secret was accepted")
+
+        sides[NEW_WRONG_SECRET] = (guessed, args.refused_calls)
+
         samples = take_turns(sides, args.warmup, args.rounds)
         results = {name: summarize(values) for name, values in samples.items()}
         blocks = {name: per_round(values, args.rounds) for name, values in samples.items()}
@@ -262,9 +292,11 @@ Measured {dt.date.today().isoformat()}, one run of the script; the ratios are to
   one store read per {cache_default:g} s; (c) the same digest, then a hop to a worker thread
   and a read of the key's record from the store (the revocation check) on every call. The
   scrypt hash of the secret is paid only on a key's first call per server, in (b) and (c)
-  alike: a token verified before skips it. (d1) and (d2) run against server (b): a wrong
-  secret for the real key id (record read + scrypt on every call: failures are not
-  cached), and a key id the store does not know (one store read); both are refused
+  alike: a token verified before skips it. (d1), (d1') and (d2) run against server (b):
+  the same wrong secret for the real key id each call (record read; scrypt only the first
+  time, since a refused token is remembered), a new wrong secret each call (record read +
+  scrypt every call: what a caller guessing secrets costs the server), and a key id the
+  store does not know (one store read); all are refused
   UNAUTHENTICATED, with an `auth.failed` audit event, before any model work.
 - **Workload:** the same LoRA adapter trained on each server (Banking77, 4 labels x 12
   examples, 4 steps, seed 0); 1-text `Predict` calls with texts from
