@@ -26,6 +26,7 @@ import "google/rpc/error_details.proto";
 import "google/rpc/status.proto";
 import "grpc/health/v1/health.proto";
 import "tuneserve/v1/datasets.proto";
+import "tuneserve/v1/server_info.proto";
 
 message SeenFailure {
   google.rpc.Status status = 1;
@@ -34,6 +35,7 @@ message SeenFailure {
   google.rpc.RetryInfo retry = 4;
   tuneserve.v1.DataReport report = 5;
   grpc.health.v1.HealthCheckResponse.ServingStatus health = 6;
+  tuneserve.v1.GetServerInfoResponse server = 7;
 }
 """
 
