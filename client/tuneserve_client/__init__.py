@@ -29,6 +29,9 @@ from tuneserve_client.types import (
     LabelScore,
     LoadedAdapter,
     SampleGeneration,
+    ServerInfo,
+    ServerLimits,
+    TenantQuotas,
 )
 
 __all__ = [
@@ -59,6 +62,9 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "SampleGeneration",
+    "ServerInfo",
+    "ServerLimits",
+    "TenantQuotas",
     "TuneserveError",
     "Unauthenticated",
     "Unavailable",

@@ -16,7 +16,7 @@ from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.errors import TuneserveError
 from tuneserve_client.reports import DataReport, JobEvent
-from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job
+from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job, ServerInfo
 
 SERVER_COMMANDS = ("serve", "api", "worker", "config", "keys")
 EXIT_ERROR = 1  # an RPC failed, or a waited-for job did not succeed
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="check the server's health (exit 0 when SERVING)")
     health.add_argument("--service", default="", help="one service, e.g. tuneserve.v1.InferenceService")
     health.set_defaults(handler=_cmd_health)
+
+    info = commands.add_parser("info", help="what the server serves, its limits, auth and features")
+    info.set_defaults(handler=_cmd_info)
     return parser
 
 
@@ -326,6 +329,12 @@ def _cmd_health(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     status = client.health(args.service)
     print(json.dumps({"service": args.service, "status": status}) if args.json else status, file=out)
     return 0 if status == "SERVING" else EXIT_ERROR
+
+
+def _cmd_info(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    info = client.server_info()
+    _emit(out, args, info, _describe_server(info))
+    return 0
 
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -730,6 +739,47 @@ def _emit(out: TextIO, args: argparse.Namespace, value: Any, text: str) -> None:
         print(json.dumps(_jsonable(value), indent=None, sort_keys=False), file=out)
     elif text:
         print(text, file=out)
+
+
+def _describe_server(info: ServerInfo) -> str:
+    lim, q = info.limits, info.quotas
+    auth = info.auth_mode
+    extra = [
+        name
+        for name, on in (("jwt", info.auth_jwt), ("client certificates", info.auth_client_certificates))
+        if on
+    ]
+    if extra:
+        auth += f" (also {', '.join(extra)})"
+    rows = [
+        ("base model", info.base_model),
+        ("task", info.task),
+        ("version", info.version),
+        ("auth", auth),
+        ("features", ", ".join(info.features) or "-"),
+        ("texts per predict", str(lim.max_predict_inputs)),
+        ("characters per text", str(lim.max_text_chars)),
+        ("training examples per job", str(lim.max_train_examples)),
+        ("max LoRA rank", str(lim.max_lora_rank)),
+        ("max dataset bytes", str(lim.max_dataset_bytes)),
+        ("max request bytes", str(lim.max_request_bytes)),
+        ("tokens per sequence", str(lim.max_sequence_tokens)),
+    ]
+    if lim.max_input_tokens:
+        rows.append(("tokens read per input", str(lim.max_input_tokens)))
+    if lim.max_new_tokens_limit:
+        rows.append(("max new tokens", f"{lim.max_new_tokens_limit} (default {lim.max_new_tokens_default})"))
+    quotas = (
+        ("active jobs", q.active_jobs),
+        ("adapter versions", q.adapter_versions),
+        ("dataset bytes", q.dataset_bytes),
+        ("upload bytes", q.upload_bytes),
+        ("pinned adapters", q.pinned_adapters),
+        ("queued predict rows", q.queued_predict_rows),
+    )
+    rows += [(f"{name} quota", str(value) if value else "unlimited") for name, value in quotas]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
 
 
 def _jsonable(value: Any) -> Any:

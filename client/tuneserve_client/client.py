@@ -21,6 +21,8 @@ from tuneserve.v1 import (
     datasets_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
 )
@@ -44,10 +46,12 @@ from tuneserve_client.types import (
     GenerationStream,
     Job,
     LoadedAdapter,
+    ServerInfo,
     adapter_from_pb,
     generation_from_pb,
     job_from_pb,
     prediction_from_pb,
+    server_info_from_pb,
     state_to_pb,
     task_to_pb,
 )
@@ -170,6 +174,7 @@ class Client:
         self._inference = inference_pb2_grpc.InferenceServiceStub(channel)
         self._adapters = adapters_pb2_grpc.AdapterServiceStub(channel)
         self._datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+        self._server_info = server_info_pb2_grpc.ServerInfoServiceStub(channel)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -268,6 +273,13 @@ class Client:
         stub = health_pb2_grpc.HealthStub(self._channel)
         reply = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """What the server serves (base model, task family, version), the limits and quotas
+        a caller must respect, how it authenticates and which optional features are on.
+        Any authenticated caller may ask."""
+        request = server_info_pb2.GetServerInfoRequest()
+        return server_info_from_pb(self._call(self._server_info.GetServerInfo, request, timeout))
 
     def get_job(self, job_id: str, *, timeout: float | None = None) -> Job:
         request = training_pb2.GetJobRequest(namespace=self.namespace, job_id=job_id)

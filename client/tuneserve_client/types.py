@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 
-from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, training_pb2
+from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, server_info_pb2, training_pb2
 from tuneserve_client._pb import enum_name, time_of
 from tuneserve_client.reports import DataReport, data_report_from_pb
 
@@ -326,3 +327,72 @@ class GenerationStream:
     def __exit__(self, *exc_info: object) -> None:
         if self.final is None:
             self.cancel()
+
+
+# --- server info -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds on one request (past one: InvalidArgument naming the field). Token bounds
+    follow from the base model; the max_new_tokens pair is 0 on a classification server."""
+
+    max_predict_inputs: int
+    max_text_chars: int
+    max_train_examples: int
+    max_lora_rank: int
+    max_dataset_bytes: int
+    max_request_bytes: int
+    max_sequence_tokens: int
+    max_input_tokens: int
+    max_new_tokens_default: int
+    max_new_tokens_limit: int
+
+
+@dataclass(frozen=True)
+class TenantQuotas:
+    """Per-tenant quotas (0: unlimited); past one: ResourceExhausted naming it."""
+
+    active_jobs: int
+    adapter_versions: int
+    dataset_bytes: int
+    upload_bytes: int
+    pinned_adapters: int
+    queued_predict_rows: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What `Client.server_info()` says about the server: `task` is "classification" or
+    "causal_lm"; `auth_mode` "api_key" or "none" (`auth_jwt`, `auth_client_certificates`:
+    the other credentials it accepts); `features` the names of the optional features on
+    (e.g. "prediction_sets", "uncertainty", "streaming_generation")."""
+
+    base_model: str
+    task: str
+    version: str
+    limits: ServerLimits
+    quotas: TenantQuotas
+    auth_mode: str
+    auth_jwt: bool = False
+    auth_client_certificates: bool = False
+    reflection_requires_auth: bool = False
+    features: tuple[str, ...] = ()
+
+
+def server_info_from_pb(pb: server_info_pb2.GetServerInfoResponse) -> ServerInfo:
+    def fields_of(cls: type, msg: object) -> dict[str, int]:
+        return {f.name: getattr(msg, f.name) for f in dataclass_fields(cls)}
+
+    return ServerInfo(
+        base_model=pb.base_model,
+        task=task_from_pb(pb.task),
+        version=pb.version,
+        limits=ServerLimits(**fields_of(ServerLimits, pb.limits)),
+        quotas=TenantQuotas(**fields_of(TenantQuotas, pb.quotas)),
+        auth_mode=enum_name(server_info_pb2.AuthMode, pb.auth.mode, "AUTH_MODE_").lower(),
+        auth_jwt=pb.auth.jwt,
+        auth_client_certificates=pb.auth.client_certificates,
+        reflection_requires_auth=pb.auth.reflection_requires_auth,
+        features=tuple(f.name for f in pb.features.DESCRIPTOR.fields if getattr(pb.features, f.name)),
+    )

@@ -13,8 +13,9 @@ import time
 
 import structlog
 
-from tuneserve_server.api.server import ApiServer
+from tuneserve_server.api.server import MAX_REQUEST_BYTES, ApiServer
 from tuneserve_server.config import ConfigError, Settings
+from tuneserve_server.domain.server_info import AuthSummary, RequestLimits
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
 from tuneserve_server.services import Services
@@ -25,6 +26,7 @@ from tuneserve_server.services.inference import PredictionService, PredictLimits
 from tuneserve_server.services.jwt_auth import JwtVerifier
 from tuneserve_server.services.mtls import parse_mtls_tenants, principal_from_peer
 from tuneserve_server.services.quotas import quotas_of
+from tuneserve_server.services.server_info import ServerInfoService
 from tuneserve_server.services.training import TrainingService
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.factory import build_stores
@@ -64,6 +66,27 @@ def build_services(
                 max_new_tokens_limit=settings.max_new_tokens_limit,
                 log_payloads=settings.log_payloads,
             ),
+        ),
+        server_info=ServerInfoService(
+            engine,
+            limits=RequestLimits(
+                max_predict_inputs=settings.max_predict_inputs,
+                max_text_chars=settings.max_text_chars,
+                max_train_examples=settings.max_train_examples,
+                max_lora_rank=settings.max_lora_rank,
+                max_dataset_bytes=settings.max_dataset_bytes,
+                max_request_bytes=MAX_REQUEST_BYTES,
+                max_new_tokens_default=settings.max_new_tokens_default,
+                max_new_tokens_limit=settings.max_new_tokens_limit,
+            ),
+            auth=AuthSummary(
+                mode=settings.auth,
+                jwt=settings.auth != "none" and bool(settings.jwt_jwks),
+                client_certificates=settings.auth != "none"
+                and bool(parse_mtls_tenants(settings.mtls_tenants)),
+                reflection_requires_auth=settings.reflection_requires_auth,
+            ),
+            quotas=quotas_of(settings),
         ),
     )
 

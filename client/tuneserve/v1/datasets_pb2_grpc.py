@@ -84,6 +84,8 @@ class DatasetServiceServicer:
         Resumable: re-sending the same upload_id continues where the server's copy ends
         (chunks it already has are checked and skipped); a completed upload_id returns the
         dataset it created.
+        A file with no usable row is INVALID_ARGUMENT (BadRequest field `chunk.data`); past a
+        tenant's dataset_bytes or upload_bytes quota, RESOURCE_EXHAUSTED with a QuotaFailure.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +113,7 @@ class DatasetServiceServicer:
     def ValidateDataset(self, request, context):
         """The checks `Train` runs, without queueing a job: returns the data report. Hard errors
         are listed in the report (this call succeeds); `Train` rejects the same data with
-        INVALID_ARGUMENT and the report attached.
+        INVALID_ARGUMENT and the report attached as a status detail (common.proto, "Errors").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

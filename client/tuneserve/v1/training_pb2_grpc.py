@@ -69,6 +69,9 @@ class TrainingServiceServicer:
     def Train(self, request, context):
         """Validates the request and its data, then queues a job. Retrying with the same
         request_id returns the job created by the first call instead of a second one.
+        Data that fails a hard check is INVALID_ARGUMENT with a google.rpc.BadRequest and the
+        tuneserve.v1.DataReport in the status details (common.proto, "Errors"); a tenant quota
+        is RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure (and RetryInfo for active_jobs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

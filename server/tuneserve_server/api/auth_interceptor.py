@@ -53,6 +53,7 @@ METHOD_ROLES: dict[str, Role] = {
     "/tuneserve.v1.DatasetService/ValidateDataset": _T,
     "/tuneserve.v1.DatasetService/ListUploads": _T,
     "/tuneserve.v1.DatasetService/DeleteUpload": _T,
+    "/tuneserve.v1.ServerInfoService/GetServerInfo": _P,  # the lowest role: any caller
 }
 _HEALTH = "/grpc.health.v1.Health/"
 _REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

@@ -22,6 +22,8 @@ from tuneserve.v1 import (
     datasets_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
 )
@@ -30,6 +32,7 @@ from tuneserve_server.api.auth_interceptor import AuthInterceptor
 from tuneserve_server.api.dataset_servicer import DatasetServicer
 from tuneserve_server.api.inference_servicer import InferenceServicer
 from tuneserve_server.api.interceptors import RequestContextInterceptor
+from tuneserve_server.api.server_info_servicer import ServerInfoServicer
 from tuneserve_server.api.training_servicer import TrainingServicer
 from tuneserve_server.config import Settings
 from tuneserve_server.services import Services
@@ -42,7 +45,10 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+    server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
 )
+# The largest request message the server receives (GetServerInfo reports it).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 class ApiServer:
@@ -57,7 +63,7 @@ class ApiServer:
         self.server = grpc.aio.server(
             interceptors=[RequestContextInterceptor(), auth],
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -72,6 +78,9 @@ class ApiServer:
         )
         adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
             AdapterServicer(services.adapters), self.server
+        )
+        server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
+            ServerInfoServicer(services.server_info), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -21,6 +21,7 @@ from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.domain.records import AdapterVersionRecord
+from tuneserve_server.domain.server_info import ServedModel
 from tuneserve_server.domain.uncertainty import NONE as NO_UNCERTAINTY
 from tuneserve_server.domain.uncertainty import UncertaintyRequest
 from tuneserve_server.engine.batching import Batcher
@@ -42,7 +43,7 @@ from tuneserve_server.modeling import (
     module_names,
     resolve_base_model,
 )
-from tuneserve_server.modeling_lm import is_causal_lm_path
+from tuneserve_server.modeling_lm import has_chat_template, is_causal_lm_path
 from tuneserve_server.observability.metrics import (
     ABSTAINED_ROWS,
     ADAPTER_LABELS,
@@ -178,6 +179,16 @@ class InferenceEngine:
         self.generation_runner = built.runner
         self.runner = ClassificationRunner(  # answers classify calls only with the task check below
             self.tokenizer, self.registry, self.adapter_store, device=self.settings.device
+        )
+
+    def served_model(self) -> ServedModel:
+        """The loaded base model as callers see it (GetServerInfo); only once ready."""
+        return ServedModel(
+            base_model=self.source.model_id,
+            task=self.task,
+            max_positions=self.max_positions,
+            classify_max_tokens=self.runner.max_length if self.task is TaskType.CLASSIFICATION else 0,
+            chat_template=self.task is TaskType.CAUSAL_LM and has_chat_template(self.tokenizer),
         )
 
     def train_limits(self) -> TrainLimits:

@@ -1,5 +1,5 @@
 """Application layer: the flows that span stores and the engine (dataset intake, train
-preparation and job submission, adapter listing and deletion, prediction). Servicers make
+preparation and job submission, adapter listing and deletion, prediction, server info). Servicers make
 one call in here per RPC; nothing here knows gRPC or the generated protobuf code.
 
 `Services` is the bundle the composition root (app.py) builds and hands to the API server."""
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.datasets import DatasetService
 from tuneserve_server.services.inference import PredictionService
+from tuneserve_server.services.server_info import ServerInfoService
 from tuneserve_server.services.training import TrainingService
 
 
@@ -20,3 +21,4 @@ class Services:
     datasets: DatasetService
     adapters: AdapterService
     prediction: PredictionService
+    server_info: ServerInfoService

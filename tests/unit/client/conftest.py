@@ -14,6 +14,8 @@ from tuneserve.v1 import (
     adapters_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
 )
@@ -117,6 +119,31 @@ class RecordingAdapterService(adapters_pb2_grpc.AdapterServiceServicer):
         return adapters_pb2.DeleteAdapterResponse(deleted_versions=[1, 2])
 
 
+class StaticServerInfoService(server_info_pb2_grpc.ServerInfoServiceServicer):
+    """A causal-LM server with API keys and JWTs, some quotas unlimited."""
+
+    def GetServerInfo(self, request, context):
+        return server_info_pb2.GetServerInfoResponse(
+            base_model="org/lm",
+            task=2,  # TASK_TYPE_CAUSAL_LM
+            version="1.2.3",
+            limits=server_info_pb2.ServerLimits(
+                max_predict_inputs=7,
+                max_text_chars=99,
+                max_train_examples=500,
+                max_lora_rank=32,
+                max_dataset_bytes=1000,
+                max_request_bytes=2000,
+                max_sequence_tokens=2048,
+                max_new_tokens_default=64,
+                max_new_tokens_limit=256,
+            ),
+            quotas=server_info_pb2.TenantQuotas(active_jobs=3, pinned_adapters=2),
+            auth=server_info_pb2.ServerAuth(mode=server_info_pb2.AUTH_MODE_API_KEY, jwt=True),
+            features=server_info_pb2.ServerFeatures(generation=True, streaming_generation=True),
+        )
+
+
 @pytest.fixture
 def adapter_service() -> RecordingAdapterService:
     return RecordingAdapterService()
@@ -138,6 +165,7 @@ def server_target(training_service, inference_service, adapter_service) -> Itera
     training_pb2_grpc.add_TrainingServiceServicer_to_server(training_service, server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(inference_service, server)
     adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapter_service, server)
+    server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(StaticServerInfoService(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

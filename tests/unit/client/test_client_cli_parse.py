@@ -226,3 +226,22 @@ def test_adapters_list_and_delete(capsys, server_target):
 
     assert main(["--target", server_target, "--json", "adapters", "delete", "x"]) == 0
     assert json.loads(capsys.readouterr().out) == {"adapter": "x", "deleted_versions": [1, 2]}
+
+
+def test_info_prints_the_server_and_its_limits(capsys, server_target):
+    assert main(["--target", server_target, "info"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    lines = {k: v.strip() for k, v in lines.items()}
+    assert lines["base model"] == "org/lm" and lines["task"] == "causal_lm" and lines["version"] == "1.2.3"
+    assert lines["auth"] == "api_key (also jwt)"
+    assert lines["features"] == "generation, streaming_generation"
+    assert lines["texts per predict"] == "7" and lines["characters per text"] == "99"
+    assert lines["max LoRA rank"] == "32" and lines["max new tokens"] == "256 (default 64)"
+    assert lines["active jobs quota"] == "3" and lines["dataset bytes quota"] == "unlimited"
+    assert "tokens read per input" not in lines  # 0: not a classification server
+
+    assert main(["--target", server_target, "--json", "info"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["limits"]["max_predict_inputs"] == 7 and got["limits"]["max_new_tokens_limit"] == 256
+    assert got["features"] == ["generation", "streaming_generation"]
+    assert got["quotas"]["pinned_adapters"] == 2 and got["auth_mode"] == "api_key"

@@ -171,3 +171,19 @@ def test_delete_adapter_and_predict(client, adapter_service, inference_service):
     request = inference_service.requests[0]
     assert list(request.inputs) == ["just one"] and request.adapter == ""
     assert request.namespace == "team-a" and not request.return_probabilities
+
+
+def test_server_info_is_a_frozen_value_of_every_field(client):
+    import dataclasses
+
+    from tuneserve_client import ServerInfo, ServerLimits
+
+    info = client.server_info()
+    assert isinstance(info, ServerInfo) and isinstance(info.limits, ServerLimits)
+    assert (info.base_model, info.task, info.version) == ("org/lm", "causal_lm", "1.2.3")
+    assert info.limits.max_text_chars == 99 and info.limits.max_input_tokens == 0
+    assert info.quotas.active_jobs == 3 and info.quotas.upload_bytes == 0
+    assert (info.auth_mode, info.auth_jwt, info.auth_client_certificates) == ("api_key", True, False)
+    assert info.features == ("generation", "streaming_generation")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.version = "x"  # type: ignore[misc]

@@ -213,9 +213,29 @@ def test_calls_that_need_the_base_model_are_not_ready_until_it_loads(tiny_model_
             await p.services.training.validate(req)
         with pytest.raises(NotReady):
             await p.services.datasets.upload(_parts(_header(b"x")))
+        with pytest.raises(NotReady):
+            p.services.server_info.info()
         assert p.store.list_jobs(NS) == ([], "")
 
     run_with(tiny_model_dir, make_spec, tmp_path, body, start=False)
+
+
+def test_server_info_is_the_configured_limits_and_the_loaded_model(tiny_model_dir, make_spec, tmp_path):
+    async def body(p: Parts) -> None:
+        info = p.services.server_info.info()
+        assert info.model.base_model == p.engine.source.model_id
+        assert info.model.task is TaskType.CLASSIFICATION
+        assert info.model.max_positions == p.engine.max_positions
+        assert info.model.classify_max_tokens == p.engine.runner.max_length
+        lim = info.limits
+        assert (lim.max_text_chars, lim.max_predict_inputs, lim.max_lora_rank) == (50, 3, 8)
+        assert info.quotas.active_jobs == 7
+        assert info.auth.mode == "none" and not info.auth.jwt and not info.auth.client_certificates
+        assert info.features.prediction_sets and info.features.uncertainty
+        assert not info.features.streaming_generation and not info.features.generation
+        assert info.version
+
+    run_with(tiny_model_dir, make_spec, tmp_path, body, max_lora_rank=8, quota_active_jobs=7, auth="none")
 
 
 # ---------------------------------------------------------------- dataset intake and train preparation
