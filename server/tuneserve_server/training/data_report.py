@@ -9,6 +9,7 @@ Checks and their severities (thresholds in `ReportThresholds`):
     too_few_labels           ERROR    classification with fewer than 2 training labels
     label_too_rare           ERROR    a training label with < min_examples_per_label rows
     unseen_validation_label  ERROR    a validation label never seen in training
+    label_not_validated      WARNING  a training label with no validation rows (too rare to hold out)
     imbalance                WARNING  most / least frequent training label > imbalance_warning_ratio
     duplicates               WARNING  repeated rows (within a split) over duplicate_warning_fraction
     conflicting_labels       WARNING  a normalised text with more than one label;
@@ -436,6 +437,23 @@ class _Builder:
                 f"{what} in training (validation {_rows_text(rows)}); add training examples "
                 "or drop those validation rows",
                 rows,
+            )
+        unvalidated = [lb for lb in reversed(order) if train_counts[lb] and not val_counts[lb]]
+        if unvalidated and self.validation:
+            shown = ", ".join(f"{_quote(lb)} ({train_counts[lb]})" for lb in unvalidated[:5])
+            more = f" and {len(unvalidated) - 5} more" if len(unvalidated) > 5 else ""
+            what = (
+                f"label {shown} has"
+                if len(unvalidated) == 1
+                else f"{len(unvalidated)} labels ({shown}{more}) have"
+            )
+            self._issue(
+                Severity.WARNING,
+                "label_not_validated",
+                f"{what} no validation rows (too few examples to hold one out, or none in the "
+                "validation set given): the model learns them but the metrics, calibration and "
+                "per-label thresholds do not measure them; add examples",
+                (),
             )
 
     def conflicts(self) -> None:

@@ -27,7 +27,13 @@ from tuneserve_server.domain.jobs import (
 )
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import is_valid_name, namespace_of
-from tuneserve_server.training.data_report import DataReport, build_report, normalise, render_causal
+from tuneserve_server.training.data_report import (
+    DataReport,
+    ReportThresholds,
+    build_report,
+    normalise,
+    render_causal,
+)
 from tuneserve_server.training.datafile import ParsedRows
 from tuneserve_server.training.evaluation import METRICS
 
@@ -183,11 +189,17 @@ def _examples(
 
 
 def split_rows(
-    rows: Sequence[tuple[int, Example]], fraction: float, seed: int
+    rows: Sequence[tuple[int, Example]],
+    fraction: float,
+    seed: int,
+    keep_in_training: int = ReportThresholds.min_examples_per_label,
 ) -> tuple[list[tuple[int, Example]], list[tuple[int, Example]]]:
     """The validation hold-out: about `fraction` of each label (classification; causal LM is
-    one group), a label with one example stays in training. Rows with the same normalised
-    text go to the same side, so repeated texts never leak from training into validation."""
+    one group), always leaving at least `keep_in_training` rows of a label in training (the
+    data report's minimum): a label with that few examples stays whole in training, not
+    validated (the report warns, `label_not_validated`), rather than being split into a label
+    too rare to train on. Rows with the same normalised text go to the same side, so repeated
+    texts never leak from training into validation."""
     groups: dict[tuple[str, str], list[tuple[int, Example]]] = {}
     for row in rows:
         ex = row[1]
@@ -204,7 +216,8 @@ def split_rows(
         rng.shuffle(label_groups)
         size = sum(len(g) for g in label_groups)
         want = round(size * fraction)
-        want = min(max(want, 1), size - 1) if size > 1 else 0
+        keep = max(1, keep_in_training)
+        want = min(max(want, 1), size - keep) if size > keep else 0
         taken = 0
         for group in label_groups:
             if taken < want and len(label_groups) > 1 and taken + len(group) <= max(want, 1):

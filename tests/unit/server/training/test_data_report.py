@@ -63,20 +63,32 @@ def _words(texts: list[str]) -> list[int]:
 # ---------------------------------------------------------------- clean data, the dataclasses
 def test_clean_data_gives_counts_label_distribution_and_no_issues():
     train = _rows([*_balanced(6, ("a",)), *_balanced(4, ("b",)), *_balanced(3, ("c",))])
-    validation = _rows(_balanced(1, ("a", "c"), prefix="held out"), start=100)
-    report = _report(train, validation, total_rows=15)
+    validation = _rows(_balanced(1, ("a", "b", "c"), prefix="held out"), start=100)
+    report = _report(train, validation, total_rows=16)
     assert report.issues == () and report.ok
     assert (report.total_rows, report.usable_rows, report.train_rows, report.validation_rows) == (
-        15,
-        15,
+        16,
+        16,
         13,
-        2,
+        3,
     )
-    assert report.labels == (LabelCount("a", 6, 1), LabelCount("b", 4, 0), LabelCount("c", 3, 1))
+    assert report.labels == (LabelCount("a", 6, 1), LabelCount("b", 4, 1), LabelCount("c", 3, 1))
     assert report.imbalance_ratio == pytest.approx(2.0)
     assert report.exact_duplicates == report.near_duplicates == report.conflicting_texts == 0
     assert report.leaked_validation_rows == report.truncated_rows == report.max_tokens == 0
     assert report.mean_tokens == 0.0 and report.dropped == ()
+
+
+def test_a_training_label_without_validation_rows_is_a_warning():
+    train = _rows([*_balanced(6, ("a",)), *_balanced(4, ("b",)), *_balanced(3, ("c",))])
+    validation = _rows(_balanced(1, ("a",), prefix="held out"), start=100)
+    report = _report(train, validation)
+    issue = _issue(report, "label_not_validated")
+    assert issue.severity.value == "WARNING" and report.ok
+    assert "2 labels ('c' (3), 'b' (4)) have no validation rows" in issue.message  # rarest first
+    assert "label_not_validated" not in {
+        i.code for i in _report(train, ()).issues
+    }  # no split: nothing to say
 
 
 def test_the_report_round_trips_through_json():

@@ -14,6 +14,7 @@ from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.training.validation import (
     TrainInput,
     build_job_spec,
+    prepare_job,
     split_rows,
 )
 
@@ -180,8 +181,10 @@ def test_stratified_split_holds_out_the_fraction_per_label():
     train, held = _split(examples, 0.2, seed=7)
     held_counts = Counter(ex.label for ex in held)
     train_counts = Counter(ex.label for ex in train)
-    assert held_counts == {"a": 10, "b": 6, "c": 1}
-    assert train_counts == {"a": 40, "b": 24, "c": 1, "d": 1}  # no label leaves training
+    assert held_counts == {"a": 10, "b": 6}
+    # No label leaves training, and none is split below the 2 examples training needs: "c" (2)
+    # stays whole in training, unvalidated, instead of becoming a label too rare to train on.
+    assert train_counts == {"a": 40, "b": 24, "c": 2, "d": 1}
     assert sorted(train + held, key=lambda e: e.text) == sorted(examples, key=lambda e: e.text)
 
     assert _split(examples, 0.2, seed=7) == (train, held)  # deterministic
@@ -190,11 +193,25 @@ def test_stratified_split_holds_out_the_fraction_per_label():
     assert Counter(ex.label for ex in other_held) == held_counts
 
 
-def test_stratified_split_never_empties_a_label_even_at_half():
+def test_stratified_split_keeps_two_of_each_label_in_training_even_at_half():
     examples = [LabelledText(f"a{i}", "a") for i in range(2)] + [LabelledText(f"b{i}", "b") for i in range(3)]
     train, held = _split(examples, 0.5, seed=1)
-    assert Counter(ex.label for ex in train) == {"a": 1, "b": 1}
-    assert Counter(ex.label for ex in held) == {"a": 1, "b": 2}
+    assert Counter(ex.label for ex in train) == {"a": 2, "b": 2}
+    assert Counter(ex.label for ex in held) == {"b": 1}
+
+
+def test_a_label_with_two_examples_trains_unvalidated_with_a_warning():
+    """Issue #17: with the default split, a label with exactly 2 distinct examples used to be
+    refused (label_too_rare: one held out, one left). Now it trains, and the report says it is
+    not validated."""
+    rows = [(f"common text {i}", "common") for i in range(30)]
+    rows += [(f"other text {i}", "other") for i in range(30)] + [("rare one", "rare"), ("rare two", "rare")]
+    spec, report = prepare_job(_input(train=rows), LIMITS)
+    codes = {i.code: i for i in report.issues}
+    assert "label_too_rare" not in codes and report.ok
+    assert codes["label_not_validated"].severity.value == "WARNING"
+    assert "'rare' (2)" in codes["label_not_validated"].message
+    assert Counter(ex.label for ex in spec.train)["rare"] == 2
 
 
 def test_too_few_examples_to_split_is_reported():
