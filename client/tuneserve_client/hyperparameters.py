@@ -73,6 +73,10 @@ _NOTES: dict[str, _Note] = {
     "evaluation.ood_false_positive_rate": _Note(
         "fraction of in-domain texts the out-of-domain flag may mark (default 0.05)",
     ),
+    "evaluation.baseline": _Note(
+        "also score logistic regression on the frozen base embeddings, beside the adapter (default: on)",
+        minimum=None,
+    ),
     "causal_lm.train_on_prompt": _Note("causal LM: also train on the prompt's tokens", minimum=None),
     "causal_lm.sample_generations": _Note("causal LM: validation prompts to generate from after training"),
 }

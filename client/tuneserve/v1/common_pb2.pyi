@@ -85,7 +85,7 @@ class OptimizerConfig(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ...) -> None: ...
 
 class EvaluationConfig(_message.Message):
-    __slots__ = ("eval_every_steps", "metric_for_best", "early_stopping_patience", "calibrate", "fit_uncertainty", "abstain_target_precision", "abstain_target_coverage", "ood_false_positive_rate")
+    __slots__ = ("eval_every_steps", "metric_for_best", "early_stopping_patience", "calibrate", "fit_uncertainty", "abstain_target_precision", "abstain_target_coverage", "ood_false_positive_rate", "baseline")
     EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FOR_BEST_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class EvaluationConfig(_message.Message):
     ABSTAIN_TARGET_PRECISION_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_TARGET_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     OOD_FALSE_POSITIVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
     eval_every_steps: int
     metric_for_best: str
     early_stopping_patience: int
@@ -102,7 +103,8 @@ class EvaluationConfig(_message.Message):
     abstain_target_precision: float
     abstain_target_coverage: float
     ood_false_positive_rate: float
-    def __init__(self, eval_every_steps: _Optional[int] = ..., metric_for_best: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., calibrate: _Optional[bool] = ..., fit_uncertainty: _Optional[bool] = ..., abstain_target_precision: _Optional[float] = ..., abstain_target_coverage: _Optional[float] = ..., ood_false_positive_rate: _Optional[float] = ...) -> None: ...
+    baseline: bool
+    def __init__(self, eval_every_steps: _Optional[int] = ..., metric_for_best: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., calibrate: _Optional[bool] = ..., fit_uncertainty: _Optional[bool] = ..., abstain_target_precision: _Optional[float] = ..., abstain_target_coverage: _Optional[float] = ..., ood_false_positive_rate: _Optional[float] = ..., baseline: _Optional[bool] = ...) -> None: ...
 
 class CausalLMConfig(_message.Message):
     __slots__ = ("train_on_prompt", "sample_generations")

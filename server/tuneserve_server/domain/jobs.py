@@ -58,6 +58,9 @@ class EvaluationSettings:
     abstain_target_precision: float = 0.95
     abstain_target_coverage: float = 0.0
     ood_false_positive_rate: float = 0.05
+    # Classification: also fit logistic regression on the frozen base embeddings and report it
+    # beside the adapter (a WARNING when the adapter does not beat it).
+    baseline: bool = True
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from tuneserve_server.observability.metrics import (
     TRAIN_TOTAL_STEPS,
 )
 from tuneserve_server.training import calibration, checkpoint
+from tuneserve_server.training.baseline import MAX_BASELINE_ROWS, LogisticBaseline, verdict
 from tuneserve_server.training.batching import length_grouped_batches, shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
@@ -435,7 +436,60 @@ class ClassificationRecipe:
         if self.spec.hyperparameters.evaluation.fit_uncertainty:
             metrics.update(self._fit_uncertainty(logits, y))
         self.eval_seconds += time.monotonic() - started
+        if self.spec.hyperparameters.evaluation.baseline and len(y):
+            metrics.update(self._baseline(metrics))
         return metrics
+
+    def _sample_train_rows(self, limit: int) -> tuple[LabelledText, ...]:
+        """The training rows, or `limit` of them drawn with the job's seed (in file order)."""
+        rows = self.spec.train
+        if len(rows) <= limit:
+            return rows
+        keep = sorted(random.Random(self.spec.hyperparameters.optimizer.seed).sample(range(len(rows)), limit))
+        return tuple(rows[i] for i in keep)
+
+    def _baseline(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Logistic regression on the frozen base model's pooled embeddings (training rows, up to
+        MAX_BASELINE_ROWS), scored on the validation split like the adapter; a WARNING when the
+        adapter does not beat it by baseline.MARGIN."""
+        started = time.monotonic()
+        rows = self._sample_train_rows(MAX_BASELINE_ROWS)
+        width = self.head.in_features
+        if not hasattr(self, "_val_features"):
+            self._val_features = self._encode(self.spec.validation)
+        with self.model.disable_adapter():  # peft: the base weights alone
+            train_x = self._eval_pass(self._encode(rows), self._pooled, width)
+            val_x = self._eval_pass(self._val_features, self._pooled, width)
+        model = self.baseline_model = LogisticBaseline.fit(train_x, self._targets(rows), len(self.labels))
+        y_true = self._targets(self.spec.validation).tolist()
+        y_pred = model.predict(val_x).tolist()
+        out = {
+            "baseline_accuracy": accuracy(y_true, y_pred),
+            "baseline_macro_f1": macro_f1(y_true, y_pred, len(self.labels)),
+            "baseline_train_rows": float(len(rows)),
+            "baseline_seconds": time.monotonic() - started,
+        }
+        out["baseline_margin_macro_f1"] = metrics.get("macro_f1", 0.0) - out["baseline_macro_f1"]
+        log.info("baseline", **out)
+        self.ctx.emit(
+            EventType.EVALUATION,
+            progress=self.progress,
+            # Every EVALUATION event carries the adapter's accuracy / macro_f1; the baseline's beside.
+            metrics={
+                "accuracy": metrics.get("accuracy", 0.0),
+                "macro_f1": metrics.get("macro_f1", 0.0),
+                **out,
+            },
+            message=(
+                f"baseline (logistic regression on the frozen base embeddings): macro-F1 "
+                f"{out['baseline_macro_f1']:.4f}, accuracy {out['baseline_accuracy']:.4f}; the adapter "
+                f"{metrics.get('macro_f1', 0.0):.4f} / {metrics.get('accuracy', 0.0):.4f}"
+            ),
+        )
+        warning = verdict(metrics.get("macro_f1", 0.0), out["baseline_macro_f1"])
+        if warning:
+            self._warn(warning)
+        return out
 
     def _fit_uncertainty(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Conformal calibration, abstention threshold and OOD detector of the published
@@ -454,14 +508,7 @@ class ClassificationRecipe:
         if not hasattr(self, "_val_features"):  # resumed after the last evaluation
             self._val_features = self._encode(self.spec.validation)
         val_embeddings = self._eval_pass(self._val_features, self._pooled, width)
-        rows = self.spec.train
-        if len(rows) > MAX_COVARIANCE_ROWS:  # bounds the time; plenty for the covariance
-            keep = sorted(
-                random.Random(self.spec.hyperparameters.optimizer.seed).sample(
-                    range(len(rows)), MAX_COVARIANCE_ROWS
-                )
-            )
-            rows = tuple(rows[i] for i in keep)
+        rows = self._sample_train_rows(MAX_COVARIANCE_ROWS)  # bounds the time; plenty for the covariance
         train_embeddings = self._eval_pass(self._encode(rows), self._pooled, width)
         self.uncertainty = UncertaintyModel.fit(
             probs,

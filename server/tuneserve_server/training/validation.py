@@ -277,7 +277,7 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
                 f"must be one of {', '.join(METRICS)}, or empty for the task's default",
             )
         eval_kw["metric_for_best"] = metric
-    for flag in ("calibrate", "fit_uncertainty"):
+    for flag in ("calibrate", "fit_uncertainty", "baseline"):
         if req.evaluation.get(flag) is not None:
             eval_kw[flag] = bool(req.evaluation[flag])
     eval_kw.update(_abstention_targets(req.evaluation, v))

@@ -9,6 +9,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,7 +221,8 @@ def test_early_stopping_ends_with_the_best_state(source):
 
 
 def test_calibration_is_fitted_on_enough_rows_and_skipped_with_a_warning_on_few(source, tmp_path):
-    recipe, events = recipe_for(make_spec(train=8, validation=8, batch=8, epochs=1, lr=5e-2), source)
+    spec = make_spec(train=8, validation=8, batch=8, epochs=1, lr=5e-2, baseline=False)
+    recipe, events = recipe_for(spec, source)
     result = recipe.run(tmp_path / "a")
     m = result.metrics
     assert {"ece_before", "ece_after", "nll_before", "nll_after", "temperature"} <= m.keys()
@@ -237,7 +239,9 @@ def test_calibration_is_fitted_on_enough_rows_and_skipped_with_a_warning_on_few(
     assert torch.allclose(fitted.calibration.lac, 1 - probs[torch.arange(len(y)), y], atol=1e-6)
     assert m["uncertainty_validation_rows"] == len(y) and "abstain_threshold" in m
 
-    few = replace(make_spec(train=8, validation=2, batch=8, epochs=1), validation=rows(2, 2)[:5])
+    few = replace(
+        make_spec(train=8, validation=2, batch=8, epochs=1, baseline=False), validation=rows(2, 2)[:5]
+    )
     recipe, events = recipe_for(few, source)
     result = recipe.run(tmp_path / "b")
     assert result.meta.temperature == 1.0 == result.metrics["temperature"]
@@ -261,3 +265,57 @@ def test_a_broken_event_sink_does_not_fail_the_job(source, tmp_path):
     spec = make_spec(train=4, validation=8, batch=4, epochs=1)
     recipe = ClassificationRecipe(RecipeContext(spec, source, on_event=sink, precision="float32"))
     assert recipe.run(tmp_path / "out").metrics["total_steps"] == 3.0
+
+
+def test_every_job_reports_the_frozen_embedding_baseline(source, tmp_path):
+    """The baseline metrics are scikit-learn's StandardScaler + LogisticRegression on the plain
+    base model's pooled embeddings (computed here without peft or the recipe), scored on the
+    validation split; an adapter that learnt nothing (lr 1e-7) gets the WARNING with both numbers."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModel, AutoTokenizer
+
+    from tuneserve_server.modeling import mean_pool
+    from tuneserve_server.training.metrics import accuracy, macro_f1
+
+    spec = make_spec(train=16, validation=10, batch=8, epochs=2, lr=5e-2)  # LoRA moves the embeddings
+    recipe, events = recipe_for(spec, source)
+    m = recipe.run(tmp_path / "a").metrics
+
+    base = AutoModel.from_pretrained(source.path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+
+    def embed(rows_: tuple[LabelledText, ...]):
+        enc = tokenizer(
+            [r.text for r in rows_], padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
+        with torch.no_grad():
+            return mean_pool(base(**enc).last_hidden_state, enc["attention_mask"]).double().numpy()
+
+    names = sorted(WORDS)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, tol=1e-10))
+    reference.fit(embed(spec.train), [names.index(r.label) for r in spec.train])
+    y_true = [names.index(r.label) for r in spec.validation]
+    val_x = embed(spec.validation)
+    y_pred = reference.predict(val_x).tolist()
+    # The fitted model itself: fitted on the base's embeddings, not the adapter's.
+    ours = torch.softmax(recipe.baseline_model.logits(torch.from_numpy(val_x)), -1).numpy()
+    np.testing.assert_allclose(ours, reference.predict_proba(val_x), atol=1e-4)
+    assert recipe.labels == tuple(names)
+    assert m["baseline_accuracy"] == pytest.approx(accuracy(y_true, y_pred))
+    assert m["baseline_macro_f1"] == pytest.approx(macro_f1(y_true, y_pred, len(names)))
+    assert m["baseline_train_rows"] == len(spec.train)
+    assert m["baseline_margin_macro_f1"] == pytest.approx(m["macro_f1"] - m["baseline_macro_f1"])
+    [event] = [e for e in of(events, EventType.EVALUATION) if "baseline" in e.message]
+    assert event.metrics["baseline_macro_f1"] == m["baseline_macro_f1"]
+    assert m["baseline_macro_f1"] > 0.6  # the words separate the labels even in a random tiny BERT
+
+    untrained, events = recipe_for(make_spec(train=16, validation=10, batch=8, epochs=1, lr=1e-7), source)
+    m = untrained.run(tmp_path / "c").metrics
+    assert m["macro_f1"] < m["baseline_macro_f1"] - 0.01
+    warnings = [e.message for e in of(events, EventType.WARNING) if "logistic regression" in e.message]
+    assert len(warnings) == 1 and f"{m['baseline_macro_f1']:.4f}" in warnings[0]
+
+    off = recipe_for(make_spec(train=16, validation=10, batch=8, epochs=1, baseline=False), source)[0]
+    assert not any(k.startswith("baseline_") for k in off.run(tmp_path / "b").metrics)
