@@ -71,7 +71,7 @@ class ApiServer:
             InferenceServicer(services.prediction), self.server
         )
         adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
-            AdapterServicer(services.adapters), self.server
+            AdapterServicer(services.adapters, services.transfer), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -1,5 +1,5 @@
 """Application layer: the flows that span stores and the engine (dataset intake, train
-preparation and job submission, adapter listing and deletion, prediction). Servicers make
+preparation and job submission, adapter listing, deletion, export and import, prediction). Servicers make
 one call in here per RPC; nothing here knows gRPC or the generated protobuf code.
 
 `Services` is the bundle the composition root (app.py) builds and hands to the API server."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.datasets import DatasetService
 from tuneserve_server.services.inference import PredictionService
@@ -20,3 +21,4 @@ class Services:
     datasets: DatasetService
     adapters: AdapterService
     prediction: PredictionService
+    transfer: AdapterTransferService
