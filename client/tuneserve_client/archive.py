@@ -31,7 +31,10 @@ def pack_directory(
     if not files:
         raise ValueError(f"{root} holds no files")
     raw = io.BytesIO()
-    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for name, path in sorted(files.items()):
             info = tarfile.TarInfo(name)
             info.size = path.stat().st_size

@@ -26,7 +26,7 @@ def pack(directory: Path, names: Iterable[str], out: Path) -> tuple[int, str]:
     owners, times or modes of this machine). Returns (size in bytes, sha256 hex)."""
     with (
         open(out, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w") as tar,
     ):
         for name in sorted(names):
