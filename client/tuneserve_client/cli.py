@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from tuneserve_client import hyperparameters
@@ -242,6 +243,34 @@ def build_parser() -> argparse.ArgumentParser:
     unload = adapter_cmds.add_parser("unload", help="unpin and release an adapter on the server")
     unload.add_argument("adapter", metavar="NAME[@VERSION]")
     unload.set_defaults(handler=_cmd_adapters_unload)
+
+    export = adapter_cmds.add_parser(
+        "export",
+        help="download a version as peft files (adapter_config.json, adapter_model.safetensors, ...)",
+    )
+    export.add_argument("adapter", metavar="NAME[@VERSION]")
+    export.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="directory to write the files into"
+    )
+    export.set_defaults(handler=_cmd_adapters_export)
+    imp = adapter_cmds.add_parser(
+        "import", help="register a new version from a peft directory (or an export, or a .tar.gz)"
+    )
+    imp.add_argument(
+        "source", metavar="DIR", help="a peft save_pretrained directory, an export, or a .tar.gz"
+    )
+    imp.add_argument("--name", required=True, help="the adapter name the new version belongs to")
+    imp.add_argument(
+        "--labels", nargs="+", metavar="LABEL", help="classification: labels in the head's output order"
+    )
+    imp.add_argument("--labels-file", metavar="FILE", help="classification: the labels, one per line")
+    imp.add_argument(
+        "--head",
+        metavar="FILE",
+        help="classification: head safetensors (weight, bias), if not DIR/head.safetensors",
+    )
+    imp.add_argument("--temperature", type=float, help="classification: calibration temperature (default 1)")
+    imp.set_defaults(handler=_cmd_adapters_import)
 
     health = commands.add_parser("health", help="check the server's health (exit 0 when SERVING)")
     health.add_argument("--service", default="", help="one service, e.g. tuneserve.v1.InferenceService")
@@ -711,6 +740,25 @@ def _cmd_adapters_unload(client: Client, args: argparse.Namespace, out: TextIO) 
     versions = client.unload_adapter(args.adapter)
     text = f"released {args.adapter}: versions {', '.join(map(str, versions)) or '(none resident)'}"
     _emit(out, args, {"adapter": args.adapter, "unloaded_versions": versions}, text)
+    return 0
+
+
+def _cmd_adapters_export(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    done = client.export_adapter(args.adapter, args.output)
+    text = f"exported {done.name}@{done.version} to {done.directory}: {', '.join(done.files)}"
+    _emit(out, args, done, text)
+    return 0
+
+
+def _cmd_adapters_import(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    labels = list(args.labels or ())
+    if args.labels_file:
+        labels += [line.strip() for line in Path(args.labels_file).read_text().splitlines() if line.strip()]
+    adapter, version = client.import_adapter(
+        args.source, args.name, labels=labels or None, head=args.head, temperature=args.temperature
+    )
+    text = f"imported {adapter.name}@{version} ({adapter.task}, base {adapter.base_model})"
+    _emit(out, args, {"adapter": adapter.name, "version": version, "task": adapter.task}, text)
     return 0
 
 

@@ -26,6 +26,7 @@ from tuneserve.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tuneserve_client.archive import HEAD_FILE, pack_directory, unpack_to
 from tuneserve_client.errors import Unavailable, from_rpc_error
 from tuneserve_client.hyperparameters import doc as hyperparameters_doc
 from tuneserve_client.hyperparameters import set_hyperparameters
@@ -42,6 +43,7 @@ from tuneserve_client.reports import (
 from tuneserve_client.types import (
     Adapter,
     Classification,
+    ExportedAdapter,
     Generation,
     GenerationStream,
     Job,
@@ -657,6 +659,92 @@ class Client:
         answers; returns the versions released. The adapter stays registered."""
         request = adapters_pb2.UnloadAdapterRequest(namespace=self.namespace, adapter=adapter)
         return list(self._call(self._adapters.UnloadAdapter, request, timeout).unloaded_versions)
+
+    def export_adapter(
+        self, adapter: str, directory: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> ExportedAdapter:
+        """Download "name" (latest) or "name@version" into `directory` (created if absent):
+        adapter_config.json + adapter_model.safetensors (plain `peft.PeftModel.from_pretrained`
+        loads them), head.safetensors for a classifier, tuneserve.json and a README.md model
+        card. The archive's size and SHA-256 are checked before anything is written."""
+        request = adapters_pb2.ExportAdapterRequest(namespace=self.namespace, adapter=adapter)
+        call = self._adapters.ExportAdapter(
+            request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata or None
+        )
+        header = None
+        parts: list[bytes] = []
+        try:
+            for response in call:
+                if response.WhichOneof("part") == "header":
+                    header = response.header
+                else:
+                    parts.append(response.chunk.data)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()
+        data = b"".join(parts)
+        if (
+            header is None
+            or len(data) != header.size_bytes
+            or hashlib.sha256(data).hexdigest() != header.sha256
+        ):
+            raise ValueError(f"the export of {adapter!r} arrived incomplete or damaged; try again")
+        files = unpack_to(data, directory)
+        return ExportedAdapter(
+            header.adapter_name,
+            header.adapter_version,
+            str(directory),
+            files,
+            header.size_bytes,
+            header.sha256,
+        )
+
+    def import_adapter(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        name: str,
+        *,
+        labels: Sequence[str] | None = None,
+        head: str | os.PathLike[str] | None = None,
+        temperature: float | None = None,
+        chunk_size: int = 1 << 20,
+        timeout: float | None = None,
+    ) -> tuple[Adapter, int]:
+        """Register a new version of `name` from a peft adapter: a directory (an export, or a
+        plain `save_pretrained` one: its top-level files are sent), a .tar.gz file, or the
+        archive's bytes. A classifier also needs its head (`head`: a safetensors file with
+        `weight` (labels, hidden) and `bias` (labels), unless the directory has
+        head.safetensors) and its `labels` in the head's output order (unless the directory's
+        tuneserve.json has them). Returns the adapter and the new version number."""
+        if isinstance(source, bytes):
+            data = source
+        elif Path(source).is_dir():
+            data = pack_directory(source, {HEAD_FILE: head} if head is not None else {})
+        else:
+            data = Path(source).read_bytes()
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        header = adapters_pb2.ImportAdapterHeader(
+            namespace=self.namespace,
+            name=name,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            labels=list(labels or ()),
+            temperature=temperature or 0.0,
+        )
+
+        def messages() -> Iterator[adapters_pb2.ImportAdapterRequest]:
+            yield adapters_pb2.ImportAdapterRequest(header=header)
+            for offset in range(0, len(data), chunk_size):
+                yield adapters_pb2.ImportAdapterRequest(
+                    chunk=adapters_pb2.AdapterArchiveChunk(
+                        offset=offset, data=data[offset : offset + chunk_size]
+                    )
+                )
+
+        response = self._call(self._adapters.ImportAdapter, messages(), timeout)
+        return adapter_from_pb(response.adapter), response.version
 
     def _pages(
         self,

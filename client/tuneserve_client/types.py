@@ -110,6 +110,18 @@ class LoadedAdapter:
 
 
 @dataclass(frozen=True)
+class ExportedAdapter:
+    """An adapter version ExportAdapter wrote into `directory` (peft files + tuneserve's)."""
+
+    name: str
+    version: int
+    directory: str
+    files: list[str]
+    size_bytes: int  # of the .tar.gz as sent
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Adapter:
     """A named adapter and its versions, oldest first."""
 

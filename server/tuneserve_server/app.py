@@ -19,6 +19,7 @@ from tuneserve_server.domain.server_info import AuthSummary, RequestLimits
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.metrics import register_job_state_collector, serve_metrics
 from tuneserve_server.services import Services
+from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.auth import Authenticator
 from tuneserve_server.services.datasets import DatasetService
@@ -57,6 +58,13 @@ def build_services(
             quotas=quotas_of(settings),
         ),
         adapters=AdapterService(store, adapter_store, engine),
+        transfer=AdapterTransferService(
+            store,
+            adapter_store,
+            engine,
+            max_adapter_bytes=settings.max_adapter_bytes,
+            quotas=quotas_of(settings),
+        ),
         prediction=PredictionService(
             engine,
             PredictLimits(

@@ -104,6 +104,11 @@ class Settings:
     max_dataset_bytes: int = _s(
         "largest dataset file UploadDataset accepts, in bytes", default=64 * 1024 * 1024
     )
+    max_adapter_bytes: int = _s(
+        "largest adapter archive ImportAdapter accepts, in bytes; bounds the archive as sent "
+        "and the files it unpacks to",
+        default=256 * 1024 * 1024,
+    )
     watch_poll_s: float = _s("how often a WatchJob stream checks the job's event log", default=0.25)
     max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
@@ -262,6 +267,7 @@ def validate(s: Settings) -> Settings:
         "max_concurrent_loads",
         "max_train_examples",
         "max_dataset_bytes",
+        "max_adapter_bytes",
         "max_lora_rank",
         "job_max_attempts",
         "max_new_tokens_default",

@@ -171,6 +171,7 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
             for name in ("job", "job-own-cancel", "job-admin-cancel", "job-watch"):
                 ids[name] = a.train("intents", dataset=ids["dataset"], request_id=name).id
             a.cancel_job(ids["job-watch"])  # an ended job: watching it ends
+            ids["export"] = a.export_adapter("intents", root / "export").directory  # for ImportAdapter
         for name in ("half", "half-own", "half-admin"):
             _half_upload(api.target, keys["teama"], name)
             ids[name] = name
@@ -206,6 +207,16 @@ def _delete_adapter(c: Client, ids: dict, purpose: str) -> Any:
     return c.delete_adapter({"own": "doomed-own", "admin": "doomed-admin"}.get(purpose, ids["adapter"]))
 
 
+def _export(c: Client, ids: dict, _: str) -> Any:
+    import tempfile
+
+    return c.export_adapter(ids["adapter"], tempfile.mkdtemp(prefix="matrix-export-")).version
+
+
+def _import(c: Client, ids: dict, purpose: str) -> Any:
+    return c.import_adapter(ids["export"], f"imported-{purpose}-{uuid.uuid4().hex[:6]}")[1]
+
+
 RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     # name: (role it needs, the call)
     "Train": ("train", _train),
@@ -220,6 +231,8 @@ RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     "DeleteAdapter": ("train", _delete_adapter),
     "LoadAdapter": ("train", lambda c, ids, _: c.load_adapter(ids["adapter"]).name),
     "UnloadAdapter": ("train", lambda c, ids, _: c.unload_adapter(ids["adapter"])),
+    "ExportAdapter": ("predict", _export),
+    "ImportAdapter": ("train", _import),
     "UploadDataset": (
         "train",
         lambda c, ids, _: c.upload_dataset(ROWS, format="jsonl", upload_id="up-x").usable_rows,
@@ -243,6 +256,7 @@ NAMED = {
     "DeleteAdapter",
     "LoadAdapter",
     "UnloadAdapter",
+    "ExportAdapter",
     "GetDataset",
     "DeleteDataset",
     "ValidateDataset",

@@ -140,3 +140,73 @@ class UnloadAdapterResponse(_message.Message):
     UNLOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     unloaded_versions: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, unloaded_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ExportAdapterRequest(_message.Message):
+    __slots__ = ("namespace", "adapter")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    adapter: str
+    def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
+
+class AdapterArchive(_message.Message):
+    __slots__ = ("adapter_name", "adapter_version", "size_bytes", "sha256", "files")
+    ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    adapter_name: str
+    adapter_version: int
+    size_bytes: int
+    sha256: str
+    files: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AdapterArchiveChunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ExportAdapterResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: AdapterArchive
+    chunk: AdapterArchiveChunk
+    def __init__(self, header: _Optional[_Union[AdapterArchive, _Mapping]] = ..., chunk: _Optional[_Union[AdapterArchiveChunk, _Mapping]] = ...) -> None: ...
+
+class ImportAdapterHeader(_message.Message):
+    __slots__ = ("namespace", "name", "size_bytes", "sha256", "labels", "temperature")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    size_bytes: int
+    sha256: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    temperature: float
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ...) -> None: ...
+
+class ImportAdapterRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ImportAdapterHeader
+    chunk: AdapterArchiveChunk
+    def __init__(self, header: _Optional[_Union[ImportAdapterHeader, _Mapping]] = ..., chunk: _Optional[_Union[AdapterArchiveChunk, _Mapping]] = ...) -> None: ...
+
+class ImportAdapterResponse(_message.Message):
+    __slots__ = ("adapter", "version")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    adapter: Adapter
+    version: int
+    def __init__(self, adapter: _Optional[_Union[Adapter, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...

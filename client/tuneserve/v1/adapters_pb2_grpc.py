@@ -60,6 +60,16 @@ class AdapterServiceStub:
                 request_serializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterResponse.FromString,
                 _registered_method=True)
+        self.ExportAdapter = channel.unary_stream(
+                '/tuneserve.v1.AdapterService/ExportAdapter',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.ExportAdapterRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ExportAdapterResponse.FromString,
+                _registered_method=True)
+        self.ImportAdapter = channel.stream_unary(
+                '/tuneserve.v1.AdapterService/ImportAdapter',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterServiceServicer:
@@ -102,6 +112,37 @@ class AdapterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAdapter(self, request, context):
+        """Server stream: one version ("name" for the latest, or "name@version") as a flat .tar.gz
+        that plain peft loads: the first message is the `header`, then the archive's bytes as
+        `chunk`s in order. The archive holds adapter_config.json + adapter_model.safetensors
+        (`peft.PeftModel.from_pretrained(base, directory)`), for classification head.safetensors
+        (tensors `weight` (labels, hidden) and `bias` (labels): the linear head over the
+        attention-masked mean of the last hidden states), tuneserve.json (labels, temperature,
+        base model, metrics, lineage, data report summary), uncertainty.safetensors when fitted,
+        and a README.md model card. Needs the predict role (it reads an adapter, as GetAdapter
+        does); another tenant's adapter is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportAdapter(self, request_iterator, context):
+        """Client stream: one `header` message, then the archive's bytes as `chunk`s in order (the
+        same shape as an export, or a plain peft directory packed as a flat .tar.gz with, for
+        classification, head.safetensors and the labels in the header). Registers a NEW version
+        of `header.name` in the caller's namespace after checking it against the served model:
+        safetensors only (a pickle-format file is refused by name), base_model_name_or_path equal
+        to the served base model's id, every LoRA factor on a Linear layer of the base with that
+        layer's shape, rank within the server's max_lora_rank, a classifier's labels and head
+        consistent. Refusals are INVALID_ARGUMENT with a BadRequest field violation naming the
+        file (or file.key, e.g. "adapter_config.json.r"); an adapter of the other task family is
+        FAILED_PRECONDITION. Bounded by the server's max_adapter_bytes. Needs the train role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +170,16 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.UnloadAdapter,
                     request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterResponse.SerializeToString,
+            ),
+            'ExportAdapter': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAdapter,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ExportAdapterRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.ExportAdapterResponse.SerializeToString,
+            ),
+            'ImportAdapter': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportAdapter,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +318,60 @@ class AdapterService:
             '/tuneserve.v1.AdapterService/UnloadAdapter',
             tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterRequest.SerializeToString,
             tuneserve_dot_v1_dot_adapters__pb2.UnloadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/ExportAdapter',
+            tuneserve_dot_v1_dot_adapters__pb2.ExportAdapterRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.ExportAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportAdapter(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tuneserve.v1.AdapterService/ImportAdapter',
+            tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

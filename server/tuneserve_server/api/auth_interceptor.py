@@ -41,6 +41,10 @@ METHOD_ROLES: dict[str, Role] = {
     "/tuneserve.v1.AdapterService/DeleteAdapter": _T,
     "/tuneserve.v1.AdapterService/LoadAdapter": _T,  # loading and pinning take cache slots
     "/tuneserve.v1.AdapterService/UnloadAdapter": _T,
+    # Export reads an adapter as GetAdapter does (the predict role: "reading adapters");
+    # import creates a version, as a training job does.
+    "/tuneserve.v1.AdapterService/ExportAdapter": _P,
+    "/tuneserve.v1.AdapterService/ImportAdapter": _T,
     "/tuneserve.v1.TrainingService/Train": _T,
     "/tuneserve.v1.TrainingService/GetJob": _T,
     "/tuneserve.v1.TrainingService/ListJobs": _T,

@@ -77,7 +77,7 @@ class ApiServer:
             InferenceServicer(services.prediction), self.server
         )
         adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
-            AdapterServicer(services.adapters), self.server
+            AdapterServicer(services.adapters, services.transfer), self.server
         )
         server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
             ServerInfoServicer(services.server_info), self.server

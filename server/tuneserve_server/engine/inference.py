@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -202,6 +203,26 @@ class InferenceEngine:
             default_targets=self.default_targets,
             max_positions=self.max_positions,
             count_tokens=self._count_tokens,
+        )
+
+    def lora_layer_shapes(self) -> dict[str, tuple[int, int]]:
+        """{module path: (in_features, out_features)} of every Linear an adapter may target."""
+        return self.registry.bank.module_shapes()
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled embedding a classification head reads."""
+        return self.registry.hidden_size
+
+    async def check_loadable(self, namespace: str, name: str, version: int, directory: Path) -> None:
+        """Read and check an adapter directory exactly as a load would (registry.prepare: its
+        config against the base, head, uncertainty model, LoRA factors and their shapes) on
+        the loader pool; nothing becomes resident."""
+        self._require_ready()
+        assert self.loader is not None
+        key = AdapterKey(namespace, name, version)
+        await asyncio.get_running_loop().run_in_executor(
+            self.loader.pool, self.registry.prepare, key, directory
         )
 
     def _count_tokens(self, texts: list[str]) -> list[int]:

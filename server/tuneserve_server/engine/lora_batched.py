@@ -16,10 +16,11 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -56,12 +57,10 @@ class LoraWeights:
         )
 
 
-def read_lora(directory: Path, *, dtype: torch.dtype, module_paths: Iterable[str]) -> LoraWeights:
-    """Read a peft LoRA adapter (adapter_config.json + adapter_model.safetensors) for the bank.
-    Refuses what the gathered product cannot reproduce exactly (DoRA, LoRA biases, per-module
-    alpha, extra trained modules) and layers the served model has no Linear for."""
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
-    unsupported = [
+def unsupported_features(config: Mapping[str, Any]) -> list[str]:
+    """What an adapter_config.json asks for that the gathered product cannot reproduce
+    exactly (empty: it can be served)."""
+    return [
         what
         for what, bad in (
             ("peft_type other than LORA", config.get("peft_type", "LORA") != "LORA"),
@@ -75,6 +74,21 @@ def read_lora(directory: Path, *, dtype: torch.dtype, module_paths: Iterable[str
         )
         if bad
     ]
+
+
+def read_lora(
+    directory: Path,
+    *,
+    dtype: torch.dtype,
+    module_paths: Iterable[str],
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> LoraWeights:
+    """Read a peft LoRA adapter (adapter_config.json + adapter_model.safetensors) for the bank.
+    Refuses what the gathered product cannot reproduce exactly (DoRA, LoRA biases, per-module
+    alpha, extra trained modules), layers the served model has no Linear for and, with
+    `shapes` ({module path: (in_features, out_features)}), factors that do not fit them."""
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    unsupported = unsupported_features(config)
     if unsupported:
         raise FailedPrecondition(f"adapter uses {', '.join(unsupported)}, which serving does not support")
     alpha = float(config.get("lora_alpha", 8))
@@ -97,9 +111,18 @@ def read_lora(directory: Path, *, dtype: torch.dtype, module_paths: Iterable[str
         if set(pair) != {"A", "B"}:
             raise FailedPrecondition(f"adapter has only half of the LoRA pair for {path}")
         a, b = pair["A"], pair["B"]  # peft: A (r, in), B (out, r)
+        if a.dim() != 2 or b.dim() != 2:
+            raise FailedPrecondition(f"adapter's LoRA factors for {path} are not matrices")
         rank = a.shape[0]
         if b.shape[1] != rank:
             raise FailedPrecondition(f"adapter's LoRA factors for {path} disagree on the rank")
+        if shapes is not None and path in shapes:
+            fan_in, fan_out = shapes[path]
+            if a.shape[1] != fan_in or b.shape[0] != fan_out:
+                raise FailedPrecondition(
+                    f"adapter's LoRA factors for {path} are {tuple(a.shape)} (A) and {tuple(b.shape)} "
+                    f"(B); the served model's layer takes ({rank}, {fan_in}) and ({fan_out}, {rank})"
+                )
         scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
         factors[path] = (
             a.float().t().contiguous().to(dtype),
@@ -249,6 +272,10 @@ class LoraBank:
 
     def module_paths(self) -> set[str]:
         return set(self.layers)
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """{module path: (in_features, out_features)} of every layer an adapter may target."""
+        return {path: (layer.in_features, layer.out_features) for path, layer in self.layers.items()}
 
     # -------------------------------------------------- changes (torch thread)
     def install(self, slot: str, weights: LoraWeights) -> None:

@@ -180,7 +180,12 @@ class AdapterRegistry:
             if uncertainty is not None and uncertainty.calibration.num_labels != len(meta.labels):
                 raise FailedPrecondition(f"adapter {key} has an uncertainty calibration for other labels")
         try:
-            lora = read_lora(directory, dtype=self.dtype, module_paths=self.bank.module_paths())
+            lora = read_lora(
+                directory,
+                dtype=self.dtype,
+                module_paths=self.bank.module_paths(),
+                shapes=self.bank.module_shapes(),
+            )
         except FailedPrecondition as exc:
             raise FailedPrecondition(f"adapter {key} cannot be served: {exc}") from None
         return PreparedAdapter(key, meta, head, lora, time.perf_counter() - start, uncertainty)

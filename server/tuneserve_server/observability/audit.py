@@ -12,8 +12,9 @@ import structlog
 
 _log = structlog.get_logger("tuneserve.audit")
 
-# key creation/revocation, failed authentication, job create/cancel, adapter/dataset delete,
-# and any action an admin takes in another tenant's namespace.
+# key creation/revocation, failed authentication, job create/cancel, adapter import/export
+# (weights entering or leaving the service), adapter/dataset delete, and any action an admin
+# takes in another tenant's namespace.
 ACTIONS = frozenset(
     {
         "key.create",
@@ -22,6 +23,8 @@ ACTIONS = frozenset(
         "job.create",
         "job.cancel",
         "adapter.delete",
+        "adapter.export",
+        "adapter.import",
         "dataset.delete",
         "admin.cross_tenant",
     }

@@ -134,6 +134,11 @@ class JobStore(Protocol):
     def reserve_adapter_version(self, namespace: str, name: str) -> int:
         """Next version number for namespace/name; never handed out twice."""
 
+    def register_adapter_version(self, adapter: AdapterVersionRecord) -> None:
+        """Register a published version no job trained (ImportAdapter; `adapter.job_id`
+        says where it came from): the registry row complete_job writes, through the same
+        code. AlreadyExists when that version is registered already."""
+
     def adapter_versions(
         self, namespace: str, name: str | None = None, *, include_deleted: bool = False
     ) -> list[AdapterVersionRecord]: ...

@@ -3,11 +3,12 @@ and the change feed replicas poll (seq order is commit order: see sql_store)."""
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager
 
 import sqlalchemy as sa
 
-from tuneserve_server.domain.errors import InvalidRequest, NotFound
+from tuneserve_server.domain.errors import AlreadyExists, InvalidRequest, NotFound
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.storage import schema
 from tuneserve_server.storage.rows import adapter_from_row
@@ -30,6 +31,35 @@ class RegistryMixin:
     def reserve_adapter_version(self, namespace: str, name: str) -> int:
         with self._autocommit() as tx:  # one statement: its own transaction
             return int(tx.scalar(self._q.reserve_version, namespace=namespace, name=name))
+
+    def register_adapter_version(self, adapter: AdapterVersionRecord) -> None:
+        """Publish a version that no job of this store trained (ImportAdapter): the same
+        registry row complete_job writes, without the job."""
+        with self._write() as tx:
+            self._notify(tx, self._publish_version(tx, adapter))
+
+    def _publish_version(self, tx: Tx, adapter: AdapterVersionRecord) -> int:
+        """Insert a published version's registry row (complete_job and
+        register_adapter_version both come here); returns its seq. AlreadyExists rolls the
+        caller's whole transaction back."""
+        seq = self._tick(tx)
+        published = tx.row(
+            self._q.publish,
+            namespace=adapter.namespace,
+            name=adapter.name,
+            version=adapter.version,
+            job_id=adapter.job_id,
+            task=adapter.task.value,
+            base_model=adapter.base_model,
+            labels_json=json.dumps(list(adapter.labels)),
+            metrics_json=json.dumps(adapter.metrics),
+            lora_rank=adapter.lora_rank,
+            size_bytes=adapter.size_bytes,
+            seq=seq,
+        )
+        if published is None:
+            raise AlreadyExists(f"adapter {adapter.name}@{adapter.version} is already published")
+        return seq
 
     def adapter_versions(
         self, namespace: str, name: str | None = None, *, include_deleted: bool = False

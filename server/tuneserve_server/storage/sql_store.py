@@ -44,6 +44,7 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -328,23 +329,7 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
     ) -> Job:
         with self._write() as tx:
             self._lock_owned(tx, job_id, worker_id)  # lock order: jobs row, then the clock
-            seq = self._tick(tx)
-            published = tx.row(
-                self._q.publish,
-                namespace=adapter.namespace,
-                name=adapter.name,
-                version=adapter.version,
-                job_id=job_id,
-                task=adapter.task.value,
-                base_model=adapter.base_model,
-                labels_json=json.dumps(list(adapter.labels)),
-                metrics_json=json.dumps(adapter.metrics),
-                lora_rank=adapter.lora_rank,
-                size_bytes=adapter.size_bytes,
-                seq=seq,
-            )
-            if published is None:  # raising rolls the whole completion back
-                raise AlreadyExists(f"adapter {adapter.name}@{adapter.version} is already published")
+            seq = self._publish_version(tx, replace(adapter, job_id=job_id))
             row = self._update_owned(
                 tx,
                 self._q.succeed,

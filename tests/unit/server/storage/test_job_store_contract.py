@@ -448,6 +448,30 @@ def test_complete_job_rolls_back_entirely_when_registration_fails(store, make_sp
     assert store.adapter_changes(0)[-1].seq == changes_before[-1].seq + 1
 
 
+def test_register_adapter_version_publishes_without_a_job(store, make_spec):
+    """ImportAdapter's registration: the same row complete_job writes, in the change feed,
+    counted against the namespace; a version registered twice is AlreadyExists."""
+    spec = make_spec(adapter_name="imported")
+    _publish(store, make_spec(adapter_name="trained"))
+    before = store.adapter_changes(0)[-1].seq
+    version = store.reserve_adapter_version("default", "imported")
+    record = _record(spec, version, "import:abc")
+    store.register_adapter_version(record)
+    (rec,) = store.adapter_versions("default", "imported")
+    assert (rec.version, rec.job_id, rec.labels, rec.lora_rank, rec.base_model) == (
+        1,
+        "import:abc",
+        ("neg", "pos"),
+        4,
+        "tiny-bert",
+    )
+    assert [c.name for c in store.adapter_changes(before)] == ["imported"]
+    assert store.namespace_usage("default")["adapter_versions"] == 2
+    with pytest.raises(AlreadyExists):
+        store.register_adapter_version(record)
+    assert len(store.adapter_changes(0)) == 2  # the refused one left nothing behind
+
+
 def test_reserve_adapter_version_increments_per_name_and_never_repeats(open_store):
     store = open_store()
     assert [store.reserve_adapter_version("a", "x") for _ in range(3)] == [1, 2, 3]
