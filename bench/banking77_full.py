@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import shlex
 import shutil
 import signal
 import sys
@@ -36,6 +35,7 @@ from harness import (
     DOCS,
     Server,
     code_version,
+    command_as_run,
     cpu_model,
     free_port,
     log,
@@ -319,16 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         else DOCUMENTED_DEFAULTS + " (the documented defaults; the job's own record could not be read)"
     )
     val_pct = 100 * job.validation_examples / max(job.train_examples + job.validation_examples, 1)
-    shown = []  # the command as run, less --docs (where the numbers went is not how they were made)
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--docs":
-            skip = True
-        elif not a.startswith("--docs="):
-            shown.append(a)
-    command = shlex.join([".venv/bin/python", "bench/banking77_full.py", *shown])
+    command = command_as_run("banking77_full.py", argv)
     total_s = time.monotonic() - started
 
     main_table = "\n".join(

@@ -233,6 +233,22 @@ def code_version() -> str:
     return text
 
 
+def command_as_run(script: str, argv: Sequence[str]) -> str:
+    """`.venv/bin/python bench/<script> ARGS` as the docs show it: the arguments less --docs
+    (where the numbers went is not how they were made)."""
+    import shlex
+
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--docs":
+            skip = True
+        elif not a.startswith("--docs="):
+            shown.append(a)
+    return shlex.join([".venv/bin/python", f"bench/{script}", *shown])
+
+
 def write_docs(path: Path, section: str, body: str) -> None:
     """Replace the `section` heading line (e.g. "## Predict latency (...)") and everything up
     to the next `## ` heading in `path` with the heading and `body`; append the section when

@@ -38,7 +38,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import shlex
 import shutil
 import signal
 import statistics
@@ -55,6 +54,7 @@ from harness import (
     ROOT,
     Server,
     code_version,
+    command_as_run,
     cpu_model,
     free_port,
     log,
@@ -384,15 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("sets", "per_label", "abstain", "ood", "latency"):
         print(t[name], end="\n\n")
     total_s = time.monotonic() - started
-    shown, skip = [], False  # the command as run, less --docs (where the numbers went)
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--docs":
-            skip = True
-        elif not a.startswith("--docs="):
-            shown.append(a)
-    command = shlex.join([".venv/bin/python", "bench/uncertainty.py", *shown])
+    command = command_as_run("uncertainty.py", argv)
     worst = max(abs(r["coverage"] - r["level"]) for r in res["sets"] if r["used"] == "marginal")
     body = f"""\
 Measured {dt.date.today().isoformat()} on a {os.cpu_count()}-core CPU machine ({cpu_model()}),
