@@ -24,7 +24,15 @@ from tuneserve_server.domain.feedback import (
 from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.storage import schema
 from tuneserve_server.storage.rows import _ts
-from tuneserve_server.storage.sql import Compiled, Dialect, Tx, has_nul, page_after, strip_nul, valid_page_size
+from tuneserve_server.storage.sql import (
+    Compiled,
+    Dialect,
+    Tx,
+    has_nul,
+    page_after,
+    strip_nul,
+    valid_page_size,
+)
 
 P = schema.predictions
 F = schema.feedback
@@ -145,7 +153,9 @@ class FeedbackMixin:
         gone = 0
         with self._write() as tx:
             gone += int(
-                tx.execute(sa.delete(P).where(P.c.created_at < self._d.later("ttl_s")), ttl_s=-retention_s).rowcount
+                tx.execute(
+                    sa.delete(P).where(P.c.created_at < self._d.later("ttl_s")), ttl_s=-retention_s
+                ).rowcount
                 or 0
             )
             over = tx.rows(
@@ -204,7 +214,9 @@ class FeedbackMixin:
         return self.feedback_settings(namespace, name)
 
     # ------------------------------------------------------------------ feedback
-    def upsert_feedback(self, record: FeedbackRecord, *, max_per_namespace: int) -> tuple[FeedbackRecord, bool]:
+    def upsert_feedback(
+        self, record: FeedbackRecord, *, max_per_namespace: int
+    ) -> tuple[FeedbackRecord, bool]:
         """Store feedback on a prediction, replacing earlier feedback on the same one;
         (stored, created). A namespace holding max_per_namespace rows gets no new one
         (QuotaExceeded "feedback"); replacing is always allowed."""
@@ -231,7 +243,9 @@ class FeedbackMixin:
                 created = False
             else:
                 used = int(
-                    tx.scalar(sa.select(sa.func.count()).select_from(F).where(F.c.namespace == record.namespace))
+                    tx.scalar(
+                        sa.select(sa.func.count()).select_from(F).where(F.c.namespace == record.namespace)
+                    )
                 )
                 if used >= max_per_namespace:
                     raise QuotaExceeded(
@@ -281,7 +295,9 @@ class FeedbackMixin:
         token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
         return [_feedback_from_row(r) for r in rows[:size]], token
 
-    def feedback_of(self, namespace: str, adapter_name: str, version: int | None = None) -> list[FeedbackRecord]:
+    def feedback_of(
+        self, namespace: str, adapter_name: str, version: int | None = None
+    ) -> list[FeedbackRecord]:
         """Every feedback row of an adapter (or one version), oldest first (bounded by the
         per-namespace feedback cap)."""
         if has_nul(namespace, adapter_name):

@@ -69,7 +69,9 @@ def test_sweep_by_age_and_cap(store):
 
 
 def test_feedback_upsert_list_and_cap(store):
-    store.insert_predictions([_served(f"pr-{i}", label="a") for i in range(4)] + [_served("pr-b", ns="teamb")])
+    store.insert_predictions(
+        [_served(f"pr-{i}", label="a") for i in range(4)] + [_served("pr-b", ns="teamb")]
+    )
     p = [store.get_prediction("teama", f"pr-{i}") for i in range(4)]
     first, created = store.upsert_feedback(_feedback(p[0], "b"), max_per_namespace=3)
     assert created and first.id.startswith("fb-") and first.label == "b" and not first.correct
