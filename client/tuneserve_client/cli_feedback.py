@@ -92,7 +92,9 @@ def _cmd_list(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_export(client: Any, args: argparse.Namespace, out: TextIO) -> int:
-    from tuneserve_client.cli import _describe_report, _emit
+    from dataclasses import replace
+
+    from tuneserve_client.cli import _describe_report, _emit, _jsonable
 
     result = client.export_feedback(args.adapter, kind=args.kind, display_name=args.name)
     lines = [f"rows:        {result.rows} ({result.skipped} feedback rows left out)"]
@@ -114,7 +116,8 @@ def _cmd_export(client: Any, args: argparse.Namespace, out: TextIO) -> int:
             lines.append(f"written:     {args.output}")
         else:
             lines.append(result.jsonl.decode().rstrip("\n"))
-    _emit(out, args, result, "\n".join(lines))
+    payload = dict(_jsonable(replace(result, jsonl=b"")), jsonl=result.jsonl.decode())
+    _emit(out, args, payload, "\n".join(lines))
     return 0
 
 
