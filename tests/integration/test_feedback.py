@@ -165,3 +165,31 @@ def test_another_tenants_prediction_is_not_found_and_its_feedback_unseen(cluster
         with pytest.raises(InvalidArgument) as exc:  # preference pairs come from generations
             ours.export_feedback("intents", kind="preference_pairs")
         assert _fields(exc) == ["kind"]
+
+
+def test_a_prediction_id_works_on_another_replica(cluster, trained):
+    """Two API processes on one job store: an id served by one is answered on the other
+    (once the serving replica's batch is written: polled, the bound is prediction_log_flush_s)."""
+    import time
+
+    replica = cluster.start_api()
+    try:
+        with (
+            cluster.client(timeout=60) as one,
+            Client(replica.target, timeout=60, api_key=cluster.api.api_key) as two,
+        ):
+            text = "I was charged a fee for my top up"
+            [p] = one.predict("intents", [text])
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    f = two.submit_feedback(p.prediction_id, correct=True, input=text)
+                    break
+                except NotFound:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            assert f.served_label == p.label and f.correct
+            assert [x.id for x in one.list_feedback("intents", page_size=1)][:1] == [f.id]
+    finally:
+        replica.stop()
