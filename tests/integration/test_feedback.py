@@ -193,3 +193,29 @@ def test_a_prediction_id_works_on_another_replica(cluster, trained):
             assert [x.id for x in one.list_feedback("intents", page_size=1)][:1] == [f.id]
     finally:
         replica.stop()
+
+
+def test_cli_feedback_submit_list_settings_export(cluster, trained, capsys, tmp_path):
+    import json
+
+    from tuneserve_client.cli import main
+
+    base = ["--target", cluster.api.target, "--api-key", cluster.api.api_key]
+    text = "my new card still has not arrived"
+    assert main([*base, "--json", "predict", "--adapter", "intents", text]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["prediction_id"].startswith("pr-")
+    argv = [*base, "feedback", "submit", row["prediction_id"], "--label", "card_arrival", "--input", text]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "intents@" in out and ("correct" in out or "wrong (right: card_arrival)" in out)
+    assert main([*base, "--json", "feedback", "list", "intents"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["prediction_id"] == row["prediction_id"] and listed[0]["label"] == "card_arrival"
+    assert main([*base, "feedback", "settings", "intents"]) == 0
+    assert "store_inputs=off" in capsys.readouterr().out
+    assert main([*base, "feedback", "export", "intents", "--name", "from the cli"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dataset:     ds-") and "rows:" in out
+    assert main([*base, "feedback", "submit", row["prediction_id"], "--rating", "9"]) != 0
+    assert "rating" in capsys.readouterr().err
