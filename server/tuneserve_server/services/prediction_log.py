@@ -11,7 +11,8 @@ setting changed on another replica applies here within that time.
 Any replica can look an id up once its batch is written (at most `flush_s` plus one write
 after the Predict); on the replica that served it, `flush()` makes it visible at once
 (SubmitFeedback calls it before answering NOT_FOUND). Pending rows are bounded
-(`max_pending`): past it the oldest are dropped and counted
+(`max_pending`; an adapter known not to store inputs queues none, so a row is a few
+numbers; otherwise at most max_text_chars of input and output each): past it the oldest are dropped and counted
 (tuneserve_prediction_log_dropped_total); a failed write drops its batch the same way. A
 sweep every `sweep_every_s` forgets rows older than `retention_s` and the oldest of any
 tenant holding more than `max_per_tenant`."""
@@ -44,7 +45,7 @@ class PredictionLogSettings:
     enabled: bool = True
     flush_s: float = 0.2
     batch_rows: int = 512
-    max_pending: int = 50_000
+    max_pending: int = 20_000
     retention_s: float = 30 * 24 * 3600.0
     max_per_tenant: int = 1_000_000
     sweep_every_s: float = 300.0
@@ -84,7 +85,13 @@ class PredictionLog:
             return [""] * len(rows)
         ids = [new_prediction_id() for _ in rows]
         pending = self._pending
+        # Inputs of an adapter known not to keep them are not even queued (the default): the
+        # queue then holds a few numbers per row. Unknown or on: decided again at the flush.
+        known = self._store_inputs.get((namespace, adapter_name))
+        drop = known is not None and not known[1]
         for pid, (label, score, text, output) in zip(ids, rows, strict=True):
+            if drop:
+                text, output = None, None
             pending.append(
                 ServedPrediction(
                     pid, namespace, adapter_name, adapter_version, task, label, score, text, output
