@@ -83,3 +83,17 @@ def test_background_task_writes_and_stop_flushes(store):
     early, late = asyncio.run(scenario())
     assert store.get_prediction("teama", early).label == "x"
     assert store.get_prediction("teama", late).label == "y"
+
+
+def test_inputs_of_an_adapter_known_not_to_keep_them_are_not_queued(store):
+    plog = PredictionLog(store)
+    plog.issue("teama", "plain", 1, TaskType.CLASSIFICATION, [("x", 0.5, "first text", None)])
+    assert plog._pending[-1].input_text == "first text"  # not known yet: decided at the flush
+    asyncio.run(plog.flush())  # learns store_inputs=False for teama/plain
+    plog.issue("teama", "plain", 1, TaskType.CLASSIFICATION, [("x", 0.5, "second text", None)])
+    assert plog._pending[-1].input_text is None
+    store.set_feedback_settings("teama", "plain", True)
+    plog.forget_setting("teama", "plain")  # what SetFeedbackSettings does on this replica
+    [pid] = plog.issue("teama", "plain", 1, TaskType.CLASSIFICATION, [("x", 0.5, "third text", None)])
+    asyncio.run(plog.flush())
+    assert store.get_prediction("teama", pid).input_text == "third text"
