@@ -21,7 +21,7 @@ DATA = ROOT / "examples" / "data" / "support_style" / "train.jsonl"
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     root = tmp_path_factory.mktemp("feedback-lm")
-    settings = {"base_model": "smollm2", "max_new_tokens_limit": 64}
+    settings = {"base_model": "smollm2", "max_new_tokens_limit": 256}
     api = Proc("api", root / "data", root, port=free_port(), **settings)
     worker = None
     try:
