@@ -1,9 +1,9 @@
 """What issuing and storing prediction ids (FeedbackService) adds to a Predict call.
 
-One run: a real `tuneserve serve` (the packaged MiniLM, one torch thread, SQLite, prediction
-ids on: the default) trains one small Banking77 adapter through the client; a second
-`tuneserve api` process on the same data dir (same job store, same adapter files) runs with
-`--prediction-ids false`. Then sequential Predict calls of 1 text and of 32 texts go to both
+One run: a real `tuneserve serve` (the packaged MiniLM, one torch thread, SQLite) trains one
+small Banking77 adapter through the client; then two `tuneserve api` processes on the same
+data dir (same job store, same adapter files) serve it, one with prediction ids on (the
+default), one with `--prediction-ids false`; the trainer gets no calls meanwhile. Then sequential Predict calls of 1 text and of 32 texts go to both
 servers in turns: after --warmup untimed calls per side, each side's --calls timed calls are
 split into --rounds blocks, taken in rotating order (one untimed call after each switch), so
 background load on a shared machine lands on both alike.
@@ -132,19 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = tmp / "data"
         ports = lambda: ("--metrics-port", str(free_port()), "--worker-metrics-port", str(free_port()))  # noqa: E731
-        on = Server(data, free_port(), args.threads, extra=ports())
-        servers.append(on)
-        on.wait_serving()
-        client_on = Client(on.target, timeout=120)
-        clients.append(client_on)
-        job = client_on.wait(
-            client_on.train(ADAPTER, training_subset(4, 12), max_steps=4, batch_size=16, seed=0),
+        trainer = Server(data, free_port(), args.threads, extra=ports())
+        servers.append(trainer)
+        trainer.wait_serving()
+        client_train = Client(trainer.target, timeout=120)
+        clients.append(client_train)
+        job = client_train.wait(
+            client_train.train(ADAPTER, training_subset(4, 12), max_steps=4, batch_size=16, seed=0),
             timeout=300,
             poll_interval=0.3,
         )
         if job.state != "SUCCEEDED":
             raise RuntimeError(f"training ended {job.state}: {job.error}")
         ref = f"{ADAPTER}@{job.adapter_version}"
+        # The two measured servers are alike: `tuneserve api` processes on the trainer's data dir.
+        on = Server(data, free_port(), args.threads, role="api", extra=ports())
+        servers.append(on)
+        on.wait_serving()
+        client_on = Client(on.target, timeout=120)
+        clients.append(client_on)
         off = Server(
             data, free_port(), args.threads, role="api", extra=(*ports(), "--prediction-ids", "false")
         )
@@ -210,9 +216,10 @@ Measured {dt.date.today().isoformat()}, one run of the script; the ratios are id
 
 {micro_line}
 
-- **Servers:** `tuneserve serve` (ids on, the default: `prediction_ids = true`, flush every
-  0.2 s) and a second `tuneserve api` with `--prediction-ids false` on the same data dir
-  (one SQLite job store, the same adapter files), both the packaged MiniLM, float32,
+- **Servers:** two `tuneserve api` processes on the data dir of the `tuneserve serve` that
+  trained the adapter (one SQLite job store, the same adapter files; the trainer idle):
+  ids on (the default: `prediction_ids = true`, flush every 0.2 s) and
+  `--prediction-ids false`, both the packaged MiniLM, float32,
   `--torch-threads {args.threads}`, `--auth none` (bench/auth_overhead.py measures auth).
 - **Workload:** one LoRA adapter (Banking77, 4 labels x 12 examples, 4 steps, seed 0);
   Predict of 1 text and of 32 texts from `examples/data/banking77/test.csv`, one call at a
