@@ -17,6 +17,7 @@ from tuneserve_client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from tuneserve_client.feedback import Feedback, FeedbackConflict, FeedbackExport, FeedbackSettings
 from tuneserve_client.hyperparameters import HYPERPARAMETERS, Hyperparameter
 from tuneserve_client.reports import DataIssue, DataReport, Dataset, JobEvent
 from tuneserve_client.types import (
@@ -24,6 +25,7 @@ from tuneserve_client.types import (
     AdapterVersion,
     Classification,
     ExportedAdapter,
+    FeedbackStats,
     Generation,
     GenerationStream,
     Job,
@@ -51,6 +53,11 @@ __all__ = [
     "DeadlineExceeded",
     "ExportedAdapter",
     "FailedPrecondition",
+    "Feedback",
+    "FeedbackConflict",
+    "FeedbackExport",
+    "FeedbackSettings",
+    "FeedbackStats",
     "Generation",
     "GenerationStream",
     "Hyperparameter",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tuneserve_client import hyperparameters
+from tuneserve_client.cli_feedback import add_feedback_commands
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.errors import TuneserveError
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--temperature", type=float, help="classification: calibration temperature (default 1)")
     imp.set_defaults(handler=_cmd_adapters_import)
+
+    add_feedback_commands(commands)
 
     health = commands.add_parser("health", help="check the server's health (exit 0 when SERVING)")
     health.add_argument("--service", default="", help="one service, e.g. tuneserve.v1.InferenceService")

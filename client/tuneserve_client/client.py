@@ -28,6 +28,7 @@ from tuneserve.v1 import (
 )
 from tuneserve_client.archive import HEAD_FILE, pack_directory, unpack_to
 from tuneserve_client.errors import Unavailable, from_rpc_error
+from tuneserve_client.feedback import FeedbackMixin
 from tuneserve_client.hyperparameters import doc as hyperparameters_doc
 from tuneserve_client.hyperparameters import set_hyperparameters
 from tuneserve_client.reports import (
@@ -133,7 +134,7 @@ def _dataset_id(dataset: str | Dataset | None) -> str:
     return "" if dataset is None else dataset.id if isinstance(dataset, Dataset) else dataset
 
 
-class Client:
+class Client(FeedbackMixin):
     """A connection to a tuneserve server; use as a context manager or call `close()`.
 
     Every RPC gets a deadline: `timeout` seconds unless the method's own `timeout` says

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 
@@ -82,6 +82,8 @@ class Classification:
     abstain_reason: str = ""
     out_of_domain: bool | None = None
     ood_score: float | None = None
+    # The row's id for submit_feedback ("" for the base model or with ids off on the server).
+    prediction_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,22 @@ class AdapterVersion:
     resident: bool
     pinned: bool = False
     last_used: datetime | None = None
+    # GetAdapter only: live quality from feedback on this version's predictions.
+    feedback: FeedbackStats | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackStats:
+    """Feedback on one adapter version: `answered` classification predictions (a label or
+    "correct"), how many were `correct`, `accuracy` = correct / answered; ratings; corrected
+    generations."""
+
+    answered: int
+    correct: int
+    accuracy: float
+    rated: int
+    mean_rating: float
+    corrected: int
 
 
 @dataclass(frozen=True)
@@ -232,7 +250,8 @@ def prediction_from_pb(
         return generation_from_pb(pb)
     if kind != "classification":
         raise ValueError(f"unsupported prediction output {kind!r}; upgrade the client")
-    return classification_from_pb(pb.classification, conformal_mode=conformal_mode, uncertainty=uncertainty)
+    out = classification_from_pb(pb.classification, conformal_mode=conformal_mode, uncertainty=uncertainty)
+    return replace(out, prediction_id=pb.prediction_id) if pb.prediction_id else out
 
 
 def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:
@@ -247,6 +266,16 @@ def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:
         resident=pb.resident,
         pinned=pb.pinned,
         last_used=time_of(pb, "last_used"),
+        feedback=FeedbackStats(
+            answered=pb.feedback.answered,
+            correct=pb.feedback.correct,
+            accuracy=pb.feedback.accuracy,
+            rated=pb.feedback.rated,
+            mean_rating=pb.feedback.mean_rating,
+            corrected=pb.feedback.corrected,
+        )
+        if pb.HasField("feedback")
+        else None,
     )
 
 
@@ -273,6 +302,8 @@ class Generation:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # The row's id for submit_feedback ("" for the base model or with ids off on the server).
+    prediction_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -285,16 +316,19 @@ class SampleGeneration:
 
 
 def generation_from_pb(pb: inference_pb2.Prediction | inference_pb2.Generation) -> Generation:
+    prediction_id = ""
     if isinstance(pb, inference_pb2.Prediction):
         kind = pb.WhichOneof("output")
         if kind != "generation":
             raise ValueError(f"expected a generation, got {kind!r} (is this a causal-LM server?)")
+        prediction_id = pb.prediction_id
         pb = pb.generation
     return Generation(
         text=pb.text,
         finish_reason=FINISH_REASONS.get(pb.finish_reason, "unspecified"),
         prompt_tokens=pb.prompt_tokens,
         completion_tokens=pb.completion_tokens,
+        prediction_id=prediction_id,
     )
 
 
@@ -322,7 +356,9 @@ class GenerationStream:
                 if message.delta:
                     yield message.delta
                 if message.HasField("final"):
-                    self.final = generation_from_pb(message.final)
+                    self.final = replace(
+                        generation_from_pb(message.final), prediction_id=message.prediction_id
+                    )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 

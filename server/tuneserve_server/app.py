@@ -23,9 +23,11 @@ from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.auth import Authenticator
 from tuneserve_server.services.datasets import DatasetService
+from tuneserve_server.services.feedback import FeedbackService
 from tuneserve_server.services.inference import PredictionService, PredictLimits
 from tuneserve_server.services.jwt_auth import JwtVerifier
 from tuneserve_server.services.mtls import parse_mtls_tenants, principal_from_peer
+from tuneserve_server.services.prediction_log import PredictionLog, PredictionLogSettings
 from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.services.server_info import ServerInfoService
 from tuneserve_server.services.training import TrainingService
@@ -48,7 +50,26 @@ def build_authenticator(settings: Settings, store: JobStore) -> Authenticator:
 def build_services(
     settings: Settings, store: JobStore, adapter_store: AdapterStore, engine: InferenceEngine
 ) -> Services:
+    prediction_log = PredictionLog(
+        store,
+        PredictionLogSettings(
+            enabled=settings.prediction_ids,
+            flush_s=settings.prediction_log_flush_s,
+            retention_s=settings.prediction_retention_s,
+            max_per_tenant=settings.max_predictions_per_tenant,
+        ),
+    )
     return Services(
+        prediction_log=prediction_log,
+        feedback=FeedbackService(
+            store,
+            engine,
+            prediction_log,
+            max_text_chars=settings.max_text_chars,
+            max_feedback_per_tenant=settings.max_feedback_per_tenant,
+            max_dataset_bytes=settings.max_dataset_bytes,
+            quotas=quotas_of(settings),
+        ),
         training=TrainingService(store, engine, watch_poll_s=settings.watch_poll_s),
         datasets=DatasetService(
             store,
@@ -129,6 +150,8 @@ class App:
             self._sweeper = asyncio.get_running_loop().create_task(
                 sweep_uploads_every(self.settings.upload_sweep_interval_s, self.services.datasets)
             )
+        if self.services.prediction_log is not None:
+            self.services.prediction_log.start()
         await self.engine.start()
         await self.api.set_serving(True)
         log.info("serving", base_model=self.engine.source.model_id)
@@ -143,6 +166,8 @@ class App:
         if self.settings.drain_delay_s:
             await asyncio.sleep(self.settings.drain_delay_s)
         await self.api.stop(self.settings.grace_s)
+        if self.services.prediction_log is not None:
+            await self.services.prediction_log.stop()  # what was served before the stop is kept
         await self.engine.stop()
         self.store.close()
 

@@ -176,6 +176,22 @@ class Settings:
     upload_sweep_interval_s: float = _s(
         "how often a server forgets uploads unfinished for longer than their TTL", default=3600.0
     )
+    prediction_ids: bool = _s(
+        "issue a prediction id per served row (for FeedbackService) and store what was served",
+        default=True,
+    )
+    prediction_log_flush_s: float = _s(
+        "how often served rows are written to the predictions table (a prediction id works for "
+        "feedback on another replica after at most this long)",
+        default=0.2,
+    )
+    prediction_retention_s: float = _s(
+        "how long served predictions are kept for feedback", default=30 * 24 * 3600.0
+    )
+    max_predictions_per_tenant: int = _s(
+        "per tenant: served predictions kept for feedback (the oldest go first)", default=1_000_000
+    )
+    max_feedback_per_tenant: int = _s("per tenant: feedback rows stored", default=100_000)
     log_payloads: bool = _s(
         "log Predict input texts (off: no prompt or training text is ever logged)", default=False
     )
@@ -273,8 +289,12 @@ def validate(s: Settings) -> Settings:
         "max_new_tokens_default",
         "max_new_tokens_limit",
         "generation_batch_rows",
+        "max_predictions_per_tenant",
+        "max_feedback_per_tenant",
     ):
         need(getattr(s, name) >= 1, name, "must be at least 1")
+    need(s.prediction_log_flush_s > 0, "prediction_log_flush_s", "must be positive")
+    need(s.prediction_retention_s > 0, "prediction_retention_s", "must be positive")
     for name in (
         "max_batch_wait_ms",
         "batch_regroup_fraction",

@@ -1,5 +1,5 @@
 """Tenants that cannot touch each other, against a real `tuneserve api` through the real
-client, on SQLite and on PostgreSQL: every RPC of the four services under every kind of
+client, on SQLite and on PostgreSQL: every RPC of the five services under every kind of
 caller (own tenant, another tenant, another tenant naming ours, no key, a malformed key, a
 revoked key, a key without the role, an admin of another tenant).
 
@@ -172,6 +172,9 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
                 ids[name] = a.train("intents", dataset=ids["dataset"], request_id=name).id
             a.cancel_job(ids["job-watch"])  # an ended job: watching it ends
             ids["export"] = a.export_adapter("intents", root / "export").directory  # for ImportAdapter
+            # a served row with feedback (SubmitFeedback's target; ExportFeedback has a row)
+            ids["prediction"] = a.predict("intents", ["my card is lost"])[0].prediction_id
+            a.submit_feedback(ids["prediction"], correct=True, input="my card is lost")
         for name in ("half", "half-own", "half-admin"):
             _half_upload(api.target, keys["teama"], name)
             ids[name] = name
@@ -243,6 +246,17 @@ RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     "ValidateDataset": ("train", lambda c, ids, _: c.validate_dataset(ids["dataset"]).usable_rows),
     "ListUploads": ("train", lambda c, ids, _: sorted(u.upload_id for u in c.list_uploads())),
     "DeleteUpload": ("train", _discard_upload),
+    "SubmitFeedback": (
+        "predict",
+        lambda c, ids, _: c.submit_feedback(ids["prediction"], correct=True, input="my card is lost").correct,
+    ),
+    "ListFeedback": ("predict", lambda c, ids, _: sorted(f.prediction_id for f in c.list_feedback())),
+    "ExportFeedback": ("train", lambda c, ids, _: c.export_feedback(ids["adapter"]).rows),
+    "GetFeedbackSettings": ("predict", lambda c, ids, _: c.feedback_settings(ids["adapter"]).store_inputs),
+    "SetFeedbackSettings": (
+        "train",
+        lambda c, ids, _: c.set_feedback_settings(ids["adapter"], store_inputs=False).store_inputs,
+    ),
 }
 # Calls that name one of teama's resources: another tenant gets NOT_FOUND for them, worded as
 # for a name that never existed. The rest list or create inside the caller's own tenant.
@@ -261,11 +275,15 @@ NAMED = {
     "DeleteDataset",
     "ValidateDataset",
     "DeleteUpload",
+    "SubmitFeedback",
+    "ExportFeedback",
+    "GetFeedbackSettings",
+    "SetFeedbackSettings",
 }
 
 
-def test_the_matrix_covers_every_rpc_of_the_four_services():
-    from tuneserve.v1 import adapters_pb2, datasets_pb2, inference_pb2, training_pb2
+def test_the_matrix_covers_every_rpc_of_the_five_services():
+    from tuneserve.v1 import adapters_pb2, datasets_pb2, feedback_pb2, inference_pb2, training_pb2
 
     methods = {
         m.name
@@ -274,6 +292,7 @@ def test_the_matrix_covers_every_rpc_of_the_four_services():
             (inference_pb2, "InferenceService"),
             (adapters_pb2, "AdapterService"),
             (datasets_pb2, "DatasetService"),
+            (feedback_pb2, "FeedbackService"),
         )
         for m in module.DESCRIPTOR.services_by_name[service].methods
     }
@@ -330,7 +349,9 @@ def test_another_tenants_resource_is_not_found_like_one_that_never_existed(world
         assert a.get_dataset(ids["dataset"]).id == ids["dataset"]
 
 
-@pytest.mark.parametrize("rpc", ["ListJobs", "ListAdapters", "ListDatasets", "ListUploads", "UploadDataset"])
+@pytest.mark.parametrize(
+    "rpc", ["ListJobs", "ListAdapters", "ListDatasets", "ListUploads", "UploadDataset", "ListFeedback"]
+)
 def test_another_tenant_sees_only_its_own(world, rpc):
     ids = _ids(world)
     with world.client("teamb") as b:
@@ -339,7 +360,7 @@ def test_another_tenant_sees_only_its_own(world, rpc):
         if rpc == "UploadDataset":  # the same upload id as team A's makes team B's own dataset
             assert b.upload_dataset(ROWS, format="jsonl", upload_id="up-dataset").id != ids["dataset"]
         else:
-            assert not set(got) & {"intents", ids["job"], ids["dataset"], "half"}
+            assert not set(got) & {"intents", ids["job"], ids["dataset"], "half", ids["prediction"]}
 
 
 def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
@@ -358,6 +379,10 @@ def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
         assert "half" in value
     elif rpc == "CancelJob":
         assert value == "CANCELLED"
+    elif rpc == "ListFeedback":
+        assert ids["prediction"] in value
+    elif rpc == "ExportFeedback":
+        assert value == 1
 
 
 @pytest.mark.parametrize("rpc", sorted(RPCS))

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tuneserve.v1 import common_pb2 as tuneserve_dot_v1_dot_common__pb2
+from tuneserve.v1 import feedback_pb2 as tuneserve_dot_v1_dot_feedback__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btuneserve/v1/adapters.proto\x12\x0ctuneserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tuneserve/v1/common.proto\"\xea\x02\n\x0e\x41\x64\x61pterVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12:\n\x07metrics\x18\x05 \x03(\x0b\x32).tuneserve.v1.AdapterVersion.MetricsEntry\x12&\n\x04lora\x18\x06 \x01(\x0b\x32\x18.tuneserve.v1.LoraConfig\x12\x12\n\nsize_bytes\x18\x07 \x01(\x04\x12\x10\n\x08resident\x18\x08 \x01(\x08\x12\x0e\n\x06pinned\x18\t \x01(\x08\x12-\n\tlast_used\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xac\x01\n\x07\x41\x64\x61pter\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04task\x18\x03 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12.\n\x08versions\x18\x05 \x03(\x0b\x32\x1c.tuneserve.v1.AdapterVersion\x12\x16\n\x0elatest_version\x18\x06 \x01(\r\"O\n\x13ListAdaptersRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListAdaptersResponse\x12\'\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x15.tuneserve.v1.Adapter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11GetAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x12GetAdapterResponse\x12&\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x15.tuneserve.v1.Adapter\":\n\x14\x44\x65leteAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"1\n\x15\x44\x65leteAdapterResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x03(\r\"E\n\x12LoadAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0b\n\x03pin\x18\x03 \x01(\x08\"~\n\x13LoadAdapterResponse\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\r\x12\x0e\n\x06pinned\x18\x03 \x01(\x08\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\":\n\x14UnloadAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"2\n\x15UnloadAdapterResponse\x12\x19\n\x11unloaded_versions\x18\x01 \x03(\r\":\n\x14\x45xportAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"r\n\x0e\x41\x64\x61pterArchive\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\r\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x05 \x03(\t\"3\n\x13\x41\x64\x61pterArchiveChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x83\x01\n\x15\x45xportAdapterResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.tuneserve.v1.AdapterArchiveH\x00\x12\x32\n\x05\x63hunk\x18\x02 \x01(\x0b\x32!.tuneserve.v1.AdapterArchiveChunkH\x00\x42\x06\n\x04part\"\x7f\n\x13ImportAdapterHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x13\n\x0btemperature\x18\x06 \x01(\x01\"\x87\x01\n\x14ImportAdapterRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.tuneserve.v1.ImportAdapterHeaderH\x00\x12\x32\n\x05\x63hunk\x18\x02 \x01(\x0b\x32!.tuneserve.v1.AdapterArchiveChunkH\x00\x42\x06\n\x04part\"P\n\x15ImportAdapterResponse\x12&\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x15.tuneserve.v1.Adapter\x12\x0f\n\x07version\x18\x02 \x01(\r2\xf8\x04\n\x0e\x41\x64\x61pterService\x12U\n\x0cListAdapters\x12!.tuneserve.v1.ListAdaptersRequest\x1a\".tuneserve.v1.ListAdaptersResponse\x12O\n\nGetAdapter\x12\x1f.tuneserve.v1.GetAdapterRequest\x1a .tuneserve.v1.GetAdapterResponse\x12X\n\rDeleteAdapter\x12\".tuneserve.v1.DeleteAdapterRequest\x1a#.tuneserve.v1.DeleteAdapterResponse\x12R\n\x0bLoadAdapter\x12 .tuneserve.v1.LoadAdapterRequest\x1a!.tuneserve.v1.LoadAdapterResponse\x12X\n\rUnloadAdapter\x12\".tuneserve.v1.UnloadAdapterRequest\x1a#.tuneserve.v1.UnloadAdapterResponse\x12Z\n\rExportAdapter\x12\".tuneserve.v1.ExportAdapterRequest\x1a#.tuneserve.v1.ExportAdapterResponse0\x01\x12Z\n\rImportAdapter\x12\".tuneserve.v1.ImportAdapterRequest\x1a#.tuneserve.v1.ImportAdapterResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btuneserve/v1/adapters.proto\x12\x0ctuneserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tuneserve/v1/common.proto\x1a\x1btuneserve/v1/feedback.proto\"\x99\x03\n\x0e\x41\x64\x61pterVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12:\n\x07metrics\x18\x05 \x03(\x0b\x32).tuneserve.v1.AdapterVersion.MetricsEntry\x12&\n\x04lora\x18\x06 \x01(\x0b\x32\x18.tuneserve.v1.LoraConfig\x12\x12\n\nsize_bytes\x18\x07 \x01(\x04\x12\x10\n\x08resident\x18\x08 \x01(\x08\x12\x0e\n\x06pinned\x18\t \x01(\x08\x12-\n\tlast_used\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x14 \x01(\x0b\x32\x1b.tuneserve.v1.FeedbackStats\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xac\x01\n\x07\x41\x64\x61pter\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04task\x18\x03 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12.\n\x08versions\x18\x05 \x03(\x0b\x32\x1c.tuneserve.v1.AdapterVersion\x12\x16\n\x0elatest_version\x18\x06 \x01(\r\"O\n\x13ListAdaptersRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListAdaptersResponse\x12\'\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x15.tuneserve.v1.Adapter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11GetAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x12GetAdapterResponse\x12&\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x15.tuneserve.v1.Adapter\":\n\x14\x44\x65leteAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"1\n\x15\x44\x65leteAdapterResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x03(\r\"E\n\x12LoadAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0b\n\x03pin\x18\x03 \x01(\x08\"~\n\x13LoadAdapterResponse\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\r\x12\x0e\n\x06pinned\x18\x03 \x01(\x08\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\":\n\x14UnloadAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"2\n\x15UnloadAdapterResponse\x12\x19\n\x11unloaded_versions\x18\x01 \x03(\r\":\n\x14\x45xportAdapterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"r\n\x0e\x41\x64\x61pterArchive\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\r\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x05 \x03(\t\"3\n\x13\x41\x64\x61pterArchiveChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x83\x01\n\x15\x45xportAdapterResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.tuneserve.v1.AdapterArchiveH\x00\x12\x32\n\x05\x63hunk\x18\x02 \x01(\x0b\x32!.tuneserve.v1.AdapterArchiveChunkH\x00\x42\x06\n\x04part\"\x7f\n\x13ImportAdapterHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x13\n\x0btemperature\x18\x06 \x01(\x01\"\x87\x01\n\x14ImportAdapterRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.tuneserve.v1.ImportAdapterHeaderH\x00\x12\x32\n\x05\x63hunk\x18\x02 \x01(\x0b\x32!.tuneserve.v1.AdapterArchiveChunkH\x00\x42\x06\n\x04part\"P\n\x15ImportAdapterResponse\x12&\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x15.tuneserve.v1.Adapter\x12\x0f\n\x07version\x18\x02 \x01(\r2\xf8\x04\n\x0e\x41\x64\x61pterService\x12U\n\x0cListAdapters\x12!.tuneserve.v1.ListAdaptersRequest\x1a\".tuneserve.v1.ListAdaptersResponse\x12O\n\nGetAdapter\x12\x1f.tuneserve.v1.GetAdapterRequest\x1a .tuneserve.v1.GetAdapterResponse\x12X\n\rDeleteAdapter\x12\".tuneserve.v1.DeleteAdapterRequest\x1a#.tuneserve.v1.DeleteAdapterResponse\x12R\n\x0bLoadAdapter\x12 .tuneserve.v1.LoadAdapterRequest\x1a!.tuneserve.v1.LoadAdapterResponse\x12X\n\rUnloadAdapter\x12\".tuneserve.v1.UnloadAdapterRequest\x1a#.tuneserve.v1.UnloadAdapterResponse\x12Z\n\rExportAdapter\x12\".tuneserve.v1.ExportAdapterRequest\x1a#.tuneserve.v1.ExportAdapterResponse0\x01\x12Z\n\rImportAdapter\x12\".tuneserve.v1.ImportAdapterRequest\x1a#.tuneserve.v1.ImportAdapterResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,46 +36,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADAPTERVERSION_METRICSENTRY']._loaded_options = None
   _globals['_ADAPTERVERSION_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ADAPTERVERSION']._serialized_start=106
-  _globals['_ADAPTERVERSION']._serialized_end=468
-  _globals['_ADAPTERVERSION_METRICSENTRY']._serialized_start=422
-  _globals['_ADAPTERVERSION_METRICSENTRY']._serialized_end=468
-  _globals['_ADAPTER']._serialized_start=471
-  _globals['_ADAPTER']._serialized_end=643
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=645
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=724
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=726
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=814
-  _globals['_GETADAPTERREQUEST']._serialized_start=816
-  _globals['_GETADAPTERREQUEST']._serialized_end=868
-  _globals['_GETADAPTERRESPONSE']._serialized_start=870
-  _globals['_GETADAPTERRESPONSE']._serialized_end=930
-  _globals['_DELETEADAPTERREQUEST']._serialized_start=932
-  _globals['_DELETEADAPTERREQUEST']._serialized_end=990
-  _globals['_DELETEADAPTERRESPONSE']._serialized_start=992
-  _globals['_DELETEADAPTERRESPONSE']._serialized_end=1041
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1043
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1112
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=1114
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1240
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1242
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1300
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1302
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1352
-  _globals['_EXPORTADAPTERREQUEST']._serialized_start=1354
-  _globals['_EXPORTADAPTERREQUEST']._serialized_end=1412
-  _globals['_ADAPTERARCHIVE']._serialized_start=1414
-  _globals['_ADAPTERARCHIVE']._serialized_end=1528
-  _globals['_ADAPTERARCHIVECHUNK']._serialized_start=1530
-  _globals['_ADAPTERARCHIVECHUNK']._serialized_end=1581
-  _globals['_EXPORTADAPTERRESPONSE']._serialized_start=1584
-  _globals['_EXPORTADAPTERRESPONSE']._serialized_end=1715
-  _globals['_IMPORTADAPTERHEADER']._serialized_start=1717
-  _globals['_IMPORTADAPTERHEADER']._serialized_end=1844
-  _globals['_IMPORTADAPTERREQUEST']._serialized_start=1847
-  _globals['_IMPORTADAPTERREQUEST']._serialized_end=1982
-  _globals['_IMPORTADAPTERRESPONSE']._serialized_start=1984
-  _globals['_IMPORTADAPTERRESPONSE']._serialized_end=2064
-  _globals['_ADAPTERSERVICE']._serialized_start=2067
-  _globals['_ADAPTERSERVICE']._serialized_end=2699
+  _globals['_ADAPTERVERSION']._serialized_start=135
+  _globals['_ADAPTERVERSION']._serialized_end=544
+  _globals['_ADAPTERVERSION_METRICSENTRY']._serialized_start=498
+  _globals['_ADAPTERVERSION_METRICSENTRY']._serialized_end=544
+  _globals['_ADAPTER']._serialized_start=547
+  _globals['_ADAPTER']._serialized_end=719
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=721
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=800
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=802
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=890
+  _globals['_GETADAPTERREQUEST']._serialized_start=892
+  _globals['_GETADAPTERREQUEST']._serialized_end=944
+  _globals['_GETADAPTERRESPONSE']._serialized_start=946
+  _globals['_GETADAPTERRESPONSE']._serialized_end=1006
+  _globals['_DELETEADAPTERREQUEST']._serialized_start=1008
+  _globals['_DELETEADAPTERREQUEST']._serialized_end=1066
+  _globals['_DELETEADAPTERRESPONSE']._serialized_start=1068
+  _globals['_DELETEADAPTERRESPONSE']._serialized_end=1117
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1119
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1188
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1190
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1316
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1318
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1376
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1378
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1428
+  _globals['_EXPORTADAPTERREQUEST']._serialized_start=1430
+  _globals['_EXPORTADAPTERREQUEST']._serialized_end=1488
+  _globals['_ADAPTERARCHIVE']._serialized_start=1490
+  _globals['_ADAPTERARCHIVE']._serialized_end=1604
+  _globals['_ADAPTERARCHIVECHUNK']._serialized_start=1606
+  _globals['_ADAPTERARCHIVECHUNK']._serialized_end=1657
+  _globals['_EXPORTADAPTERRESPONSE']._serialized_start=1660
+  _globals['_EXPORTADAPTERRESPONSE']._serialized_end=1791
+  _globals['_IMPORTADAPTERHEADER']._serialized_start=1793
+  _globals['_IMPORTADAPTERHEADER']._serialized_end=1920
+  _globals['_IMPORTADAPTERREQUEST']._serialized_start=1923
+  _globals['_IMPORTADAPTERREQUEST']._serialized_end=2058
+  _globals['_IMPORTADAPTERRESPONSE']._serialized_start=2060
+  _globals['_IMPORTADAPTERRESPONSE']._serialized_end=2140
+  _globals['_ADAPTERSERVICE']._serialized_start=2143
+  _globals['_ADAPTERSERVICE']._serialized_end=2775
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tuneserve.v1 import common_pb2 as _common_pb2
+from tuneserve.v1 import feedback_pb2 as _feedback_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -11,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AdapterVersion(_message.Message):
-    __slots__ = ("version", "job_id", "created_at", "labels", "metrics", "lora", "size_bytes", "resident", "pinned", "last_used")
+    __slots__ = ("version", "job_id", "created_at", "labels", "metrics", "lora", "size_bytes", "resident", "pinned", "last_used", "feedback")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +30,7 @@ class AdapterVersion(_message.Message):
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     version: int
     job_id: str
     created_at: _timestamp_pb2.Timestamp
@@ -39,7 +41,8 @@ class AdapterVersion(_message.Message):
     resident: bool
     pinned: bool
     last_used: _timestamp_pb2.Timestamp
-    def __init__(self, version: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., size_bytes: _Optional[int] = ..., resident: _Optional[bool] = ..., pinned: _Optional[bool] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    feedback: _feedback_pb2.FeedbackStats
+    def __init__(self, version: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., size_bytes: _Optional[int] = ..., resident: _Optional[bool] = ..., pinned: _Optional[bool] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feedback: _Optional[_Union[_feedback_pb2.FeedbackStats, _Mapping]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("namespace", "name", "task", "base_model", "versions", "latest_version")

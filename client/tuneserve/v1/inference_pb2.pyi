@@ -117,12 +117,14 @@ class Generation(_message.Message):
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("classification", "generation")
+    __slots__ = ("classification", "generation", "prediction_id")
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
     generation: Generation
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ...) -> None: ...
+    prediction_id: str
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prediction_id: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("predictions", "adapter_name", "adapter_version", "conformal_mode")
@@ -149,13 +151,15 @@ class PredictStreamRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., adapter: _Optional[str] = ..., input: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
 
 class PredictStreamResponse(_message.Message):
-    __slots__ = ("delta", "final", "adapter_name", "adapter_version")
+    __slots__ = ("delta", "final", "adapter_name", "adapter_version", "prediction_id")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     delta: str
     final: Generation
     adapter_name: str
     adapter_version: int
-    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[Generation, _Mapping]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ...) -> None: ...
+    prediction_id: str
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[Generation, _Mapping]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ..., prediction_id: _Optional[str] = ...) -> None: ...

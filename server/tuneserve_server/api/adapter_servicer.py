@@ -10,6 +10,7 @@ import structlog
 from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc
 from tuneserve_server.api import convert
 from tuneserve_server.api.auth_interceptor import namespace
+from tuneserve_server.api.feedback_servicer import add_stats
 from tuneserve_server.api.rpc import rpc, rpc_stream
 from tuneserve_server.domain.errors import InvalidRequest
 from tuneserve_server.domain.naming import AdapterRef
@@ -20,6 +21,7 @@ from tuneserve_server.services.adapter_transfer import (
     ImportPart,
 )
 from tuneserve_server.services.adapters import AdapterService
+from tuneserve_server.services.feedback import FeedbackService
 
 
 async def _import_parts(
@@ -49,9 +51,15 @@ async def _import_parts(
 
 
 class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
-    def __init__(self, adapters: AdapterService, transfer: AdapterTransferService) -> None:
+    def __init__(
+        self,
+        adapters: AdapterService,
+        transfer: AdapterTransferService,
+        feedback: FeedbackService | None = None,
+    ) -> None:
         self.adapters = adapters
         self.transfer = transfer
+        self.feedback = feedback  # each version's live feedback quality in GetAdapter
 
     @rpc
     async def ListAdapters(self, request, context):
@@ -69,7 +77,10 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         if ref.version is not None:
             raise InvalidRequest.field("name", "takes a name without @version")
         records, residency = await self.adapters.get(ref.namespace, ref.name)
-        return adapters_pb2.GetAdapterResponse(adapter=convert.adapter_pb(records, residency))
+        adapter = convert.adapter_pb(records, residency)
+        if self.feedback is not None:
+            add_stats(adapter, await self.feedback.stats(ref.namespace, ref.name))
+        return adapters_pb2.GetAdapterResponse(adapter=adapter)
 
     @rpc
     async def DeleteAdapter(self, request, context):

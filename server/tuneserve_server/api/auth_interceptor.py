@@ -58,6 +58,13 @@ METHOD_ROLES: dict[str, Role] = {
     "/tuneserve.v1.DatasetService/ListUploads": _T,
     "/tuneserve.v1.DatasetService/DeleteUpload": _T,
     "/tuneserve.v1.ServerInfoService/GetServerInfo": _P,  # the lowest role: any caller
+    # Feedback answers predictions (the predict role); exporting it makes a dataset and
+    # changing what is stored is an owner's decision (the train role).
+    "/tuneserve.v1.FeedbackService/SubmitFeedback": _P,
+    "/tuneserve.v1.FeedbackService/ListFeedback": _P,
+    "/tuneserve.v1.FeedbackService/GetFeedbackSettings": _P,
+    "/tuneserve.v1.FeedbackService/ExportFeedback": _T,
+    "/tuneserve.v1.FeedbackService/SetFeedbackSettings": _T,
 }
 _HEALTH = "/grpc.health.v1.Health/"
 _REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

@@ -14,11 +14,14 @@ from tuneserve_server.api.rpc import rpc, rpc_stream
 from tuneserve_server.domain.naming import AdapterRef
 from tuneserve_server.engine.generation import GenerationResult, SamplingParams
 from tuneserve_server.services.inference import Generated, PredictionService
+from tuneserve_server.services.prediction_log import PredictionLog
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, prediction: PredictionService) -> None:
+    def __init__(self, prediction: PredictionService, prediction_log: PredictionLog | None = None) -> None:
         self.prediction = prediction
+        # Issues each served row's prediction id (feedback.proto); None: no ids.
+        self.prediction_log = prediction_log
 
     def _sampling(self, gp: inference_pb2.GenerationParams) -> functools.partial[SamplingParams]:
         limits = self.prediction.limits
@@ -49,12 +52,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         else:
             predictions = [convert.classification_pb(s, request.return_probabilities) for s in result.scores]
             mode = result.scores[0].conformal_mode if result.scores else None
+        if self.prediction_log is not None and result.adapter is not None:
+            self._issue_ids(ns, result, request.inputs, predictions)
         return inference_pb2.PredictResponse(
             predictions=predictions,
             adapter_name=result.adapter.name if result.adapter else "",
             adapter_version=result.adapter.version if result.adapter else 0,
             conformal_mode=convert.CONFORMAL_MODE_TO_PB.get(mode, 0),
         )
+
+    def _issue_ids(self, ns: str, result, inputs, predictions: list[inference_pb2.Prediction]) -> None:
+        """Each served row's prediction id, its record queued for the store (no I/O here)."""
+        assert self.prediction_log is not None
+        record = result.adapter
+        if isinstance(result, Generated):
+            rows = [("", 0.0, text, r.text) for text, r in zip(inputs, result.results, strict=True)]
+        else:
+            rows = [(*s.top(), text, None) for text, s in zip(inputs, result.scores, strict=True)]
+        ids = self.prediction_log.issue(ns, record.name, record.version, record.task, rows)
+        for p, pid in zip(predictions, ids, strict=True):
+            p.prediction_id = pid
 
     @rpc_stream
     async def PredictStream(self, request, context):
@@ -76,6 +93,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     first = False
                 if isinstance(event, GenerationResult):
                     out.final.CopyFrom(convert.generation_pb(event))
+                    if self.prediction_log is not None and record is not None:
+                        out.prediction_id = self.prediction_log.issue(
+                            ns,
+                            record.name,
+                            record.version,
+                            record.task,
+                            [("", 0.0, request.input, event.text)],
+                        )[0]
                 else:
                     out.delta = event.text
                 yield out

@@ -20,6 +20,8 @@ from tuneserve.v1 import (
     adapters_pb2_grpc,
     datasets_pb2,
     datasets_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     server_info_pb2,
@@ -30,6 +32,7 @@ from tuneserve.v1 import (
 from tuneserve_server.api.adapter_servicer import AdapterServicer
 from tuneserve_server.api.auth_interceptor import AuthInterceptor
 from tuneserve_server.api.dataset_servicer import DatasetServicer
+from tuneserve_server.api.feedback_servicer import FeedbackServicer
 from tuneserve_server.api.inference_servicer import InferenceServicer
 from tuneserve_server.api.interceptors import RequestContextInterceptor
 from tuneserve_server.api.server_info_servicer import ServerInfoServicer
@@ -46,6 +49,7 @@ SERVICE_NAMES = (
     adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
+    feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
 )
 # The largest request message the server receives (GetServerInfo reports it).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -74,11 +78,15 @@ class ApiServer:
             DatasetServicer(services.datasets, services.training), self.server
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(services.prediction), self.server
+            InferenceServicer(services.prediction, services.prediction_log), self.server
         )
         adapters_pb2_grpc.add_AdapterServiceServicer_to_server(
-            AdapterServicer(services.adapters, services.transfer), self.server
+            AdapterServicer(services.adapters, services.transfer, services.feedback), self.server
         )
+        if services.feedback is not None:
+            feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
+                FeedbackServicer(services.feedback), self.server
+            )
         server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
             ServerInfoServicer(services.server_info), self.server
         )

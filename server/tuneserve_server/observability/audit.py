@@ -27,6 +27,8 @@ ACTIONS = frozenset(
         "adapter.import",
         "dataset.delete",
         "admin.cross_tenant",
+        "feedback.export",
+        "feedback.settings",
     }
 )
 

@@ -367,6 +367,77 @@ ADAPTER_LABELS = AdapterLabels(
 )
 
 
+# ---------------------------------------------------------------- feedback (API process)
+FEEDBACK_SUBMITTED = Counter(
+    "tuneserve_feedback_total",
+    "SubmitFeedback calls stored (new or replacing), by adapter (top-N, rest as other)",
+    ["adapter"],
+)
+FEEDBACK_ACCURACY = Gauge(
+    "tuneserve_feedback_accuracy",
+    "Live accuracy of an adapter version from feedback (correct / answered predictions), as the "
+    "store held it at the last feedback this process took; one version per labelled adapter "
+    "(the last one given feedback), none for other",
+    ["adapter", "version"],
+)
+FEEDBACK_ANSWERED = Gauge(
+    "tuneserve_feedback_answered",
+    "Classification predictions of that adapter version answered with a label or correct",
+    ["adapter", "version"],
+)
+PREDICTION_LOG_PENDING = Gauge(
+    "tuneserve_prediction_log_pending_rows", "Served rows (prediction ids) waiting to be written"
+)
+PREDICTION_LOG_WRITTEN = Counter(
+    "tuneserve_prediction_log_written_total", "Served rows written to the predictions table"
+)
+PREDICTION_LOG_DROPPED = Counter(
+    "tuneserve_prediction_log_dropped_total",
+    "Served rows whose id was issued but never stored (the pending queue was full or a write "
+    "failed); feedback on them is NOT_FOUND",
+)
+# Bounded like the predict path's labels, in a table of its own (feedback traffic, not predict
+# traffic, decides which adapters keep a label here).
+FEEDBACK_LABELS = AdapterLabels(series=(FEEDBACK_SUBMITTED,), per_namespace=ADAPTER_LABELS_PER_NAMESPACE)
+
+
+class FeedbackGauges:
+    """FEEDBACK_ACCURACY / FEEDBACK_ANSWERED with at most one version per labelled adapter:
+    setting a version removes the adapter's previous one, and adapters that lost their label
+    in FEEDBACK_LABELS lose their series. `other` gets none (an accuracy mixed over unrelated
+    adapters means nothing). At most top_n + 1 series each."""
+
+    def __init__(self, labels: AdapterLabels = FEEDBACK_LABELS) -> None:
+        self.labels = labels
+        self._version: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def set(self, label: str, version: int, answered: int, accuracy: float) -> None:
+        if label in (OTHER_ADAPTER_LABEL, BASE_ADAPTER_LABEL):
+            return
+        named = self.labels.named
+        with self._lock:
+            for old_label, old_version in list(self._version.items()):
+                if old_label not in named or (old_label == label and old_version != str(version)):
+                    self._remove(old_label, old_version)
+            if label not in named:
+                return
+            self._version[label] = str(version)
+            FEEDBACK_ACCURACY.labels(label, str(version)).set(accuracy)
+            FEEDBACK_ANSWERED.labels(label, str(version)).set(answered)
+
+    def _remove(self, label: str, version: str) -> None:
+        for gauge in (FEEDBACK_ACCURACY, FEEDBACK_ANSWERED):
+            try:
+                gauge.remove(label, version)
+            except KeyError:
+                pass
+        self._version.pop(label, None)
+
+
+FEEDBACK_GAUGES = FeedbackGauges()
+
+
 # ---------------------------------------------------------------- HTTP endpoint
 def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
     """Expose /metrics over HTTP on its own port in a daemon thread (0: do not serve).

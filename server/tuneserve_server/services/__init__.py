@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.datasets import DatasetService
+from tuneserve_server.services.feedback import FeedbackService
 from tuneserve_server.services.inference import PredictionService
+from tuneserve_server.services.prediction_log import PredictionLog
 from tuneserve_server.services.server_info import ServerInfoService
 from tuneserve_server.services.training import TrainingService
 
@@ -25,3 +27,6 @@ class Services:
     prediction: PredictionService
     server_info: ServerInfoService
     transfer: AdapterTransferService
+    # Feedback (issue #13): prediction ids and the FeedbackService flows.
+    prediction_log: PredictionLog | None = None
+    feedback: FeedbackService | None = None

@@ -193,6 +193,58 @@ api_keys = sa.Table(
     sa.Column("revoked_at", Timestamp),
 )
 
+# Feedback (migration 0006; storage/sql_feedback.py): what each prediction served (bounded by
+# a TTL and a per-tenant cap), the feedback on it, and each adapter's store_inputs setting.
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("namespace", BYTEWISE, nullable=False),
+    sa.Column("adapter_name", BYTEWISE, nullable=False),
+    sa.Column("adapter_version", sa.Integer, nullable=False),
+    sa.Column("task", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False, server_default=""),
+    sa.Column("score", sa.Float(precision=53), nullable=False, server_default="0"),
+    sa.Column("input_text", sa.Text),
+    sa.Column("output_text", sa.Text),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("seq", SEQ, sa.Identity(always=True), primary_key=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("namespace", BYTEWISE, nullable=False),
+    sa.Column("prediction_id", sa.Text, nullable=False),
+    sa.Column("adapter_name", BYTEWISE, nullable=False),
+    sa.Column("adapter_version", sa.Integer, nullable=False),
+    sa.Column("task", sa.Text, nullable=False),
+    sa.Column("served_label", sa.Text, nullable=False, server_default=""),
+    sa.Column("served_score", sa.Float(precision=53), nullable=False, server_default="0"),
+    sa.Column("label", sa.Text, nullable=False, server_default=""),
+    sa.Column("rating", sa.Integer),
+    sa.Column("corrected_text", sa.Text, nullable=False, server_default=""),
+    sa.Column("input_text", sa.Text, nullable=False, server_default=""),
+    sa.Column("served_text", sa.Text, nullable=False, server_default=""),
+    sa.Column("comment", sa.Text, nullable=False, server_default=""),
+    sa.Column("key_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("predicted_at", Timestamp, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("namespace", "prediction_id", name="feedback_namespace_prediction_id_key"),
+    sqlite_autoincrement=True,
+)
+
+adapter_feedback_settings = sa.Table(
+    "adapter_feedback_settings",
+    metadata,
+    sa.Column("namespace", BYTEWISE, nullable=False),
+    sa.Column("name", BYTEWISE, nullable=False),
+    sa.Column("store_inputs", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "name", name="adapter_feedback_settings_pkey"),
+)
+
 sa.Index("jobs_state", jobs.c.state, jobs.c.seq)
 sa.Index("jobs_ns", jobs.c.namespace, jobs.c.seq)
 # What every claim's lease reaping scans: only RUNNING rows, by expiry. PostgreSQL only
@@ -206,6 +258,15 @@ sa.Index(
 sa.Index("adapter_versions_seq", adapter_versions.c.seq)
 sa.Index("datasets_ns", datasets.c.namespace, datasets.c.seq)
 sa.Index("api_keys_tenant", api_keys.c.tenant, api_keys.c.key_id)
+sa.Index("predictions_ns_time", predictions.c.namespace, predictions.c.created_at)
+sa.Index("predictions_time", predictions.c.created_at)
+sa.Index(
+    "feedback_adapter",
+    feedback.c.namespace,
+    feedback.c.adapter_name,
+    feedback.c.adapter_version,
+    feedback.c.seq,
+)
 
 # Listing datasets never reads their bytes.
 DATASET_COLUMNS = tuple(c for c in datasets.c if c.name != "content")

@@ -72,6 +72,7 @@ from tuneserve_server.storage.sql import (
     valid_page_size,
 )
 from tuneserve_server.storage.sql_datasets import DatasetsMixin
+from tuneserve_server.storage.sql_feedback import FeedbackMixin
 from tuneserve_server.storage.sql_keys import KeysMixin
 from tuneserve_server.storage.sql_registry import RegistryMixin
 from tuneserve_server.storage.sql_statements import Statements
@@ -88,7 +89,7 @@ _RUNNING = JobState.RUNNING.value
 _QUEUED = JobState.QUEUED.value
 
 
-class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
+class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin, FeedbackMixin):
     """JobStore over one SQLAlchemy engine. Safe across threads (a connection pool) and
     processes or machines (the locks described in the module docstring)."""
 
