@@ -17,7 +17,7 @@ all 3,080 rows of test.csv:
 
 Prints the tables and rewrites the "## Evaluations ..." section of docs/benchmarks.md.
 
-    .venv/bin/python bench/evaluation.py                       # the benchmark (~8 min on 2 cores)
+    .venv/bin/python bench/evaluation.py                       # the benchmark (~6 min on 2 cores)
     .venv/bin/python bench/evaluation.py --per-label 5 --no-docs  # a quick check (never writes docs)
 """
 
@@ -51,7 +51,7 @@ from harness import (
 SECTION = "## Evaluations: throughput on the Banking77 test set (bench/evaluation.py)"
 ADAPTER = "banking77-eval"
 BATCH = 64
-DEFAULT_PER_LABEL = 40
+DEFAULT_PER_LABEL = 30
 
 
 def train(client, rows, epochs: int, request_id: str):
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-label", type=int, default=DEFAULT_PER_LABEL, help="train rows per label")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs of v2 (v1: 1)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of v2 (v1: 1)")
     ap.add_argument("--docs", type=Path, default=DOCS)
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)

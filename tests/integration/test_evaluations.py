@@ -166,9 +166,7 @@ def test_bad_input_names_the_field(cluster, versions, rows):
         assert (
             "more than 10000"
             in _violations(
-                lambda: c.create_evaluation(
-                    [ADAPTER], [(f"text {i}", "card_arrival") for i in range(10_001)]
-                )
+                lambda: c.create_evaluation([ADAPTER], [(f"text {i}", "card_arrival") for i in range(10_001)])
             )["examples"]
         )
         assert "bootstrap_resamples" in _violations(
