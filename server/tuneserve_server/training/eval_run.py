@@ -114,6 +114,40 @@ class EvaluationOutcome:
         }
 
 
+# Metrics where lower is better (a promotion gate's "no regression" points the other way).
+LOWER_IS_BETTER = frozenset({"nll", "ece", "eval_loss", "perplexity"})
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether `candidate` may replace `current` on `metric`: it may when it does not regress
+    by more than `tolerance` (absolute). `comparison` is compare(current, candidate)."""
+
+    promote: bool
+    metric: str
+    current: float
+    candidate: float
+    tolerance: float
+    reason: str
+    comparison: dict[str, Any]
+
+
+def gate(
+    outcome: EvaluationOutcome, current: str, candidate: str, metric: str, tolerance: float = 0.0
+) -> GateDecision:
+    """The if_better decision on an evaluation of both targets (a promotion gate's verdict)."""
+    cur = outcome.target(current).metrics[metric]
+    cand = outcome.target(candidate).metrics[metric]
+    lower = metric in LOWER_IS_BETTER
+    promote = cand <= cur + tolerance if lower else cand >= cur - tolerance
+    direction = "lower" if lower else "higher"
+    reason = (
+        f"{candidate} {metric} {cand:.4f} vs {current} {cur:.4f} ({direction} is better, tolerance "
+        f"{tolerance:g}): {'no regression beyond the tolerance' if promote else 'regressed beyond the tolerance'}"
+    )
+    return GateDecision(promote, metric, cur, cand, tolerance, reason, outcome.compare(current, candidate))
+
+
 def compare_outcomes(task: TaskType, a: TargetOutcome, b: TargetOutcome, options: EvalOptions) -> dict:
     boot = {"resamples": options.resamples, "seed": options.seed}
     if task is TaskType.CLASSIFICATION:

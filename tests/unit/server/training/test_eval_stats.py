@@ -177,3 +177,33 @@ def test_paired_bootstrap_loss_equals_scipy_and_is_seeded():
 def test_chunked_draws_cover_every_resample():
     chunks = eval_stats.resample_indices(3_000_000, 3, seed=0)
     assert sum(c.shape[0] for c in chunks) == 3 and all(c.shape[1] == 3_000_000 for c in chunks)
+
+
+def test_the_promotion_gate_decides_on_the_metric_with_a_tolerance():
+    from tuneserve_server.domain.jobs import TaskType
+    from tuneserve_server.training.eval_run import EvalOptions, EvaluationOutcome, TargetOutcome, gate
+
+    gold = ("a", "b", "a", "b", "a", "b")
+
+    def target(name, pred, conf):
+        rows = eval_stats.ClassificationRows(
+            gold, pred, conf, tuple(c if p == g else 1 - c for p, g, c in zip(pred, gold, conf))
+        )
+        detail = eval_stats.classification_metrics(rows)
+        return TargetOutcome(name, detail.pop("metrics"), detail, rows)
+
+    outcome = EvaluationOutcome(
+        TaskType.CLASSIFICATION,
+        [
+            target("x@1", ("a", "b", "a", "b", "b", "a"), (0.9,) * 6),  # 4 of 6
+            target("x@2", ("a", "b", "a", "b", "a", "a"), (0.8,) * 6),  # 5 of 6
+        ],
+        EvalOptions(resamples=50),
+    )
+    better = gate(outcome, "x@1", "x@2", "accuracy")
+    assert better.promote and (better.current, better.candidate) == pytest.approx((4 / 6, 5 / 6))
+    assert better.comparison["mcnemar"]["only_b_correct"] == 1
+    assert not gate(outcome, "x@2", "x@1", "accuracy").promote
+    assert gate(outcome, "x@2", "x@1", "accuracy", tolerance=0.2).promote
+    nll = gate(outcome, "x@1", "x@2", "nll")  # lower is better
+    assert nll.promote == (nll.candidate <= nll.current)
