@@ -54,6 +54,14 @@ BATCH = 64
 DEFAULT_PER_LABEL = 30
 
 
+def p_text(p: float, resamples: int = 0) -> str:
+    """A p-value as the table shows it; a bootstrap p of 0 (no resample crossed zero) is
+    below 1 / resamples."""
+    if p == 0 and resamples:
+        return f"< {1 / resamples:g}"
+    return f"{p:.3g}"
+
+
 def train(client, rows, epochs: int, request_id: str):
     job = client.train(ADAPTER, rows, epochs=epochs, baseline=False, request_id=request_id)
     log(f"training {job.id} ({epochs} epoch(s), {job.train_examples} rows)")
@@ -168,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     comparison = (
         f"| metric | {a} | {b} | {b} - {a} | 95% CI | p |\n|---|---:|---:|---:|---|---:|\n"
         f"| accuracy (McNemar, {m.method}; only A right {m.only_a_correct}, only B right {m.only_b_correct}) "
-        f"| {m.a:.4f} | {m.b:.4f} | {m.difference:+.4f} | - | {m.p_value:.3g} |\n"
+        f"| {m.a:.4f} | {m.b:.4f} | {m.difference:+.4f} | - | {p_text(m.p_value)} |\n"
         f"| macro-F1 (paired bootstrap, {f1.resamples} resamples) | {f1.a:.4f} | {f1.b:.4f} | {f1.difference:+.4f} "
-        f"| [{f1.ci_low:+.4f}, {f1.ci_high:+.4f}] | {f1.p_value:.3g} |\n"
+        f"| [{f1.ci_low:+.4f}, {f1.ci_high:+.4f}] | {p_text(f1.p_value, f1.resamples)} |\n"
         f"| NLL (paired bootstrap) | {boot['nll'].a:.4f} | {boot['nll'].b:.4f} | {boot['nll'].difference:+.4f} "
-        f"| [{boot['nll'].ci_low:+.4f}, {boot['nll'].ci_high:+.4f}] | {boot['nll'].p_value:.3g} |"
+        f"| [{boot['nll'].ci_low:+.4f}, {boot['nll'].ci_high:+.4f}] "
+        f"| {p_text(boot['nll'].p_value, boot['nll'].resamples)} |"
     )
     print(table, end="\n\n")
     print(comparison)

@@ -201,7 +201,9 @@ def _signed(value: float) -> str:
     return f"{value:+.4f}"
 
 
-def _p(value: float) -> str:
+def _p(value: float, resamples: int = 0) -> str:
+    if value == 0 and resamples:  # no bootstrap resample crossed zero
+        return f"< {1 / resamples:g}"
     return f"{value:.2g}" if value < 0.001 else f"{value:.4f}"
 
 
@@ -261,7 +263,7 @@ def describe(ev: Evaluation) -> str:
                     _num(b.b),
                     _signed(b.difference),
                     f"[{_signed(b.ci_low)}, {_signed(b.ci_high)}]",
-                    _p(b.p_value),
+                    _p(b.p_value, b.resamples),
                     f"paired bootstrap, {b.resamples} resamples, seed {b.seed}",
                 ]
             )
