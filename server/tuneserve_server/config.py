@@ -164,6 +164,11 @@ class Settings:
         default="",
     )
     quota_active_jobs: int = _s("per tenant: queued + running jobs (0: unlimited)", default=20)
+    quota_active_evaluations: int = _s("per tenant: queued + running evaluations (0: unlimited)", default=4)
+    max_evaluation_rows: int = _s(
+        "most rows one evaluation runs on (inline or from a dataset)", default=10_000
+    )
+    max_evaluation_targets: int = _s("most versions (and the base model) one evaluation compares", default=4)
     quota_dataset_bytes: int = _s("per tenant: bytes of stored datasets (0: unlimited)", default=1024**3)
     quota_upload_bytes: int = _s(
         "per tenant: bytes of unfinished uploads (0: unlimited)", default=256 * 1024**2
@@ -291,6 +296,8 @@ def validate(s: Settings) -> Settings:
         "generation_batch_rows",
         "max_predictions_per_tenant",
         "max_feedback_per_tenant",
+        "max_evaluation_rows",
+        "max_evaluation_targets",
     ):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     need(s.prediction_log_flush_s > 0, "prediction_log_flush_s", "must be positive")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.datasets import DatasetService
+from tuneserve_server.services.evaluations import EvaluationService
 from tuneserve_server.services.feedback import FeedbackService
 from tuneserve_server.services.inference import PredictionService
 from tuneserve_server.services.prediction_log import PredictionLog
@@ -30,3 +31,4 @@ class Services:
     # Feedback (issue #13): prediction ids and the FeedbackService flows.
     prediction_log: PredictionLog | None = None
     feedback: FeedbackService | None = None
+    evaluations: EvaluationService | None = None
