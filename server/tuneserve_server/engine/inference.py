@@ -36,6 +36,7 @@ from tuneserve_server.engine.generation import (
 )
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
+from tuneserve_server.engine.packed import supports_packed
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.modeling import (
     base_task,
@@ -160,12 +161,18 @@ class InferenceEngine:
             bank=bank,
         )
         self.runner = ClassificationRunner(
-            self.tokenizer, self.registry, self.adapter_store, device=self.settings.device
+            self.tokenizer,
+            self.registry,
+            self.adapter_store,
+            device=self.settings.device,
+            packed=self.settings.classify_packed and supports_packed(encoder),
         )
         with torch.inference_mode():  # warm-up: first-call allocations happen now, not on a user
             enc = self.tokenizer(["warm up"], return_tensors="pt").to(self.settings.device)
             with bank.selecting([None], self.settings.device):
                 model(**enc)
+            if self.runner.packed:
+                self.runner.pooled(["warm up"], [None])
 
     def _load_causal(self) -> None:
         from tuneserve_server.engine.generation_setup import load_causal_serving
