@@ -114,7 +114,12 @@ class InferenceEngine:
         self.batcher.start()
         self._poll_task = loop.create_task(self._poll(), name="registry-poll")
         self.ready = True
-        log.info("engine ready", base_model=self.source.model_id, adapters_known=self.catalog.seq)
+        log.info(
+            "engine ready",
+            base_model=self.source.model_id,
+            adapters_known=self.catalog.seq,
+            packed_batches=self.task is TaskType.CLASSIFICATION and self.runner.packed,
+        )
 
     async def stop(self) -> None:
         self.ready = False
