@@ -914,9 +914,10 @@ def interpretation(args, res) -> str:
         b16 = prof.get(f"{r} rows, {r} adapters, gathered bank (the server)", float("nan"))
         out.append(
             f"- **Mixing cost** (throughput vs. K=1): {mix}. The server applies LoRA with the gathered bank "
-            f"(engine/lora_batched.py): per layer one gather of each row's stacked A/B and two batched "
-            f"products, whatever the number of distinct adapters; a batch that names one adapter skips the "
-            f"gather. In-process, one {r}-row forward through the bank takes {b1:.1f} ms with 1 adapter, "
+            f"(engine/lora_batched.py): over packed tokens (the default now) one product pair per adapter's "
+            f"run of tokens in each layer (the runner groups a batch's rows by adapter); in the padded forward "
+            f"one gather of each row's stacked A/B and two batched products. In-process, one {r}-row padded "
+            f"forward through the bank takes {b1:.1f} ms with 1 adapter, "
             f"{b8:.1f} ms with 8 and {b16:.1f} ms with {r} ({div(b8, b1):.2f}x and {div(b16, b1):.2f}x). peft's "
             f"`adapter_names=` path (what the server used before) loops over the distinct adapters in every "
             f"layer: {p_n1:.1f} ms with 1, {p_n8:.1f} ms with 8, {p_n16:.1f} ms with {r} "
