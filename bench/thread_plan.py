@@ -229,6 +229,13 @@ def report(args, res, default_threads: int, load_before: float, runtime: float) 
         )
     elif "compile_error" in res:
         plan.append(f"- **torch.compile** failed here: `{res['compile_error']}`; not adopted.")
+    else:
+        plan.append(
+            "- **torch.compile:** not measured in this run (`--no-compile`). Tried on this 2-core machine "
+            "while writing issue #18: inductor's first call of `torch.compile(packed_forward, dynamic=True)` "
+            "had not returned after 4.5 minutes (the run was stopped), a start-up cost per shape family the "
+            "server cannot pay; not adopted."
+        )
     plan.append(
         "- **oneDNN settings:** none changed. torch's CPU Linear in float32 already goes to oneDNN/MKL "
         "GEMMs; the one knob that would speed float32 up (`torch.backends.mkldnn.matmul.fp32_precision = "
