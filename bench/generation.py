@@ -129,7 +129,9 @@ def publish_adapters(data_dir: Path, count: int, rank: int) -> list[str]:
     return names
 
 
-def in_process(data_dir: Path, adapter: str, max_new: int, threads: int) -> dict[str, float]:
+def in_process(
+    data_dir: Path, adapter: str, max_new: int, threads: int, device: str = "cpu"
+) -> dict[str, float]:
     """The baseline: the published adapter under peft on the base model, plain generate."""
     import torch
     from peft import PeftModel
@@ -143,15 +145,15 @@ def in_process(data_dir: Path, adapter: str, max_new: int, threads: int) -> dict
 
     torch.set_num_threads(threads)
     source = resolve_base_model("smollm2")
-    tok, lm = load_causal_lm(source.path, "cpu", data_dir / "models")
+    tok, lm = load_causal_lm(source.path, device, data_dir / "models")
     model = PeftModel.from_pretrained(lm, str(data_dir / "adapters" / NAMESPACE / adapter / "1")).eval()
     eos = eos_token_ids(tok, lm)
     encoded = [tok(render_prompt(tok, [("user", p)]), add_special_tokens=False)["input_ids"] for p in PROMPTS]
 
     def gen(rows: list[list[int]], n: int) -> int:
         width = max(len(r) for r in rows)
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids,
@@ -229,13 +231,15 @@ def through_service(target: str, adapters: list[str], streams: int, max_new: int
     return {"tps": tokens / wall, "ttft_ms": statistics.median(ttft) * 1000, "tokens": tokens}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="torch threads, in-process and in the server")
+    ap.add_argument("--device", default="cpu", help="torch device, in-process and in the server (cpu, cuda)")
+    ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to rewrite")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--save-json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     load_before = os.getloadavg()[0]
@@ -245,7 +249,7 @@ def main() -> int:
     names = publish_adapters(data_dir, 4, rank=8)
     log(f"published {len(names)} adapters in {time.monotonic() - t_start:.0f}s")
 
-    base = in_process(data_dir, names[0], args.max_new_tokens, args.threads)
+    base = in_process(data_dir, names[0], args.max_new_tokens, args.threads, args.device)
     log(f"in-process: {base}")
 
     port = free_port()
@@ -270,6 +274,8 @@ def main() -> int:
             "smollm2",
             "--torch-threads",
             str(args.threads),
+            "--device",
+            args.device,
             "--metrics-port",
             "0",
             "--max-new-tokens-limit",
@@ -350,8 +356,8 @@ Command: `flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/generation.py`.
   gathered LoRA bank: one gathered product per layer) and sampling settings; the in-process batch-8 baseline pads every row
   to the batch's longest answer instead.
 """
-        write_docs(DOCS, SECTION, body)
-        log(f"wrote {DOCS}")
+        write_docs(args.docs, SECTION, body)
+        log(f"wrote {args.docs}")
     return 0
 
 

@@ -102,11 +102,21 @@ class ApiServer(Server):
     """`tuneserve api` (no trainer worker) as a child process; the harness's Server supplies
     wait_serving / stop / log_tail. Adds a /metrics port and the serving settings under test."""
 
-    def __init__(self, data_dir: Path, *, dtype: str, max_resident: int, threads: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        dtype: str,
+        max_resident: int,
+        threads: int = 0,
+        packed: bool = True,
+        device: str = "cpu",
+    ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / f"api-{dtype}.log"
+        self.path = "packed" if packed else "padded"
+        self.log_path = data_dir.parent / f"api-{dtype}-{self.path}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNESERVE_")}
         env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         self.cmd = [
@@ -138,11 +148,17 @@ class ApiServer(Server):
             "0.5",
             "--torch-threads",
             str(threads),
+            # padded: one padded batch per forward, the code path before issue #18 (main's);
+            # packed: the batch's real tokens only (engine/packed.py), the default now.
+            "--classify-packed",
+            "true" if packed else "false",
+            "--device",
+            device,
         ]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         log(
-            f"started tuneserve api ({dtype}) pid {self.proc.pid} on {self.target}, metrics :{self.metrics_port}"
+            f"started tuneserve api ({dtype}, {self.path}) pid {self.proc.pid} on {self.target}, metrics :{self.metrics_port}"
         )
 
     def metrics(self) -> dict[str, float]:
@@ -301,6 +317,8 @@ def build_adapters(
         "validation_accuracy": result.metrics["accuracy"],
         "labels": len(result.meta.labels),
         "adapter_file_bytes": sum(p.stat().st_size for p in pristine.iterdir()),
+        "lora_rank": result.meta.lora_rank,
+        "lora_targets": list(result.meta.target_modules),
     }
 
 
@@ -413,6 +431,96 @@ def drive(
     return out
 
 
+def throughput_by_k(
+    server: ApiServer, ks: list[int], texts: list[str], args, phase, label: str
+) -> dict[int, dict]:
+    """drive() at each K (all K adapters made resident first) on `server`."""
+    from tuneserve_client import Client
+
+    out: dict[int, dict] = {}
+    with Client(server.target, timeout=300) as client:
+        for k in ks:
+            refs = [adapter_name(i) for i in range(k)]
+            for ref in refs:
+                client.load_adapter(ref)
+            phase(f"{label} K={k}")
+            r = drive(server.target, refs, texts, args.clients, args.warmup, args.seconds, server)
+            out[k] = r
+            log(
+                f"{label} K={k}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                f"{r['rows_per_batch']:.1f} rows/batch, forward {r['forward_ms']:.1f} ms, errors {r['errors']}"
+            )
+    return out
+
+
+def padded_server_run(
+    data_dir: Path, args, dtype: str, ks: list[int], texts: list[str], phase
+) -> dict[int, dict]:
+    """The same throughput runs on a fresh server with `--classify-packed false`: main's
+    padded forward, measured in the same run as the packed one (the before/after table)."""
+    phase(f"{dtype} padded server")
+    server = ApiServer(
+        data_dir,
+        dtype=dtype,
+        max_resident=args.max_resident,
+        threads=args.threads,
+        packed=False,
+        device=args.device,
+    )
+    try:
+        server.wait_serving()
+        return throughput_by_k(server, ks, texts, args, phase, f"{dtype} padded")
+    except BaseException:
+        tail = server.log_tail()
+        if tail:
+            print(f"--- padded server log (tail) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+
+
+def hardware_figures(texts: list[str], setup: dict, reps: int, device: str = "cpu") -> dict[str, float]:
+    """This machine's matmul rate (float32, bfloat16), the FLOPs a real Banking77 token costs
+    through MiniLM with the bench adapters' LoRA, and what tokenising a 16-row batch costs
+    next to its packed forward (where tokenisation runs: see the thread plan)."""
+    import torch
+    from hardware import encoder_flops_per_token, matmul_rate
+
+    from tuneserve_server.modeling import load_encoder, resolve_base_model
+
+    tok, model = load_encoder(resolve_base_model("minilm"), "cpu")
+    lengths = [len(x) for x in tok(texts, truncation=True, max_length=128)["input_ids"]]
+    mean_tokens = sum(lengths) / len(lengths)
+    flops = encoder_flops_per_token(model, mean_tokens, setup["lora_rank"], setup["lora_targets"])
+    rows = texts[:PROFILE_ROWS]
+    tokenize = []
+    for _ in range(reps + 2):
+        t0 = time.perf_counter()
+        tok(rows, truncation=True, max_length=128)
+        tokenize.append(time.perf_counter() - t0)
+    return {
+        "f32_rate": matmul_rate("float32", device, 4096 if device.startswith("cuda") else 1024),
+        "bf16_rate": matmul_rate("bfloat16", device, 4096 if device.startswith("cuda") else 1024),
+        "size": 4096 if device.startswith("cuda") else 1024,
+        "mean_tokens": mean_tokens,
+        "flops_per_token": flops["total"],
+        "flops_linear": flops["linear"],
+        "flops_lora": flops["lora"],
+        "flops_attention": flops["attention"],
+        "tokenize_ms": percentile(tokenize[2:], 50) * 1000,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def bound_fraction(res, r: dict, dtype: str) -> float:
+    """Achieved FLOP/s (real tokens only) over this machine's measured matmul rate."""
+    hw = res.get("hw")
+    if not hw or not r:
+        return float("nan")
+    rate = hw["bf16_rate"] if dtype == "bfloat16" else hw["f32_rate"]
+    return r["rps"] * hw["mean_tokens"] * hw["flops_per_token"] / rate
+
+
 def accuracy(client, ref: str, rows: list[tuple[str, str]]) -> tuple[float, list[str], float]:
     """Test accuracy of `ref` over `rows`, its predicted labels, and the seconds it took."""
     t0 = time.perf_counter()
@@ -456,7 +564,7 @@ class NaiveBaseline:
     """What a user would write without the service: transformers + peft, every adapter
     loaded into one PeftModel, one request at a time with set_adapter per request."""
 
-    def __init__(self, dirs: dict[str, Path]) -> None:
+    def __init__(self, dirs: dict[str, Path], device: str = "cpu") -> None:
         import torch
         import transformers
         from peft import PeftModel
@@ -468,6 +576,7 @@ class NaiveBaseline:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
         self.torch = torch
+        self.device = device
         source = resolve_base_model("minilm")
         self.tokenizer = AutoTokenizer.from_pretrained(source.path)
         base = AutoModel.from_pretrained(source.path).eval()
@@ -476,16 +585,16 @@ class NaiveBaseline:
         self.model = PeftModel.from_pretrained(base, str(dirs[names[0]]), adapter_name=names[0])
         for name in names[1:]:
             self.model.load_adapter(str(dirs[name]), adapter_name=name)
-        self.model.eval()
-        self.heads = {name: load_head(d, "cpu") for name, d in dirs.items()}
+        self.model.to(device).eval()
+        self.heads = {name: load_head(d, device) for name, d in dirs.items()}
         self.labels = {name: AdapterMeta.read(d).labels for name, d in dirs.items()}
 
     def add(self, name: str, directory: Path) -> None:
         from tuneserve_server.modeling import AdapterMeta, load_head
 
         self.model.load_adapter(str(directory), adapter_name=name)
-        self.model.eval()
-        self.heads[name] = load_head(directory, "cpu")
+        self.model.to(self.device).eval()
+        self.heads[name] = load_head(directory, self.device)
         self.labels[name] = AdapterMeta.read(directory).labels
 
     def predict(self, name: str, text: str) -> tuple[str, float]:
@@ -495,6 +604,7 @@ class NaiveBaseline:
         self.model.set_adapter(name)
         with torch.inference_mode():
             enc = self.tokenizer([text], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            enc = enc.to(self.device)
             hidden = self.model(**enc).last_hidden_state
             probs = torch.softmax(self.heads[name](mean_pool(hidden, enc["attention_mask"])), -1)[0]
             i = int(probs.argmax())
@@ -508,26 +618,46 @@ class NaiveBaseline:
         from tuneserve_server.modeling import module_names, resolve_base_model
 
         dtype = getattr(self.torch, dtype_name)
-        encoder = AutoModel.from_pretrained(resolve_base_model("minilm").path).eval().to(dtype)
+        encoder = AutoModel.from_pretrained(resolve_base_model("minilm").path).eval().to(self.device, dtype)
         self.bank = LoraBank(encoder, module_names(encoder), capacity=len(dirs), dtype=dtype)
         for name, directory in dirs.items():
             self.bank.install(name, read_lora(directory, dtype=dtype, module_paths=self.bank.module_paths()))
         self.bank_model = encoder
 
     def forward_bank(self, texts: list[str], adapter_names: list[str]) -> None:
-        with self.torch.inference_mode(), self.bank.selecting(adapter_names):
+        with self.torch.inference_mode(), self.bank.selecting(adapter_names, self.device):
             enc = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-            self.bank_model(**enc)
+            self.bank_model(**enc.to(self.device))
+        self.sync()
+
+    def forward_bank_packed(self, texts: list[str], adapter_names: list[str]) -> None:
+        """The server's packed forward (engine/packed.py) through the same bank."""
+        from tuneserve_server.engine.packed import packed_forward
+
+        with self.torch.inference_mode():
+            ids = self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]
+            order = sorted(range(len(ids)), key=lambda i: adapter_names[i])
+            ids = [ids[i] for i in order]
+            with self.bank.selecting_tokens([adapter_names[i] for i in order], [len(x) for x in ids]):
+                packed_forward(self.bank_model, ids, self.device)
+        self.sync()
+
+    def sync(self) -> None:
+        """Wait for queued GPU work, so the profile times what ran (a no-op on the CPU)."""
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize()
 
     def forward_rows(self, texts: list[str], adapter_names: list[str] | None) -> None:
         """One forward of `texts` (encoder only), with peft's mixed-batch `adapter_names`, or
         with the active adapter when None."""
         with self.torch.inference_mode():
             enc = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+            enc = enc.to(self.device)
             if adapter_names is None:
                 self.model(**enc)
             else:
                 self.model(**enc, adapter_names=adapter_names)
+        self.sync()
 
 
 def run_baseline(
@@ -571,12 +701,23 @@ def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tu
         f"{r} rows, 1 adapter, gathered bank (the server)": ("bank", [names[0]] * r),
         f"{r} rows, 8 adapters, gathered bank (the server)": ("bank", [names[i % 8] for i in range(r)]),
         f"{r} rows, {r} adapters, gathered bank (the server)": ("bank", [names[i % r] for i in range(r)]),
+        f"{r} rows, 1 adapter, gathered bank, packed (the server now)": ("packed", [names[0]] * r),
+        f"{r} rows, 8 adapters, gathered bank, packed (the server now)": (
+            "packed",
+            [names[i % 8] for i in range(r)],
+        ),
+        f"{r} rows, {r} adapters, gathered bank, packed (the server now)": (
+            "packed",
+            [names[i % r] for i in range(r)],
+        ),
         "1 row, 1 adapter, set_adapter": "single",
     }
 
     def call(arg) -> None:
         if arg == "single":
             model.forward_rows(rows[:1], None)
+        elif isinstance(arg, tuple) and arg[0] == "packed":
+            model.forward_bank_packed(rows, arg[1])
         elif isinstance(arg, tuple):
             model.forward_bank(rows, arg[1])
         else:
@@ -773,14 +914,24 @@ def interpretation(args, res) -> str:
         b16 = prof.get(f"{r} rows, {r} adapters, gathered bank (the server)", float("nan"))
         out.append(
             f"- **Mixing cost** (throughput vs. K=1): {mix}. The server applies LoRA with the gathered bank "
-            f"(engine/lora_batched.py): per layer one gather of each row's stacked A/B and two batched "
-            f"products, whatever the number of distinct adapters; a batch that names one adapter skips the "
-            f"gather. In-process, one {r}-row forward through the bank takes {b1:.1f} ms with 1 adapter, "
+            f"(engine/lora_batched.py): over packed tokens (the default now) one product pair per adapter's "
+            f"run of tokens in each layer (the runner groups a batch's rows by adapter); in the padded forward "
+            f"one gather of each row's stacked A/B and two batched products. In-process, one {r}-row padded "
+            f"forward through the bank takes {b1:.1f} ms with 1 adapter, "
             f"{b8:.1f} ms with 8 and {b16:.1f} ms with {r} ({div(b8, b1):.2f}x and {div(b16, b1):.2f}x). peft's "
             f"`adapter_names=` path (what the server used before) loops over the distinct adapters in every "
             f"layer: {p_n1:.1f} ms with 1, {p_n8:.1f} ms with 8, {p_n16:.1f} ms with {r} "
             f"({div(p_n8, p_n1):.2f}x and {div(p_n16, p_n1):.2f}x); one adapter made active with `set_adapter`: "
             f"{p_set:.1f} ms."
+        )
+        pk8 = prof.get(f"{r} rows, 8 adapters, gathered bank, packed (the server now)", float("nan"))
+        hw = res.get("hw") or {}
+        out.append(
+            f"- **Padding:** the server now runs each batch's real tokens only (engine/packed.py): the same "
+            f"{r}-row, 8-adapter forward takes {pk8:.1f} ms packed vs {b8:.1f} ms padded in-process "
+            f"(x{div(b8, pk8):.2f}). Tokenising those {r} rows takes {hw.get('tokenize_ms', float('nan')):.2f} ms "
+            f"({div(hw.get('tokenize_ms', float('nan')), pk8) * 100:.1f}% of the packed forward), which is why "
+            f"tokenisation stays on the torch thread (see the thread plan)."
         )
     if k8:
         out.append(
@@ -891,6 +1042,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 server")
     ap.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the servers (--device) and the in-process baseline/profile/matmul rate: cpu, cuda, "
+        "cuda:1 (the setup training stays on the CPU)",
+    )
+    ap.add_argument(
+        "--paths",
+        default="packed,padded",
+        help="forward paths to measure: packed (the default now) and padded (--classify-packed false, "
+        "main's path before issue #18) on fresh servers in the same run; 'packed' alone skips the baseline path",
+    )
+    ap.add_argument(
         "--test-rows",
         type=int,
         default=0,
@@ -923,6 +1086,9 @@ def main(argv: list[str] | None = None) -> int:
         res = saved["results"]
         res["tput"] = {int(k): v for k, v in res["tput"].items()}
         res["bf16_by_k"] = {int(k): v for k, v in res.get("bf16_by_k", {}).items()}
+        for key in ("padded_tput", "bf16_padded"):
+            if key in res:
+                res[key] = {int(k): v for k, v in res[key].items()}
         run_args = argparse.Namespace(**{**vars(ap.parse_args([])), **saved["args"]})
         if args.compare_json:
             res["compare"] = load_compare(args.compare_json)
@@ -933,6 +1099,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"wrote section to {args.docs}")
         return 0
     ks = [int(x) for x in args.k.split(",") if x]
+    paths = {x for x in args.paths.split(",") if x}
+    if not paths <= {"packed", "padded"} or "packed" not in paths:
+        ap.error("--paths: packed, optionally with padded (packed,padded)")
     points = [int(x) for x in args.memory_points.split(",") if x]
     needed = max([*ks, *points, args.cold_n, BASELINE_ADAPTERS, PROFILE_ROWS])
     if args.adapters < needed:
@@ -982,7 +1151,13 @@ def main(argv: list[str] | None = None) -> int:
         # ---- float32 server -----------------------------------------------------------
         phase("float32 server")
         t_srv = time.monotonic()
-        server = ApiServer(data_dir, dtype="float32", max_resident=args.max_resident, threads=args.threads)
+        server = ApiServer(
+            data_dir,
+            dtype="float32",
+            max_resident=args.max_resident,
+            threads=args.threads,
+            device=args.device,
+        )
         server.wait_serving()
         res["start_s"] = time.monotonic() - t_srv
         log(f"float32 server SERVING after {res['start_s']:.1f}s")
@@ -1031,6 +1206,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"float32 accuracy of {adapter_name(0)}: {acc32:.4f} ({acc32_s:.0f}s)")
         server.stop()
         server = None
+        if "padded" in paths:
+            res["padded_tput"] = padded_server_run(data_dir, args, "float32", ks, texts, phase)
 
         # ---- naive baseline, in this process, server stopped ----------------------------
         gc.collect()
@@ -1039,10 +1216,17 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         res["inproc_threads"] = torch.get_num_threads()
         dirs = {adapter_name(i): adapter_dir(data_dir, i) for i in range(BASELINE_ADAPTERS)}
-        naive = NaiveBaseline(dirs)
+        naive = NaiveBaseline(dirs, args.device)
         res["base_bytes"] = naive.base_bytes
         res["baseline"] = run_baseline(naive, list(dirs), texts, args.warmup, args.seconds)
         log(f"naive baseline: {res['baseline']['rps']:.1f} req/s")
+        phase("matmul rate")
+        res["hw"] = hardware_figures(texts, setup, args.profile_reps, args.device)
+        log(
+            f"matmul: float32 {res['hw']['f32_rate'] / 1e9:.0f} GFLOP/s, bfloat16 {res['hw']['bf16_rate'] / 1e9:.0f} "
+            f"GFLOP/s; {res['hw']['flops_per_token'] / 1e6:.1f} MFLOP per real token, "
+            f"{res['hw']['mean_tokens']:.1f} tokens per query"
+        )
         for i in range(BASELINE_ADAPTERS, PROFILE_ROWS):
             naive.add(adapter_name(i), adapter_dir(data_dir, i))
         naive.build_bank({adapter_name(i): adapter_dir(data_dir, i) for i in range(PROFILE_ROWS)})
@@ -1056,7 +1240,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_bf16:
             phase("bfloat16 server")
             server = ApiServer(
-                data_dir, dtype="bfloat16", max_resident=args.max_resident, threads=args.threads
+                data_dir,
+                dtype="bfloat16",
+                max_resident=args.max_resident,
+                threads=args.threads,
+                device=args.device,
             )
             server.wait_serving()
             with Client(server.target, timeout=300) as client:
@@ -1086,6 +1274,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"bfloat16 accuracy: {acc16:.4f} ({acc16_s:.0f}s)")
             server.stop()
             server = None
+            if "padded" in paths:
+                bf_ks = [k for k in ks if k == 8] or ks[:1]
+                res["bf16_padded"] = padded_server_run(data_dir, args, "bfloat16", bf_ks, texts, phase)
     except BaseException:
         if server is not None:
             server.stop()
@@ -1130,6 +1321,59 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- report
+def before_after_table(res) -> str:
+    """Padded (main's forward) against packed (this code), same run, fresh servers; and the
+    fraction of the measured compute bound each reaches."""
+    base = res["baseline"]
+    hw = res.get("hw")
+    lines = []
+    if hw:
+        lines.append(
+            f"**Compute bound.** This machine's matmul rate, measured in this run (one {hw.get('size', 1024)}x{hw.get('size', 1024)} product, "
+            f"{hw['threads']} torch threads, best of ~1 s): float32 **{hw['f32_rate'] / 1e9:.0f} GFLOP/s**, "
+            f"bfloat16 **{hw['bf16_rate'] / 1e9:.0f} GFLOP/s**. A Banking77 test query is {hw['mean_tokens']:.1f} "
+            f"tokens (MiniLM tokenizer, [CLS]/[SEP] included); a real token costs "
+            f"{hw['flops_per_token'] / 1e6:.1f} MFLOP through MiniLM's 6 layers with the bench adapters' LoRA "
+            f"(Linears {hw['flops_linear'] / 1e6:.1f}, LoRA products {hw['flops_lora'] / 1e6:.2f}, attention "
+            f"{hw['flops_attention'] / 1e6:.2f} MFLOP), so a query is "
+            f"{hw['mean_tokens'] * hw['flops_per_token'] / 1e9:.2f} GFLOP and the bound is "
+            f"{hw['f32_rate'] / (hw['mean_tokens'] * hw['flops_per_token']):.0f} queries/s in float32, "
+            f"{hw['bf16_rate'] / (hw['mean_tokens'] * hw['flops_per_token']):.0f} in bfloat16. The fraction "
+            f"below is achieved real-token FLOP/s over that rate (padding counts as waste)."
+        )
+        lines.append("")
+    lines += [
+        "| forward path | dtype | K | req/s | vs. naive | p50 (ms) | p99 (ms) | p99/p50 | rows per batch "
+        "| forward per row (ms) | fraction of compute bound |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups = [
+        ("padded (main)", "float32", res.get("padded_tput") or {}),
+        ("packed", "float32", res["tput"]),
+        ("padded (main)", "bfloat16", res.get("bf16_padded") or {}),
+        ("packed", "bfloat16", res.get("bf16_by_k") or {}),
+    ]
+    for name, dtype, by_k in groups:
+        for k, r in by_k.items():
+            lines.append(
+                f"| {name} | {dtype} | {k} | {r['rps']:.1f} | {div(r['rps'], base['rps']):.2f}x | {r['p50']:.1f} "
+                f"| {r['p99']:.1f} | {div(r['p99'], r['p50']):.2f} | {fmt(r.get('rows_per_batch', float('nan')))} "
+                f"| {fmt(div(r.get('forward_ms', float('nan')), r.get('rows_per_batch', float('nan'))), 2)} "
+                f"| {fmt(bound_fraction(res, r, dtype), 2)} |"
+            )
+    ratios = []
+    for dtype, before, after in (
+        ("float32", res.get("padded_tput") or {}, res["tput"]),
+        ("bfloat16", res.get("bf16_padded") or {}, res.get("bf16_by_k") or {}),
+    ):
+        for k in before:
+            if k in after:
+                ratios.append(f"{dtype} K={k} **{div(after[k]['rps'], before[k]['rps']):.2f}x**")
+    if ratios:
+        lines += ["", "Packed over padded throughput, same run: " + ", ".join(ratios) + "."]
+    return "\n".join(lines)
+
+
 def report(args, res):
     meta = res["meta"]
     setup = res["setup"]
@@ -1243,8 +1487,23 @@ def report(args, res):
         f"| service >= 4x the naive baseline's throughput, {args.clients} clients over 8 adapters, through gRPC "
         f"| {fmt(speedup, 2)}x ({fmt(k8['rps'] if k8 else float('nan'))} vs {base['rps']:.1f} req/s) | {yes(speedup >= 4)} |",
         f"| mixing cost: K=8 / K=1 >= 0.9 | {fmt(mix8, 2)} | {yes(mix8 >= 0.9)} |",
-        f"| mixing cost: K=64 / K=1 >= 0.9 | {fmt(mix64, 2)} | {yes(mix64 >= 0.9)} |",
+        f"| mixing cost: K=64 / K=1 >= 0.95 | {fmt(mix64, 2)} | {yes(mix64 >= 0.95)} |",
     ]
+    if k8:
+        tail = div(k8["p99"], k8["p50"])
+        goal_lines.append(f"| p99 <= 2.5x p50 (float32, K=8) | {fmt(tail, 2)}x | {yes(tail <= 2.5)} |")
+    hw = res.get("hw")
+    if hw and k8:
+        frac = bound_fraction(res, k8, "float32")
+        goal_lines.append(
+            f"| fraction of the compute bound >= 0.5 (float32, K=8: real tokens x FLOPs per token / "
+            f"measured matmul rate) | {fmt(frac, 2)} | {yes(frac >= 0.5)} |"
+        )
+        if 8 in (res.get("bf16_by_k") or {}):
+            frac16 = bound_fraction(res, res["bf16_by_k"][8], "bfloat16")
+            goal_lines.append(
+                f"| the same in bfloat16 (against the bfloat16 matmul rate) | {fmt(frac16, 2)} | {yes(frac16 >= 0.5)} |"
+            )
     if bf_k1:
         for k in (8, 64):
             if k in bf_by_k:
@@ -1255,8 +1514,8 @@ def report(args, res):
     if 8 in bf_by_k:
         bf_speedup = div(bf_by_k[8]["rps"], base["rps"])
         goal_lines.append(
-            f"| the same >= 4x goal with the server in bfloat16 (the naive loop stays float32) | "
-            f"{fmt(bf_speedup, 2)}x ({bf_by_k[8]['rps']:.1f} vs {base['rps']:.1f} req/s) | {yes(bf_speedup >= 4)} |"
+            f"| >= 6x with the server in bfloat16 (the naive loop stays float32) | "
+            f"{fmt(bf_speedup, 2)}x ({bf_by_k[8]['rps']:.1f} vs {base['rps']:.1f} req/s) | {yes(bf_speedup >= 6)} |"
         )
     if acc16 is not None:
         goal_lines.append(
@@ -1273,6 +1532,7 @@ def report(args, res):
         f"| {yes(mem_ok)} |",
     ]
     goals_table = "\n".join(goal_lines)
+    before_after = before_after_table(res)
 
     bf16_text = ""
     if acc16 is not None:
@@ -1289,7 +1549,16 @@ def report(args, res):
 
     reading = interpretation(args, res)
     summary = "\n\n".join(
-        [throughput_table, goals_table, reading, server_table, profile_table, memory_table, cold_table]
+        [
+            throughput_table,
+            before_after,
+            goals_table,
+            reading,
+            server_table,
+            profile_table,
+            memory_table,
+            cold_table,
+        ]
     )
     summary += "\n" + bf16_text
     if res.get("compare"):
@@ -1356,6 +1625,8 @@ server and client threads count in the second figure). 1-minute load average as 
   re-measured): {"; ".join(f"{a}: {b}" for a, b in REFERENCES)}.
 
 {throughput_table}
+
+{before_after}
 
 {goals_table}
 

@@ -159,7 +159,7 @@ def run_baseline(args: argparse.Namespace, train: list, test: list, labels: list
             save_strategy="no",
             logging_steps=10,
             report_to=[],
-            use_cpu=True,
+            use_cpu=args.device == "cpu",
             disable_tqdm=True,
             dataloader_num_workers=0,
             **({"train_sampling_strategy": "group_by_length", "bf16": True} if tuned else {}),
@@ -183,7 +183,7 @@ def run_baseline(args: argparse.Namespace, train: list, test: list, labels: list
             chunk = [t for t, _ in test[i : i + 64]]
             batch = tokenizer(
                 chunk, padding=True, truncation=True, max_length=args.max_seq_length, return_tensors="pt"
-            )
+            ).to(next(model.parameters()).device)
             logits = model(**batch)["logits"]
             preds += [labels[j] for j in logits.argmax(-1).tolist()]
     return {"train_s": train_s, "steps": result.global_step, "preds": preds, "tuned": tuned}
@@ -195,7 +195,7 @@ def run_service(args: argparse.Namespace, train: list, validation: list, test: l
 
     from tuneserve_client import Client
 
-    server = Server(tmp / "data", free_port())
+    server = Server(tmp / "data", free_port(), extra=["--device", args.device])
     try:
         server.wait_serving()
         with (
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validation-fraction", type=float, default=0.1)
     ap.add_argument(
         "--test-rows", type=int, default=None, help="score on the first N test rows of the chosen intents"
+    )
+    ap.add_argument(
+        "--device", default="cpu", help="torch device for both sides: cpu, cuda, cuda:1 (server --device)"
     )
     ap.add_argument("--docs", type=Path, default=DOCS)
     ap.add_argument("--no-docs", action="store_true")

@@ -89,6 +89,11 @@ class Settings:
         "keeps closed-loop callers in one full batch instead of two alternating half-full ones",
         default=0.5,
     )
+    classify_packed: bool = _s(
+        "classification serving: run each batch's forward pass over its real tokens only (packed, "
+        "no padding; BERT-family bases, others always pad); false: one padded batch (engine/packed.py)",
+        default=True,
+    )
     max_queue_rows: int = _s("queued rows past which Predict gets RESOURCE_EXHAUSTED", default=2048)
     max_predict_inputs: int = _s("most texts in one Predict call", default=256)
     max_text_chars: int = _s("longest text accepted, in characters", default=4096)

@@ -3,6 +3,7 @@ answers, warm-up and pinning, back-pressure, deadlines, the bfloat16 mode."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from conftest import Proc, auth_channel, banking77, free_port, wait_serving
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
-from tuneserve_client import Client, NotFound
+from tuneserve_client import Client, NotFound, TuneserveError
 
 QUERIES = [t for t, _ in banking77("test", per_label=6)]
 
@@ -162,3 +163,81 @@ def test_bfloat16_mode_agrees_with_float32(cluster, trained, tmp_path):
         assert max(abs(x.score - y.score) for x, y in zip(a, b) if x.label == y.label) < 0.1
     finally:
         api.stop()
+
+
+@pytest.fixture(scope="module")
+def calibrated(cluster):
+    """`routed`: an adapter with a fitted uncertainty model (enough validation rows)."""
+    with cluster.client(timeout=60) as client:
+        job = client.train(
+            "routed",
+            banking77("train", per_label=40),
+            validation_fraction=0.4,
+            epochs=1,
+            learning_rate=2e-3,
+            request_id="fixture-routed-v1",
+        )
+        job = client.wait(job, timeout=600, poll_interval=0.3)
+    assert job.state == "SUCCEEDED", job.error
+    assert job.metrics.get("uncertainty_validation_rows", 0) > 0
+    return f"routed@{job.adapter_version}"
+
+
+def test_packed_serving_equals_the_padded_path(cluster, two_versions, calibrated, tmp_path):
+    """The cluster's API serves packed batches (the default); a second API on the same data
+    runs the padded forward (classify_packed=false). Concurrent calls of random lengths over
+    three adapter versions (one with an uncertainty model, two without), some asking for sets
+    and abstention, get the same answers from both: probabilities within 1e-5, the same sets
+    and decisions, the same refusals."""
+    padded = Proc("api", cluster.data_dir, tmp_path, port=free_port(), classify_packed="false")
+    try:
+        wait_serving(padded.target)
+        assert "packed_batches=False" in padded.log() or '"packed_batches": false' in padded.log()
+        assert "packed_batches=True" in cluster.api.log() or '"packed_batches": true' in cluster.api.log()
+        rng = random.Random(18)
+        pool = QUERIES + [" ".join(rng.sample(QUERIES, rng.randint(2, 12))) for _ in range(10)]
+        refs = [f"intents@{v}" for v in two_versions] + [calibrated]
+        calls = [
+            (rng.choice(refs), rng.sample(pool, rng.randint(1, 5)), rng.random() < 0.5) for _ in range(40)
+        ]
+
+        def answers(target: str, api_key: str | None):
+            def one(call):
+                ref, texts, unsure = call
+                with Client(target, timeout=60, api_key=api_key) as c:
+                    extra = {"confidence": 0.9, "uncertainty": True} if unsure else {}
+                    try:
+                        return c.predict(ref, texts, probabilities=True, **extra)
+                    except TuneserveError as exc:  # a version without calibration asked for it
+                        return exc.code.name, str(exc)
+
+            with ThreadPoolExecutor(8) as threads:
+                return list(threads.map(one, calls))
+
+        packed_answers = answers(cluster.api.target, cluster.api.api_key)
+        padded_answers = answers(padded.target, padded.api_key)
+        worst = 0.0
+        answered_unsure = refused = 0
+        for (_, _, unsure), got, want in zip(calls, packed_answers, padded_answers, strict=True):
+            if isinstance(want, tuple):
+                assert got == want and unsure and want[0] == "FAILED_PRECONDITION"
+                refused += 1
+                continue
+            answered_unsure += unsure
+            for g, w in zip(got, want, strict=True):
+                assert g.label == w.label
+                gp = {s.label: s.score for s in g.probabilities}
+                wp = {s.label: s.score for s in w.probabilities}
+                assert gp.keys() == wp.keys()
+                worst = max(worst, max(abs(gp[k] - wp[k]) for k in gp))
+                assert (g.prediction_set, g.abstain, g.out_of_domain) == (
+                    w.prediction_set,
+                    w.abstain,
+                    w.out_of_domain,
+                )
+                if unsure:
+                    assert g.prediction_set and g.ood_score == pytest.approx(w.ood_score, rel=1e-4, abs=1e-5)
+        assert worst <= 1e-5, worst
+        assert answered_unsure and refused  # both a calibrated and an uncalibrated version were asked
+    finally:
+        padded.stop()

@@ -13,6 +13,7 @@ import torch
 from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.domain.uncertainty import ConformalMode, UncertaintyRequest
 from tuneserve_server.engine.batching import PendingRequest
+from tuneserve_server.engine.packed import packed_forward, packed_mean_pool
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry, ResidentAdapter
 from tuneserve_server.modeling import mean_pool
 from tuneserve_server.storage.adapter_store import AdapterStore
@@ -48,12 +49,16 @@ class ClassificationRunner:
         *,
         device: str,
         max_length: int = 128,
+        packed: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.registry = registry
         self.adapter_store = adapter_store
         self.device = device
         self.max_length = max_length
+        # True: the forward runs over the batch's real tokens only (engine/packed.py); the
+        # engine sets it for BERT-family bases (settings.classify_packed).
+        self.packed = packed
 
     def _resident(self, keys: set[AdapterKey]) -> dict[AdapterKey, ResidentAdapter | Exception]:
         out: dict[AdapterKey, ResidentAdapter | Exception] = {}
@@ -96,13 +101,28 @@ class ClassificationRunner:
             self._forward(batch, resident, texts, slots, results)
         return [r if r is not None else [] for r in results]
 
+    def pooled(self, texts: list[str], slots: list[str | None]) -> torch.Tensor:
+        """Sentence embeddings (rows, hidden) of `texts`, row i under adapter `slots[i]`."""
+        if not self.packed:
+            enc = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            with self.registry.bank.selecting(slots, self.device):
+                hidden = self.registry.model(**enc).last_hidden_state
+            return mean_pool(hidden, enc["attention_mask"])
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        # Rows grouped by adapter: each adapter's tokens are one run for the LoRA bank.
+        order = sorted(range(len(texts)), key=lambda i: slots[i] or "")
+        ids = [ids[i] for i in order]
+        with self.registry.bank.selecting_tokens([slots[i] for i in order], [len(x) for x in ids]):
+            hidden, packing = packed_forward(self.registry.model, ids, self.device)
+        pooled = packed_mean_pool(hidden, packing)
+        inverse = torch.empty(len(order), dtype=torch.long, device=pooled.device)
+        inverse[torch.tensor(order, device=pooled.device)] = torch.arange(len(order), device=pooled.device)
+        return pooled.index_select(0, inverse)
+
     def _forward(self, batch, resident, texts, slots, results) -> None:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        with self.registry.bank.selecting(slots, self.device):
-            hidden = self.registry.model(**enc).last_hidden_state
-        pooled = mean_pool(hidden, enc["attention_mask"])
+        pooled = self.pooled(texts, slots)
         by_slot: dict[str, list[int]] = defaultdict(list)
         for row, slot in enumerate(slots):
             by_slot[slot].append(row)

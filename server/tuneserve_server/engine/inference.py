@@ -36,6 +36,7 @@ from tuneserve_server.engine.generation import (
 )
 from tuneserve_server.engine.loading import AdapterLoader
 from tuneserve_server.engine.lora_batched import LoraBank
+from tuneserve_server.engine.packed import supports_packed
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
 from tuneserve_server.modeling import (
     base_task,
@@ -113,7 +114,12 @@ class InferenceEngine:
         self.batcher.start()
         self._poll_task = loop.create_task(self._poll(), name="registry-poll")
         self.ready = True
-        log.info("engine ready", base_model=self.source.model_id, adapters_known=self.catalog.seq)
+        log.info(
+            "engine ready",
+            base_model=self.source.model_id,
+            adapters_known=self.catalog.seq,
+            packed_batches=self.task is TaskType.CLASSIFICATION and self.runner.packed,
+        )
 
     async def stop(self) -> None:
         self.ready = False
@@ -160,12 +166,18 @@ class InferenceEngine:
             bank=bank,
         )
         self.runner = ClassificationRunner(
-            self.tokenizer, self.registry, self.adapter_store, device=self.settings.device
+            self.tokenizer,
+            self.registry,
+            self.adapter_store,
+            device=self.settings.device,
+            packed=self.settings.classify_packed and supports_packed(encoder),
         )
         with torch.inference_mode():  # warm-up: first-call allocations happen now, not on a user
             enc = self.tokenizer(["warm up"], return_tensors="pt").to(self.settings.device)
             with bank.selecting([None], self.settings.device):
                 model(**enc)
+            if self.runner.packed:
+                self.runner.pooled(["warm up"], [None])
 
     def _load_causal(self) -> None:
         from tuneserve_server.engine.generation_setup import load_causal_serving

@@ -163,7 +163,16 @@ class GatheredLoraLinear(torch.nn.Module):
         out = self.base(x)
         a_all, b_all = self.A, self.B
         bank = self.bank[0]
-        if a_all is None or bank.batch_rows is None:
+        if a_all is None:
+            return out
+        if bank.segments is not None:  # packed tokens: one contiguous run of tokens per adapter
+            x2 = x.reshape(-1, x.shape[-1])
+            out2 = out.view(-1, out.shape[-1])
+            for start, end, row in bank.segments:
+                if row in self.ranks:
+                    out2[start:end].addmm_(x2[start:end] @ a_all[row], b_all[row])
+            return out
+        if bank.batch_rows is None:
             return out
         if bank.single_row is not None:  # every row names the same adapter: no gather needed
             if bank.single_row not in self.ranks:
@@ -254,6 +263,8 @@ class LoraBank:
         self._rows = 1  # allocated rows, row 0 included
         self.batch_rows: torch.Tensor | None = None  # per input row: bank row (during a forward)
         self.single_row: int | None = None  # set when every input row names the same bank row
+        # Packed forward (engine/packed.py): (first token, end token, bank row) per run of tokens.
+        self.segments: list[tuple[int, int, int]] | None = None
 
     # -------------------------------------------------- queries
     def __contains__(self, slot: str) -> bool:
@@ -341,3 +352,25 @@ class LoraBank:
         finally:
             self.batch_rows = None
             self.single_row = None
+
+    @contextmanager
+    def selecting_tokens(self, slots: Sequence[str | None], lengths: Sequence[int]) -> Iterator[None]:
+        """Within the block, a forward pass over packed tokens (sequence i's `lengths[i]`
+        tokens after sequence i-1's) uses adapter `slots[i]` for sequence i's tokens. Adjacent
+        sequences of one adapter form one run: order the sequences by adapter for fewest."""
+        segments: list[tuple[int, int, int]] = []
+        start = 0
+        for slot, length in zip(slots, lengths, strict=True):
+            row = 0 if slot is None else self._row_of[slot]
+            if segments and segments[-1][2] == row:
+                segments[-1] = (segments[-1][0], start + length, row)
+            elif row:
+                segments.append((start, start + length, row))
+            else:  # the base model: no LoRA product, but a run boundary
+                segments.append((start, start + length, 0))
+            start += length
+        self.segments = segments
+        try:
+            yield
+        finally:
+            self.segments = None

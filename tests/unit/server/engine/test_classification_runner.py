@@ -14,6 +14,7 @@ import torch
 from tuneserve_server.domain.errors import FailedPrecondition, NotFound
 from tuneserve_server.engine.batching import PendingRequest
 from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
+from tuneserve_server.engine.packed import supports_packed
 from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.modeling import load_head, mean_pool
 from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
@@ -51,11 +52,25 @@ def world(tmp_path_factory, make_tiny_base, tokenizer):
     return base, store
 
 
+PATH = {"packed": False}  # the forward path the current test runs (the fixture below)
+
+
+@pytest.fixture(autouse=True, params=["padded", "packed"])
+def forward_path(request):
+    """Every test here runs through both forward paths: the padded batch and the packed one
+    (engine/packed.py), each checked against plain peft."""
+    PATH["packed"] = request.param == "packed"
+    yield request.param
+    PATH["packed"] = False
+
+
 def make_runner(world, tokenizer, max_resident: int = 4) -> ClassificationRunner:
     """The runner as the server builds it: the registry over the base and its LoRA bank."""
     base, store = world
     registry = base.serving_registry(max_resident=max_resident, max_rank=8)
-    return ClassificationRunner(tokenizer, registry, store, device="cpu")
+    runner = ClassificationRunner(tokenizer, registry, store, device="cpu", packed=PATH["packed"])
+    assert not runner.packed or supports_packed(registry.model)
+    return runner
 
 
 @pytest.fixture
