@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from tuneserve_server.config import Settings
+from tuneserve_server.domain.aliases import PromotionPolicy
 from tuneserve_server.domain.errors import LeaseLost
 from tuneserve_server.domain.jobs import (
     Job,
@@ -205,7 +206,17 @@ class TrainerWorker:
                 size_bytes=size,
                 created_at=job.created_at,
             )
-            self.store.complete_job(job.id, self.worker_id, result.metrics, record, result.job_outputs())
+            promote, reason, promotion = self._promotion(spec, version)
+            outputs = {**(result.job_outputs() or {}), "promotion": promotion}
+            self.store.complete_job(
+                job.id,
+                self.worker_id,
+                result.metrics,
+                record,
+                outputs,
+                promote=promote,
+                promote_reason=reason,
+            )
             JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobPreempted:
@@ -225,6 +236,16 @@ class TrainerWorker:
             TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _promotion(self, spec: JobSpec, version: int) -> tuple[bool, str, dict]:
+        """Whether `default` should move to the new version, why, and what the job's
+        promotion result records (the store adds whether it moved)."""
+        policy = spec.promotion.policy
+        if policy is PromotionPolicy.MANUAL:
+            reason = f"promotion policy manual: {spec.adapter_name}@{version} is registered; PromoteVersion moves default"
+            return False, reason, {"policy": policy.value, "reason": reason}
+        reason = "promotion policy always"
+        return True, reason, {"policy": policy.value, "reason": reason}
 
     def _note_resume(self, job_id: str, step: int) -> None:
         try:
