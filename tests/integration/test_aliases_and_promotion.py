@@ -179,3 +179,33 @@ def test_bad_promotion_settings_are_refused_with_the_field(cluster, kwargs, fiel
     with cluster.client(timeout=60) as client, pytest.raises(InvalidArgument) as err:
         client.train("release", banking77("train", per_label=4), epochs=1, **kwargs)
     assert field in [f for f, _ in err.value.field_violations]
+
+
+def test_continued_training_from_an_alias_is_pinned_and_recorded(cluster, release):
+    """Train(init_from="release@default") starts from the version default points at when the
+    job is queued; new data with one new label and without one old label: the new version
+    keeps every old label and adds the new one; lineage is in GetJob and GetAdapter."""
+    from conftest import LABELS
+
+    data = banking77("train", labels=(*LABELS[1:], "card_linking"), per_label=8)
+    with cluster.client(timeout=60) as client:
+        default = client.get_adapter("release").default_version
+        job = client.train("grown", data, epochs=1, init_from="release@default")
+        assert (job.init_from, job.init_from_requested) == (f"release@{default}", "release@default")
+        job = client.wait(job, timeout=600, poll_interval=0.3)
+        assert job.state == "SUCCEEDED", job.error
+        adapter = client.get_adapter("grown")
+        (version,) = adapter.versions
+        assert version.init_from == f"release@{default}"
+        assert set(version.labels) == {*LABELS, "card_linking"}  # card_arrival kept, card_linking new
+        events = [e.message for e in client.watch_job(job.id)]
+        assert any(m.startswith(f"started from release@{default}; new labels") for m in events), events
+
+        with pytest.raises(InvalidArgument) as err:  # the rank must be the init version's
+            client.train("grown", data, epochs=1, init_from="release@1", lora_rank=4)
+        assert err.value.field_violations[0][0] == "init_from"
+        with pytest.raises(NotFound):
+            client.train("grown", data, epochs=1, init_from="never-existed@1")
+        with pytest.raises(InvalidArgument) as err:
+            client.train("grown", data, epochs=1, init_from="release@Bad")
+        assert err.value.field_violations[0][0] == "init_from"

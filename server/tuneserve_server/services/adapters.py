@@ -26,6 +26,35 @@ from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 
+
+def resolve_version(store: JobStore, ref: AdapterRef) -> AdapterVersionRecord:
+    """The live version `ref` names, read from the store (authoritative, whatever this
+    replica's view): name@version, name@alias, name@latest, or the bare name (`default`).
+    Blocking."""
+    records = store.adapter_versions(ref.namespace, ref.name)
+    if not records:
+        raise NotFound(f"adapter {ref.name!r} not found in namespace {ref.namespace!r}")
+    by_version = {r.version: r for r in records}
+    version = ref.version
+    if version is None:
+        if ref.alias == LATEST_ALIAS:
+            return records[-1]
+        alias = ref.alias or DEFAULT_ALIAS
+        aliases = {a.alias: a.version for a in store.adapter_aliases(ref.namespace, ref.name)}
+        if alias not in aliases:
+            if alias == DEFAULT_ALIAS:
+                return records[-1]  # written before aliases existed
+            raise NotFound(
+                f"adapter {ref.name!r} has no alias {alias!r} (aliases: {', '.join(sorted(aliases)) or 'none'})"
+            )
+        version = aliases[alias]
+    if version not in by_version:
+        raise NotFound(
+            f"adapter {ref.name!r} has no version {version} (versions: {', '.join(map(str, sorted(by_version)))})"
+        )
+    return by_version[version]
+
+
 # (namespace, name, version) -> (pinned, last_used, size_bytes) of the versions resident here
 Residency = dict[tuple[str, str, int], tuple[bool, float, int]]
 

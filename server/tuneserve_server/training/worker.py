@@ -40,6 +40,7 @@ from tuneserve_server.training.causal_lm import CausalLMRecipe
 from tuneserve_server.training.classification import ClassificationRecipe
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
+from tuneserve_server.warm_start import InitAdapter, read_init
 
 log = structlog.get_logger("tuneserve.worker")
 
@@ -186,6 +187,7 @@ class TrainerWorker:
                 on_progress=progress,
                 on_event=events,
                 on_resume=lambda step: self._note_resume(job.id, step),
+                init=self._init_adapter(spec),
             )
             result = run_recipe(factory(ctx), staging)
             beat.beat()  # record the final step before the job is marked done
@@ -205,6 +207,9 @@ class TrainerWorker:
                 lora_rank=result.meta.lora_rank,
                 size_bytes=size,
                 created_at=job.created_at,
+                lineage={"init_from": spec.init_from, "init_from_requested": spec.init_from_requested}
+                if spec.init_from
+                else {},
             )
             promote, reason, promotion = self._promotion(spec, version)
             outputs = {**(result.job_outputs() or {}), "promotion": promotion}
@@ -236,6 +241,14 @@ class TrainerWorker:
             TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _init_adapter(self, spec: JobSpec) -> InitAdapter | None:
+        """The stored version continued training starts from (pinned as "name@N" when the
+        job was queued), read from the adapter store."""
+        if not spec.init_from:
+            return None
+        name, _, version = spec.init_from.partition("@")
+        return read_init(self.adapters.open(spec.namespace, name, int(version)))
 
     def _promotion(self, spec: JobSpec, version: int) -> tuple[bool, str, dict]:
         """Whether `default` should move to the new version, why, and what the job's
