@@ -16,6 +16,7 @@ from tuneserve_client import cli_aliases, hyperparameters
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.errors import TuneserveError
+from tuneserve_client.eval_cli import add_eval_commands
 from tuneserve_client.reports import DataReport, JobEvent
 from tuneserve_client.types import JOB_STATES, Adapter, Generation, Job, ServerInfo
 
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="what the server serves, its limits, auth and features")
     info.set_defaults(handler=_cmd_info)
+    add_eval_commands(commands)
     return parser
 
 

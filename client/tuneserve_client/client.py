@@ -19,6 +19,7 @@ from tuneserve.v1 import (
     common_pb2,
     datasets_pb2,
     datasets_pb2_grpc,
+    evaluations_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     server_info_pb2,
@@ -29,6 +30,7 @@ from tuneserve.v1 import (
 from tuneserve_client.aliases import AliasMove, move_from_pb, promotion_pb
 from tuneserve_client.archive import HEAD_FILE, pack_directory, unpack_to
 from tuneserve_client.errors import Unavailable, from_rpc_error
+from tuneserve_client.evaluations import EvaluationsMixin
 from tuneserve_client.hyperparameters import doc as hyperparameters_doc
 from tuneserve_client.hyperparameters import set_hyperparameters
 from tuneserve_client.reports import (
@@ -134,7 +136,7 @@ def _dataset_id(dataset: str | Dataset | None) -> str:
     return "" if dataset is None else dataset.id if isinstance(dataset, Dataset) else dataset
 
 
-class Client:
+class Client(EvaluationsMixin):
     """A connection to a tuneserve server; use as a context manager or call `close()`.
 
     Every RPC gets a deadline: `timeout` seconds unless the method's own `timeout` says
@@ -178,6 +180,7 @@ class Client:
         self._adapters = adapters_pb2_grpc.AdapterServiceStub(channel)
         self._datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
         self._server_info = server_info_pb2_grpc.ServerInfoServiceStub(channel)
+        self._evaluations = evaluations_pb2_grpc.EvaluationServiceStub(channel)
 
     # --- lifecycle --------------------------------------------------------------------
 

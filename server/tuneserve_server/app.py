@@ -23,6 +23,7 @@ from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.auth import Authenticator
 from tuneserve_server.services.datasets import DatasetService
+from tuneserve_server.services.evaluations import EvaluationLimits, EvaluationService
 from tuneserve_server.services.inference import PredictionService, PredictLimits
 from tuneserve_server.services.jwt_auth import JwtVerifier
 from tuneserve_server.services.mtls import parse_mtls_tenants, principal_from_peer
@@ -58,6 +59,17 @@ def build_services(
             quotas=quotas_of(settings),
         ),
         adapters=AdapterService(store, adapter_store, engine),
+        evaluations=EvaluationService(
+            store,
+            engine,
+            EvaluationLimits(
+                max_rows=settings.max_evaluation_rows,
+                max_targets=settings.max_evaluation_targets,
+                max_text_chars=settings.max_text_chars,
+            ),
+            quotas=quotas_of(settings),
+            watch_poll_s=settings.watch_poll_s,
+        ),
         transfer=AdapterTransferService(
             store,
             adapter_store,

@@ -167,6 +167,11 @@ class Settings:
         default="",
     )
     quota_active_jobs: int = _s("per tenant: queued + running jobs (0: unlimited)", default=20)
+    quota_active_evaluations: int = _s("per tenant: queued + running evaluations (0: unlimited)", default=4)
+    max_evaluation_rows: int = _s(
+        "most rows one evaluation runs on (inline or from a dataset)", default=10_000
+    )
+    max_evaluation_targets: int = _s("most versions (and the base model) one evaluation compares", default=4)
     quota_dataset_bytes: int = _s("per tenant: bytes of stored datasets (0: unlimited)", default=1024**3)
     quota_upload_bytes: int = _s(
         "per tenant: bytes of unfinished uploads (0: unlimited)", default=256 * 1024**2
@@ -277,6 +282,8 @@ def validate(s: Settings) -> Settings:
         "max_new_tokens_default",
         "max_new_tokens_limit",
         "generation_batch_rows",
+        "max_evaluation_rows",
+        "max_evaluation_targets",
     ):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     for name in (

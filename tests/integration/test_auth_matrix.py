@@ -34,6 +34,7 @@ ROWS = b"".join(
     for text, label in ((b"my card has not arrived", b"card_arrival"), (b"exchange rate please", b"rate"))
 )
 NEVER = "never-existed"
+EVAL_ROWS = [("my card has not arrived", "card_arrival"), ("exchange rate please", "rate")]
 
 
 # ---------------------------------------------------------------- the world of one backend
@@ -127,7 +128,8 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
 
     root = tmp_path_factory.mktemp(f"matrix-{request.param}")
     data = root / "data"
-    settings: dict[str, Any] = {"adapter_dir": data / "adapters"}
+    # Every case that creates an evaluation leaves it QUEUED (no worker here): room for them all.
+    settings: dict[str, Any] = {"adapter_dir": data / "adapters", "quota_active_evaluations": 100}
     drop: Callable[[], None] | None = None
     if request.param == "postgres":
         dsn, drop = _pg_schema(request.getfixturevalue("postgres_admin_dsn"))
@@ -174,6 +176,9 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
             for name in ("job", "job-own-cancel", "job-admin-cancel", "job-watch"):
                 ids[name] = a.train("intents", dataset=ids["dataset"], request_id=name).id
             a.cancel_job(ids["job-watch"])  # an ended job: watching it ends
+            for name in ("eval", "eval-own-cancel", "eval-admin-cancel", "eval-watch"):
+                ids[name] = a.create_evaluation(["intents"], EVAL_ROWS, request_id=name).id
+            a.cancel_evaluation(ids["eval-watch"])  # an ended evaluation: watching it ends
             ids["export"] = a.export_adapter("intents", root / "export").directory  # for ImportAdapter
             for purpose in ("own", "admin"):  # an alias to roll back and one to delete, per case
                 a.set_alias("intents@1", f"rb-{purpose}")
@@ -200,6 +205,11 @@ def _train(c: Client, ids: dict, _: str) -> Any:
 
 def _cancel(c: Client, ids: dict, purpose: str) -> Any:
     return c.cancel_job(ids[{"own": "job-own-cancel", "admin": "job-admin-cancel"}.get(purpose, "job")]).state
+
+
+def _cancel_evaluation(c: Client, ids: dict, purpose: str) -> Any:
+    which = {"own": "eval-own-cancel", "admin": "eval-admin-cancel"}.get(purpose, "eval")
+    return c.cancel_evaluation(ids[which]).state
 
 
 def _delete_dataset(c: Client, ids: dict, purpose: str) -> Any:
@@ -275,6 +285,13 @@ RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     "ValidateDataset": ("train", lambda c, ids, _: c.validate_dataset(ids["dataset"]).usable_rows),
     "ListUploads": ("train", lambda c, ids, _: sorted(u.upload_id for u in c.list_uploads())),
     "DeleteUpload": ("train", _discard_upload),
+    # Evaluations: CreateEvaluation names teama's adapter (another tenant: the same
+    # field violation as for a name that never existed).
+    "CreateEvaluation": ("train", lambda c, ids, _: c.create_evaluation([ids["adapter"]], EVAL_ROWS).state),
+    "GetEvaluation": ("train", lambda c, ids, _: c.get_evaluation(ids["eval"]).id),
+    "ListEvaluations": ("train", lambda c, ids, _: sorted(e.id for e in c.list_evaluations())),
+    "CancelEvaluation": ("train", _cancel_evaluation),
+    "WatchEvaluation": ("train", lambda c, ids, _: [e.type for e in c.watch_evaluation(ids["eval-watch"])]),
 }
 # Calls that name one of teama's resources: another tenant gets NOT_FOUND for them, worded as
 # for a name that never existed. The rest list or create inside the caller's own tenant.
@@ -298,11 +315,15 @@ NAMED = {
     "DeleteDataset",
     "ValidateDataset",
     "DeleteUpload",
+    "CreateEvaluation",
+    "GetEvaluation",
+    "CancelEvaluation",
+    "WatchEvaluation",
 }
 
 
 def test_the_matrix_covers_every_rpc_of_the_four_services():
-    from tuneserve.v1 import adapters_pb2, datasets_pb2, inference_pb2, training_pb2
+    from tuneserve.v1 import adapters_pb2, datasets_pb2, evaluations_pb2, inference_pb2, training_pb2
 
     methods = {
         m.name
@@ -311,6 +332,7 @@ def test_the_matrix_covers_every_rpc_of_the_four_services():
             (inference_pb2, "InferenceService"),
             (adapters_pb2, "AdapterService"),
             (datasets_pb2, "DatasetService"),
+            (evaluations_pb2, "EvaluationService"),
         )
         for m in module.DESCRIPTOR.services_by_name[service].methods
     }
@@ -354,7 +376,9 @@ def test_another_tenants_resource_is_not_found_like_one_that_never_existed(world
     with world.client("teamb") as b:
         theirs = _outcome(lambda: RPCS[rpc][1](b, ids, "other"))
         nothing = _outcome(lambda: RPCS[rpc][1](b, never, "other"))
-    if rpc != "PredictStream":
+    if rpc == "CreateEvaluation":  # the version a request names is one of its fields
+        assert theirs[0] == "InvalidArgument" and "not found" in theirs[1], theirs
+    elif rpc != "PredictStream":
         assert theirs[0] == "NotFound", theirs
     for k in ids:
         theirs = (theirs[0], str(theirs[1]).replace(ids[k], "<name>"))
@@ -367,7 +391,9 @@ def test_another_tenants_resource_is_not_found_like_one_that_never_existed(world
         assert a.get_dataset(ids["dataset"]).id == ids["dataset"]
 
 
-@pytest.mark.parametrize("rpc", ["ListJobs", "ListAdapters", "ListDatasets", "ListUploads", "UploadDataset"])
+@pytest.mark.parametrize(
+    "rpc", ["ListJobs", "ListAdapters", "ListDatasets", "ListUploads", "UploadDataset", "ListEvaluations"]
+)
 def test_another_tenant_sees_only_its_own(world, rpc):
     ids = _ids(world)
     with world.client("teamb") as b:
@@ -376,7 +402,7 @@ def test_another_tenant_sees_only_its_own(world, rpc):
         if rpc == "UploadDataset":  # the same upload id as team A's makes team B's own dataset
             assert b.upload_dataset(ROWS, format="jsonl", upload_id="up-dataset").id != ids["dataset"]
         else:
-            assert not set(got) & {"intents", ids["job"], ids["dataset"], "half"}
+            assert not set(got) & {"intents", ids["job"], ids["dataset"], "half", ids["eval"]}
 
 
 def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
@@ -393,7 +419,9 @@ def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
         assert ids["dataset"] in value
     elif rpc == "ListUploads":
         assert "half" in value
-    elif rpc == "CancelJob":
+    elif rpc == "ListEvaluations":
+        assert ids["eval"] in value
+    elif rpc in ("CancelJob", "CancelEvaluation"):
         assert value == "CANCELLED"
     elif rpc == "Rollback":
         assert value == 1  # rb-<case> went 1 -> 2 at set-up: back to 1

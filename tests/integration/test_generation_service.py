@@ -231,3 +231,35 @@ def test_an_encoder_server_refuses_generation_naming_what_it_serves(cluster) -> 
             client.generate(None, "hello")
         with pytest.raises(FailedPrecondition, match="all-MiniLM-L6-v2, a classification model"):
             list(client.stream(None, "hello"))
+
+
+def test_an_evaluation_of_the_adapter_and_the_base_model(lm) -> None:
+    """EvaluationService on a causal LM: the trained adapter and the bare base model on
+    held-out rows, run by the worker: the adapter's completion loss is the lower one, the
+    perplexity is exp(loss), the adapter's samples follow the format, and the comparison
+    bootstraps the loss difference."""
+    import math
+
+    _, client, job = lm
+    rows = support_examples()[54:62]
+    ev = client.create_evaluation(
+        ["support-style"], rows, include_base=True, sample_generations=2, bootstrap_resamples=200
+    )
+    tuned_name = f"support-style@{job.adapter_version}"
+    assert ev.targets == (tuned_name, "base") and ev.task == "causal_lm"
+    ev = client.wait_evaluation(ev, timeout=900)
+    assert ev.state == "SUCCEEDED", ev.error
+    tuned, base = ev.result(tuned_name), ev.result("base")
+    assert tuned.metrics["eval_loss"] < base.metrics["eval_loss"]
+    for r in (tuned, base):
+        assert r.metrics["perplexity"] == pytest.approx(math.exp(r.metrics["eval_loss"]), rel=1e-6)
+        assert r.metrics["rows"] == len(rows) and len(r.samples) == 2 and not r.per_label
+        assert 0 <= r.metrics["exact_match"] <= r.metrics["contains_reference"] <= 1
+    assert all(s.generated.startswith(FORMAT_START) for s in tuned.samples), tuned.samples
+    assert [s.reference for s in tuned.samples] == [r["completion"] for r in rows[:2]]
+    [c] = ev.comparisons
+    assert (c.a, c.b, c.mcnemar.metric) == (tuned_name, "base", "exact_match")
+    [loss] = c.bootstrap
+    assert (
+        loss.metric == "eval_loss" and loss.difference > 0 and loss.ci_low <= loss.difference <= loss.ci_high
+    )

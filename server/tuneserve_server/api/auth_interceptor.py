@@ -65,6 +65,12 @@ METHOD_ROLES: dict[str, Role] = {
     "/tuneserve.v1.DatasetService/ListUploads": _T,
     "/tuneserve.v1.DatasetService/DeleteUpload": _T,
     "/tuneserve.v1.ServerInfoService/GetServerInfo": _P,  # the lowest role: any caller
+    # Evaluations run on the trainer workers, as training does: the train role.
+    "/tuneserve.v1.EvaluationService/CreateEvaluation": _T,
+    "/tuneserve.v1.EvaluationService/GetEvaluation": _T,
+    "/tuneserve.v1.EvaluationService/ListEvaluations": _T,
+    "/tuneserve.v1.EvaluationService/CancelEvaluation": _T,
+    "/tuneserve.v1.EvaluationService/WatchEvaluation": _T,
 }
 _HEALTH = "/grpc.health.v1.Health/"
 _REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

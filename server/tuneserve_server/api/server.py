@@ -20,6 +20,8 @@ from tuneserve.v1 import (
     adapters_pb2_grpc,
     datasets_pb2,
     datasets_pb2_grpc,
+    evaluations_pb2,
+    evaluations_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     server_info_pb2,
@@ -30,6 +32,7 @@ from tuneserve.v1 import (
 from tuneserve_server.api.adapter_servicer import AdapterServicer
 from tuneserve_server.api.auth_interceptor import AuthInterceptor
 from tuneserve_server.api.dataset_servicer import DatasetServicer
+from tuneserve_server.api.evaluation_servicer import EvaluationServicer
 from tuneserve_server.api.inference_servicer import InferenceServicer
 from tuneserve_server.api.interceptors import RequestContextInterceptor
 from tuneserve_server.api.server_info_servicer import ServerInfoServicer
@@ -46,6 +49,7 @@ SERVICE_NAMES = (
     adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
+    evaluations_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
 )
 # The largest request message the server receives (GetServerInfo reports it).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -82,6 +86,10 @@ class ApiServer:
         server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
             ServerInfoServicer(services.server_info), self.server
         )
+        if services.evaluations is not None:
+            evaluations_pb2_grpc.add_EvaluationServiceServicer_to_server(
+                EvaluationServicer(services.evaluations), self.server
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -55,4 +55,5 @@ class Quotas:
     adapter_versions: int = 200
     pinned_adapters: int = 4
     queued_predict_rows: int = 2048
+    active_evaluations: int = 4  # QUEUED + RUNNING evaluations
     extra: dict[str, int] = field(default_factory=dict)

@@ -12,7 +12,7 @@ import structlog
 
 _log = structlog.get_logger("tuneserve.audit")
 
-# key creation/revocation, failed authentication, job create/cancel, adapter import/export
+# key creation/revocation, failed authentication, job and evaluation create/cancel, adapter import/export
 # (weights entering or leaving the service), alias moves (what is served), adapter/dataset delete, and any action an admin
 # takes in another tenant's namespace.
 ACTIONS = frozenset(
@@ -22,6 +22,8 @@ ACTIONS = frozenset(
         "auth.failed",
         "job.create",
         "job.cancel",
+        "evaluation.create",
+        "evaluation.cancel",
         "adapter.delete",
         "alias.move",
         "adapter.export",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tuneserve_server.services.adapter_transfer import AdapterTransferService
 from tuneserve_server.services.adapters import AdapterService
 from tuneserve_server.services.datasets import DatasetService
+from tuneserve_server.services.evaluations import EvaluationService
 from tuneserve_server.services.inference import PredictionService
 from tuneserve_server.services.server_info import ServerInfoService
 from tuneserve_server.services.training import TrainingService
@@ -25,3 +26,4 @@ class Services:
     prediction: PredictionService
     server_info: ServerInfoService
     transfer: AdapterTransferService
+    evaluations: EvaluationService | None = None

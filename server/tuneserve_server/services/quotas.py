@@ -12,6 +12,7 @@ Where each quota is checked:
 | upload_bytes (unfinished uploads) | upload start (declared size) and every chunk | no: finish or discard uploads |
 | pinned_adapters (this process's cache) | LoadAdapter with pin | no: unpin |
 | queued_predict_rows | the batcher's admission (engine/batching.py) | yes: the queue drains |
+| active_evaluations (QUEUED + RUNNING) | CreateEvaluation | yes: evaluations finish |
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def quotas_of(settings: Settings) -> Quotas:
         adapter_versions=settings.quota_adapter_versions,
         pinned_adapters=settings.quota_pinned_adapters,
         queued_predict_rows=settings.quota_queued_predict_rows,
+        active_evaluations=settings.quota_active_evaluations,
     )
 
 
@@ -98,4 +100,17 @@ def check_upload(
         adding,
         namespace,
         "bytes of unfinished uploads",
+    )
+
+
+def check_evaluation(quotas: Quotas, usage: dict[str, int], namespace: str) -> None:
+    """Before an evaluation is queued: one more active evaluation."""
+    check(
+        "active_evaluations",
+        quotas.active_evaluations,
+        usage["active_evaluations"],
+        1,
+        namespace,
+        "queued + running evaluations",
+        retry_after_s=JOBS_RETRY_S,
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from tuneserve_server.domain.aliases import AliasMove, AliasRecord
+from tuneserve_server.domain.evaluations import Evaluation, EvaluationSpec
 from tuneserve_server.domain.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.domain.tenancy import ApiKeyRecord
@@ -37,7 +38,7 @@ class JobStore(Protocol):
 
     def namespace_usage(self, namespace: str) -> dict[str, int]:
         """What a namespace holds against its quotas, read in one statement: `active_jobs`
-        (QUEUED + RUNNING), `dataset_bytes` (stored datasets), `upload_bytes` (bytes received
+        (QUEUED + RUNNING), `active_evaluations` (QUEUED + RUNNING evaluations), `dataset_bytes` (stored datasets), `upload_bytes` (bytes received
         by unfinished uploads within their TTL), `adapter_versions` (published, not deleted)."""
 
     def cancel_job(self, namespace: str, job_id: str) -> Job:
@@ -45,7 +46,7 @@ class JobStore(Protocol):
         terminal -> FailedPrecondition."""
 
     # --- jobs, worker side
-    def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec] | None:
+    def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec | EvaluationSpec] | None:
         """Return expired leases to the queue (or fail them past max attempts), then take a QUEUED job under a lease: the oldest one of
         the namespace with the fewest RUNNING jobs (ties: the namespace whose oldest queued job
         is oldest), so a namespace with many queued jobs does not starve one with few. None when there is nothing to do."""
@@ -201,6 +202,31 @@ class JobStore(Protocol):
 
     def alias_changes(self, after_seq: int, limit: int = 1000) -> list[AliasRecord]:
         """Alias rows changed after `after_seq` (same clock as adapter_changes), by seq."""
+
+    # --- evaluations: job rows of kind "evaluation" (claim_job returns their EvaluationSpec;
+    # heartbeat, append_events, list_events and finish_job work on them as on any job)
+    def create_evaluation(self, spec: EvaluationSpec) -> tuple[Evaluation, bool]:
+        """Insert a QUEUED evaluation; idempotent on (namespace, request_id)."""
+
+    def get_evaluation(self, namespace: str, evaluation_id: str) -> Evaluation: ...
+
+    def list_evaluations(
+        self,
+        namespace: str,
+        *,
+        states: Sequence[JobState] = (),
+        adapter_name: str = "",
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[Evaluation], str]: ...
+
+    def cancel_evaluation(self, namespace: str, evaluation_id: str) -> Evaluation:
+        """As cancel_job, for an evaluation."""
+
+    def complete_evaluation(
+        self, evaluation_id: str, worker_id: str, summary: dict[str, float], results: dict
+    ) -> Evaluation:
+        """Mark SUCCEEDED and store the results (LeaseLost when no longer this worker's)."""
 
     # --- API keys (services/keys.py makes and verifies them; the store keeps only hashes)
     def insert_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:

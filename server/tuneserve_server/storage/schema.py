@@ -83,6 +83,8 @@ jobs = sa.Table(
     sa.Column("info_json", sa.Text, nullable=False, server_default="{}"),
     sa.Column("progress_json", sa.Text, nullable=False, server_default="{}"),
     sa.Column("outputs_json", sa.Text, nullable=False, server_default="{}"),
+    # "train" or "evaluation" (migration 0005; domain/evaluations.py).
+    sa.Column("kind", sa.Text, nullable=False, server_default="train"),
     sa.UniqueConstraint("namespace", "request_id", name="jobs_namespace_request_id_key"),
     sqlite_autoincrement=True,
 )
@@ -228,6 +230,7 @@ api_keys = sa.Table(
 
 sa.Index("jobs_state", jobs.c.state, jobs.c.seq)
 sa.Index("jobs_ns", jobs.c.namespace, jobs.c.seq)
+sa.Index("jobs_ns_kind", jobs.c.namespace, jobs.c.kind, jobs.c.seq)
 # What every claim's lease reaping scans: only RUNNING rows, by expiry. PostgreSQL only
 # (the migrations make it there alone): see migrations/versions/0001_initial.py.
 sa.Index(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from tuneserve_server.domain.evaluations import KIND_EVALUATION, KIND_TRAIN
 from tuneserve_server.domain.jobs import JobState
 from tuneserve_server.storage import schema
 from tuneserve_server.storage.sql import Dialect, param
@@ -29,7 +30,10 @@ class Statements:
         )
         self.owned = owned
         self.lock_owned = sa.select(J.c.id).where(owned).with_for_update()
-        self.job = sa.select(J).where(J.c.id == param("job_id"), J.c.namespace == param("namespace"))
+        # Training jobs only: an evaluation (kind "evaluation") is read through its own calls.
+        self.job = sa.select(J).where(
+            J.c.id == param("job_id"), J.c.namespace == param("namespace"), J.c.kind == KIND_TRAIN
+        )
         self.by_request = sa.select(J).where(
             J.c.namespace == param("namespace"), J.c.request_id == param("request_id")
         )
@@ -225,9 +229,21 @@ class Statements:
         ns = param("namespace")
         self.usage = sa.select(
             sa.select(sa.func.count())
-            .where(J.c.namespace == ns, sa.or_(J.c.state == _QUEUED, J.c.state == _RUNNING))
+            .where(
+                J.c.namespace == ns,
+                J.c.kind == KIND_TRAIN,
+                sa.or_(J.c.state == _QUEUED, J.c.state == _RUNNING),
+            )
             .scalar_subquery()
             .label("active_jobs"),
+            sa.select(sa.func.count())
+            .where(
+                J.c.namespace == ns,
+                J.c.kind == KIND_EVALUATION,
+                sa.or_(J.c.state == _QUEUED, J.c.state == _RUNNING),
+            )
+            .scalar_subquery()
+            .label("active_evaluations"),
             sa.select(sa.func.coalesce(sa.func.sum(DS.c.size_bytes), 0))
             .where(DS.c.namespace == ns)
             .scalar_subquery()

@@ -56,6 +56,7 @@ from tuneserve_server.domain.errors import (
     LeaseLost,
     NotFound,
 )
+from tuneserve_server.domain.evaluations import KIND_EVALUATION, KIND_TRAIN, EvaluationSpec
 from tuneserve_server.domain.jobs import EventType, Job, JobEvent, JobProgress, JobSpec, JobState
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.storage import schema
@@ -72,6 +73,7 @@ from tuneserve_server.storage.sql import (
     valid_page_size,
 )
 from tuneserve_server.storage.sql_datasets import DatasetsMixin
+from tuneserve_server.storage.sql_evaluations import EvaluationsMixin
 from tuneserve_server.storage.sql_keys import KeysMixin
 from tuneserve_server.storage.sql_registry import RegistryMixin
 from tuneserve_server.storage.sql_statements import Statements
@@ -88,7 +90,7 @@ _RUNNING = JobState.RUNNING.value
 _QUEUED = JobState.QUEUED.value
 
 
-class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
+class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin, EvaluationsMixin):
     """JobStore over one SQLAlchemy engine. Safe across threads (a connection pool) and
     processes or machines (the locks described in the module docstring)."""
 
@@ -216,7 +218,7 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
         after = page_after(page_token)
         if has_nul(namespace, adapter_name):
             return [], ""
-        query = sa.select(J).where(J.c.namespace == namespace)
+        query = sa.select(J).where(J.c.namespace == namespace, J.c.kind == KIND_TRAIN)
         if states:
             query = query.where(sa.or_(*(J.c.state == s.value for s in states)))
         if adapter_name:
@@ -230,18 +232,29 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
         with self._autocommit() as tx:
-            rows = tx.rows(sa.select(J.c.state, sa.func.count().label("n")).group_by(J.c.state))
+            rows = tx.rows(
+                sa.select(J.c.state, sa.func.count().label("n"))
+                .where(J.c.kind == KIND_TRAIN)
+                .group_by(J.c.state)
+            )
         return {JobState(r["state"]): int(r["n"]) for r in rows}
 
     def cancel_job(self, namespace: str, job_id: str) -> Job:
+        return job_from_row(self._cancel(namespace, job_id, KIND_TRAIN, self._job_not_found))
+
+    def _cancel(self, namespace: str, job_id: str, kind: str, not_found) -> dict[str, Any]:
+        """Cancel a job row of `kind` (training job or evaluation): QUEUED -> CANCELLED at once,
+        RUNNING -> cancel requested; terminal -> FailedPrecondition. Returns the row."""
         if has_nul(namespace, job_id):
-            raise self._job_not_found(namespace, job_id)
+            raise not_found(namespace, job_id)
         with self._write() as tx:
             row = tx.row(
-                sa.select(J.c.state).where(J.c.id == job_id, J.c.namespace == namespace).with_for_update()
+                sa.select(J.c.state)
+                .where(J.c.id == job_id, J.c.namespace == namespace, J.c.kind == kind)
+                .with_for_update()
             )
             if row is None:
-                raise self._job_not_found(namespace, job_id)
+                raise not_found(namespace, job_id)
             state = JobState(row["state"])
             if state.terminal:
                 raise FailedPrecondition(f"job {job_id} already finished ({state.value})")
@@ -258,18 +271,20 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
             row = tx.row(sa.update(J).where(J.c.id == job_id).values(**values).returning(*J.c))
             if state is JobState.QUEUED:
                 self._state_event(tx, job_id, JobState.CANCELLED, "cancelled by request")
-        return job_from_row(row)
+        return row
 
     def namespace_usage(self, namespace: str) -> dict[str, int]:
         if has_nul(namespace):
-            return dict.fromkeys(("active_jobs", "dataset_bytes", "upload_bytes", "adapter_versions"), 0)
+            return dict.fromkeys(
+                ("active_jobs", "active_evaluations", "dataset_bytes", "upload_bytes", "adapter_versions"), 0
+            )
         with self._autocommit() as tx:
             row = tx.row(self._q.usage, namespace=namespace, ttl_s=-float(self.upload_ttl_s))
         assert row is not None
         return {k: int(v) for k, v in row.items()}
 
     # ------------------------------------------------------------------ jobs, worker side
-    def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec] | None:
+    def claim_job(self, worker_id: str, lease_seconds: float) -> tuple[Job, JobSpec | EvaluationSpec] | None:
         with self._write() as tx:
             self._reap_expired(tx)
             row = tx.row(self._q.claim, worker_id=worker_id, lease_s=float(lease_seconds))
@@ -281,7 +296,10 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
                 JobState.RUNNING,
                 f"started by worker {worker_id} (attempt {row['attempts']})",
             )
-        return job_from_row(row), JobSpec.from_dict(json.loads(row["spec_json"]))
+        spec = json.loads(row["spec_json"])
+        if row["kind"] == KIND_EVALUATION:  # an evaluation: the worker runs it, publishes nothing
+            return job_from_row(row), EvaluationSpec.from_dict(spec)
+        return job_from_row(row), JobSpec.from_dict(spec)
 
     def _reap_expired(self, tx: Tx) -> None:
         """Expired leases: back to QUEUED, or CANCELLED when cancel was requested, or FAILED

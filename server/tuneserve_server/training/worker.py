@@ -22,6 +22,7 @@ import structlog
 from tuneserve_server.config import Settings
 from tuneserve_server.domain.aliases import PromotionPolicy
 from tuneserve_server.domain.errors import LeaseLost
+from tuneserve_server.domain.evaluations import EvaluationSpec
 from tuneserve_server.domain.jobs import (
     Job,
     JobEvent,
@@ -38,6 +39,7 @@ from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.causal_lm import CausalLMRecipe
 from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.eval_worker import run_evaluation
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 from tuneserve_server.warm_start import InitAdapter, read_init
@@ -147,8 +149,21 @@ class TrainerWorker:
             return False
         job, spec = claimed
         with structlog.contextvars.bound_contextvars(job_id=job.id):
-            self._run(job, spec)
+            if isinstance(spec, EvaluationSpec):  # an evaluation: a job of the same queue
+                self._run_evaluation(job, spec)
+            else:
+                self._run(job, spec)
         return True
+
+    def _run_evaluation(self, job: Job, spec: EvaluationSpec) -> None:
+        beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.worker_lease_s)
+        beat.start()
+        TRAIN_RUNNING.set(1)
+        try:
+            run_evaluation(self, job, spec, beat, _EventLog(self.store, job.id, self.worker_id))
+        finally:
+            TRAIN_RUNNING.set(0)
+            beat.stop()
 
     def _run(self, job: Job, spec: JobSpec) -> None:
         log.info(

@@ -135,7 +135,7 @@ def test_migrations_live_in_the_package_with_one_head():
     from tuneserve_server.storage.postgres_store import MIGRATIONS_DIR
 
     assert (MIGRATIONS_DIR / "env.py").is_file()
-    assert _head() == "0004"
+    assert _head() == "0005"
 
 
 def test_registry_changes_notify_listeners_after_commit(store, make_spec):

@@ -53,7 +53,13 @@ def _record(namespace: str, name: str, version: int, job_id: str) -> AdapterVers
     )
 
 
-ZERO = {"active_jobs": 0, "dataset_bytes": 0, "upload_bytes": 0, "adapter_versions": 0}
+ZERO = {
+    "active_jobs": 0,
+    "active_evaluations": 0,
+    "dataset_bytes": 0,
+    "upload_bytes": 0,
+    "adapter_versions": 0,
+}
 
 
 def test_namespace_usage_counts_each_quota_of_one_namespace_only(store, make_spec):
@@ -76,12 +82,14 @@ def test_namespace_usage_counts_each_quota_of_one_namespace_only(store, make_spe
 
     assert store.namespace_usage("team-a") == {
         "active_jobs": 3,
+        "active_evaluations": 0,
         "dataset_bytes": 300,
         "upload_bytes": 40,
         "adapter_versions": 0,
     }
     assert store.namespace_usage("team-b") == {
         "active_jobs": 0,
+        "active_evaluations": 0,
         "dataset_bytes": 0,
         "upload_bytes": 70,
         "adapter_versions": 1,
