@@ -209,3 +209,48 @@ def test_continued_training_from_an_alias_is_pinned_and_recorded(cluster, releas
         with pytest.raises(InvalidArgument) as err:
             client.train("grown", data, epochs=1, init_from="release@Bad")
         assert err.value.field_violations[0][0] == "init_from"
+
+
+def test_if_better_keeps_a_worse_version_out_and_promotes_a_good_one(cluster):
+    """v1 validated on held-out Banking77 rows (the adapter's stored evaluation set from then
+    on); v2 trained on label-shuffled data under if_better is not promoted and Predict(name)
+    keeps serving v1; v3 continued from v1 on the good data under if_better is promoted. The
+    job result and events carry both scores and the decision; the evaluation ran in the worker."""
+    import random
+
+    good = banking77("train", per_label=12)
+    held_out = banking77("test", per_label=10)
+    labels = [label for _, label in good]
+    random.Random(0).shuffle(labels)
+    shuffled = [(text, label) for (text, _), label in zip(good, labels, strict=True)]
+    with cluster.client(timeout=60) as client:
+        v1 = client.wait(
+            client.train("gated", good, validation=held_out, epochs=2), timeout=600, poll_interval=0.3
+        )
+        assert v1.state == "SUCCEEDED", v1.error
+        bad = client.train("gated", shuffled, epochs=2, promotion="if_better", promotion_metric="accuracy")
+        bad = client.wait(bad, timeout=600, poll_interval=0.3)
+        assert bad.state == "SUCCEEDED", bad.error
+        r = bad.promotion_result
+        assert r is not None and not r.promoted, r
+        assert (r.metric, r.compared_version, r.eval_examples) == ("accuracy", 1, len(held_out))
+        assert r.new_score is not None and r.current_score is not None and r.new_score < r.current_score
+        assert "regressed" in r.reason and "validation set of gated@1" in r.reason
+        assert _served(cluster, "gated") == 1
+        assert client.get_adapter("gated").default_version == 1
+        gate_events = [
+            e for e in client.watch_job(bad.id) if e.type == "EVALUATION" and "if_better" in e.message
+        ]
+        assert len(gate_events) == 1
+        assert gate_events[0].metrics == {"current_accuracy": r.current_score, "new_accuracy": r.new_score}
+
+        good_job = client.train(
+            "gated", good, epochs=2, init_from="gated@1", promotion="if_better", promotion_tolerance=0.02
+        )
+        good_job = client.wait(good_job, timeout=600, poll_interval=0.3)
+        assert good_job.state == "SUCCEEDED", good_job.error
+        r = good_job.promotion_result
+        assert r is not None and r.promoted, r
+        assert r.new_score >= r.current_score - 0.02
+        assert _served(cluster, "gated") == good_job.adapter_version == 3
+    assert "if_better evaluation failed" not in cluster.worker.log()

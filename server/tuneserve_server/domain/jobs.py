@@ -164,6 +164,10 @@ class JobSpec:
     # ("name@3"; "" from scratch), and what the caller wrote ("name@prod").
     init_from: str = ""
     init_from_requested: str = ""
+    # if_better: the pinned evaluation rows both versions are scored on (the eval dataset's
+    # rows, or the adapter's stored evaluation set), and where they came from.
+    promotion_eval: tuple[Example, ...] = ()
+    promotion_eval_source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -173,6 +177,9 @@ class JobSpec:
         if self.init_from:
             extra["init_from"] = self.init_from
             extra["init_from_requested"] = self.init_from_requested
+        if self.promotion_eval:
+            extra["promotion_eval"] = [_example_json(e) for e in self.promotion_eval]
+            extra["promotion_eval_source"] = self.promotion_eval_source
         return {
             **extra,
             "namespace": self.namespace,
@@ -201,6 +208,8 @@ class JobSpec:
             promotion=PromotionSettings.from_dict(data.get("promotion")),
             init_from=data.get("init_from", ""),
             init_from_requested=data.get("init_from_requested", ""),
+            promotion_eval=tuple(_example_from_json(e) for e in data.get("promotion_eval", ())),
+            promotion_eval_source=data.get("promotion_eval_source", ""),
         )
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 
-from tuneserve_server.domain.errors import DataRejected, Violations
+from tuneserve_server.domain.aliases import PromotionPolicy
+from tuneserve_server.domain.errors import DataRejected, InvalidRequest, NotFound, Violations
 from tuneserve_server.domain.jobs import Job, JobEvent, JobSpec, JobState
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import AdapterRef, namespace_of
@@ -110,6 +111,44 @@ def pin_init_from(
     )
 
 
+def pin_evaluation_set(store: JobStore, spec: JobSpec, limits: TrainLimits) -> JobSpec:
+    """if_better: the rows the worker scores the new version and `default` on, fixed now so
+    that every later gate of the adapter can use the same ones. `promotion.eval_dataset_id`
+    when given (an uploaded dataset of the namespace); else the adapter's stored evaluation
+    set: the validation rows of the job that trained its oldest live version (what its first
+    version was validated on, kept in that job's spec); else (no such job, e.g. an imported
+    first version, or a first version) this job's own validation rows. Blocking."""
+    if spec.promotion.eval_dataset_id:
+        parsed = load_rows(
+            store,
+            spec.namespace,
+            spec.promotion.eval_dataset_id,
+            task=spec.task,
+            max_text_chars=limits.max_text_chars,
+            field="promotion.eval_dataset_id",
+        )
+        rows = tuple(e for _, e in parsed.examples)
+        if not rows:
+            raise InvalidRequest.field("promotion.eval_dataset_id", "has no usable rows")
+        if len(rows) > limits.max_train_examples:
+            raise InvalidRequest.field(
+                "promotion.eval_dataset_id", f"more than {limits.max_train_examples} rows"
+            )
+        return replace(
+            spec, promotion_eval=rows, promotion_eval_source=f"dataset {spec.promotion.eval_dataset_id}"
+        )
+    versions = store.adapter_versions(spec.namespace, spec.adapter_name)
+    for first in versions[:1]:
+        try:
+            stored = store.job_spec(spec.namespace, first.job_id)
+        except NotFound:  # imported, or its job is gone
+            break
+        if stored.validation:
+            source = f"the validation set of {first.name}@{first.version} (job {first.job_id})"
+            return replace(spec, promotion_eval=stored.validation, promotion_eval_source=source)
+    return replace(spec, promotion_eval_source="this job's validation set")
+
+
 @dataclass(frozen=True)
 class Submission:
     job: Job
@@ -144,6 +183,8 @@ class TrainingService:
             spec = await asyncio.to_thread(
                 pin_init_from, self.store, self.engine.adapter_store, spec, req, self.engine.train_limits()
             )
+        if spec.promotion.policy is PromotionPolicy.IF_BETTER:
+            spec = await asyncio.to_thread(pin_evaluation_set, self.store, spec, self.engine.train_limits())
         job, created = await asyncio.to_thread(self.store.create_job, spec, report.to_dict())
         if created:
             JOBS_SUBMITTED.inc()

@@ -23,6 +23,9 @@ class JobStore(Protocol):
 
     def get_job(self, namespace: str, job_id: str) -> Job: ...
 
+    def job_spec(self, namespace: str, job_id: str) -> JobSpec:
+        """The spec a job was queued with (its examples included); NotFound as get_job."""
+
     def list_jobs(
         self,
         namespace: str,

@@ -192,6 +192,16 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin, EvaluationsMixin):
             )
         return job_from_row(row), False
 
+    def job_spec(self, namespace: str, job_id: str) -> JobSpec:
+        """The spec a job was queued with (its examples included)."""
+        if has_nul(namespace, job_id):
+            raise self._job_not_found(namespace, job_id)
+        with self._autocommit() as tx:
+            row = tx.row(sa.select(J.c.spec_json).where(J.c.id == job_id, J.c.namespace == namespace))
+        if row is None:
+            raise self._job_not_found(namespace, job_id)
+        return JobSpec.from_dict(json.loads(row["spec_json"]))
+
     @staticmethod
     def _job_not_found(namespace: str, job_id: str) -> NotFound:
         return NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
