@@ -61,9 +61,11 @@ def run(source, job: JobSpec, out: Path, init=None) -> tuple[list[tuple[int, flo
     curve: list[tuple[int, float]] = []
 
     def on_event(e) -> None:
-        if e.type is EventType.EVALUATION and "accuracy" in e.metrics and e.progress is not None:
-            curve.append((e.progress.step, e.metrics["accuracy"]))
+        # The message starts "step N:" (the event's progress may be a few steps stale).
+        if e.type is EventType.EVALUATION and "accuracy" in e.metrics and e.message.startswith("step "):
+            curve.append((int(e.message.split()[1].rstrip(":")), e.metrics["accuracy"]))
 
+    out.mkdir(parents=True)
     ctx = RecipeContext(job, source, on_event=on_event, precision="float32", init=init)
     start = time.perf_counter()
     run_recipe(ClassificationRecipe(ctx), out)
