@@ -1,5 +1,6 @@
 """Python client for the tuneserve gRPC service."""
 
+from tuneserve_client.aliases import AliasMove, PromotionResult
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
 from tuneserve_client.errors import (
@@ -42,6 +43,7 @@ __all__ = [
     "HYPERPARAMETERS",
     "Adapter",
     "AdapterVersion",
+    "AliasMove",
     "AlreadyExists",
     "Cancelled",
     "Classification",
@@ -69,6 +71,7 @@ __all__ = [
     "LoadedAdapter",
     "NotFound",
     "PermissionDenied",
+    "PromotionResult",
     "ResourceExhausted",
     "SampleGeneration",
     "ServerInfo",

@@ -20,9 +20,11 @@ from pathlib import Path
 import structlog
 
 from tuneserve_server.config import Settings
+from tuneserve_server.domain.aliases import PromotionPolicy
 from tuneserve_server.domain.errors import LeaseLost
 from tuneserve_server.domain.evaluations import EvaluationSpec
 from tuneserve_server.domain.jobs import (
+    EventType,
     Job,
     JobEvent,
     JobProgress,
@@ -30,6 +32,7 @@ from tuneserve_server.domain.jobs import (
     JobState,
     TaskType,
 )
+from tuneserve_server.domain.naming import DEFAULT_ALIAS
 from tuneserve_server.domain.records import AdapterVersionRecord
 from tuneserve_server.modeling import BaseModelSource, resolve_base_model
 from tuneserve_server.observability.metrics import JOBS, TRAIN_RUNNING
@@ -38,9 +41,11 @@ from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.causal_lm import CausalLMRecipe
 from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.eval_run import EvalOptions, EvalTarget, evaluate_targets, gate
 from tuneserve_server.training.eval_worker import run_evaluation
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
+from tuneserve_server.warm_start import InitAdapter, read_init
 
 log = structlog.get_logger("tuneserve.worker")
 
@@ -200,6 +205,7 @@ class TrainerWorker:
                 on_progress=progress,
                 on_event=events,
                 on_resume=lambda step: self._note_resume(job.id, step),
+                init=self._init_adapter(spec),
             )
             result = run_recipe(factory(ctx), staging)
             beat.beat()  # record the final step before the job is marked done
@@ -219,8 +225,21 @@ class TrainerWorker:
                 lora_rank=result.meta.lora_rank,
                 size_bytes=size,
                 created_at=job.created_at,
+                lineage={"init_from": spec.init_from, "init_from_requested": spec.init_from_requested}
+                if spec.init_from
+                else {},
             )
-            self.store.complete_job(job.id, self.worker_id, result.metrics, record, result.job_outputs())
+            promote, reason, promotion = self._promotion(spec, version, beat, events)
+            outputs = {**(result.job_outputs() or {}), "promotion": promotion}
+            self.store.complete_job(
+                job.id,
+                self.worker_id,
+                result.metrics,
+                record,
+                outputs,
+                promote=promote,
+                promote_reason=reason,
+            )
             JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobPreempted:
@@ -240,6 +259,96 @@ class TrainerWorker:
             TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _init_adapter(self, spec: JobSpec) -> InitAdapter | None:
+        """The stored version continued training starts from (pinned as "name@N" when the
+        job was queued), read from the adapter store."""
+        if not spec.init_from:
+            return None
+        name, _, version = spec.init_from.partition("@")
+        return read_init(self.adapters.open(spec.namespace, name, int(version)))
+
+    def _promotion(
+        self, spec: JobSpec, version: int, beat: _Heartbeat, events: _EventLog
+    ) -> tuple[bool, str, dict]:
+        """Whether `default` should move to the new version, why, and what the job's
+        promotion result records (the store adds whether it moved)."""
+        policy = spec.promotion.policy
+        if policy is PromotionPolicy.IF_BETTER:
+            return self._gate(spec, version, beat, events)
+        if policy is PromotionPolicy.MANUAL:
+            reason = f"promotion policy manual: {spec.adapter_name}@{version} is registered; PromoteVersion moves default"
+            return False, reason, {"policy": policy.value, "reason": reason}
+        reason = "promotion policy always"
+        return True, reason, {"policy": policy.value, "reason": reason}
+
+    def _gate(
+        self, spec: JobSpec, version: int, beat: _Heartbeat, events: _EventLog
+    ) -> tuple[bool, str, dict]:
+        """if_better, here in the worker (never on a serving replica): score the new version
+        and the one `default` points at on the pinned evaluation rows with evals-core's
+        evaluate_targets, and promote unless the metric regressed by more than the
+        tolerance (eval_run.gate). An evaluation that fails promotes nothing."""
+        p = spec.promotion
+        out: dict = {"policy": p.policy.value, "metric": p.metric, "eval_dataset_id": p.eval_dataset_id}
+        aliases = {a.alias: a.version for a in self.store.adapter_aliases(spec.namespace, spec.adapter_name)}
+        current = aliases.get(DEFAULT_ALIAS, 0)
+        if not current:
+            reason = "if_better: the adapter's first version (nothing to compare against)"
+            return True, reason, {**out, "reason": reason}
+        rows = spec.promotion_eval or spec.validation
+        source = spec.promotion_eval_source or "this job's validation set"
+        cur_name, new_name = f"{spec.adapter_name}@{current}", f"{spec.adapter_name}@{version}"
+        try:
+            outcome = evaluate_targets(
+                self.source,
+                spec.task,
+                [
+                    EvalTarget(cur_name, self.adapters.open(spec.namespace, spec.adapter_name, current)),
+                    EvalTarget(new_name, self.adapters.open(spec.namespace, spec.adapter_name, version)),
+                ],
+                rows,
+                EvalOptions(
+                    device=self.settings.device,
+                    max_seq_length=spec.hyperparameters.optimizer.max_seq_length,
+                    model_cache_dir=self.settings.model_cache_path,
+                    sample_generations=0,
+                ),
+                cancel=beat.cancel,
+            )
+            decision = gate(outcome, cur_name, new_name, p.metric, p.tolerance)
+        except JobCancelled:
+            raise
+        except Exception as exc:
+            log.warning("if_better evaluation failed", exc_info=True)
+            reason = f"if_better: the evaluation failed ({type(exc).__name__}: {exc}); default not moved"
+            events(JobEvent(spec.adapter_name, EventType.WARNING, message=reason))
+            return False, reason, {**out, "reason": reason, "compared_version": current}
+        p_value = (decision.comparison.get("mcnemar") or {}).get("p_value")
+        reason = f"if_better on {len(rows)} rows of {source}: {decision.reason}" + (
+            f" (McNemar p={p_value:.3g})" if isinstance(p_value, float) else ""
+        )
+        events(
+            JobEvent(
+                spec.adapter_name,
+                EventType.EVALUATION,
+                metrics={f"current_{p.metric}": decision.current, f"new_{p.metric}": decision.candidate},
+                message=reason,
+            )
+        )
+        return (
+            decision.promote,
+            reason,
+            {
+                **out,
+                "reason": reason,
+                "new_score": decision.candidate,
+                "current_score": decision.current,
+                "compared_version": current,
+                "eval_examples": len(rows),
+                "eval_source": source,
+            },
+        )
 
     def _note_resume(self, job_id: str, step: int) -> None:
         try:

@@ -3,7 +3,7 @@ job of the same queue, claimed, leased, heartbeaten, cancelled and logged like a
 its results live in outputs_json).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"  # after aliases (0004); both branches started from 0003
 branch_labels = None
 depends_on = None
 
