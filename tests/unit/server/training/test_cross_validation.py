@@ -114,7 +114,7 @@ def run(spec, source, tmp_path, **ctx_kw):
     recipe = classification_recipe(ctx, progress_every_steps=1)
     assert isinstance(recipe, CrossValidatedClassification)
     out = tmp_path / "adapter"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     result = recipe.run(out)
     return recipe, result, events, progress
 
