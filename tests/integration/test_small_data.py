@@ -11,6 +11,7 @@ from conftest import LABELS, auth_channel, banking77
 
 from tuneserve.v1 import training_pb2, training_pb2_grpc
 from tuneserve_client import InvalidArgument
+from tuneserve_server.training import auto_defaults
 
 ADAPTER = "small-kfold"
 
@@ -60,7 +61,9 @@ def test_small_job_is_cross_validated_and_trained_on_every_row(cluster, kfold_jo
         )
     hp = reply.job.hyperparameters
     assert hp.evaluation.validation_scheme == "kfold" and hp.evaluation.folds == 3
-    assert hp.optimizer.epochs > 4 and hp.optimizer.learning_rate == pytest.approx(1e-3)  # auto: small data
+    chosen = auto_defaults.resolve(len(rows), 8)  # auto: the budget follows the 24 rows
+    assert hp.optimizer.epochs == chosen["epochs"] > 4
+    assert hp.optimizer.learning_rate == pytest.approx(chosen["learning_rate"])
 
 
 def test_bad_validation_settings_are_refused_with_field_violations(cluster):

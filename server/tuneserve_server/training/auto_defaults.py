@@ -20,9 +20,9 @@ import math
 from tuneserve_server.domain.jobs import OptimizerSettings
 
 BASE_EPOCHS = OptimizerSettings.epochs  # 4
-MIN_STEPS = 400
+MIN_STEPS = 220
 MAX_EPOCHS = 40
-SMALL_DATA_LR = 1e-3
+SMALL_DATA_LR = 2e-3
 AUTO_FIELDS = ("epochs", "learning_rate", "batch_size", "warmup_ratio")
 
 

@@ -73,7 +73,7 @@ def test_auto_uses_kfold_when_the_holdout_would_be_small():
         "kfold",
         3,
     )
-    few = build_job_spec(submit(rows(1, 3) + [("x", "b"), ("y", "b")]), LIMITS)
+    few = build_job_spec(submit([*rows(1, 3), ("x", "b"), ("y", "b")]), LIMITS)
     assert few.hyperparameters.evaluation.folds == 5
     tiny = build_job_spec(submit([("x", "a"), ("y", "a"), ("z", "b"), ("w", "b")]), LIMITS)
     assert tiny.hyperparameters.evaluation.folds == 4
