@@ -54,22 +54,45 @@ log = structlog.get_logger("tuneserve.training")
 NEVER = 10**9  # eval_every_steps of the final run: it evaluates once, at its last step
 
 
-def classification_recipe(ctx: RecipeContext, **kw: object):
-    """The classification factory the worker uses: k-fold when the spec says so. A job whose
-    optimizer settings were chosen from the data size says so first (one event)."""
-    spec = ctx.spec
-    if spec.auto_hyperparameters:
-        opt = spec.hyperparameters.optimizer
-        chosen = ", ".join(f"{name} {getattr(opt, name):g}" for name in spec.auto_hyperparameters)
-        ctx.emit(
-            EventType.PROGRESS,
-            progress=JobProgress(),
-            message=f"hyperparameters chosen for {len(spec.train)} training rows (auto; "
-            f"training/auto_defaults.py): {chosen}",
-        )
-    if spec.hyperparameters.evaluation.validation_scheme == "kfold":
-        return CrossValidatedClassification(ctx, **kw)
-    return ClassificationRecipe(ctx, **kw)  # type: ignore[arg-type]
+class ClassificationJob:
+    """The classification Recipe the worker registers: the plain recipe for a hold-out job, the
+    k-fold orchestration when the spec says "kfold"; every phase is the chosen one's. A job
+    whose optimizer settings were chosen from the data size says so first (one event)."""
+
+    def __init__(
+        self,
+        ctx: RecipeContext,
+        *,
+        progress_interval_s: float = 2.0,
+        progress_every_steps: int = 0,
+        group_by_length: bool = True,
+    ) -> None:
+        spec = ctx.spec
+        if spec.auto_hyperparameters:
+            opt = spec.hyperparameters.optimizer
+            chosen = ", ".join(f"{name} {getattr(opt, name):g}" for name in spec.auto_hyperparameters)
+            ctx.emit(
+                EventType.PROGRESS,
+                progress=JobProgress(),
+                message=f"hyperparameters chosen for {len(spec.train)} training rows (auto; "
+                f"training/auto_defaults.py): {chosen}",
+            )
+        kw = {
+            "progress_interval_s": progress_interval_s,
+            "progress_every_steps": progress_every_steps,
+            "group_by_length": group_by_length,
+        }
+        kfold = spec.hyperparameters.evaluation.validation_scheme == "kfold"
+        self.recipe = CrossValidatedClassification(ctx, **kw) if kfold else ClassificationRecipe(ctx, **kw)
+
+    def setup(self) -> None:
+        self.recipe.setup()
+
+    def train(self) -> None:
+        self.recipe.train()
+
+    def finalize(self, directory: Path) -> TrainResult:
+        return self.recipe.finalize(directory)
 
 
 def _plan(spec: JobSpec) -> tuple[int, int]:

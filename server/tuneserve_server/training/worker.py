@@ -36,7 +36,7 @@ from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.causal_lm import CausalLMRecipe
-from tuneserve_server.training.cross_validation import classification_recipe
+from tuneserve_server.training.cross_validation import ClassificationJob
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 
@@ -75,7 +75,7 @@ class _Heartbeat(threading.Thread):
 # The training recipe of each task type (training/recipe.py has the contract). A new task's
 # recipe is one line here.
 RECIPES: Mapping[TaskType, RecipeFactory] = {
-    TaskType.CLASSIFICATION: classification_recipe,  # k-fold or hold-out (cross_validation.py)
+    TaskType.CLASSIFICATION: ClassificationJob,  # hold-out or k-fold (cross_validation.py)
     TaskType.CAUSAL_LM: CausalLMRecipe,
 }
 

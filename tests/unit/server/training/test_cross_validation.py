@@ -26,7 +26,7 @@ from tuneserve_server.domain.jobs import (
 )
 from tuneserve_server.modeling import AdapterMeta, BaseModelSource
 from tuneserve_server.training.classification import ClassificationRecipe
-from tuneserve_server.training.cross_validation import CrossValidatedClassification, classification_recipe
+from tuneserve_server.training.cross_validation import ClassificationJob, CrossValidatedClassification
 from tuneserve_server.training.folds import ALWAYS_TRAIN, assign_folds, usable_folds
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
 from tuneserve_server.training.recipe import RecipeContext
@@ -111,7 +111,7 @@ def run(spec, source, tmp_path, **ctx_kw):
         on_progress=progress.append,
         **ctx_kw,
     )
-    recipe = classification_recipe(ctx, progress_every_steps=1)
+    recipe = ClassificationJob(ctx, progress_every_steps=1).recipe
     assert isinstance(recipe, CrossValidatedClassification)
     out = tmp_path / "adapter"
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def test_cancel_stops_inside_a_fold(source, tmp_path):
             cancel.set()
 
     ctx = RecipeContext(spec, source, precision="float32", cancel=cancel, on_progress=progress)
-    recipe = classification_recipe(ctx)
+    recipe = ClassificationJob(ctx).recipe
     recipe.setup()
     with pytest.raises(JobCancelled):
         recipe.train()
@@ -220,4 +220,4 @@ def test_holdout_spec_gets_the_plain_recipe(source):
             evaluation=replace(spec.hyperparameters.evaluation, validation_scheme="holdout"),
         ),
     )
-    assert isinstance(classification_recipe(RecipeContext(spec, source)), ClassificationRecipe)
+    assert isinstance(ClassificationJob(RecipeContext(spec, source)).recipe, ClassificationRecipe)
