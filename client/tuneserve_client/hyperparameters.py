@@ -77,6 +77,16 @@ _NOTES: dict[str, _Note] = {
         "also score logistic regression on the frozen base embeddings, beside the adapter (default: on)",
         minimum=None,
     ),
+    "evaluation.validation_scheme": _Note(
+        "holdout, kfold (cross-validate on the training rows, publish an adapter trained on all), "
+        "or auto (default: kfold when the hold-out would have fewer than min_holdout_rows rows)",
+        minimum=None,
+        choices=("auto", "holdout", "kfold"),
+    ),
+    "evaluation.folds": _Note("kfold: number of folds, 2-10 (default 5)", minimum=2),
+    "evaluation.min_holdout_rows": _Note(
+        "auto: the smallest hold-out measured on; fewer means kfold (default 200)"
+    ),
     "causal_lm.train_on_prompt": _Note("causal LM: also train on the prompt's tokens", minimum=None),
     "causal_lm.sample_generations": _Note("causal LM: validation prompts to generate from after training"),
 }

@@ -284,6 +284,9 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(
         "evaluation.abstain_target_coverage": 0.75,
         "evaluation.ood_false_positive_rate": 0.125,
         "evaluation.baseline": False,
+        "evaluation.validation_scheme": "holdout",
+        "evaluation.folds": 4,
+        "evaluation.min_holdout_rows": 10,
         "causal_lm.train_on_prompt": True,
         "causal_lm.sample_generations": 1,
     }

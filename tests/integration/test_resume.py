@@ -29,7 +29,13 @@ def test_kill_9_and_sigterm_resume_from_checkpoints(tmp_path):
     try:
         wait_serving(api.target)
         with Client(api.target, timeout=60, api_key=api.api_key) as client:
-            job = client.train("resumable", banking77("train", per_label=24), epochs=4, batch_size=8)
+            job = client.train(
+                "resumable",
+                banking77("train", per_label=24),
+                epochs=4,
+                batch_size=8,
+                validation_scheme="holdout",  # one training run (k-fold resume: test_cross_validation)
+            )
 
             # 1. SIGKILL: no chance to save; the next worker resumes from the last periodic
             #    checkpoint (a multiple of 4), repeating only the steps after it.

@@ -55,6 +55,7 @@ def test_duplicate_request_id_returns_the_same_job(cluster, trained):
             banking77("train", per_label=30),
             epochs=3,
             learning_rate=2e-3,
+            validation_scheme="holdout",  # as the fixture asked
             request_id="fixture-intents-v1",
         )
         assert again.id == trained.id

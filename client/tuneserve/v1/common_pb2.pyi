@@ -85,7 +85,7 @@ class OptimizerConfig(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ...) -> None: ...
 
 class EvaluationConfig(_message.Message):
-    __slots__ = ("eval_every_steps", "metric_for_best", "early_stopping_patience", "calibrate", "fit_uncertainty", "abstain_target_precision", "abstain_target_coverage", "ood_false_positive_rate", "baseline")
+    __slots__ = ("eval_every_steps", "metric_for_best", "early_stopping_patience", "calibrate", "fit_uncertainty", "abstain_target_precision", "abstain_target_coverage", "ood_false_positive_rate", "baseline", "validation_scheme", "folds", "min_holdout_rows")
     EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FOR_BEST_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,9 @@ class EvaluationConfig(_message.Message):
     ABSTAIN_TARGET_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     OOD_FALSE_POSITIVE_RATE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    FOLDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_HOLDOUT_ROWS_FIELD_NUMBER: _ClassVar[int]
     eval_every_steps: int
     metric_for_best: str
     early_stopping_patience: int
@@ -104,7 +107,10 @@ class EvaluationConfig(_message.Message):
     abstain_target_coverage: float
     ood_false_positive_rate: float
     baseline: bool
-    def __init__(self, eval_every_steps: _Optional[int] = ..., metric_for_best: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., calibrate: _Optional[bool] = ..., fit_uncertainty: _Optional[bool] = ..., abstain_target_precision: _Optional[float] = ..., abstain_target_coverage: _Optional[float] = ..., ood_false_positive_rate: _Optional[float] = ..., baseline: _Optional[bool] = ...) -> None: ...
+    validation_scheme: str
+    folds: int
+    min_holdout_rows: int
+    def __init__(self, eval_every_steps: _Optional[int] = ..., metric_for_best: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., calibrate: _Optional[bool] = ..., fit_uncertainty: _Optional[bool] = ..., abstain_target_precision: _Optional[float] = ..., abstain_target_coverage: _Optional[float] = ..., ood_false_positive_rate: _Optional[float] = ..., baseline: _Optional[bool] = ..., validation_scheme: _Optional[str] = ..., folds: _Optional[int] = ..., min_holdout_rows: _Optional[int] = ...) -> None: ...
 
 class CausalLMConfig(_message.Message):
     __slots__ = ("train_on_prompt", "sample_generations")

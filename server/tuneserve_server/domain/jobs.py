@@ -63,6 +63,13 @@ class EvaluationSettings:
     # Classification: also fit logistic regression on the frozen base embeddings and report it
     # beside the adapter (a WARNING when the adapter does not beat it).
     baseline: bool = True
+    # Classification: "holdout", "kfold" (k-fold cross-validation on the training rows, the
+    # published adapter trained on all of them), or "auto": kfold when no validation rows were
+    # given and the hold-out would have fewer than `min_holdout_rows` rows. A queued job's spec
+    # holds the scheme chosen ("auto" only in jobs queued before the setting existed: holdout).
+    validation_scheme: str = "auto"
+    folds: int = 5
+    min_holdout_rows: int = 200
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,9 @@ class JobSpec:
     # rows, or the adapter's stored evaluation set), and where they came from.
     promotion_eval: tuple[Example, ...] = ()
     promotion_eval_source: str = ""
+    # The optimizer settings the caller left unset and the service chose from the data size
+    # (training/auto_defaults.py), e.g. ("epochs", "learning_rate"): reported when the job runs.
+    auto_hyperparameters: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -191,6 +201,7 @@ class JobSpec:
             "hyperparameters": self.hyperparameters.to_dict(),
             "dataset_id": self.dataset_id,
             "validation_dataset_id": self.validation_dataset_id,
+            "auto_hyperparameters": list(self.auto_hyperparameters),
         }
 
     @classmethod
@@ -210,6 +221,7 @@ class JobSpec:
             init_from_requested=data.get("init_from_requested", ""),
             promotion_eval=tuple(_example_from_json(e) for e in data.get("promotion_eval", ())),
             promotion_eval_source=data.get("promotion_eval_source", ""),
+            auto_hyperparameters=tuple(data.get("auto_hyperparameters", ())),
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneserve_server.domain.aliases import check_promotion
@@ -28,6 +28,7 @@ from tuneserve_server.domain.jobs import (
 )
 from tuneserve_server.domain.limits import TrainLimits
 from tuneserve_server.domain.naming import is_valid_name, namespace_of
+from tuneserve_server.training import auto_defaults
 from tuneserve_server.training.data_report import (
     DataReport,
     ReportThresholds,
@@ -37,6 +38,7 @@ from tuneserve_server.training.data_report import (
 )
 from tuneserve_server.training.datafile import ParsedRows
 from tuneserve_server.training.evaluation import METRICS
+from tuneserve_server.training.folds import MAX_FOLDS, MIN_FOLDS, usable_folds
 
 DEFAULT_VALIDATION_FRACTION = 0.1
 
@@ -94,7 +96,10 @@ _OPTIMIZER_RANGES: dict[str, tuple[float, float, bool, bool]] = {
 _EVALUATION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "eval_every_steps": (0, 1_000_000, True, True),
     "early_stopping_patience": (0, 1000, True, True),
+    "folds": (MIN_FOLDS, MAX_FOLDS, True, True),
+    "min_holdout_rows": (0, 100_000, True, True),
 }
+VALIDATION_SCHEMES = ("auto", "holdout", "kfold")
 _CAUSAL_LM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "sample_generations": (0, 100, True, True),
 }
@@ -281,6 +286,16 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
                 f"must be one of {', '.join(METRICS)}, or empty for the task's default",
             )
         eval_kw["metric_for_best"] = metric
+    scheme = req.evaluation.get("validation_scheme")
+    if scheme:
+        if scheme not in VALIDATION_SCHEMES:
+            v.add(
+                "hyperparameters.evaluation.validation_scheme",
+                f"must be one of {', '.join(VALIDATION_SCHEMES)}, or empty for auto",
+            )
+        elif scheme == "kfold" and limits.served_task is not TaskType.CLASSIFICATION:
+            v.add("hyperparameters.evaluation.validation_scheme", "kfold is for classification only")
+        eval_kw["validation_scheme"] = scheme
     for flag in ("calibrate", "fit_uncertainty", "baseline"):
         if req.evaluation.get(flag) is not None:
             eval_kw[flag] = bool(req.evaluation[flag])
@@ -408,6 +423,12 @@ def prepare_job(
         req.task.value if req.task is not None else None,
         v,
     )
+    if hyper.evaluation.validation_scheme == "kfold" and (has_validation or fraction is not None):
+        v.add(
+            "hyperparameters.evaluation.validation_scheme",
+            "kfold cross-validates on the training rows: give no validation examples, "
+            "validation_dataset_id or validation_fraction with it",
+        )
     v.raise_if_any("invalid Train request")
 
     total_rows = len(req.train) + len(req.validation)
@@ -424,11 +445,26 @@ def prepare_job(
     if len(train) > limits.max_train_examples:
         field_name = "dataset_id" if req.dataset_id else "training_examples"
         v.add(field_name, f"more than {limits.max_train_examples} examples")
+    scheme = "holdout"
     if not has_validation and train:
-        train, validation = split_rows(train, fraction or DEFAULT_VALIDATION_FRACTION, hyper.optimizer.seed)
-        if not validation:
-            v.add("training_examples", "too few examples to hold out a validation split")
+        held_train, held = split_rows(train, fraction or DEFAULT_VALIDATION_FRACTION, hyper.optimizer.seed)
+        ev = hyper.evaluation
+        if req.task is TaskType.CLASSIFICATION and (
+            ev.validation_scheme == "kfold"
+            or (ev.validation_scheme == "auto" and fraction is None and len(held) < ev.min_holdout_rows)
+        ):
+            scheme = "kfold"
+            folds = usable_folds([ex for _, ex in train], ev.folds)  # type: ignore[misc]
+            if folds < MIN_FOLDS:
+                v.add("training_examples", "too few distinct examples to cross-validate (or hold out)")
+            hyper = replace(hyper, evaluation=replace(ev, folds=max(folds, MIN_FOLDS)))
+        else:
+            train, validation = held_train, held
+            if not validation:
+                v.add("training_examples", "too few examples to hold out a validation split")
+    hyper = replace(hyper, evaluation=replace(hyper.evaluation, validation_scheme=scheme))
     v.raise_if_any("invalid training data")
+    hyper, auto = _auto_optimizer(req, hyper, len(train))
 
     assert req.task is not None
     report = build_report(
@@ -454,5 +490,21 @@ def prepare_job(
         dataset_id=req.dataset_id,
         validation_dataset_id=req.validation_dataset_id,
         promotion=promotion,
+        auto_hyperparameters=auto,
     )
     return spec, report
+
+
+def _auto_optimizer(
+    req: TrainInput, hyper: Hyperparameters, train_rows: int
+) -> tuple[Hyperparameters, tuple[str, ...]]:
+    """Classification with no step budget given (neither epochs nor max_steps): the settings the
+    caller left unset follow the data size (training/auto_defaults.py). Which ones were chosen."""
+    given = {k for k, value in req.optimizer.items() if value is not None}
+    if req.task is not TaskType.CLASSIFICATION or given & {"epochs", "max_steps"}:
+        return hyper, ()
+    opt = hyper.optimizer
+    chosen = auto_defaults.resolve(train_rows, opt.batch_size, opt.gradient_accumulation_steps)
+    auto = tuple(name for name in auto_defaults.AUTO_FIELDS if name not in given)
+    opt = replace(opt, **{name: chosen[name] for name in auto})
+    return replace(hyper, optimizer=opt), auto

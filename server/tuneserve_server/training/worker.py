@@ -40,7 +40,7 @@ from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.causal_lm import CausalLMRecipe
-from tuneserve_server.training.classification import ClassificationRecipe
+from tuneserve_server.training.cross_validation import ClassificationJob
 from tuneserve_server.training.eval_run import EvalOptions, EvalTarget, evaluate_targets, gate
 from tuneserve_server.training.eval_worker import run_evaluation
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
@@ -82,7 +82,7 @@ class _Heartbeat(threading.Thread):
 # The training recipe of each task type (training/recipe.py has the contract). A new task's
 # recipe is one line here.
 RECIPES: Mapping[TaskType, RecipeFactory] = {
-    TaskType.CLASSIFICATION: ClassificationRecipe,
+    TaskType.CLASSIFICATION: ClassificationJob,  # hold-out or k-fold (cross_validation.py)
     TaskType.CAUSAL_LM: CausalLMRecipe,
 }
 

@@ -216,7 +216,7 @@ def test_server_conversion_keeps_unset_as_server_default():
     assert hyperparameter_values(common_pb2.Hyperparameters()) == {
         "lora": {"target_modules": []},
         "optimizer": {},
-        "evaluation": {"metric_for_best": ""},
+        "evaluation": {"metric_for_best": "", "validation_scheme": ""},
         "causal_lm": {"train_on_prompt": False},
     }
     given = common_pb2.Hyperparameters(
@@ -225,7 +225,7 @@ def test_server_conversion_keeps_unset_as_server_default():
     )
     values = hyperparameter_values(given)
     assert values["optimizer"] == {"seed": 0, "max_steps": 0}
-    assert values["evaluation"] == {"metric_for_best": "", "calibrate": False}
+    assert values["evaluation"] == {"metric_for_best": "", "validation_scheme": "", "calibrate": False}
 
 
 def test_server_round_trip_of_every_field():
@@ -268,6 +268,9 @@ def test_server_round_trip_of_every_field():
         "evaluation.abstain_target_coverage": 0.75,
         "evaluation.ood_false_positive_rate": 0.125,
         "evaluation.baseline": False,
+        "evaluation.validation_scheme": "holdout",
+        "evaluation.folds": 3,
+        "evaluation.min_holdout_rows": 50,
         "causal_lm.train_on_prompt": True,
         "causal_lm.sample_generations": 1,
     }

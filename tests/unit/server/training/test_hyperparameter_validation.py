@@ -49,7 +49,8 @@ def violations(req: training_pb2.TrainRequest) -> dict[str, str]:
 
 def test_unset_sections_take_the_defaults():
     hp = build_job_spec(train_input(request()), LIMITS).hyperparameters
-    assert hp.evaluation == EvaluationSettings()
+    # Few rows and no validation: "auto" chose k-fold (the spec holds the scheme chosen).
+    assert hp.evaluation == EvaluationSettings(validation_scheme="kfold")
     assert hp.causal_lm == CausalLMSettings()
     assert hp.optimizer.gradient_accumulation_steps == 1
     assert hp.evaluation.calibrate is True  # unset means calibrate
@@ -65,7 +66,7 @@ def test_given_values_survive_the_round_trip():
     )
     hp = build_job_spec(train_input(req), LIMITS).hyperparameters
     assert hp.optimizer.gradient_accumulation_steps == 4
-    assert hp.evaluation == EvaluationSettings(25, "eval_loss", 3, False)
+    assert hp.evaluation == EvaluationSettings(25, "eval_loss", 3, False, validation_scheme="kfold")
     assert hp.causal_lm == CausalLMSettings(train_on_prompt=True, sample_generations=0)
     back = hyperparameters_pb(hp)
     assert back.optimizer.gradient_accumulation_steps == 4

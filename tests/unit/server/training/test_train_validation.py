@@ -11,6 +11,7 @@ import pytest
 from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest
 from tuneserve_server.domain.jobs import LabelledText, TaskType
 from tuneserve_server.domain.limits import TrainLimits
+from tuneserve_server.training import auto_defaults
 from tuneserve_server.training.validation import (
     TrainInput,
     build_job_spec,
@@ -53,11 +54,16 @@ def _violations(req: TrainInput) -> dict[str, str]:
 
 
 def test_a_good_request_builds_a_spec_with_defaults():
-    spec = build_job_spec(_input(train=[(" a text ", " pos "), *_input().train[1:]]), LIMITS)
+    holdout = {"validation_scheme": "holdout"}  # 20 rows would be cross-validated (auto)
+    spec = build_job_spec(
+        _input(train=[(" a text ", " pos "), *_input().train[1:]], evaluation=holdout), LIMITS
+    )
     assert spec.namespace == "team-a"
     assert spec.task is TaskType.CLASSIFICATION
     assert spec.hyperparameters.lora.target_modules == ("query", "value")  # the default targets
-    assert spec.hyperparameters.lora.rank == 16 and spec.hyperparameters.optimizer.epochs == 4
+    assert spec.hyperparameters.lora.rank == 16
+    # No step budget given: the epochs follow the data size (training/auto_defaults.py).
+    assert spec.hyperparameters.optimizer.epochs == auto_defaults.resolve(len(spec.train))["epochs"]
     assert len(spec.train) + len(spec.validation) == 20
     assert len(spec.validation) == 2  # default fraction 0.1, one per label
     assert {ex.label for ex in spec.validation} == {"pos", "neg"}
@@ -206,7 +212,7 @@ def test_a_label_with_two_examples_trains_unvalidated_with_a_warning():
     not validated."""
     rows = [(f"common text {i}", "common") for i in range(30)]
     rows += [(f"other text {i}", "other") for i in range(30)] + [("rare one", "rare"), ("rare two", "rare")]
-    spec, report = prepare_job(_input(train=rows), LIMITS)
+    spec, report = prepare_job(_input(train=rows, evaluation={"validation_scheme": "holdout"}), LIMITS)
     codes = {i.code: i for i in report.issues}
     assert "label_too_rare" not in codes and report.ok
     assert codes["label_not_validated"].severity.value == "WARNING"
