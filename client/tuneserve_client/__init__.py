@@ -33,6 +33,7 @@ from tuneserve_client.types import (
     ServerInfo,
     ServerLimits,
     TenantQuotas,
+    TokenLogprob,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "ServerInfo",
     "ServerLimits",
     "TenantQuotas",
+    "TokenLogprob",
     "TuneserveError",
     "Unauthenticated",
     "Unavailable",

@@ -225,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence (repeatable)")
     gen.add_argument("--seed", type=int, help="same seed, same output")
     gen.add_argument("--raw-prompt", action="store_true", help="send the text as-is, not as a chat user turn")
+    gen.add_argument(
+        "--logprobs", action="store_true", help="also return each token's log-probability (with --json)"
+    )
+    gen.add_argument(
+        "--top-logprobs", type=int, metavar="K", help="with --logprobs: the K most likely tokens too"
+    )
     predict.set_defaults(handler=_cmd_predict)
 
     adapters = commands.add_parser("adapters", help="list, inspect or delete adapters")
@@ -642,6 +648,8 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         "stop": args.stop,
         "seed": args.seed,
         "raw_prompt": args.raw_prompt,
+        "logprobs": args.logprobs,
+        "top_logprobs": args.top_logprobs,
     }
     if args.stream or any(v not in (None, False) for v in params.values()):
         return _generate(client, args, texts, params, out)

@@ -40,6 +40,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             generation_asked=request.HasField("generation"),
             sampling=self._sampling(request.generation),
             uncertainty=convert.uncertainty_request(request),
+            messages=convert.chat_turns(request.messages),
         )
         mode = None
         if isinstance(result, Generated):
@@ -62,7 +63,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
         ref = AdapterRef.parse(ns, request.adapter) if request.adapter else None
         record, stream = await self.prediction.open_stream(
-            ref, request.input, self._sampling(request.generation)
+            ref, request.input, self._sampling(request.generation), convert.chat_turns(request.messages)
         )
         first = True
         # Leaving this loop early (client cancel or disconnect: CancelledError / GeneratorExit)
@@ -74,10 +75,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     out.adapter_name = record.name if record else ""
                     out.adapter_version = record.version if record else 0
                     first = False
-                if isinstance(event, GenerationResult):
-                    out.final.CopyFrom(convert.generation_pb(event))
+                if isinstance(event, GenerationResult):  # each delta carried its own logprobs
+                    out.final.CopyFrom(convert.generation_pb(event, with_logprobs=False))
                 else:
                     out.delta = event.text
+                    out.logprobs.extend(convert.token_logprob_pb(lp) for lp in event.logprobs)
                 yield out
         finally:
             if stream.result is None:
