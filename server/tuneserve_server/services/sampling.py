@@ -75,7 +75,9 @@ def sampling_params(
     elif top_logprobs and not req.logprobs:
         bad("top_logprobs", "needs logprobs to be true")
     if problems:
-        raise InvalidRequest("invalid generation parameters", problems)
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidRequest(f"{first.field}: {first.description}{more}", problems)
     return SamplingParams(
         max_new_tokens=max_new,
         temperature=float(temperature),
