@@ -218,7 +218,9 @@ class OpenAIApp:
             stop = [stop]
         if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
             raise _bad("stop", "must be a string or a list of strings")
-        max_tokens = _get(body, "max_completion_tokens", (int,)) or _get(body, "max_tokens", (int,))
+        max_tokens = _get(body, "max_completion_tokens", (int,))
+        if max_tokens is None:
+            max_tokens = _get(body, "max_tokens", (int,))
         n = _get(body, "n", (int,), 1)
         if n != 1:
             raise _bad("n", "only n = 1 is supported (send several requests)")
@@ -228,6 +230,7 @@ class OpenAIApp:
                 max_new_tokens=max_tokens,
                 temperature=_get(body, "temperature", (int, float)),
                 top_p=_get(body, "top_p", (int, float)),
+                top_k=_get(body, "top_k", (int,)),  # not OpenAI's; vLLM takes it too
                 stop=tuple(stop or ()),
                 seed=_get(body, "seed", (int,)),
                 raw_prompt=raw_prompt,
