@@ -651,7 +651,7 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         "logprobs": args.logprobs,
         "top_logprobs": args.top_logprobs,
     }
-    if args.stream or any(v not in (None, False) for v in params.values()):
+    if args.stream or args.system is not None or any(v not in (None, False) for v in params.values()):
         return _generate(client, args, texts, params, out)
     results = client.predict(
         args.adapter or None,
@@ -683,11 +683,22 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _generate(client: Client, args: argparse.Namespace, texts: list[str], params: dict, out: TextIO) -> int:
+    def conversation(text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
+
+    chat = args.system is not None
+    if chat:
+        params = {k: v for k, v in params.items() if k != "raw_prompt"}
     if not args.stream:
-        return _print_generations(args, texts, client.generate(args.adapter or None, texts, **params), out)
+        if chat:
+            results = [client.chat(args.adapter or None, conversation(t), **params) for t in texts]
+        else:
+            results = client.generate(args.adapter or None, texts, **params)
+        return _print_generations(args, texts, results, out)
     finals = []
     for text in texts:
-        with client.stream(args.adapter or None, text, **params) as stream:
+        how = {"messages": conversation(text)} if chat else {"prompt": text}
+        with client.stream(args.adapter or None, **how, **params) as stream:
             for delta in stream:
                 if not args.json:
                     print(delta, end="", file=out, flush=True)

@@ -274,3 +274,16 @@ def test_openai_errors_have_openai_bodies_and_http_codes(server) -> None:
     assert response.status == 413
     assert json.loads(response.read())["error"]["code"] == "request_too_large"
     conn.close()
+
+
+def test_cli_predict_with_a_system_turn_is_a_chat(server, capsys) -> None:
+    from tuneserve_client.cli import main
+
+    want = server.client.chat(ADAPTER, MESSAGES, max_new_tokens=16, logprobs=True)
+    argv = ["--target", server.api.target, "--api-key", server.api.api_key, "--json", "predict"]
+    argv += ["--adapter", ADAPTER, "--system", MESSAGES[0]["content"], "--max-new-tokens", "16", "--logprobs"]
+    assert main([*argv, MESSAGES[1]["content"]]) == 0
+    (got,) = json.loads(capsys.readouterr().out)
+    assert got["text"] == want.text and got["completion_tokens"] == want.completion_tokens
+    assert [lp["token_id"] for lp in got["logprobs"]] == [lp.token_id for lp in want.logprobs]
+    assert main([*argv[:4], "predict", "--adapter", ADAPTER, "--system", "x", "--stream", "hi"]) == 0
