@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--top-logprobs", type=int, metavar="K", help="with --logprobs: the K most likely tokens too"
     )
+    gen.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="send each text as a chat conversation: this system turn, then the text as the user turn",
+    )
     predict.set_defaults(handler=_cmd_predict)
 
     adapters = commands.add_parser("adapters", help="list, inspect or delete adapters")
