@@ -154,7 +154,7 @@ def main(argv: list[str]) -> int:
     ]
     table += [f"| {' | '.join(r)} |" for r in rows]
     print("\n".join(table))
-    body = f"""Command: `flock /tmp/tuneserve-heavy.lock {command_as_run("openai_overhead.py", argv)}` on
+    body = f"""Measured {time.strftime("%Y-%m-%d")}, one run. Command: `flock /tmp/tuneserve-heavy.lock {command_as_run("openai_overhead.py", argv)}` on
 {cpu_model()} (2 cores), {code_version()}. One `tuneserve api` process (SmolLM2-135M-Instruct,
 float32, 2 torch threads, API-key auth) serving gRPC and `--openai-port` from one engine; the
 same chat ({len(MESSAGES)} turns, greedy, {tokens_out} completion tokens, identical text on
