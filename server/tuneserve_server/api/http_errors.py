@@ -70,8 +70,9 @@ def http_error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]
         param = None
         message = exc.message
         if isinstance(exc, InvalidRequest) and exc.violations:
-            param = http_param(exc.violations[0].field)
             first = exc.violations[0]
+            # an endpoint that named the field itself (http_param) keeps its name
+            param = getattr(exc, "http_param", None) or http_param(first.field)
             if message.startswith(f"{first.field}:"):  # the message leads with the gRPC path
                 message = f"{param}:{message[len(first.field) + 1 :]}"
         # A transport-level refinement (e.g. an unknown `model`: param model, model_not_found).

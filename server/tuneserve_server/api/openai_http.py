@@ -537,7 +537,10 @@ def _renamed(exc: InvalidRequest, old: str, new: str) -> InvalidRequest:
         for v in exc.violations
     ]
     message = new + exc.message[len(old) :] if exc.message.startswith(old) else exc.message
-    return InvalidRequest(message, violations)
+    renamed = InvalidRequest(message, violations)
+    if violations:
+        renamed.http_param = violations[0].field  # type: ignore[attr-defined]
+    return renamed
 
 
 async def _sse(stream, events) -> Response:
