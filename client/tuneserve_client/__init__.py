@@ -36,6 +36,7 @@ from tuneserve_client.types import (
     ServerInfo,
     ServerLimits,
     TenantQuotas,
+    TokenLogprob,
 )
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "ServerInfo",
     "ServerLimits",
     "TenantQuotas",
+    "TokenLogprob",
     "TuneserveError",
     "Unauthenticated",
     "Unavailable",

@@ -228,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence (repeatable)")
     gen.add_argument("--seed", type=int, help="same seed, same output")
     gen.add_argument("--raw-prompt", action="store_true", help="send the text as-is, not as a chat user turn")
+    gen.add_argument(
+        "--logprobs", action="store_true", help="also return each token's log-probability (with --json)"
+    )
+    gen.add_argument(
+        "--top-logprobs", type=int, metavar="K", help="with --logprobs: the K most likely tokens too"
+    )
+    gen.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="send each text as a chat conversation: this system turn, then the text as the user turn",
+    )
     predict.set_defaults(handler=_cmd_predict)
 
     adapters = commands.add_parser("adapters", help="list, inspect or delete adapters")
@@ -650,8 +661,10 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         "stop": args.stop,
         "seed": args.seed,
         "raw_prompt": args.raw_prompt,
+        "logprobs": args.logprobs,
+        "top_logprobs": args.top_logprobs,
     }
-    if args.stream or any(v not in (None, False) for v in params.values()):
+    if args.stream or args.system is not None or any(v not in (None, False) for v in params.values()):
         return _generate(client, args, texts, params, out)
     results = client.predict(
         args.adapter or None,
@@ -683,11 +696,22 @@ def _cmd_predict(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _generate(client: Client, args: argparse.Namespace, texts: list[str], params: dict, out: TextIO) -> int:
+    def conversation(text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
+
+    chat = args.system is not None
+    if chat:
+        params = {k: v for k, v in params.items() if k != "raw_prompt"}
     if not args.stream:
-        return _print_generations(args, texts, client.generate(args.adapter or None, texts, **params), out)
+        if chat:
+            results = [client.chat(args.adapter or None, conversation(t), **params) for t in texts]
+        else:
+            results = client.generate(args.adapter or None, texts, **params)
+        return _print_generations(args, texts, results, out)
     finals = []
     for text in texts:
-        with client.stream(args.adapter or None, text, **params) as stream:
+        how = {"messages": conversation(text)} if chat else {"prompt": text}
+        with client.stream(args.adapter or None, **how, **params) as stream:
             for delta in stream:
                 if not args.json:
                     print(delta, end="", file=out, flush=True)

@@ -591,11 +591,14 @@ class Client(FeedbackMixin, EvaluationsMixin):
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
         raw_prompt: bool = False,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
         timeout: float | None = None,
     ) -> Generation | list[Generation]:
         """Complete `prompts` with `adapter` (None: the base model) on a causal-LM server.
         One prompt (a str) gives one Generation, a list gives a list. Unset options take the
-        server's defaults (greedy; max_new_tokens_default tokens)."""
+        server's defaults (greedy; max_new_tokens_default tokens). `logprobs`: each token's
+        log-probability in `Generation.logprobs`; `top_logprobs`: also the k most likely."""
         single = isinstance(prompts, str)
         request = inference_pb2.PredictRequest(
             namespace=self.namespace,
@@ -609,16 +612,18 @@ class Client(FeedbackMixin, EvaluationsMixin):
                 stop=stop,
                 seed=seed,
                 raw_prompt=raw_prompt,
+                logprobs=logprobs or None,
+                top_logprobs=top_logprobs,
             ),
         )
         response = self._call(self._inference.Predict, request, timeout)
         out = [generation_from_pb(p) for p in response.predictions]
         return out[0] if single else out
 
-    def stream(
+    def chat(
         self,
         adapter: str | None,
-        prompt: str,
+        messages: Sequence[Mapping[str, str] | tuple[str, str]],
         *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
@@ -626,16 +631,57 @@ class Client(FeedbackMixin, EvaluationsMixin):
         top_k: int | None = None,
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        timeout: float | None = None,
+    ) -> Generation:
+        """The next assistant turn of a conversation: `messages` as {"role", "content"} dicts
+        or (role, content) pairs, roles "system", "user", "assistant", rendered through the
+        base model's chat template."""
+        request = inference_pb2.PredictRequest(
+            namespace=self.namespace,
+            adapter=adapter or "",
+            messages=_chat_messages_pb(messages),
+            generation=self._generation_params(
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                stop=stop,
+                seed=seed,
+                logprobs=logprobs or None,
+                top_logprobs=top_logprobs,
+            ),
+        )
+        response = self._call(self._inference.Predict, request, timeout)
+        return generation_from_pb(response.predictions[0])
+
+    def stream(
+        self,
+        adapter: str | None,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, str] | tuple[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
         raw_prompt: bool = False,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
         timeout: float | None = None,
     ) -> GenerationStream:
-        """Stream one completion: iterate the result for text deltas as they are produced;
-        afterwards `.final` holds the whole Generation. `.cancel()` (or leaving a `with`
-        block early) stops the generation on the server."""
+        """Stream one completion of `prompt` (or of the conversation in `messages`): iterate
+        the result for text deltas as they are produced; afterwards `.final` holds the whole
+        Generation. `.cancel()` (or leaving a `with` block early) stops the generation on the
+        server."""
         request = inference_pb2.PredictStreamRequest(
             namespace=self.namespace,
             adapter=adapter or "",
-            input=prompt,
+            input=prompt or "",
+            messages=_chat_messages_pb(messages or ()),
             generation=self._generation_params(
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
@@ -644,6 +690,8 @@ class Client(FeedbackMixin, EvaluationsMixin):
                 stop=stop,
                 seed=seed,
                 raw_prompt=raw_prompt,
+                logprobs=logprobs or None,
+                top_logprobs=top_logprobs,
             ),
         )
         call = self._inference.PredictStream(
@@ -840,6 +888,16 @@ class Client(FeedbackMixin, EvaluationsMixin):
 
 
 Client.train.__doc__ = (Client.train.__doc__ or "").rstrip() + "\n" + hyperparameters_doc() + "\n"
+
+
+def _chat_messages_pb(
+    messages: Iterable[Mapping[str, str] | tuple[str, str]],
+) -> list[common_pb2.ChatMessage]:
+    out = []
+    for m in messages:
+        role, content = (m["role"], m["content"]) if isinstance(m, Mapping) else m
+        out.append(common_pb2.ChatMessage(role=role, content=content))
+    return out
 
 
 def _enum(enum: Any, prefix: str, name: str, unspecified: str = "") -> int:

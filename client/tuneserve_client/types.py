@@ -315,8 +315,31 @@ FINISH_REASONS = {1: "length", 2: "stop", 3: "eos"}
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and (with top_logprobs) the most
+    likely tokens at its step as (token, logprob) pairs, most likely first."""
+
+    token: str
+    token_id: int
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+    top_ids: tuple[int, ...] = ()
+
+
+def token_logprob_from_pb(pb: inference_pb2.TokenLogprob) -> TokenLogprob:
+    return TokenLogprob(
+        token=pb.token,
+        token_id=pb.token_id,
+        logprob=pb.logprob,
+        top=tuple((t.token, t.logprob) for t in pb.top_logprobs),
+        top_ids=tuple(t.token_id for t in pb.top_logprobs),
+    )
+
+
+@dataclass(frozen=True)
 class Generation:
-    """A completion: its text, why it ended ("length", "stop" or "eos") and token counts."""
+    """A completion: its text, why it ended ("length", "stop" or "eos") and token counts;
+    with logprobs=True one TokenLogprob per completion token."""
 
     text: str
     finish_reason: str
@@ -324,6 +347,7 @@ class Generation:
     completion_tokens: int
     # The row's id for submit_feedback ("" for the base model or with ids off on the server).
     prediction_id: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -349,18 +373,21 @@ def generation_from_pb(pb: inference_pb2.Prediction | inference_pb2.Generation) 
         prompt_tokens=pb.prompt_tokens,
         completion_tokens=pb.completion_tokens,
         prediction_id=prediction_id,
+        logprobs=tuple(token_logprob_from_pb(lp) for lp in pb.logprobs),
     )
 
 
 class GenerationStream:
     """Iterate for text deltas; then `final` is the whole Generation. The adapter that serves
-    the stream is in `adapter_name` / `adapter_version` once the first message arrived."""
+    the stream is in `adapter_name` / `adapter_version` once the first message arrived. With
+    logprobs=True, `logprobs` grows as tokens arrive and `final.logprobs` holds them all."""
 
     def __init__(self, call) -> None:
         self._call = call
         self.final: Generation | None = None
         self.adapter_name = ""
         self.adapter_version = 0
+        self.logprobs: list[TokenLogprob] = []
 
     def __iter__(self):
         import grpc
@@ -373,11 +400,13 @@ class GenerationStream:
                 if first:
                     self.adapter_name, self.adapter_version = message.adapter_name, message.adapter_version
                     first = False
+                self.logprobs.extend(token_logprob_from_pb(lp) for lp in message.logprobs)
                 if message.delta:
                     yield message.delta
                 if message.HasField("final"):
+                    final = generation_from_pb(message.final)
                     self.final = replace(
-                        generation_from_pb(message.final), prediction_id=message.prediction_id
+                        final, logprobs=tuple(self.logprobs), prediction_id=message.prediction_id
                     )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
@@ -415,6 +444,7 @@ class ServerLimits:
     max_input_tokens: int
     max_new_tokens_default: int
     max_new_tokens_limit: int
+    max_top_logprobs: int = 0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 
 import structlog
 
+from tuneserve_server.api.openai_http import OpenAIHttpServer
 from tuneserve_server.api.server import MAX_REQUEST_BYTES, ApiServer
 from tuneserve_server.config import ConfigError, Settings
 from tuneserve_server.domain.server_info import AuthSummary, RequestLimits
@@ -153,11 +154,16 @@ class App:
         self.store, self.adapter_store = build_stores(settings)
         self.engine = InferenceEngine(settings, self.store, self.adapter_store)
         self.services = build_services(settings, self.store, self.adapter_store, self.engine)
-        self.api = ApiServer(settings, self.services, build_authenticator(settings, self.store))
+        authenticator = build_authenticator(settings, self.store)
+        self.api = ApiServer(settings, self.services, authenticator)
+        # The OpenAI-compatible HTTP endpoints: same services, engine and authenticator.
+        self.http = OpenAIHttpServer(settings, self.services, authenticator) if settings.openai_port else None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         port = await self.api.start()
+        if self.http is not None:  # answers 503 until the engine is ready, like gRPC
+            await self.http.start()
         if self.settings.upload_sweep_interval_s > 0:
             self._sweeper = asyncio.get_running_loop().create_task(
                 sweep_uploads_every(self.settings.upload_sweep_interval_s, self.services.datasets)
@@ -177,7 +183,10 @@ class App:
             self._sweeper.cancel()
         if self.settings.drain_delay_s:
             await asyncio.sleep(self.settings.drain_delay_s)
-        await self.api.stop(self.settings.grace_s)
+        if self.http is not None:  # in-flight HTTP requests get grace_s, as gRPC calls do
+            await asyncio.gather(self.http.stop(), self.api.stop(self.settings.grace_s))
+        else:
+            await self.api.stop(self.settings.grace_s)
         if self.services.prediction_log is not None:
             await self.services.prediction_log.stop()  # what was served before the stop is kept
         await self.engine.stop()

@@ -39,6 +39,12 @@ def _s(help: str, **kw: Any) -> Any:
 class Settings:
     host: str = _s("address the gRPC server binds", default="127.0.0.1")
     port: int = _s("gRPC port (0 picks a free one)", default=50051)
+    openai_port: int = _s(
+        "HTTP port of the OpenAI-compatible endpoints (/v1/models, /v1/chat/completions, "
+        "/v1/completions, /v1/classifications) in the API process, on the same host, engine "
+        "and API keys as gRPC (0: off)",
+        default=0,
+    )
     metrics_port: int = _s("HTTP port of /metrics for the API process (0: off)", default=9464)
     worker_metrics_port: int = _s("HTTP port of /metrics for a worker process (0: off)", default=9465)
     metrics_host: str = _s("address the /metrics endpoints bind (0.0.0.0: all)", default="127.0.0.1")
@@ -285,7 +291,7 @@ def validate(s: Settings) -> Settings:
         if not cond:
             raise ConfigError(f"setting {name} ({ENV_PREFIX}{name.upper()}): {what}")
 
-    for name in ("port", "metrics_port", "worker_metrics_port"):
+    for name in ("port", "openai_port", "metrics_port", "worker_metrics_port"):
         need(0 <= getattr(s, name) <= 65535, name, "must be 0..65535")
     for name in (
         "max_batch_rows",

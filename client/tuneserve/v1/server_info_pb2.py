@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from tuneserve.v1 import common_pb2 as tuneserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etuneserve/v1/server_info.proto\x12\x0ctuneserve.v1\x1a\x19tuneserve/v1/common.proto\"\x16\n\x14GetServerInfoRequest\"\x92\x02\n\x15GetServerInfoResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12$\n\x04task\x18\x02 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x06limits\x18\x04 \x01(\x0b\x32\x1a.tuneserve.v1.ServerLimits\x12&\n\x04\x61uth\x18\x05 \x01(\x0b\x32\x18.tuneserve.v1.ServerAuth\x12.\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x1c.tuneserve.v1.ServerFeatures\x12*\n\x06quotas\x18\x07 \x01(\x0b\x32\x1a.tuneserve.v1.TenantQuotas\"\xa0\x02\n\x0cServerLimits\x12\x1a\n\x12max_predict_inputs\x18\x01 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\r\x12\x1a\n\x12max_train_examples\x18\x03 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x04 \x01(\r\x12\x19\n\x11max_dataset_bytes\x18\x05 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x06 \x01(\x04\x12\x1b\n\x13max_sequence_tokens\x18\x07 \x01(\r\x12\x18\n\x10max_input_tokens\x18\n \x01(\r\x12\x1e\n\x16max_new_tokens_default\x18\x08 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\t \x01(\r\"~\n\nServerAuth\x12$\n\x04mode\x18\x01 \x01(\x0e\x32\x16.tuneserve.v1.AuthMode\x12\x0b\n\x03jwt\x18\x02 \x01(\x08\x12\x1b\n\x13\x63lient_certificates\x18\x03 \x01(\x08\x12 \n\x18reflection_requires_auth\x18\x04 \x01(\x08\"\xb3\x01\n\x0eServerFeatures\x12\x15\n\rprobabilities\x18\x01 \x01(\x08\x12\x13\n\x0b\x63\x61libration\x18\x02 \x01(\x08\x12\x17\n\x0fprediction_sets\x18\x03 \x01(\x08\x12\x13\n\x0buncertainty\x18\x04 \x01(\x08\x12\x12\n\ngeneration\x18\x05 \x01(\x08\x12\x1c\n\x14streaming_generation\x18\x06 \x01(\x08\x12\x15\n\rchat_template\x18\x07 \x01(\x08\"\xa0\x01\n\x0cTenantQuotas\x12\x13\n\x0b\x61\x63tive_jobs\x18\x01 \x01(\r\x12\x18\n\x10\x61\x64\x61pter_versions\x18\x02 \x01(\r\x12\x15\n\rdataset_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cupload_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fpinned_adapters\x18\x05 \x01(\r\x12\x1b\n\x13queued_predict_rows\x18\x06 \x01(\r*P\n\x08\x41uthMode\x12\x19\n\x15\x41UTH_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41UTH_MODE_NONE\x10\x01\x12\x15\n\x11\x41UTH_MODE_API_KEY\x10\x02\x32m\n\x11ServerInfoService\x12X\n\rGetServerInfo\x12\".tuneserve.v1.GetServerInfoRequest\x1a#.tuneserve.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etuneserve/v1/server_info.proto\x12\x0ctuneserve.v1\x1a\x19tuneserve/v1/common.proto\"\x16\n\x14GetServerInfoRequest\"\x92\x02\n\x15GetServerInfoResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12$\n\x04task\x18\x02 \x01(\x0e\x32\x16.tuneserve.v1.TaskType\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x06limits\x18\x04 \x01(\x0b\x32\x1a.tuneserve.v1.ServerLimits\x12&\n\x04\x61uth\x18\x05 \x01(\x0b\x32\x18.tuneserve.v1.ServerAuth\x12.\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x1c.tuneserve.v1.ServerFeatures\x12*\n\x06quotas\x18\x07 \x01(\x0b\x32\x1a.tuneserve.v1.TenantQuotas\"\xba\x02\n\x0cServerLimits\x12\x1a\n\x12max_predict_inputs\x18\x01 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\r\x12\x1a\n\x12max_train_examples\x18\x03 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x04 \x01(\r\x12\x19\n\x11max_dataset_bytes\x18\x05 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x06 \x01(\x04\x12\x1b\n\x13max_sequence_tokens\x18\x07 \x01(\r\x12\x18\n\x10max_input_tokens\x18\n \x01(\r\x12\x1e\n\x16max_new_tokens_default\x18\x08 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\t \x01(\r\x12\x18\n\x10max_top_logprobs\x18\x0b \x01(\r\"~\n\nServerAuth\x12$\n\x04mode\x18\x01 \x01(\x0e\x32\x16.tuneserve.v1.AuthMode\x12\x0b\n\x03jwt\x18\x02 \x01(\x08\x12\x1b\n\x13\x63lient_certificates\x18\x03 \x01(\x08\x12 \n\x18reflection_requires_auth\x18\x04 \x01(\x08\"\xb3\x01\n\x0eServerFeatures\x12\x15\n\rprobabilities\x18\x01 \x01(\x08\x12\x13\n\x0b\x63\x61libration\x18\x02 \x01(\x08\x12\x17\n\x0fprediction_sets\x18\x03 \x01(\x08\x12\x13\n\x0buncertainty\x18\x04 \x01(\x08\x12\x12\n\ngeneration\x18\x05 \x01(\x08\x12\x1c\n\x14streaming_generation\x18\x06 \x01(\x08\x12\x15\n\rchat_template\x18\x07 \x01(\x08\"\xa0\x01\n\x0cTenantQuotas\x12\x13\n\x0b\x61\x63tive_jobs\x18\x01 \x01(\r\x12\x18\n\x10\x61\x64\x61pter_versions\x18\x02 \x01(\r\x12\x15\n\rdataset_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cupload_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fpinned_adapters\x18\x05 \x01(\r\x12\x1b\n\x13queued_predict_rows\x18\x06 \x01(\r*P\n\x08\x41uthMode\x12\x19\n\x15\x41UTH_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41UTH_MODE_NONE\x10\x01\x12\x15\n\x11\x41UTH_MODE_API_KEY\x10\x02\x32m\n\x11ServerInfoService\x12X\n\rGetServerInfo\x12\".tuneserve.v1.GetServerInfoRequest\x1a#.tuneserve.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneserve.v1.server_info_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUTHMODE']._serialized_start=1140
-  _globals['_AUTHMODE']._serialized_end=1220
+  _globals['_AUTHMODE']._serialized_start=1166
+  _globals['_AUTHMODE']._serialized_end=1246
   _globals['_GETSERVERINFOREQUEST']._serialized_start=75
   _globals['_GETSERVERINFOREQUEST']._serialized_end=97
   _globals['_GETSERVERINFORESPONSE']._serialized_start=100
   _globals['_GETSERVERINFORESPONSE']._serialized_end=374
   _globals['_SERVERLIMITS']._serialized_start=377
-  _globals['_SERVERLIMITS']._serialized_end=665
-  _globals['_SERVERAUTH']._serialized_start=667
-  _globals['_SERVERAUTH']._serialized_end=793
-  _globals['_SERVERFEATURES']._serialized_start=796
-  _globals['_SERVERFEATURES']._serialized_end=975
-  _globals['_TENANTQUOTAS']._serialized_start=978
-  _globals['_TENANTQUOTAS']._serialized_end=1138
-  _globals['_SERVERINFOSERVICE']._serialized_start=1222
-  _globals['_SERVERINFOSERVICE']._serialized_end=1331
+  _globals['_SERVERLIMITS']._serialized_end=691
+  _globals['_SERVERAUTH']._serialized_start=693
+  _globals['_SERVERAUTH']._serialized_end=819
+  _globals['_SERVERFEATURES']._serialized_start=822
+  _globals['_SERVERFEATURES']._serialized_end=1001
+  _globals['_TENANTQUOTAS']._serialized_start=1004
+  _globals['_TENANTQUOTAS']._serialized_end=1164
+  _globals['_SERVERINFOSERVICE']._serialized_start=1248
+  _globals['_SERVERINFOSERVICE']._serialized_end=1357
 # @@protoc_insertion_point(module_scope)

@@ -39,7 +39,7 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.TaskType, str]] = ..., version: _Optional[str] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., auth: _Optional[_Union[ServerAuth, _Mapping]] = ..., features: _Optional[_Union[ServerFeatures, _Mapping]] = ..., quotas: _Optional[_Union[TenantQuotas, _Mapping]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_predict_inputs", "max_text_chars", "max_train_examples", "max_lora_rank", "max_dataset_bytes", "max_request_bytes", "max_sequence_tokens", "max_input_tokens", "max_new_tokens_default", "max_new_tokens_limit")
+    __slots__ = ("max_predict_inputs", "max_text_chars", "max_train_examples", "max_lora_rank", "max_dataset_bytes", "max_request_bytes", "max_sequence_tokens", "max_input_tokens", "max_new_tokens_default", "max_new_tokens_limit", "max_top_logprobs")
     MAX_PREDICT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class ServerLimits(_message.Message):
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     max_predict_inputs: int
     max_text_chars: int
     max_train_examples: int
@@ -60,7 +61,8 @@ class ServerLimits(_message.Message):
     max_input_tokens: int
     max_new_tokens_default: int
     max_new_tokens_limit: int
-    def __init__(self, max_predict_inputs: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_train_examples: _Optional[int] = ..., max_lora_rank: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_new_tokens_default: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ...) -> None: ...
+    max_top_logprobs: int
+    def __init__(self, max_predict_inputs: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_train_examples: _Optional[int] = ..., max_lora_rank: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_new_tokens_default: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ...) -> None: ...
 
 class ServerAuth(_message.Message):
     __slots__ = ("mode", "jwt", "client_certificates", "reflection_requires_auth")

@@ -28,7 +28,9 @@ from tuneserve_server.engine.generation import (
     FinishReason,
     GenerationResult,
     SamplingParams,
+    TokenLogprob,
 )
+from tuneserve_server.services import sampling
 from tuneserve_server.services.datasets import UploadHeader
 from tuneserve_server.training.data_report import DataReport
 from tuneserve_server.training.validation import InlineExample, TrainInput
@@ -395,53 +397,49 @@ FINISH_TO_PB = {
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
     FinishReason.EOS: inference_pb2.FINISH_REASON_EOS,
 }
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_CHARS = 256
 
 
 def sampling_params(
     gp: inference_pb2.GenerationParams, *, default_max_new_tokens: int, max_new_tokens_limit: int
 ) -> SamplingParams:
-    """GenerationParams -> SamplingParams, every violation named by its field path."""
-    problems: list[FieldViolation] = []
-
-    def bad(name: str, what: str) -> None:
-        problems.append(FieldViolation(f"generation.{name}", what))
-
-    max_new = gp.max_new_tokens if gp.HasField("max_new_tokens") else default_max_new_tokens
-    if not 1 <= max_new <= max_new_tokens_limit:
-        bad("max_new_tokens", f"must be in [1, {max_new_tokens_limit}] (the server's max_new_tokens_limit)")
-    temperature = gp.temperature if gp.HasField("temperature") else 0.0
-    if not math.isfinite(temperature) or temperature < 0:
-        bad("temperature", "must be >= 0 (0: greedy)")
-    top_p = gp.top_p if gp.HasField("top_p") else 1.0
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        bad("top_p", "must be in (0, 1]")
-    stops = tuple(gp.stop)
-    if len(stops) > MAX_STOP_SEQUENCES:
-        bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
-    for i, stop in enumerate(stops):
-        if not stop:
-            bad(f"stop[{i}]", "must not be empty")
-        elif len(stop) > MAX_STOP_CHARS:
-            bad(f"stop[{i}]", f"longer than {MAX_STOP_CHARS} characters")
-    if problems:
-        raise InvalidRequest("invalid generation parameters", problems)
-    return SamplingParams(
-        max_new_tokens=max_new,
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=gp.top_k if gp.HasField("top_k") else 0,
-        stop=stops,
-        seed=gp.seed if gp.HasField("seed") else None,
-        raw_prompt=gp.raw_prompt,
+    """GenerationParams -> SamplingParams (services/sampling.py checks), every violation named
+    by its field path (`generation.top_p`)."""
+    return sampling.sampling_params(
+        sampling.SamplingRequest(
+            max_new_tokens=gp.max_new_tokens if gp.HasField("max_new_tokens") else None,
+            temperature=gp.temperature if gp.HasField("temperature") else None,
+            top_p=gp.top_p if gp.HasField("top_p") else None,
+            top_k=gp.top_k if gp.HasField("top_k") else None,
+            stop=tuple(gp.stop),
+            seed=gp.seed if gp.HasField("seed") else None,
+            raw_prompt=gp.raw_prompt,
+            logprobs=gp.logprobs,
+            top_logprobs=gp.top_logprobs if gp.HasField("top_logprobs") else None,
+        ),
+        default_max_new_tokens=default_max_new_tokens,
+        max_new_tokens_limit=max_new_tokens_limit,
     )
 
 
-def generation_pb(result: GenerationResult) -> inference_pb2.Generation:
+def chat_turns(messages) -> tuple[ChatTurn, ...]:
+    """Repeated ChatMessage -> chat turns (the service checks roles and sizes)."""
+    return tuple(ChatTurn(m.role, m.content) for m in messages)
+
+
+def token_logprob_pb(lp: TokenLogprob) -> inference_pb2.TokenLogprob:
+    return inference_pb2.TokenLogprob(
+        token_id=lp.token_id,
+        token=lp.token,
+        logprob=lp.logprob,
+        top_logprobs=[inference_pb2.TopLogprob(token_id=t, token=s, logprob=v) for t, s, v in lp.top],
+    )
+
+
+def generation_pb(result: GenerationResult, *, with_logprobs: bool = True) -> inference_pb2.Generation:
     return inference_pb2.Generation(
         text=result.text,
         finish_reason=FINISH_TO_PB[result.finish_reason],
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
+        logprobs=[token_logprob_pb(lp) for lp in result.logprobs] if with_logprobs else [],
     )

@@ -4,6 +4,7 @@ PredictStream (generation, streamed as text deltas)."""
 from __future__ import annotations
 
 import functools
+import json
 
 import structlog
 
@@ -43,6 +44,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             generation_asked=request.HasField("generation"),
             sampling=self._sampling(request.generation),
             uncertainty=convert.uncertainty_request(request),
+            messages=convert.chat_turns(request.messages),
         )
         mode = None
         if isinstance(result, Generated):
@@ -53,7 +55,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             predictions = [convert.classification_pb(s, request.return_probabilities) for s in result.scores]
             mode = result.scores[0].conformal_mode if result.scores else None
         if self.prediction_log is not None and result.adapter is not None:
-            self._issue_ids(ns, result, request.inputs, predictions)
+            self._issue_ids(ns, result, _served_inputs(request), predictions)
         return inference_pb2.PredictResponse(
             predictions=predictions,
             adapter_name=result.adapter.name if result.adapter else "",
@@ -79,7 +81,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         structlog.contextvars.bind_contextvars(adapter=request.adapter or "__base__")
         ref = AdapterRef.parse(ns, request.adapter) if request.adapter else None
         record, stream = await self.prediction.open_stream(
-            ref, request.input, self._sampling(request.generation)
+            ref, request.input, self._sampling(request.generation), convert.chat_turns(request.messages)
         )
         first = True
         # Leaving this loop early (client cancel or disconnect: CancelledError / GeneratorExit)
@@ -91,19 +93,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     out.adapter_name = record.name if record else ""
                     out.adapter_version = record.version if record else 0
                     first = False
-                if isinstance(event, GenerationResult):
-                    out.final.CopyFrom(convert.generation_pb(event))
+                if isinstance(event, GenerationResult):  # each delta carried its own logprobs
+                    out.final.CopyFrom(convert.generation_pb(event, with_logprobs=False))
                     if self.prediction_log is not None and record is not None:
                         out.prediction_id = self.prediction_log.issue(
                             ns,
                             record.name,
                             record.version,
                             record.task,
-                            [("", 0.0, request.input, event.text)],
+                            [("", 0.0, _served_inputs(request)[0], event.text)],
                         )[0]
                 else:
                     out.delta = event.text
+                    out.logprobs.extend(convert.token_logprob_pb(lp) for lp in event.logprobs)
                 yield out
         finally:
             if stream.result is None:
                 stream.cancel()
+
+
+def _served_inputs(request) -> list[str]:
+    """What a prediction record keeps as the served input of each row: the texts, or for a
+    chat request (one row) its turns as JSON, so feedback on a chat answer has its prompt."""
+    if request.messages:
+        return [json.dumps([{"role": m.role, "content": m.content} for m in request.messages])]
+    if hasattr(request, "inputs"):
+        return list(request.inputs)
+    return [request.input]

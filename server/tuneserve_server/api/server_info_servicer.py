@@ -5,6 +5,7 @@ from __future__ import annotations
 from tuneserve.v1 import common_pb2, server_info_pb2, server_info_pb2_grpc
 from tuneserve_server.api.rpc import rpc
 from tuneserve_server.domain.jobs import TaskType
+from tuneserve_server.domain.limits import MAX_TOP_LOGPROBS
 from tuneserve_server.domain.server_info import ServerInfo
 from tuneserve_server.services.server_info import ServerInfoService
 
@@ -33,6 +34,7 @@ def server_info_pb(info: ServerInfo) -> server_info_pb2.GetServerInfoResponse:
             max_input_tokens=m.classify_max_tokens,
             max_new_tokens_default=lim.max_new_tokens_default if causal else 0,
             max_new_tokens_limit=lim.max_new_tokens_limit if causal else 0,
+            max_top_logprobs=MAX_TOP_LOGPROBS if causal else 0,
         ),
         auth=server_info_pb2.ServerAuth(
             mode=_AUTH.get(auth.mode, server_info_pb2.AUTH_MODE_UNSPECIFIED),

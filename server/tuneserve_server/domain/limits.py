@@ -23,3 +23,8 @@ class TrainLimits:
     # Token counter for the data report's length checks (a tokenizer of the served base that
     # is safe to call off the torch thread); None: lengths are not measured.
     count_tokens: Callable[[list[str]], list[int]] | None = None
+
+
+# Causal LM: the most alternatives a request may ask for at each generated token
+# (`top_logprobs`; OpenAI's own bound). GetServerInfo reports it.
+MAX_TOP_LOGPROBS = 20

@@ -22,11 +22,24 @@ from typing import Any
 import structlog
 
 from tuneserve_server.domain.errors import CapacityExceeded
-from tuneserve_server.engine.generation_sampling import FinishReason, SamplingParams
+from tuneserve_server.domain.jobs import ChatTurn
+from tuneserve_server.engine.generation_sampling import FinishReason, SamplingParams, TokenLogprob
 from tuneserve_server.engine.registry import AdapterKey
 from tuneserve_server.observability.metrics import PREDICT_REJECTED
 
-__all__ = ["FinishReason", "GenerationResult", "GenerationRow", "GenerationScheduler", "SamplingParams"]
+__all__ = [
+    "FinishReason",
+    "GenerationResult",
+    "GenerationRow",
+    "GenerationScheduler",
+    "Prompt",
+    "SamplingParams",
+    "TokenLogprob",
+]
+
+# A prompt: a text (a user turn in the chat template, or sent as-is with raw_prompt), or a
+# conversation rendered through the model's chat template.
+Prompt = str | tuple[ChatTurn, ...]
 
 log = structlog.get_logger("tuneserve.engine")
 
@@ -37,11 +50,16 @@ class GenerationResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # With params.logprobs: one per completion token, in order (the EOS token is not one).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
+    # With params.logprobs: the tokens decoded since the previous delta (their text may lag:
+    # a partial character or a possible stop sequence is held back).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 Event = Delta | GenerationResult | BaseException
@@ -54,7 +72,7 @@ class GenerationRow:
     `cancelled` is set by the consumer and read by the runner."""
 
     key: AdapterKey | None  # None: the base model
-    prompt: str
+    prompt: Prompt
     params: SamplingParams
     sink: Sink
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -128,12 +146,12 @@ class GenerationScheduler:
     def rows_in_flight(self) -> int:
         return len(self.inbox) + self.runner.active_count
 
-    def open(self, key: AdapterKey | None, prompt: str, params: SamplingParams) -> RowStream:
+    def open(self, key: AdapterKey | None, prompt: Prompt, params: SamplingParams) -> RowStream:
         """Queue one prompt; the returned stream yields its deltas and result."""
         return self.open_many(key, [prompt], params)[0]
 
     def open_many(
-        self, key: AdapterKey | None, prompts: list[str], params: SamplingParams
+        self, key: AdapterKey | None, prompts: list[Prompt], params: SamplingParams
     ) -> list[RowStream]:
         if self.rows_in_flight + len(prompts) > self.max_queue_rows:
             PREDICT_REJECTED.inc()

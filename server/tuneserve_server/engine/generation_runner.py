@@ -24,11 +24,13 @@ from tuneserve_server.engine.generation import Delta, GenerationResult, Generati
 from tuneserve_server.engine.generation_sampling import (
     FinishReason,
     RowText,
+    TokenLogprob,
     choose_tokens,
+    token_logprobs,
 )
 from tuneserve_server.engine.lora_batched import LoraBank
 from tuneserve_server.engine.registry import AdapterKey, AdapterRegistry
-from tuneserve_server.modeling_lm import render_prompt
+from tuneserve_server.modeling_lm import render_chat, render_prompt
 from tuneserve_server.observability.metrics import (
     GENERATION_ACTIVE_ROWS,
     GENERATION_CANCELLED,
@@ -50,6 +52,8 @@ class _Active:
     last_token: int = 0
     generated: int = 0
     started: float = field(default_factory=time.perf_counter)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with params.logprobs
+    unsent: int = 0  # how many of `logprobs` (the last ones) no delta has carried yet
 
 
 class GenerationRunner:
@@ -149,10 +153,14 @@ class GenerationRunner:
         return out.logits[:, -1, :]
 
     def _tokens(self, row: GenerationRow) -> list[int]:
-        prompt = (
-            row.prompt if row.params.raw_prompt else render_prompt(self.tokenizer, [("user", row.prompt)])
-        )
-        ids = self.tokenizer(prompt, add_special_tokens=row.params.raw_prompt)["input_ids"]
+        if isinstance(row.prompt, tuple):  # chat messages: the model's template, always
+            prompt = render_chat(self.tokenizer, [(t.role, t.content) for t in row.prompt])
+        elif row.params.raw_prompt:
+            prompt = row.prompt
+        else:
+            prompt = render_prompt(self.tokenizer, [("user", row.prompt)])
+        raw = row.params.raw_prompt and isinstance(row.prompt, str)
+        ids = self.tokenizer(prompt, add_special_tokens=raw)["input_ids"]
         if not ids:
             raise InvalidRequest.field("inputs", "the prompt has no tokens")
         if len(ids) + row.params.max_new_tokens > self.max_positions:
@@ -247,9 +255,11 @@ class GenerationRunner:
     def _advance(self, rows: list[_Active], logits: torch.Tensor) -> None:
         """Choose each row's next token (logits[i] is rows[i]'s), send its delta, and drop
         finished or cancelled rows."""
-        tokens = choose_tokens(logits, [a.row.params for a in rows], [a.generator for a in rows])
+        params = [a.row.params for a in rows]
+        tokens = choose_tokens(logits, params, [a.generator for a in rows])
+        logprobs = token_logprobs(self.tokenizer, logits, tokens, params)
         done: set[int] = set()
-        for a, token in zip(rows, tokens, strict=True):
+        for a, token, lp in zip(rows, tokens, logprobs, strict=True):
             if a.row.cancelled.is_set():
                 GENERATION_CANCELLED.inc()
                 done.add(id(a))
@@ -261,15 +271,22 @@ class GenerationRunner:
             else:
                 a.generated += 1
                 a.last_token = token
+                if lp is not None:
+                    a.logprobs.append(lp)
+                    a.unsent += 1
                 delta, stopped = a.text.add(token)
                 if stopped:
                     finish = FinishReason.STOP
                 elif a.generated >= a.row.params.max_new_tokens:
                     delta, finish = delta + a.text.flush(), FinishReason.LENGTH
-            if delta:
-                a.row.sink(Delta(delta))
+            if delta or (finish is not None and a.unsent):
+                sent = tuple(a.logprobs[len(a.logprobs) - a.unsent :]) if a.unsent else ()
+                a.unsent = 0
+                a.row.sink(Delta(delta, sent))
             if finish is not None:
-                a.row.sink(GenerationResult(a.text.text, finish, a.prompt_tokens, a.generated))
+                a.row.sink(
+                    GenerationResult(a.text.text, finish, a.prompt_tokens, a.generated, tuple(a.logprobs))
+                )
                 GENERATION_FINISHED.labels(finish.value).inc()
                 done.add(id(a))
         if done:

@@ -26,6 +26,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a random seed per row
     raw_prompt: bool = False  # False: the prompt is a user turn in the chat template
+    logprobs: bool = False  # also report each generated token's log-probability
+    top_logprobs: int = 0  # ... and the k most likely tokens at each step (needs logprobs)
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +65,51 @@ def choose_tokens(
             continue
         probs = torch.softmax(filter_logits(logits[i], p.temperature, p.top_k, p.top_p), -1)
         out.append(int(torch.multinomial(probs, 1, generator=gen)))
+    return out
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its id, text and log-probability under the model (log-softmax of
+    the raw logits: before temperature, top-k and top-p), and the `top_logprobs` most likely
+    tokens at that step as (id, text, logprob), most likely first."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+def token_logprobs(
+    tokenizer, logits: torch.Tensor, tokens: list[int], params: list[SamplingParams]
+) -> list[TokenLogprob | None]:
+    """For every row of `logits` (B, V) whose params ask for logprobs: the chosen token's
+    log-probability and its top-k alternatives; None for the other rows. One log-softmax over
+    the rows that asked (in at least float32)."""
+    out: list[TokenLogprob | None] = [None] * len(tokens)
+    wanted = [i for i, p in enumerate(params) if p.logprobs]
+    if not wanted:
+        return out
+    scores = logits[wanted]
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.float()
+    logp = torch.log_softmax(scores, -1)
+    k = max(params[i].top_logprobs for i in wanted)
+    top_v, top_i = torch.topk(logp, k, -1) if k else (None, None)
+    chosen = logp.gather(1, torch.tensor([[tokens[i]] for i in wanted], device=logp.device))[:, 0].tolist()
+
+    def text(token_id: int) -> str:
+        return tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    for j, i in enumerate(wanted):
+        top: tuple[tuple[int, str, float], ...] = ()
+        if params[i].top_logprobs and top_v is not None and top_i is not None:
+            n = params[i].top_logprobs
+            top = tuple(
+                (int(t), text(int(t)), float(v))
+                for t, v in zip(top_i[j, :n].tolist(), top_v[j, :n].tolist(), strict=True)
+            )
+        out[i] = TokenLogprob(tokens[i], text(tokens[i]), float(chosen[j]), top)
     return out
 
 

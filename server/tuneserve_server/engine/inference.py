@@ -31,6 +31,7 @@ from tuneserve_server.engine.classifier import ClassificationRunner, ClassScores
 from tuneserve_server.engine.generation import (
     GenerationResult,
     GenerationScheduler,
+    Prompt,
     RowStream,
     SamplingParams,
 )
@@ -416,7 +417,7 @@ class InferenceEngine:
         return record, AdapterKey(record.namespace, record.name, record.version)
 
     async def generate(
-        self, ref: AdapterRef | None, prompts: list[str], params: SamplingParams
+        self, ref: AdapterRef | None, prompts: list[Prompt], params: SamplingParams
     ) -> tuple[AdapterVersionRecord | None, list[GenerationResult]]:
         """Complete every prompt (each a row of the shared decoding loop); a cancelled call
         cancels its rows."""
@@ -436,7 +437,7 @@ class InferenceEngine:
         return record, results
 
     async def open_stream(
-        self, ref: AdapterRef | None, prompt: str, params: SamplingParams
+        self, ref: AdapterRef | None, prompt: Prompt, params: SamplingParams
     ) -> tuple[AdapterVersionRecord | None, RowStream]:
         """Queue one prompt; iterate `stream.events()` for its deltas and final result."""
         record, key = await self._generation_target(ref)

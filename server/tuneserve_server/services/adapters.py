@@ -99,6 +99,11 @@ class AdapterService:
                 by_name.setdefault(rec.name, []).append(rec)
         return AdapterPage([by_name[n] for n in names if n in by_name], residency, token)
 
+    async def versions(self, namespace: str) -> list[AdapterVersionRecord]:
+        """Every live version of every adapter in `namespace` (bounded by the
+        adapter_versions quota), oldest first per name."""
+        return await asyncio.to_thread(self.store.adapter_versions, namespace)
+
     async def get(self, namespace: str, name: str) -> tuple[list[AdapterVersionRecord], Residency]:
         records = await asyncio.to_thread(self.store.adapter_versions, namespace, name)
         if not records:

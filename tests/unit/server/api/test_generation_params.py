@@ -43,6 +43,8 @@ def test_defaults_are_greedy_with_the_server_default_length() -> None:
         ({"stop": ["ok", ""]}, "generation.stop[1]"),
         ({"stop": ["x" * 300]}, "generation.stop[0]"),
         ({"stop": ["s"] * 17}, "generation.stop"),
+        ({"logprobs": True, "top_logprobs": 21}, "generation.top_logprobs"),
+        ({"top_logprobs": 2}, "generation.top_logprobs"),  # needs logprobs
     ],
 )
 def test_each_bad_setting_names_its_field(kw, field) -> None:
@@ -85,3 +87,20 @@ def test_streamed_text_holds_back_a_possible_stop_sequence() -> None:
     assert "".join(shown) == "abc "  # "EN" could still become "END"
     delta, stopped = row.add(tok.convert_tokens_to_ids(tok.tokenize("D"))[0])
     assert stopped and delta == "" and row.text == "abc "
+
+
+def test_logprobs_settings_pass_through_and_http_names_its_own_fields() -> None:
+    from tuneserve_server.services.sampling import SamplingRequest
+    from tuneserve_server.services.sampling import sampling_params as neutral
+
+    p = params(logprobs=True, top_logprobs=20)
+    assert (p.logprobs, p.top_logprobs) == (True, 20)
+    assert (params().logprobs, params().top_logprobs) == (False, 0)
+    with pytest.raises(InvalidRequest) as err:
+        neutral(
+            SamplingRequest(top_k=-1, top_p=0, max_new_tokens=0),
+            default_max_new_tokens=8,
+            max_new_tokens_limit=10,
+            field=lambda name: {"max_new_tokens": "max_tokens"}.get(name, name),
+        )
+    assert {v.field for v in err.value.violations} == {"max_tokens", "top_k", "top_p"}

@@ -58,6 +58,7 @@ def test_a_classification_server_reports_its_limits_quotas_auth_and_features():
     assert (lim.max_dataset_bytes, lim.max_request_bytes) == (12345, 64 * 1024 * 1024)
     assert (lim.max_sequence_tokens, lim.max_input_tokens) == (512, 128)
     assert (lim.max_new_tokens_default, lim.max_new_tokens_limit) == (0, 0)  # no generation here
+    assert lim.max_top_logprobs == 0
     assert pb.auth == server_info_pb2.ServerAuth(
         mode=server_info_pb2.AUTH_MODE_API_KEY,
         jwt=True,
@@ -79,6 +80,7 @@ def test_a_causal_lm_server_reports_generation_bounds_and_streaming():
     assert pb.auth.mode == server_info_pb2.AUTH_MODE_NONE
     assert (pb.limits.max_new_tokens_default, pb.limits.max_new_tokens_limit) == (16, 64)
     assert (pb.limits.max_sequence_tokens, pb.limits.max_input_tokens) == (2048, 0)
+    assert pb.limits.max_top_logprobs == 20  # domain/limits.MAX_TOP_LOGPROBS
     f = pb.features
     assert f.generation and f.streaming_generation and f.chat_template
     assert not (f.probabilities or f.prediction_sets or f.uncertainty or f.calibration)
