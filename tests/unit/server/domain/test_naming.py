@@ -1,4 +1,4 @@
-"""AdapterRef.parse: `name` or `name@version`, names checked, versions positive."""
+"""AdapterRef.parse: `name`, `name@version` or `name@alias`; names checked, versions positive."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def test_parse_name_and_name_at_version():
     assert AdapterRef.parse("team-a", "intents@3") == AdapterRef("team-a", "intents", 3)
     assert str(AdapterRef.parse("team-a", "intents@3")) == "team-a/intents@3"
     assert str(AdapterRef.parse("team-a", "v1.2_x-y")) == "team-a/v1.2_x-y"
+    assert str(AdapterRef.parse("team-a", "intents@prod")) == "team-a/intents@prod"  # an alias
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,8 @@ def test_parse_name_and_name_at_version():
         "intents@0",
         "intents@-1",
         "intents@",
-        "intents@x",
+        "intents@X",  # an alias is lower-case
+        "intents@_x",  # and starts with a letter
         "intents@1@2",
         "intents@²",
         "intents@" + "9" * 30,
