@@ -38,6 +38,7 @@ from tuneserve_server.training import checkpoint
 from tuneserve_server.training.causal_lm import CausalLMRecipe
 from tuneserve_server.training.classification import ClassificationRecipe
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
+from tuneserve_server.training.preference import PreferenceRecipe
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 
 log = structlog.get_logger("tuneserve.worker")
@@ -77,6 +78,7 @@ class _Heartbeat(threading.Thread):
 RECIPES: Mapping[TaskType, RecipeFactory] = {
     TaskType.CLASSIFICATION: ClassificationRecipe,
     TaskType.CAUSAL_LM: CausalLMRecipe,
+    TaskType.PREFERENCE: PreferenceRecipe,
 }
 
 
@@ -197,7 +199,7 @@ class TrainerWorker:
                 name=spec.adapter_name,
                 version=version,
                 job_id=job.id,
-                task=spec.task,
+                task=result.meta.task,  # the adapter's task (a DPO adapter is a causal-LM one)
                 base_model=result.meta.base_model,
                 labels=result.meta.labels,
                 metrics=result.metrics,
