@@ -270,6 +270,9 @@ def test_server_round_trip_of_every_field():
         "evaluation.baseline": False,
         "causal_lm.train_on_prompt": True,
         "causal_lm.sample_generations": 1,
+        "preference.beta": 0.25,
+        "preference.loss_type": "sigmoid",
+        "preference.label_smoothing": 0.25,
     }
     assert sorted(given) == sorted(PATHS)  # a new field needs a value here
     request = training_pb2.TrainRequest(
