@@ -6,6 +6,12 @@ loaded. The reference log-probabilities of each pair are computed once, the firs
 pair is met (no gradient, eval mode), kept in a cache indexed by the pair and reused every
 epoch; they travel with checkpoints so a resumed job does not recompute them.
 
+Warm start (the usual SFT -> DPO pipeline): given the directory of an SFT adapter of this base
+(`init_adapter_dir`), the policy starts as a trainable copy of it ("default", its LoRA config:
+rank, alpha, targets) and the reference is the same adapter loaded once more, frozen
+("reference"); the reference pass switches to it instead of disabling the adapter. The saved
+adapter holds only the policy.
+
 Each pair is tokenized as (prompt, chosen, rejected): the prompt is rendered with the chat
 template up to the assistant header (exactly what serving sends), each reply is followed by
 the template's end-of-turn marker. Sequences longer than max_seq_length are cut the way the
@@ -34,6 +40,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -67,6 +75,7 @@ from tuneserve_server.training.recipe import RecipeContext, run_recipe
 log = structlog.get_logger("tuneserve.training")
 
 EVAL_BATCH = 8  # pairs per evaluation forward (16 sequences)
+POLICY, REFERENCE = "default", "reference"  # adapter names (peft's default for the trained one)
 
 
 @dataclass(frozen=True)
@@ -153,12 +162,28 @@ def preference_loss(
     return PairLoss(losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
 
 
+def warm_start(lm: torch.nn.Module, directory: Path, dropout: float):
+    """`lm` under peft with the adapter in `directory` twice: "default", trainable (the policy,
+    starting from it), and "reference", frozen."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(lm, str(directory), adapter_name=POLICY, is_trainable=True)
+    model.load_adapter(str(directory), adapter_name=REFERENCE, is_trainable=False)
+    config = model.peft_config[POLICY]
+    config.lora_dropout = dropout  # only used where modules are built; the loaded ones keep theirs
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(f".{POLICY}." in name)
+    return model
+
+
 class PreferenceRecipe:
     """The Recipe for TaskType.PREFERENCE (see the module docstring). It trains in the dtype the
     model loads in (as the causal-LM recipe does) and so ignores ctx.precision."""
 
-    def __init__(self, ctx: RecipeContext) -> None:
+    def __init__(self, ctx: RecipeContext, init_adapter_dir: Path | None = None) -> None:
         self.ctx = ctx
+        self.init_adapter_dir = init_adapter_dir  # warm start: an SFT adapter (see the module docstring)
         self.spec = ctx.spec
         self.source = ctx.source
         self.device = ctx.device
@@ -180,15 +205,22 @@ class PreferenceRecipe:
         torch.manual_seed(hp.optimizer.seed)
         self.tokenizer, lm = load_causal_lm(self.source.path, self.device, self.ctx.model_cache_dir)
         lm.config.use_cache = False
-        self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
-        config = LoraConfig(
-            r=hp.lora.rank,
-            lora_alpha=hp.lora.alpha,
-            lora_dropout=hp.lora.dropout,
-            target_modules=list(self.targets),
-            bias="none",
-        )
-        self.model = get_peft_model(lm, config)
+        if self.init_adapter_dir is not None:
+            self.model = warm_start(lm, self.init_adapter_dir, hp.lora.dropout)
+            config = self.model.peft_config[POLICY]
+            self.targets = tuple(sorted(config.target_modules))
+            self.rank = int(config.r)
+        else:
+            self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
+            self.rank = hp.lora.rank
+            config = LoraConfig(
+                r=hp.lora.rank,
+                lora_alpha=hp.lora.alpha,
+                lora_dropout=hp.lora.dropout,
+                target_modules=list(self.targets),
+                bias="none",
+            )
+            self.model = get_peft_model(lm, config)
         self.pad_id = self.tokenizer.pad_token_id or 0
         suffix = completion_suffix(self.tokenizer)
         max_len = hp.optimizer.max_seq_length
@@ -201,6 +233,23 @@ class PreferenceRecipe:
             log.warning("pairs truncated to max_seq_length", rows=self.truncated, max_seq_length=max_len)
 
     # ---------------------------------------------------------------- reference
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """The model as the reference: the frozen SFT adapter when warm-started, else the base
+        (the adapter disabled)."""
+        if REFERENCE in self.model.peft_config:
+            self.model.base_model.set_adapter(REFERENCE)
+            try:
+                yield
+            finally:
+                self.model.base_model.set_adapter(POLICY)
+                for name, p in self.model.named_parameters():  # set_adapter toggles requires_grad
+                    if "lora_" in name:
+                        p.requires_grad_(f".{POLICY}." in name)
+        else:
+            with self.model.disable_adapter():
+                yield
+
     @torch.no_grad()
     def reference_logps(
         self, split: str, rows: list[EncodedPair], idx: list[int]
@@ -212,7 +261,7 @@ class PreferenceRecipe:
             was_training = self.model.training
             self.model.eval()
             try:
-                with self.model.disable_adapter():
+                with self.reference():
                     for start in range(0, len(missing), EVAL_BATCH):
                         part = missing[start : start + EVAL_BATCH]
                         logps, _ = sequence_logps(
@@ -409,13 +458,12 @@ class PreferenceRecipe:
 
     # ---------------------------------------------------------------- save
     def save(self, directory: Path, metrics: dict[str, float]) -> AdapterMeta:
-        self.model.save_pretrained(str(directory))
-        hp = self.spec.hyperparameters
+        self.model.save_pretrained(str(directory), selected_adapters=[POLICY])
         meta = AdapterMeta(
             task=TaskType.CAUSAL_LM,  # a DPO adapter is a causal-LM adapter: it serves like one
             base_model=self.source.model_id,
             labels=(),
-            lora_rank=hp.lora.rank,
+            lora_rank=self.rank,
             target_modules=self.targets,
             metrics=metrics,
             job_id=self.ctx.job_id,

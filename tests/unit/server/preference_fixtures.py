@@ -86,3 +86,37 @@ def preference_spec(
             preference=settings,
         ),
     )
+
+
+def train_sft_adapter(base_dir: Path, out: Path, steps: int = 3) -> Path:
+    """A causal-LM (SFT) adapter of the tiny base on the chosen replies of `pairs(12)`, with
+    random-looking LoRA B (a few steps at a high rate), for warm-starting preference runs."""
+    from tuneserve_server.domain.jobs import CausalExample
+    from tuneserve_server.modeling import BaseModelSource
+    from tuneserve_server.training.causal_lm import CausalLMRecipe
+    from tuneserve_server.training.recipe import RecipeContext
+
+    train = tuple(
+        CausalExample(messages=(*p.prompt_turns(), ChatTurn("assistant", p.chosen))) for p in pairs(12)
+    )
+    spec = JobSpec(
+        "default",
+        "tiny-sft",
+        TaskType.CAUSAL_LM,
+        "req",
+        train,
+        train[:2],
+        Hyperparameters(
+            lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
+            optimizer=OptimizerSettings(
+                learning_rate=2e-2,
+                batch_size=4,
+                epochs=1,
+                max_steps=steps,
+                warmup_ratio=0.0,
+                max_seq_length=96,
+            ),
+        ),
+    )
+    CausalLMRecipe(RecipeContext(spec, BaseModelSource(str(base_dir), "tiny-llama"))).run(out)
+    return out

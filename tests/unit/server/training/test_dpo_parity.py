@@ -31,7 +31,9 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-dpo"))
 
 
-def _recipe(base_dir: Path, settings: PreferenceSettings, trl_beta: float | None = None):
+def _recipe(
+    base_dir: Path, settings: PreferenceSettings, trl_beta: float | None = None, init: Path | None = None
+):
     """The recipe after setup, its LoRA weights moved away from zero (so policy != reference);
     with `trl_beta`, also a TRL DPOTrainer on the same model, built before the move: TRL keeps a
     frozen copy of the adapter as it finds it ("ref", B = 0: exactly the base model) as its
@@ -146,3 +148,27 @@ def test_reference_log_probs_are_computed_once_per_pair(base_dir: Path) -> None:
         direct, _ = sequence_logps(recipe.model, collate_pairs([recipe.train_rows[3]], recipe.pad_id))
     torch.testing.assert_close(again[0][3], direct[0])
     torch.testing.assert_close(again[1][3], direct[1])
+
+
+def test_warm_started_loss_and_gradients_equal_trl_retraining_an_adapter(
+    base_dir: Path, tmp_path: Path
+) -> None:
+    """SFT -> DPO: given a model with a trained adapter, TRL keeps a frozen copy of it as the
+    reference ("ref"); ours loads the SFT adapter once more, frozen ("reference")."""
+    from preference_fixtures import train_sft_adapter
+
+    sft_dir = train_sft_adapter(base_dir, tmp_path / "sft")
+    settings = PreferenceSettings(beta=0.1)
+    recipe, trainer = _recipe(base_dir, settings, trl_beta=0.1, init=sft_dir)
+    idx = [4, 5, 6, 7]
+    ours, _, _ = recipe._batch_loss("t", recipe.train_rows, idx)
+    loss = ours.losses.mean()
+    loss.backward()
+    our_grads = {n: g for n, g in _grads(recipe.model).items() if ".default." in n}
+    oracle = _trl_loss(trainer, recipe, idx, swap=False)
+    oracle.backward()
+    trl_grads = {n: g for n, g in _grads(recipe.model).items() if ".default." in n}
+    assert abs(float(loss) - float(oracle)) < 1e-5, (float(loss), float(oracle))
+    assert trl_grads.keys() == our_grads.keys() and len(our_grads) == 16
+    for name, g in our_grads.items():
+        torch.testing.assert_close(g, trl_grads[name], rtol=0, atol=1e-5, msg=name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from generation_fixtures import EOS, byte_tokenizer
-from preference_fixtures import preference_spec, save_tiny_llama
+from preference_fixtures import preference_spec, save_tiny_llama, train_sft_adapter
 from safetensors.torch import load_file
 
 from tuneserve_server.domain.jobs import EventType, PreferenceExample, PreferenceSettings, TaskType
@@ -23,6 +23,7 @@ from tuneserve_server.training.preference import (
     collate_pairs,
     encode_pair,
     preference_loss,
+    sequence_logps,
 )
 from tuneserve_server.training.recipe import RecipeContext
 
@@ -148,3 +149,42 @@ def test_cancel_stops_between_steps(base_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(JobCancelled):
         recipe.run(tmp_path)
     assert max(steps) == 2
+
+
+def test_warm_start_policy_and_reference_are_the_sft_adapter(base_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    sft_dir = train_sft_adapter(base_dir, tmp_path / "sft")
+    source = BaseModelSource(str(base_dir), "tiny-llama")
+    spec = preference_spec(steps=3, lr=2e-2)
+    recipe = PreferenceRecipe(RecipeContext(spec, source), init_adapter_dir=sft_dir)
+    recipe.setup()
+    rows, idx = recipe.train_rows, [0, 1, 2, 3]
+    batch = collate_pairs([rows[i] for i in idx], recipe.pad_id)
+    sft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sft_dir)).eval()
+    with torch.no_grad():
+        expect, _ = sequence_logps(sft, batch)
+        with sft.disable_adapter():
+            base, _ = sequence_logps(sft, batch)
+    ref_c, ref_r = recipe.reference_logps("t", rows, idx)
+    torch.testing.assert_close(torch.cat([ref_c, ref_r]), expect)  # the reference is the SFT adapter
+    assert not torch.allclose(expect, base, atol=1e-3)  # ... which is not the base
+    recipe.model.eval()
+    with torch.no_grad():
+        policy, _ = sequence_logps(recipe.model, batch)
+    torch.testing.assert_close(policy, expect)  # the policy starts as the SFT adapter
+    trainable = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)
+
+    recipe.train()
+    result = recipe.finalize(tmp_path / "dpo")
+    assert result.metrics["eval_loss"] < result.metrics["ref_eval_loss"]
+    with torch.no_grad():  # training moved the policy, never the reference
+        recipe.reference_forwards, recipe.ref_cache = 0, {}
+        again_c, again_r = recipe.reference_logps("t", rows, idx)
+    torch.testing.assert_close(torch.cat([again_c, again_r]), expect)
+    saved = load_file(str(tmp_path / "dpo" / "adapter_model.safetensors"))
+    assert saved.keys() == load_file(str(sft_dir / "adapter_model.safetensors")).keys()
+    assert not (tmp_path / "dpo" / "reference").exists()  # only the policy is saved
+    assert AdapterMeta.read(tmp_path / "dpo").lora_rank == 4
