@@ -218,6 +218,7 @@ def test_server_conversion_keeps_unset_as_server_default():
         "optimizer": {},
         "evaluation": {"metric_for_best": ""},
         "causal_lm": {"train_on_prompt": False},
+        "preference": {"loss_type": ""},
     }
     given = common_pb2.Hyperparameters(
         optimizer=common_pb2.OptimizerConfig(seed=0, max_steps=0),
