@@ -11,7 +11,7 @@ the first step is left out as warm-up); a DPO step in its first epoch also runs 
 (adapter disabled) on pairs not yet cached, later epochs reuse the cache, so both are shown.
 Peak RSS is the child's ru_maxrss; "after setup" is its RSS once the model is loaded and the
 adapter attached, so the difference is what training adds (a second copy of the model would
-add the weights again: ~540 MB in float32).
+add the weights again: about half a GB in float32).
 
     python bench/preference.py --steps 8 --docs docs/benchmarks.md
 """
@@ -168,7 +168,9 @@ def main() -> None:
         "chosen and rejected (twice the sequences of an SFT step) and, in epoch 1, the reference once on each "
         "new pair (no gradient); in epoch 2 the reference log-probs come from the cache. The reference is the "
         "same model with the adapter disabled, so the RSS after setup is the same for both jobs: no second "
-        "copy of the weights (float32 SmolLM2 is ~540 MB).\n\n"
+        "copy of the weights (SmolLM2-135M in float32 is about half a GB). What DPO adds at the peak is "
+        "activations: twice the sequences of an SFT step, and the rejected replies (the base model's "
+        "own, up to 64 tokens) are longer than the house-format ones.\n\n"
         f"Measured with `{harness.command_as_run('preference.py', sys.argv[1:])}` on {harness.cpu_model()} "
         f"({os.cpu_count()} cores), {harness.code_version()}."
     )

@@ -15,7 +15,7 @@ For each model the table gives, on the 14 held-out prompts:
                    (summed over its tokens) than the rejected one
     chosen logp    mean summed log-probability of the chosen reply
 
-    python examples/demo_preference.py [--sft-steps 6] [--dpo-steps 14]
+    python examples/demo_preference.py [--sft-steps 12] [--dpo-steps 14] [--dpo-lr 2e-4] [--beta 0.1]
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def is_house_format(text: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sft-steps", type=int, default=6)
+    parser.add_argument("--sft-steps", type=int, default=12)
     parser.add_argument("--dpo-steps", type=int, default=14)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--dpo-lr", type=float, default=5e-4)
+    parser.add_argument("--dpo-lr", type=float, default=2e-4)
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "tuneserve-model-cache"))
     parser.add_argument("--work-dir", default="")
     args = parser.parse_args()
