@@ -46,7 +46,9 @@ def main() -> None:
     for start in range(0, len(rows), args.batch):
         part = rows[start : start + args.batch]
         encoded = [
-            tokenizer(render_prompt(tokenizer, [("user", r["prompt"])]), add_special_tokens=False)["input_ids"]
+            tokenizer(render_prompt(tokenizer, [("user", r["prompt"])]), add_special_tokens=False)[
+                "input_ids"
+            ]
             for r in part
         ]
         width = max(len(e) for e in encoded)
