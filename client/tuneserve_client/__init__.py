@@ -1,5 +1,6 @@
 """Python client for the tuneserve gRPC service."""
 
+from tuneserve_client.aliases import AliasMove, PromotionResult
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import (
     DataFileError,
@@ -45,6 +46,7 @@ __all__ = [
     "HYPERPARAMETERS",
     "Adapter",
     "AdapterVersion",
+    "AliasMove",
     "AlreadyExists",
     "Cancelled",
     "Classification",
@@ -67,6 +69,7 @@ __all__ = [
     "LoadedAdapter",
     "NotFound",
     "PermissionDenied",
+    "PromotionResult",
     "ResourceExhausted",
     "SampleGeneration",
     "ServerInfo",

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tuneserve_client import hyperparameters
+from tuneserve_client import cli_aliases, hyperparameters
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
 from tuneserve_client.datafiles import (
     DataFileError,
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV column / JSON key of the label (default: label; causal LM: completion)",
     )
     hyperparameters.add_arguments(train.add_argument_group("hyperparameters (unset: the server's default)"))
+    cli_aliases.add_train_arguments(train)
     follow = train.add_mutually_exclusive_group()
     follow.add_argument("--wait", action="store_true", help="wait for the job and print its metrics")
     follow.add_argument(
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--temperature", type=float, help="classification: calibration temperature (default 1)")
     imp.set_defaults(handler=_cmd_adapters_import)
+    cli_aliases.add_commands(adapter_cmds, _emit, _table, _time)
 
     health = commands.add_parser("health", help="check the server's health (exit 0 when SERVING)")
     health.add_argument("--service", default="", help="one service, e.g. tuneserve.v1.InferenceService")
@@ -404,6 +406,7 @@ def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         validation=read(args.validation) if args.validation else None,
         validation_dataset=args.validation_dataset,
         validation_fraction=args.validation_fraction,
+        **cli_aliases.train_kwargs(args),
         **hyperparameters.from_arguments(args),
     )
     if not args.json and job.data_report and job.data_report.warnings:
@@ -923,6 +926,8 @@ def _describe_adapter(adapter: Adapter) -> str:
         f"task:        {adapter.task}",
         f"base model:  {adapter.base_model}",
         f"latest:      {_version(adapter.latest_version)}",
+        f"default:     {_version(adapter.default_version)}",
+        "aliases:     " + (", ".join(f"{a}={v}" for a, v in sorted(adapter.aliases.items())) or "-"),
     ]
     rows = [
         [

@@ -26,6 +26,7 @@ from tuneserve.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tuneserve_client.aliases import AliasMove, move_from_pb, promotion_pb
 from tuneserve_client.archive import HEAD_FILE, pack_directory, unpack_to
 from tuneserve_client.errors import Unavailable, from_rpc_error
 from tuneserve_client.hyperparameters import doc as hyperparameters_doc
@@ -239,6 +240,11 @@ class Client:
         validation_fraction: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        promotion: str | None = None,
+        promotion_metric: str | None = None,
+        promotion_tolerance: float | None = None,
+        promotion_eval_dataset: str | Dataset | None = None,
+        init_from: str | None = None,
         **hyperparameters: Any,
     ) -> Job:
         """Submit a training job for a new version of `adapter`.
@@ -252,6 +258,12 @@ class Client:
         `Dataset`). The server checks the data first and refuses bad data with
         `InvalidArgument` whose `.data_report` says why; the returned job's `data_report`
         holds the warnings.
+        `promotion`: how the new version is released: "always" (the server's default:
+        `default`, what the bare name serves, moves to it), "manual" (registered only;
+        `promote_version` moves `default`) or "if_better" (evaluated against `default` on
+        `promotion_eval_dataset`, else the adapter's stored evaluation set, and promoted
+        unless `promotion_metric` regresses by more than `promotion_tolerance`).
+        `init_from`: continue training from "name@version" or "name@alias".
         `hyperparameters`: the training options below (one per field of the proto
         `Hyperparameters`); those left out or None take the server's defaults. The call is
         retried with the same `request_id` (a fresh UUID by default) when the server is
@@ -272,6 +284,13 @@ class Client:
             request.validation_examples.extend(_examples_pb(validation, "validation"))
         if validation_fraction is not None:
             request.validation_fraction = validation_fraction
+        chosen = promotion_pb(
+            promotion, promotion_metric, promotion_tolerance, _dataset_id(promotion_eval_dataset)
+        )
+        if chosen is not None:
+            request.promotion.CopyFrom(chosen)
+        if init_from:
+            request.init_from = init_from
 
         set_hyperparameters(hyperparameters, request.hyperparameters)
 
@@ -670,6 +689,56 @@ class Client:
         request = adapters_pb2.DeleteAdapterRequest(namespace=self.namespace, adapter=adapter)
         response = self._call(self._adapters.DeleteAdapter, request, timeout)
         return list(response.deleted_versions)
+
+    # --- aliases ----------------------------------------------------------------------
+
+    def set_alias(
+        self, adapter: str, alias: str, *, reason: str = "", timeout: float | None = None
+    ) -> tuple[AliasMove, Adapter]:
+        """Point `alias` of an adapter at "name@version" (or "name@other-alias"); returns the
+        move and the adapter after it. "name@alias" then works wherever "name@version" does."""
+        request = adapters_pb2.SetAliasRequest(
+            namespace=self.namespace, adapter=adapter, alias=alias, reason=reason
+        )
+        r = self._call(self._adapters.SetAlias, request, timeout)
+        return move_from_pb(r.move), adapter_from_pb(r.adapter)
+
+    def delete_alias(
+        self, name: str, alias: str, *, reason: str = "", timeout: float | None = None
+    ) -> tuple[AliasMove, Adapter]:
+        """Remove an alias ("default" cannot be removed)."""
+        request = adapters_pb2.DeleteAliasRequest(
+            namespace=self.namespace, name=name, alias=alias, reason=reason
+        )
+        r = self._call(self._adapters.DeleteAlias, request, timeout)
+        return move_from_pb(r.move), adapter_from_pb(r.adapter)
+
+    def promote_version(
+        self, adapter: str, *, reason: str = "", timeout: float | None = None
+    ) -> tuple[AliasMove, Adapter]:
+        """Move `default` (what the bare name serves) to "name@version"."""
+        request = adapters_pb2.PromoteVersionRequest(namespace=self.namespace, adapter=adapter, reason=reason)
+        r = self._call(self._adapters.PromoteVersion, request, timeout)
+        return move_from_pb(r.move), adapter_from_pb(r.adapter)
+
+    def rollback(
+        self, name: str, *, alias: str = "", reason: str = "", timeout: float | None = None
+    ) -> tuple[AliasMove, Adapter]:
+        """Move `default` (or `alias`) back to the version it pointed at before its last move."""
+        request = adapters_pb2.RollbackRequest(
+            namespace=self.namespace, name=name, alias=alias, reason=reason
+        )
+        r = self._call(self._adapters.Rollback, request, timeout)
+        return move_from_pb(r.move), adapter_from_pb(r.adapter)
+
+    def alias_history(
+        self, name: str, *, alias: str = "", page_size: int | None = None, timeout: float | None = None
+    ) -> Iterator[AliasMove]:
+        """An adapter's alias moves, newest first (of one alias, when given); lazily paged."""
+        request = adapters_pb2.ListAliasHistoryRequest(
+            namespace=self.namespace, name=name, alias=alias, page_size=page_size or 0
+        )
+        return self._pages(self._adapters.ListAliasHistory, request, "moves", move_from_pb, timeout)
 
     def load_adapter(self, adapter: str, *, pin: bool = False, timeout: float | None = None) -> LoadedAdapter:
         """Make "name" (latest) or "name@version" resident on the server that answers (warm-up);

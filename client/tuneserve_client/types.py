@@ -8,6 +8,7 @@ from datetime import datetime
 
 from tuneserve.v1 import adapters_pb2, common_pb2, inference_pb2, server_info_pb2, training_pb2
 from tuneserve_client._pb import enum_name, time_of
+from tuneserve_client.aliases import PromotionResult, policy_from_pb, promotion_result_from_pb
 from tuneserve_client.reports import DataReport, data_report_from_pb
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -53,6 +54,12 @@ class Job:
     resumed_from_step: int = 0
     # Causal LM: what the trained adapter wrote for a few validation prompts.
     sample_generations: tuple[SampleGeneration, ...] = ()
+    # "always", "manual" or "if_better"; once SUCCEEDED, what happened to `default`.
+    promotion_policy: str = "always"
+    promotion_result: PromotionResult | None = None
+    # Continued training: the version the job started from ("name@3") and what was asked.
+    init_from: str = ""
+    init_from_requested: str = ""
 
     @property
     def done(self) -> bool:
@@ -96,6 +103,8 @@ class AdapterVersion:
     resident: bool
     pinned: bool = False
     last_used: datetime | None = None
+    aliases: tuple[str, ...] = ()  # the aliases pointing at this version
+    init_from: str = ""  # lineage: the version it was trained from ("" from scratch)
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,9 @@ class Adapter:
     base_model: str
     versions: list[AdapterVersion]
     latest_version: int
+    # alias -> version; "default" is what the bare name serves (default_version).
+    aliases: dict[str, int] = field(default_factory=dict)
+    default_version: int = 0
 
 
 # --- enums -------------------------------------------------------------------------------
@@ -203,6 +215,10 @@ def job_from_pb(pb: training_pb2.Job) -> Job:
         sample_generations=tuple(
             SampleGeneration(g.prompt, g.reference, g.generated) for g in pb.sample_generations
         ),
+        promotion_policy=policy_from_pb(pb),
+        promotion_result=promotion_result_from_pb(pb),
+        init_from=pb.init_from,
+        init_from_requested=pb.init_from_requested,
     )
 
 
@@ -247,6 +263,8 @@ def adapter_version_from_pb(pb: adapters_pb2.AdapterVersion) -> AdapterVersion:
         resident=pb.resident,
         pinned=pb.pinned,
         last_used=time_of(pb, "last_used"),
+        aliases=tuple(pb.aliases),
+        init_from=pb.lineage.init_from,
     )
 
 
@@ -258,6 +276,8 @@ def adapter_from_pb(pb: adapters_pb2.Adapter) -> Adapter:
         base_model=pb.base_model,
         versions=[adapter_version_from_pb(v) for v in pb.versions],
         latest_version=pb.latest_version,
+        aliases={a.alias: a.version for a in pb.aliases},
+        default_version=pb.default_version,
     )
 
 

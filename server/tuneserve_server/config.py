@@ -109,6 +109,9 @@ class Settings:
         "and the files it unpacks to",
         default=256 * 1024 * 1024,
     )
+    max_aliases_per_adapter: int = _s(
+        "most aliases one adapter may have (default included; 'latest' is not stored)", default=16
+    )
     watch_poll_s: float = _s("how often a WatchJob stream checks the job's event log", default=0.25)
     max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
@@ -268,6 +271,7 @@ def validate(s: Settings) -> Settings:
         "max_train_examples",
         "max_dataset_bytes",
         "max_adapter_bytes",
+        "max_aliases_per_adapter",
         "max_lora_rank",
         "job_max_attempts",
         "max_new_tokens_default",

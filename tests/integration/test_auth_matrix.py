@@ -57,12 +57,12 @@ def _seed_adapters(store: Any, adapter_root: Path, source: Path, record: Any, na
     completed with the adapter, as a worker would) with the trained adapter's files."""
     from tuneserve_server.domain.jobs import Hyperparameters, JobSpec, LabelledText, TaskType
 
-    for name in names:
+    for i, name in enumerate(names):
         spec = JobSpec(
             namespace="teama",
             adapter_name=name,
             task=TaskType.CLASSIFICATION,
-            request_id=f"seed-{name}",
+            request_id=f"seed-{name}-{i}",
             train=(LabelledText("seed", "card_arrival"), LabelledText("seed 2", "rate")),
             validation=(),
             hyperparameters=Hyperparameters(),
@@ -146,7 +146,10 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
     source_store.close()
     source = cluster.data_dir / "adapters" / "default" / "intents" / str(trained.adapter_version)
     try:
-        _seed_adapters(store, data / "adapters", source, record, ["intents", "doomed-own", "doomed-admin"])
+        # intents twice: versions 1 and 2, for the alias calls (a rollback needs a previous version)
+        _seed_adapters(
+            store, data / "adapters", source, record, ["intents", "intents", "doomed-own", "doomed-admin"]
+        )
     finally:
         store.close()
 
@@ -172,6 +175,10 @@ def world(request, cluster, trained, tmp_path_factory) -> Iterator[World]:
                 ids[name] = a.train("intents", dataset=ids["dataset"], request_id=name).id
             a.cancel_job(ids["job-watch"])  # an ended job: watching it ends
             ids["export"] = a.export_adapter("intents", root / "export").directory  # for ImportAdapter
+            for purpose in ("own", "admin"):  # an alias to roll back and one to delete, per case
+                a.set_alias("intents@1", f"rb-{purpose}")
+                a.set_alias("intents@2", f"rb-{purpose}")
+                a.set_alias("intents@1", f"gone-{purpose}")
         for name in ("half", "half-own", "half-admin"):
             _half_upload(api.target, keys["teama"], name)
             ids[name] = name
@@ -217,6 +224,26 @@ def _import(c: Client, ids: dict, purpose: str) -> Any:
     return c.import_adapter(ids["export"], f"imported-{purpose}-{uuid.uuid4().hex[:6]}")[1]
 
 
+def _set_alias(c: Client, ids: dict, purpose: str) -> Any:
+    return c.set_alias(f"{ids['adapter']}@1", f"set-{purpose}")[0].to_version
+
+
+def _delete_alias(c: Client, ids: dict, purpose: str) -> Any:
+    return c.delete_alias(ids["adapter"], f"gone-{purpose}")[0].from_version
+
+
+def _promote(c: Client, ids: dict, _: str) -> Any:
+    return c.promote_version(f"{ids['adapter']}@2", reason="matrix")[0].to_version
+
+
+def _rollback(c: Client, ids: dict, purpose: str) -> Any:
+    return c.rollback(ids["adapter"], alias=f"rb-{purpose}")[0].to_version
+
+
+def _alias_history(c: Client, ids: dict, _: str) -> Any:
+    return [m.alias for m in c.alias_history(ids["adapter"])]
+
+
 RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     # name: (role it needs, the call)
     "Train": ("train", _train),
@@ -233,6 +260,11 @@ RPCS: dict[str, tuple[str, Callable[[Client, dict, str], Any]]] = {
     "UnloadAdapter": ("train", lambda c, ids, _: c.unload_adapter(ids["adapter"])),
     "ExportAdapter": ("predict", _export),
     "ImportAdapter": ("train", _import),
+    "SetAlias": ("train", _set_alias),
+    "DeleteAlias": ("train", _delete_alias),
+    "PromoteVersion": ("train", _promote),
+    "Rollback": ("train", _rollback),
+    "ListAliasHistory": ("predict", _alias_history),
     "UploadDataset": (
         "train",
         lambda c, ids, _: c.upload_dataset(ROWS, format="jsonl", upload_id="up-x").usable_rows,
@@ -257,6 +289,11 @@ NAMED = {
     "LoadAdapter",
     "UnloadAdapter",
     "ExportAdapter",
+    "SetAlias",
+    "DeleteAlias",
+    "PromoteVersion",
+    "Rollback",
+    "ListAliasHistory",
     "GetDataset",
     "DeleteDataset",
     "ValidateDataset",
@@ -358,6 +395,10 @@ def _expect_own(rpc: str, got: tuple[str, Any], ids: dict[str, str]) -> None:
         assert "half" in value
     elif rpc == "CancelJob":
         assert value == "CANCELLED"
+    elif rpc == "Rollback":
+        assert value == 1  # rb-<case> went 1 -> 2 at set-up: back to 1
+    elif rpc == "ListAliasHistory":
+        assert "default" in value
 
 
 @pytest.mark.parametrize("rpc", sorted(RPCS))

@@ -70,6 +70,31 @@ class AdapterServiceStub:
                 request_serializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterResponse.FromString,
                 _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/SetAlias',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/DeleteAlias',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.PromoteVersion = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/PromoteVersion',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.PromoteVersionRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.PromoteVersionResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/Rollback',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.RollbackResponse.FromString,
+                _registered_method=True)
+        self.ListAliasHistory = channel.unary_unary(
+                '/tuneserve.v1.AdapterService/ListAliasHistory',
+                request_serializer=tuneserve_dot_v1_dot_adapters__pb2.ListAliasHistoryRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ListAliasHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterServiceServicer:
@@ -143,6 +168,51 @@ class AdapterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlias(self, request, context):
+        """Points an alias of an adapter at a version ("name@version", or "name@other-alias": the
+        version that alias points at now). `name@alias` then works wherever `name@version` does
+        (Predict, PredictStream, LoadAdapter, UnloadAdapter, ExportAdapter, DeleteAdapter, ...);
+        the bare name means the alias "default". The move is atomic (one transaction with its
+        history entry), reaches every replica within the same bound as a new version, and is
+        recorded with who (key id, tenant), when, from, to and `reason`. Alias names: 1-32 of
+        a-z 0-9 _ -, starting with a letter; "latest" is reserved (always the newest version).
+        At most the server's max_aliases_per_adapter aliases per adapter (RESOURCE_EXHAUSTED).
+        Needs the train role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Removes an alias ("default" cannot be removed: FAILED_PRECONDITION). Train role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteVersion(self, request, context):
+        """Moves "default" (what the bare name serves) to a version: SetAlias with alias "default".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Moves an alias ("default" when empty) back to the version it pointed at before its last
+        move; two rollbacks in a row return to where they started. FAILED_PRECONDITION when it
+        has pointed at one version only, or that version was deleted. Train role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliasHistory(self, request, context):
+        """An adapter's alias moves, newest first. Predict role (reading an adapter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +250,31 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.ImportAdapter,
                     request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.SetAliasRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'PromoteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteVersion,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.PromoteVersionRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.PromoteVersionResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.RollbackRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.RollbackResponse.SerializeToString,
+            ),
+            'ListAliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliasHistory,
+                    request_deserializer=tuneserve_dot_v1_dot_adapters__pb2.ListAliasHistoryRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_adapters__pb2.ListAliasHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -372,6 +467,141 @@ class AdapterService:
             '/tuneserve.v1.AdapterService/ImportAdapter',
             tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterRequest.SerializeToString,
             tuneserve_dot_v1_dot_adapters__pb2.ImportAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/SetAlias',
+            tuneserve_dot_v1_dot_adapters__pb2.SetAliasRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/DeleteAlias',
+            tuneserve_dot_v1_dot_adapters__pb2.DeleteAliasRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/PromoteVersion',
+            tuneserve_dot_v1_dot_adapters__pb2.PromoteVersionRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.PromoteVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/Rollback',
+            tuneserve_dot_v1_dot_adapters__pb2.RollbackRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.AdapterService/ListAliasHistory',
+            tuneserve_dot_v1_dot_adapters__pb2.ListAliasHistoryRequest.SerializeToString,
+            tuneserve_dot_v1_dot_adapters__pb2.ListAliasHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

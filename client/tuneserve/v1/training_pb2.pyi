@@ -21,6 +21,13 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
 
+class PromotionPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROMOTION_POLICY_UNSPECIFIED: _ClassVar[PromotionPolicy]
+    PROMOTION_POLICY_ALWAYS: _ClassVar[PromotionPolicy]
+    PROMOTION_POLICY_MANUAL: _ClassVar[PromotionPolicy]
+    PROMOTION_POLICY_IF_BETTER: _ClassVar[PromotionPolicy]
+
 class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_EVENT_TYPE_UNSPECIFIED: _ClassVar[JobEventType]
@@ -36,6 +43,10 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+PROMOTION_POLICY_UNSPECIFIED: PromotionPolicy
+PROMOTION_POLICY_ALWAYS: PromotionPolicy
+PROMOTION_POLICY_MANUAL: PromotionPolicy
+PROMOTION_POLICY_IF_BETTER: PromotionPolicy
 JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
 JOB_EVENT_TYPE_STATE: JobEventType
 JOB_EVENT_TYPE_PROGRESS: JobEventType
@@ -45,7 +56,7 @@ JOB_EVENT_TYPE_WARNING: JobEventType
 JOB_EVENT_TYPE_ERROR: JobEventType
 
 class TrainRequest(_message.Message):
-    __slots__ = ("namespace", "adapter_name", "task", "training_examples", "validation_examples", "validation_fraction", "hyperparameters", "request_id", "dataset_id", "validation_dataset_id")
+    __slots__ = ("namespace", "adapter_name", "task", "training_examples", "validation_examples", "validation_fraction", "hyperparameters", "request_id", "dataset_id", "validation_dataset_id", "promotion", "init_from")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +67,8 @@ class TrainRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    INIT_FROM_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     adapter_name: str
     task: _common_pb2.TaskType
@@ -66,7 +79,43 @@ class TrainRequest(_message.Message):
     request_id: str
     dataset_id: str
     validation_dataset_id: str
-    def __init__(self, namespace: _Optional[str] = ..., adapter_name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.TaskType, str]] = ..., training_examples: _Optional[_Iterable[_Union[_common_pb2.Example, _Mapping]]] = ..., validation_examples: _Optional[_Iterable[_Union[_common_pb2.Example, _Mapping]]] = ..., validation_fraction: _Optional[float] = ..., hyperparameters: _Optional[_Union[_common_pb2.Hyperparameters, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ...) -> None: ...
+    promotion: Promotion
+    init_from: str
+    def __init__(self, namespace: _Optional[str] = ..., adapter_name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.TaskType, str]] = ..., training_examples: _Optional[_Iterable[_Union[_common_pb2.Example, _Mapping]]] = ..., validation_examples: _Optional[_Iterable[_Union[_common_pb2.Example, _Mapping]]] = ..., validation_fraction: _Optional[float] = ..., hyperparameters: _Optional[_Union[_common_pb2.Hyperparameters, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., promotion: _Optional[_Union[Promotion, _Mapping]] = ..., init_from: _Optional[str] = ...) -> None: ...
+
+class Promotion(_message.Message):
+    __slots__ = ("policy", "metric", "tolerance", "eval_dataset_id")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    policy: PromotionPolicy
+    metric: str
+    tolerance: float
+    eval_dataset_id: str
+    def __init__(self, policy: _Optional[_Union[PromotionPolicy, str]] = ..., metric: _Optional[str] = ..., tolerance: _Optional[float] = ..., eval_dataset_id: _Optional[str] = ...) -> None: ...
+
+class PromotionResult(_message.Message):
+    __slots__ = ("promoted", "reason", "metric", "new_score", "current_score", "compared_version", "from_version", "eval_dataset_id", "eval_examples")
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    NEW_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    promoted: bool
+    reason: str
+    metric: str
+    new_score: float
+    current_score: float
+    compared_version: int
+    from_version: int
+    eval_dataset_id: str
+    eval_examples: int
+    def __init__(self, promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., metric: _Optional[str] = ..., new_score: _Optional[float] = ..., current_score: _Optional[float] = ..., compared_version: _Optional[int] = ..., from_version: _Optional[int] = ..., eval_dataset_id: _Optional[str] = ..., eval_examples: _Optional[int] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("job", "created", "data_report")
@@ -107,7 +156,7 @@ class SampleGeneration(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., reference: _Optional[str] = ..., generated: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "namespace", "adapter_name", "task", "state", "created_at", "started_at", "finished_at", "progress", "metrics", "error", "adapter_version", "hyperparameters", "request_id", "train_examples", "validation_examples", "attempts", "updated_at", "data_report", "dataset_id", "validation_dataset_id", "sample_generations", "resumed_from_step")
+    __slots__ = ("id", "namespace", "adapter_name", "task", "state", "created_at", "started_at", "finished_at", "progress", "metrics", "error", "adapter_version", "hyperparameters", "request_id", "train_examples", "validation_examples", "attempts", "updated_at", "data_report", "dataset_id", "validation_dataset_id", "sample_generations", "resumed_from_step", "promotion", "init_from", "init_from_requested", "promotion_result")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +187,10 @@ class Job(_message.Message):
     VALIDATION_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    INIT_FROM_FIELD_NUMBER: _ClassVar[int]
+    INIT_FROM_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_RESULT_FIELD_NUMBER: _ClassVar[int]
     id: str
     namespace: str
     adapter_name: str
@@ -161,7 +214,11 @@ class Job(_message.Message):
     validation_dataset_id: str
     sample_generations: _containers.RepeatedCompositeFieldContainer[SampleGeneration]
     resumed_from_step: int
-    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., adapter_name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.TaskType, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., adapter_version: _Optional[int] = ..., hyperparameters: _Optional[_Union[_common_pb2.Hyperparameters, _Mapping]] = ..., request_id: _Optional[str] = ..., train_examples: _Optional[int] = ..., validation_examples: _Optional[int] = ..., attempts: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_report: _Optional[_Union[_datasets_pb2.DataReport, _Mapping]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., sample_generations: _Optional[_Iterable[_Union[SampleGeneration, _Mapping]]] = ..., resumed_from_step: _Optional[int] = ...) -> None: ...
+    promotion: Promotion
+    init_from: str
+    init_from_requested: str
+    promotion_result: PromotionResult
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., adapter_name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.TaskType, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., adapter_version: _Optional[int] = ..., hyperparameters: _Optional[_Union[_common_pb2.Hyperparameters, _Mapping]] = ..., request_id: _Optional[str] = ..., train_examples: _Optional[int] = ..., validation_examples: _Optional[int] = ..., attempts: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_report: _Optional[_Union[_datasets_pb2.DataReport, _Mapping]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., sample_generations: _Optional[_Iterable[_Union[SampleGeneration, _Mapping]]] = ..., resumed_from_step: _Optional[int] = ..., promotion: _Optional[_Union[Promotion, _Mapping]] = ..., init_from: _Optional[str] = ..., init_from_requested: _Optional[str] = ..., promotion_result: _Optional[_Union[PromotionResult, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("namespace", "job_id")

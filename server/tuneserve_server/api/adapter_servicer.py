@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 import structlog
 
 from tuneserve.v1 import adapters_pb2, adapters_pb2_grpc
-from tuneserve_server.api import convert
-from tuneserve_server.api.auth_interceptor import namespace
+from tuneserve_server.api.auth_interceptor import current_principal, namespace
+from tuneserve_server.api.convert_aliases import adapter_with_aliases_pb, move_pb
 from tuneserve_server.api.rpc import rpc, rpc_stream
+from tuneserve_server.domain.aliases import Actor
 from tuneserve_server.domain.errors import InvalidRequest
-from tuneserve_server.domain.naming import AdapterRef
+from tuneserve_server.domain.naming import DEFAULT_ALIAS, AdapterRef, check_name
 from tuneserve_server.services.adapter_transfer import (
     AdapterTransferService,
     ArchiveChunk,
@@ -48,6 +49,12 @@ async def _import_parts(
             yield ArchiveChunk(message.chunk.offset, message.chunk.data) if kind == "chunk" else None
 
 
+def _actor() -> Actor:
+    """Who is calling, for the alias history: the credential's tenant and key id."""
+    principal = current_principal()
+    return Actor(principal.tenant, principal.key_id)
+
+
 class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
     def __init__(self, adapters: AdapterService, transfer: AdapterTransferService) -> None:
         self.adapters = adapters
@@ -55,26 +62,74 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     @rpc
     async def ListAdapters(self, request, context):
-        page = await self.adapters.list(
-            namespace(request.namespace), page_size=request.page_size, page_token=request.page_token
-        )
+        ns = namespace(request.namespace)
+        page = await self.adapters.list(ns, page_size=request.page_size, page_token=request.page_token)
+        aliases = await self.adapters.aliases(ns)
         return adapters_pb2.ListAdaptersResponse(
-            adapters=[convert.adapter_pb(records, page.residency) for records in page.adapters],
+            adapters=[adapter_with_aliases_pb(records, page.residency, aliases) for records in page.adapters],
             next_page_token=page.next_page_token,
         )
+
+    async def _adapter(self, ns: str, name: str) -> adapters_pb2.Adapter:
+        records, residency = await self.adapters.get(ns, name)
+        return adapter_with_aliases_pb(records, residency, await self.adapters.aliases(ns, name))
 
     @rpc
     async def GetAdapter(self, request, context):
         ref = AdapterRef.parse(namespace(request.namespace), request.name, field="name")
-        if ref.version is not None:
+        if not ref.bare:
             raise InvalidRequest.field("name", "takes a name without @version")
-        records, residency = await self.adapters.get(ref.namespace, ref.name)
-        return adapters_pb2.GetAdapterResponse(adapter=convert.adapter_pb(records, residency))
+        return adapters_pb2.GetAdapterResponse(adapter=await self._adapter(ref.namespace, ref.name))
 
     @rpc
     async def DeleteAdapter(self, request, context):
         ref = AdapterRef.parse(namespace(request.namespace), request.adapter)
-        return adapters_pb2.DeleteAdapterResponse(deleted_versions=await self.adapters.delete(ref))
+        return adapters_pb2.DeleteAdapterResponse(deleted_versions=await self.adapters.delete(ref, _actor()))
+
+    @rpc
+    async def SetAlias(self, request, context):
+        ref = AdapterRef.parse(namespace(request.namespace), request.adapter)
+        move = await self.adapters.set_alias(ref, request.alias, _actor(), request.reason)
+        return adapters_pb2.SetAliasResponse(
+            move=move_pb(move), adapter=await self._adapter(ref.namespace, ref.name)
+        )
+
+    @rpc
+    async def DeleteAlias(self, request, context):
+        ns = namespace(request.namespace)
+        check_name(request.name, "name")
+        move = await self.adapters.remove_alias(ns, request.name, request.alias, _actor(), request.reason)
+        return adapters_pb2.DeleteAliasResponse(
+            move=move_pb(move), adapter=await self._adapter(ns, request.name)
+        )
+
+    @rpc
+    async def PromoteVersion(self, request, context):
+        ref = AdapterRef.parse(namespace(request.namespace), request.adapter)
+        move = await self.adapters.promote(ref, _actor(), request.reason)
+        return adapters_pb2.PromoteVersionResponse(
+            move=move_pb(move), adapter=await self._adapter(ref.namespace, ref.name)
+        )
+
+    @rpc
+    async def Rollback(self, request, context):
+        ns = namespace(request.namespace)
+        check_name(request.name, "name")
+        move = await self.adapters.rollback(
+            ns, request.name, _actor(), request.reason, alias=request.alias or DEFAULT_ALIAS
+        )
+        return adapters_pb2.RollbackResponse(
+            move=move_pb(move), adapter=await self._adapter(ns, request.name)
+        )
+
+    @rpc
+    async def ListAliasHistory(self, request, context):
+        ns = namespace(request.namespace)
+        check_name(request.name, "name")
+        moves, token = await self.adapters.history(
+            ns, request.name, alias=request.alias, page_size=request.page_size, page_token=request.page_token
+        )
+        return adapters_pb2.ListAliasHistoryResponse(moves=[move_pb(m) for m in moves], next_page_token=token)
 
     @rpc
     async def LoadAdapter(self, request, context):
@@ -117,7 +172,6 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
     @rpc
     async def ImportAdapter(self, request_iterator, context):
         record = await self.transfer.import_adapter(_import_parts(request_iterator))
-        records, residency = await self.adapters.get(record.namespace, record.name)
         return adapters_pb2.ImportAdapterResponse(
-            adapter=convert.adapter_pb(records, residency), version=record.version
+            adapter=await self._adapter(record.namespace, record.name), version=record.version
         )

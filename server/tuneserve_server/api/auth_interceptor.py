@@ -45,6 +45,13 @@ METHOD_ROLES: dict[str, Role] = {
     # import creates a version, as a training job does.
     "/tuneserve.v1.AdapterService/ExportAdapter": _P,
     "/tuneserve.v1.AdapterService/ImportAdapter": _T,
+    # Moving an alias changes what is served, as training a version does; the history is
+    # read like GetAdapter.
+    "/tuneserve.v1.AdapterService/SetAlias": _T,
+    "/tuneserve.v1.AdapterService/DeleteAlias": _T,
+    "/tuneserve.v1.AdapterService/PromoteVersion": _T,
+    "/tuneserve.v1.AdapterService/Rollback": _T,
+    "/tuneserve.v1.AdapterService/ListAliasHistory": _P,
     "/tuneserve.v1.TrainingService/Train": _T,
     "/tuneserve.v1.TrainingService/GetJob": _T,
     "/tuneserve.v1.TrainingService/ListJobs": _T,

@@ -122,7 +122,15 @@ def train_input(req: training_pb2.TrainRequest) -> TrainInput:
         dataset_id=req.dataset_id,
         validation_dataset_id=req.validation_dataset_id,
         **hyperparameter_values(req.hyperparameters),
+        promotion=_promotion_values(req),
+        init_from=req.init_from,
     )
+
+
+def _promotion_values(req: training_pb2.TrainRequest) -> dict[str, Any]:
+    from tuneserve_server.api.convert_aliases import promotion_values  # it imports this module
+
+    return promotion_values(req)
 
 
 def validate_input(req: datasets_pb2.ValidateDatasetRequest) -> TrainInput:
@@ -226,7 +234,19 @@ def job_pb(job: Job) -> training_pb2.Job:
         validation_dataset_id=job.validation_dataset_id,
         sample_generations=[training_pb2.SampleGeneration(**s) for s in job.sample_generations],
         resumed_from_step=job.resumed_from_step,
+        **_job_promotion_fields(job),
     )
+
+
+def _job_promotion_fields(job: Job) -> dict[str, Any]:
+    from tuneserve_server.api.convert_aliases import promotion_pb, promotion_result_pb
+
+    return {
+        "promotion": promotion_pb(job.promotion),
+        "init_from": job.init_from,
+        "init_from_requested": job.init_from_requested,
+        "promotion_result": promotion_result_pb(job.promotion_result),
+    }
 
 
 EVENT_TYPE_TO_PB = {t: training_pb2.JobEventType.Value(f"JOB_EVENT_TYPE_{t.name}") for t in EventType}

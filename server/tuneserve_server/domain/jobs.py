@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tuneserve_server.domain.aliases import PromotionSettings
+
 
 class TaskType(str, enum.Enum):
     CLASSIFICATION = "classification"
@@ -209,9 +211,22 @@ class JobSpec:
     hyperparameters: Hyperparameters
     dataset_id: str = ""
     validation_dataset_id: str = ""
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    # Continued training: the version to start from, resolved and pinned at Train time
+    # ("name@3"; "" from scratch), and what the caller wrote ("name@prod").
+    init_from: str = ""
+    init_from_requested: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        # Written only when set, so a spec without them keeps the fingerprint it always had.
+        if self.promotion != PromotionSettings():
+            extra["promotion"] = self.promotion.to_dict()
+        if self.init_from:
+            extra["init_from"] = self.init_from
+            extra["init_from_requested"] = self.init_from_requested
         return {
+            **extra,
             "namespace": self.namespace,
             "adapter_name": self.adapter_name,
             "task": self.task.value,
@@ -235,6 +250,9 @@ class JobSpec:
             hyperparameters=Hyperparameters.from_dict(data["hyperparameters"]),
             dataset_id=data.get("dataset_id", ""),
             validation_dataset_id=data.get("validation_dataset_id", ""),
+            promotion=PromotionSettings.from_dict(data.get("promotion")),
+            init_from=data.get("init_from", ""),
+            init_from_requested=data.get("init_from_requested", ""),
         )
 
 
@@ -276,6 +294,12 @@ class Job:
     # Causal LM: [{"prompt", "reference", "generated"}, ...] from the final adapter.
     sample_generations: list[dict[str, str]] = field(default_factory=list)
     resumed_from_step: int = 0
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    # What happened to `default` when the job succeeded: {"promoted", "reason", and for
+    # if_better "metric", "new_score", "current_score", "compared_version", ...}.
+    promotion_result: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""  # the pinned version continued training started from ("" scratch)
+    init_from_requested: str = ""
 
 
 class EventType(str, enum.Enum):

@@ -27,6 +27,9 @@ class AdapterVersionRecord:
     # Monotonic change counter across the registry: replicas poll for seq > last seen.
     seq: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    # Where the version came from: {"init_from": "name@3", "init_from_job": ...} (continued
+    # training); {} for a version trained from scratch.
+    lineage: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

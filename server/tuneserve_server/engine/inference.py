@@ -239,10 +239,16 @@ class InferenceEngine:
     async def refresh(self) -> None:
         """Fold in registry changes; unload deleted and superseded versions between batches."""
         while True:
-            records = await asyncio.to_thread(self.store.adapter_changes, self.catalog.seq)
-            if not records:
+            records, aliases = await asyncio.to_thread(self.store.registry_changes, self.catalog.seq)
+            if not records and not aliases:
                 return
-            deleted, superseded = self.catalog.apply(records)
+            deleted, superseded = self.catalog.apply(records, aliases)
+            for moved in aliases:
+                log.info(
+                    "adapter alias moved",
+                    adapter=f"{moved.namespace}/{moved.name}@{moved.alias}",
+                    version=moved.version,
+                )
             for rec in records:
                 if not rec.deleted:
                     log.info("adapter version available", adapter=f"{rec.namespace}/{rec.name}@{rec.version}")
@@ -301,7 +307,7 @@ class InferenceEngine:
                 pinned, size = True, entry.size_bytes
                 break
             # evicted between its install and the pin (a burst of other loads): load it again
-        if pin and ref.version is None:
+        if pin and ref.bare:  # a pin on the bare name follows `default`
             self._pinned_names.add((record.namespace, record.name))
         return record, pinned, size, 0.0 if loaded_before else time.perf_counter() - start
 
@@ -309,6 +315,8 @@ class InferenceEngine:
         """Unpin and release `name` (every resident version) or `name@version` here."""
         self._require_ready()
         await self.resolve(AdapterRef(ref.namespace, ref.name))  # NotFound for unknown names
+        if ref.alias is not None:  # name@alias: the version it points at
+            ref = AdapterRef(ref.namespace, ref.name, (await self.resolve(ref)).version)
         if ref.version is None:
             self._pinned_names.discard((ref.namespace, ref.name))
 

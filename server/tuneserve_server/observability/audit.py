@@ -13,7 +13,7 @@ import structlog
 _log = structlog.get_logger("tuneserve.audit")
 
 # key creation/revocation, failed authentication, job create/cancel, adapter import/export
-# (weights entering or leaving the service), adapter/dataset delete, and any action an admin
+# (weights entering or leaving the service), alias moves (what is served), adapter/dataset delete, and any action an admin
 # takes in another tenant's namespace.
 ACTIONS = frozenset(
     {
@@ -23,6 +23,7 @@ ACTIONS = frozenset(
         "job.create",
         "job.cancel",
         "adapter.delete",
+        "alias.move",
         "adapter.export",
         "adapter.import",
         "dataset.delete",

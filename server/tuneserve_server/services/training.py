@@ -6,25 +6,28 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
-from tuneserve_server.domain.errors import DataRejected
+from tuneserve_server.domain.errors import DataRejected, Violations
 from tuneserve_server.domain.jobs import Job, JobEvent, JobSpec, JobState
 from tuneserve_server.domain.limits import TrainLimits
-from tuneserve_server.domain.naming import namespace_of
+from tuneserve_server.domain.naming import AdapterRef, namespace_of
 from tuneserve_server.domain.tenancy import Quotas
 from tuneserve_server.engine.inference import InferenceEngine
 from tuneserve_server.observability.audit import audit
 from tuneserve_server.observability.metrics import JOBS_SUBMITTED
+from tuneserve_server.services.adapters import resolve_version
 from tuneserve_server.services.datasets import load_rows
 from tuneserve_server.services.quotas import check_train, quotas_of
 from tuneserve_server.services.readiness import require_ready
+from tuneserve_server.storage.adapter_store import AdapterStore
 from tuneserve_server.storage.job_store import JobStore
 from tuneserve_server.training.data_report import DataReport
 from tuneserve_server.training.validation import TrainInput, prepare_job
+from tuneserve_server.warm_start import read_init
 
 log = structlog.get_logger("tuneserve.services")
 
@@ -53,6 +56,58 @@ def prepare_train(store: JobStore, req: TrainInput, limits: TrainLimits) -> tupl
         )
     ]
     return prepare_job(req, limits, train_file=files[0], validation_file=files[1])
+
+
+def pin_init_from(
+    store: JobStore, adapter_store: AdapterStore, spec: JobSpec, req: TrainInput, limits: TrainLimits
+) -> JobSpec:
+    """Continued training: resolve `init_from` (name@version, name@alias or a bare name =
+    `default`) to one stored version now, so the job starts from it even if the alias moves
+    before a worker claims it, and check the request against it: same task and base model;
+    the LoRA rank and target modules are the init version's (a request that sets others is
+    INVALID_ARGUMENT on init_from), as is alpha unless the request sets it. Classification
+    labels may be any set: the new version's labels are the union (labels the new data lacks
+    keep their trained head rows). Blocking."""
+    ref = AdapterRef.parse(spec.namespace, req.init_from, field="init_from")
+    record = resolve_version(store, ref)
+    v = Violations()
+    if record.task is not spec.task:
+        v.add(
+            "init_from",
+            f"{record.name}@{record.version} is a {record.task.value} adapter; this job trains {spec.task.value}",
+        )
+    if record.base_model != limits.base_model:
+        v.add(
+            "init_from",
+            f"{record.name}@{record.version} was trained on {record.base_model}, this server serves {limits.base_model}",
+        )
+    v.raise_if_any("invalid init_from")
+    init = read_init(adapter_store.open(record.namespace, record.name, record.version))
+    lora = spec.hyperparameters.lora
+    asked_rank = req.lora.get("rank")
+    asked_targets = tuple(sorted(req.lora.get("target_modules") or ()))
+    if asked_rank is not None and int(asked_rank) != init.rank:
+        v.add(
+            "init_from",
+            f"{record.name}@{record.version} has LoRA rank {init.rank}, the request asks for {asked_rank} (leave the rank unset to continue with {init.rank})",
+        )
+    if asked_targets and asked_targets != init.target_modules:
+        v.add(
+            "init_from",
+            f"{record.name}@{record.version} targets {', '.join(init.target_modules)}, the request {', '.join(asked_targets)} (leave target_modules unset)",
+        )
+    v.raise_if_any("invalid init_from")
+    alpha = lora.alpha if req.lora.get("alpha") is not None else init.alpha
+    hyper = replace(
+        spec.hyperparameters,
+        lora=replace(lora, rank=init.rank, alpha=alpha, target_modules=init.target_modules),
+    )
+    return replace(
+        spec,
+        hyperparameters=hyper,
+        init_from=f"{record.name}@{record.version}",
+        init_from_requested=req.init_from,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +140,10 @@ class TrainingService:
         usage = await asyncio.to_thread(self.store.namespace_usage, namespace)
         check_train(self.quotas, usage, namespace)
         spec, report = await asyncio.to_thread(prepare_train, self.store, req, self.engine.train_limits())
+        if req.init_from:
+            spec = await asyncio.to_thread(
+                pin_init_from, self.store, self.engine.adapter_store, spec, req, self.engine.train_limits()
+            )
         job, created = await asyncio.to_thread(self.store.create_job, spec, report.to_dict())
         if created:
             JOBS_SUBMITTED.inc()

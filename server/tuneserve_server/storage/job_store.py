@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+from tuneserve_server.domain.aliases import AliasMove, AliasRecord
 from tuneserve_server.domain.jobs import Job, JobEvent, JobProgress, JobSpec, JobState
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
 from tuneserve_server.domain.tenancy import ApiKeyRecord
@@ -60,9 +61,16 @@ class JobStore(Protocol):
         metrics: dict[str, float],
         adapter: AdapterVersionRecord,
         outputs: dict | None = None,
+        *,
+        promote: bool = True,
+        promote_reason: str = "promotion policy always",
     ) -> Job:
-        """Mark SUCCEEDED and register the adapter version, in one transaction. `outputs`:
-        what the job produced besides the adapter ({"sample_generations": [...]})."""
+        """Mark SUCCEEDED and register the adapter version, in one transaction; with
+        `promote` (policy always, or an if_better gate passed) `default` moves to it in the
+        same transaction when it is newer than `default`'s version; an adapter's first
+        version always becomes `default`. `outputs`: what the job produced besides the
+        adapter ({"sample_generations": [...], "promotion": {...}}); its "promotion" entry
+        gets "promoted" (whether `default` moved)."""
 
     def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:
         """Mark FAILED or CANCELLED."""
@@ -134,7 +142,7 @@ class JobStore(Protocol):
     def reserve_adapter_version(self, namespace: str, name: str) -> int:
         """Next version number for namespace/name; never handed out twice."""
 
-    def register_adapter_version(self, adapter: AdapterVersionRecord) -> None:
+    def register_adapter_version(self, adapter: AdapterVersionRecord, *, promote: bool = True) -> None:
         """Register a published version no job trained (ImportAdapter; `adapter.job_id`
         says where it came from): the registry row complete_job writes, through the same
         code. AlreadyExists when that version is registered already."""
@@ -148,12 +156,51 @@ class JobStore(Protocol):
     ) -> tuple[list[str], str]: ...
 
     def delete_adapter_versions(
-        self, namespace: str, name: str, version: int | None = None
+        self, namespace: str, name: str, version: int | None = None, *, actor: str = ""
     ) -> list[AdapterVersionRecord]:
-        """Mark versions deleted; returns those it deleted. NotFound if none matched."""
+        """Mark versions deleted; returns those it deleted. NotFound if none matched;
+        FailedPrecondition (naming them) when an alias points at the version. Deleting the
+        whole adapter removes its aliases too."""
 
     def adapter_changes(self, after_seq: int, limit: int = 1000) -> list[AdapterVersionRecord]:
         """Registry rows (published or deleted) changed after `after_seq`, by seq."""
+
+    # --- aliases (storage/sql_aliases.py): moves are atomic and leave history
+    def set_alias(
+        self,
+        namespace: str,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        tenant: str,
+        reason: str,
+        max_aliases: int,
+    ) -> AliasMove: ...
+
+    def remove_alias(
+        self, namespace: str, name: str, alias: str, *, actor: str, tenant: str, reason: str
+    ) -> AliasMove: ...
+
+    def rollback_alias(
+        self, namespace: str, name: str, alias: str, *, actor: str, tenant: str, reason: str
+    ) -> AliasMove: ...
+
+    def adapter_aliases(self, namespace: str, name: str | None = None) -> list[AliasRecord]: ...
+
+    def alias_history(
+        self, namespace: str, name: str, *, alias: str = "", page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[AliasMove], str]: ...
+
+    def registry_changes(
+        self, after_seq: int, limit: int = 1000
+    ) -> tuple[list[AdapterVersionRecord], list[AliasRecord]]:
+        """Versions and aliases changed after `after_seq`, as one consistent cut (what
+        serving replicas poll)."""
+
+    def alias_changes(self, after_seq: int, limit: int = 1000) -> list[AliasRecord]:
+        """Alias rows changed after `after_seq` (same clock as adapter_changes), by seq."""
 
     # --- API keys (services/keys.py makes and verifies them; the store keeps only hashes)
     def insert_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:

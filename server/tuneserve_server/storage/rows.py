@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from tuneserve_server.domain.aliases import PromotionSettings
 from tuneserve_server.domain.jobs import (
     EventType,
     Hyperparameters,
@@ -71,6 +72,10 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         sample_generations=outputs.get("sample_generations", []),
         # Recorded in info_json; rows written before that kept it in progress_json.
         resumed_from_step=int(info.get("resumed_from_step", extras.get("resumed_from_step", 0))),
+        promotion=PromotionSettings.from_dict(info.get("promotion")),
+        promotion_result=outputs.get("promotion", {}),
+        init_from=info.get("init_from", ""),
+        init_from_requested=info.get("init_from_requested", ""),
     )
 
 
@@ -142,4 +147,5 @@ def adapter_from_row(row: Mapping[str, Any]) -> AdapterVersionRecord:
         created_at=_ts(row["created_at"]),
         deleted=bool(row["deleted"]),
         seq=row["seq"],
+        lineage=json.loads(row.get("lineage_json") or "{}"),
     )

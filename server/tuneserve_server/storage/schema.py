@@ -104,7 +104,40 @@ adapter_versions = sa.Table(
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     # Monotonic change counter across the registry (registry_clock): replicas poll seq > n.
     sa.Column("seq", sa.BigInteger, nullable=False),
+    # What the version was trained from ({"init_from": "name@3", ...}): GetAdapter shows it.
+    sa.Column("lineage_json", sa.Text, nullable=False, server_default="{}"),
     sa.PrimaryKeyConstraint("namespace", "name", "version", name="adapter_versions_pkey"),
+)
+
+# Named pointers at versions (0004); version 0: removed, kept so the change feed carries it.
+adapter_aliases = sa.Table(
+    "adapter_aliases",
+    metadata,
+    sa.Column("namespace", BYTEWISE, nullable=False),
+    sa.Column("name", BYTEWISE, nullable=False),
+    sa.Column("alias", BYTEWISE, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "name", "alias", name="adapter_aliases_pkey"),
+)
+
+# Every alias move: who, when, from, to, why (bounded per adapter: sql_registry).
+alias_history = sa.Table(
+    "alias_history",
+    metadata,
+    sa.Column("id", SEQ, sa.Identity(always=True), primary_key=True),
+    sa.Column("namespace", BYTEWISE, nullable=False),
+    sa.Column("name", BYTEWISE, nullable=False),
+    sa.Column("alias", BYTEWISE, nullable=False),
+    sa.Column("from_version", sa.Integer, nullable=False),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("time", Timestamp, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 adapter_counters = sa.Table(
@@ -204,6 +237,8 @@ sa.Index(
     info={"dialects": ("postgresql",)},
 )
 sa.Index("adapter_versions_seq", adapter_versions.c.seq)
+sa.Index("adapter_aliases_seq", adapter_aliases.c.seq)
+sa.Index("alias_history_adapter", alias_history.c.namespace, alias_history.c.name, alias_history.c.id)
 sa.Index("datasets_ns", datasets.c.namespace, datasets.c.seq)
 sa.Index("api_keys_tenant", api_keys.c.tenant, api_keys.c.key_id)
 

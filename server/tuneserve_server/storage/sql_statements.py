@@ -190,6 +190,7 @@ class Statements:
                 size_bytes=param("size_bytes"),
                 created_at=now,
                 seq=param("seq"),
+                lineage_json=param("lineage_json"),
             )
             .on_conflict_do_nothing()
             .returning(AV.c.seq)
@@ -242,4 +243,20 @@ class Statements:
             .label("adapter_versions"),
         )
         self.changes = sa.select(AV).where(AV.c.seq > param("after")).order_by(AV.c.seq).limit(param("limit"))
+        AA = schema.adapter_aliases
+        self.alias_changes = (
+            sa.select(AA).where(AA.c.seq > param("after")).order_by(AA.c.seq).limit(param("limit"))
+        )
+        self.changes_upto = (
+            sa.select(AV)
+            .where(AV.c.seq > param("after"), AV.c.seq <= param("upto"))
+            .order_by(AV.c.seq)
+            .limit(param("limit"))
+        )
+        self.alias_changes_upto = (
+            sa.select(AA)
+            .where(AA.c.seq > param("after"), AA.c.seq <= param("upto"))
+            .order_by(AA.c.seq)
+            .limit(param("limit"))
+        )
         self.all = [v for v in vars(self).values() if isinstance(v, sa.Executable)]

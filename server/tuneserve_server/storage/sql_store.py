@@ -147,11 +147,19 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
         if has_nul(spec.request_id):
             raise InvalidRequest.field("request_id", "must not contain NUL characters")
         spec_json = json.dumps(spec.to_dict(), separators=(",", ":"), sort_keys=True)
-        fingerprint = hashlib.sha256(spec_json.encode()).hexdigest()
+        # What the caller sent, not what it resolved to: a retry after the init_from alias
+        # moved is the same request (it gets the job the first call queued).
+        asked = {k: v for k, v in spec.to_dict().items() if k != "init_from"}
+        fingerprint = hashlib.sha256(
+            json.dumps(asked, separators=(",", ":"), sort_keys=True).encode()
+        ).hexdigest()
         info = {
             "dataset_id": spec.dataset_id,
             "validation_dataset_id": spec.validation_dataset_id,
             "data_report": report or {},
+            "promotion": spec.promotion.to_dict(),
+            "init_from": spec.init_from,
+            "init_from_requested": spec.init_from_requested,
         }
         job_id = "job-" + uuid.uuid4().hex[:20]
         with self._write() as tx:
@@ -326,10 +334,29 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
         metrics: dict[str, float],
         adapter: AdapterVersionRecord,
         outputs: dict | None = None,
+        *,
+        promote: bool = True,
+        promote_reason: str = "promotion policy always",
     ) -> Job:
+        outputs = dict(outputs or {})
         with self._write() as tx:
             self._lock_owned(tx, job_id, worker_id)  # lock order: jobs row, then the clock
             seq = self._publish_version(tx, replace(adapter, job_id=job_id))
+            move = self._promote_in(
+                tx,
+                adapter.namespace,
+                adapter.name,
+                adapter.version,
+                promote=promote,
+                actor=f"job:{job_id}",
+                reason=promote_reason,
+            )
+            promotion = dict(outputs.get("promotion") or {})
+            promotion["promoted"] = move is not None
+            if move is not None:
+                promotion["reason"] = move.reason
+                promotion["from_version"] = move.from_version
+            outputs["promotion"] = promotion
             row = self._update_owned(
                 tx,
                 self._q.succeed,
@@ -337,16 +364,21 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin):
                 worker_id,
                 metrics_json=json.dumps(metrics),
                 adapter_version=adapter.version,
-                outputs_json=strip_nul(json.dumps(outputs or {})),
+                outputs_json=strip_nul(json.dumps(outputs)),
+            )
+            where = (
+                f"; default -> {adapter.version} ({move.reason})"
+                if move is not None
+                else f"; default not moved ({promotion.get('reason') or promote_reason})"
             )
             self._state_event(
                 tx,
                 job_id,
                 JobState.SUCCEEDED,
-                f"published adapter {adapter.name}@{adapter.version}",
+                f"published adapter {adapter.name}@{adapter.version}{where}",
                 metrics,
             )
-            self._notify(tx, seq)
+            self._notify(tx, move.sequence if move is not None else seq)
         return job_from_row(row)
 
     def finish_job(self, job_id: str, worker_id: str, state: JobState, error: str = "") -> Job:

@@ -52,6 +52,7 @@ from tuneserve_server.training.batching import shuffled_batches
 from tuneserve_server.training.checkpoint import TrainPosition
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
+from tuneserve_server.warm_start import load_lora_weights
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -117,6 +118,8 @@ class CausalLMRecipe:
             bias="none",
         )
         self.model = get_peft_model(lm, config)
+        if self.ctx.init is not None:  # continued training: the stored LoRA factors
+            load_lora_weights(self.model, self.ctx.init)
         self.suffix = completion_suffix(self.tokenizer)
         opt = hp.optimizer
         self.train_rows = self._encode(self.spec.train)

@@ -49,6 +49,7 @@ from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
 from tuneserve_server.uncertainty import MAX_COVARIANCE_ROWS, UncertaintyModel, text_uniforms
+from tuneserve_server.warm_start import load_lora_weights, warm_head
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -79,7 +80,10 @@ class ClassificationRecipe:
         self.group_by_length = group_by_length
         # Evaluation always runs in float32: the temperature is fitted on the logits serving sees.
         self.autocast_dtype = training_autocast_dtype(ctx.device, ctx.precision)
-        self.labels = tuple(sorted({ex.label for ex in ctx.spec.train}))
+        # Continued training keeps the init version's labels (those the new data lacks keep
+        # their trained head rows and stay predictable) and adds the new data's.
+        init_labels = set(ctx.init.labels) if ctx.init is not None else set()
+        self.labels = tuple(sorted({ex.label for ex in ctx.spec.train} | init_labels))
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
         ev = ctx.spec.hyperparameters.evaluation
         self.tracker = BestTracker(
@@ -119,6 +123,14 @@ class ClassificationRecipe:
         self.model = get_peft_model(encoder, config)
         hidden = encoder.config.hidden_size
         self.head = torch.nn.Linear(hidden, len(self.labels)).to(self.device)
+        if self.ctx.init is not None:  # continued training: the stored LoRA and head rows
+            load_lora_weights(self.model, self.ctx.init)
+            fresh = warm_head(self.head, self.labels, self.ctx.init)
+            self.ctx.emit(
+                EventType.CHECKPOINT,  # as a resume from a checkpoint is
+                message=f"started from {self.spec.init_from}"
+                + (f"; new labels with fresh head rows: {', '.join(fresh)}" if fresh else ""),
+            )
 
     def _encode(self, rows: tuple[LabelledText, ...]) -> list[dict[str, list[int]]]:
         enc = self.tokenizer(

@@ -32,6 +32,7 @@ import structlog
 from tuneserve_server.domain.jobs import EventType, JobEvent, JobProgress, JobSpec
 from tuneserve_server.modeling import BaseModelSource
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted, TrainResult
+from tuneserve_server.warm_start import InitAdapter
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -64,6 +65,9 @@ class RecipeContext:
     on_progress: ProgressSink = _ignore  # every optimiser step (the heartbeat pushes the latest)
     on_event: EventSink = _ignore  # appended to the job's event log
     on_resume: ResumeSink = _ignore  # the step train() resumed from, once, when it did
+    # Continued training: the stored version spec.init_from names (warm_start.read_init), or
+    # None from scratch. Any recipe warm-starts its LoRA with warm_start.load_lora_weights.
+    init: InitAdapter | None = None
 
     def emit(self, type_: EventType, **fields: object) -> None:
         """Append an event to the job's log; a broken sink loses the event, never the job."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneserve_server.domain.aliases import check_promotion
 from tuneserve_server.domain.errors import DataRejected, FailedPrecondition, Violations
 from tuneserve_server.domain.jobs import (
     PREFERENCE_LOSSES,
@@ -66,6 +67,9 @@ class TrainInput:
     preference: dict[str, Any] = field(default_factory=dict)
     dataset_id: str = ""
     validation_dataset_id: str = ""
+    # {"policy", "metric", "tolerance", "eval_dataset_id"} (domain/aliases.check_promotion)
+    promotion: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""  # "name@version" / "name@alias"; the services resolve it
 
 
 # Defaults that differ from the dataclass defaults (tuned for MiniLM classification) by task
@@ -473,6 +477,14 @@ def prepare_job(
             v.add("validation_fraction", "give validation examples or validation_fraction, not both")
         elif not 0.0 < fraction <= 0.5:
             v.add("validation_fraction", "must be in (0, 0.5]")
+    promotion = check_promotion(
+        str(req.promotion.get("policy") or ""),
+        str(req.promotion.get("metric") or ""),
+        req.promotion.get("tolerance"),
+        str(req.promotion.get("eval_dataset_id") or ""),
+        req.task.value if req.task is not None else None,
+        v,
+    )
     v.raise_if_any("invalid Train request")
 
     total_rows = len(req.train) + len(req.validation)
@@ -518,5 +530,6 @@ def prepare_job(
         hyperparameters=hyper,
         dataset_id=req.dataset_id,
         validation_dataset_id=req.validation_dataset_id,
+        promotion=promotion,
     )
     return spec, report

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from tuneserve_server.config import Settings
+from tuneserve_server.domain.aliases import PromotionPolicy
 from tuneserve_server.domain.errors import LeaseLost
 from tuneserve_server.domain.jobs import (
     Job,
@@ -40,6 +41,7 @@ from tuneserve_server.training.classification import ClassificationRecipe
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
 from tuneserve_server.training.preference import PreferenceRecipe
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
+from tuneserve_server.warm_start import InitAdapter, read_init
 
 log = structlog.get_logger("tuneserve.worker")
 
@@ -187,6 +189,7 @@ class TrainerWorker:
                 on_progress=progress,
                 on_event=events,
                 on_resume=lambda step: self._note_resume(job.id, step),
+                init=self._init_adapter(spec),
             )
             result = run_recipe(factory(ctx), staging)
             beat.beat()  # record the final step before the job is marked done
@@ -206,8 +209,21 @@ class TrainerWorker:
                 lora_rank=result.meta.lora_rank,
                 size_bytes=size,
                 created_at=job.created_at,
+                lineage={"init_from": spec.init_from, "init_from_requested": spec.init_from_requested}
+                if spec.init_from
+                else {},
             )
-            self.store.complete_job(job.id, self.worker_id, result.metrics, record, result.job_outputs())
+            promote, reason, promotion = self._promotion(spec, version)
+            outputs = {**(result.job_outputs() or {}), "promotion": promotion}
+            self.store.complete_job(
+                job.id,
+                self.worker_id,
+                result.metrics,
+                record,
+                outputs,
+                promote=promote,
+                promote_reason=reason,
+            )
             JOBS.labels(JobState.SUCCEEDED.value).inc()
             log.info("job succeeded", adapter=f"{spec.adapter_name}@{version}", **result.metrics)
         except JobPreempted:
@@ -227,6 +243,24 @@ class TrainerWorker:
             TRAIN_RUNNING.set(0)
             beat.stop()
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _init_adapter(self, spec: JobSpec) -> InitAdapter | None:
+        """The stored version continued training starts from (pinned as "name@N" when the
+        job was queued), read from the adapter store."""
+        if not spec.init_from:
+            return None
+        name, _, version = spec.init_from.partition("@")
+        return read_init(self.adapters.open(spec.namespace, name, int(version)))
+
+    def _promotion(self, spec: JobSpec, version: int) -> tuple[bool, str, dict]:
+        """Whether `default` should move to the new version, why, and what the job's
+        promotion result records (the store adds whether it moved)."""
+        policy = spec.promotion.policy
+        if policy is PromotionPolicy.MANUAL:
+            reason = f"promotion policy manual: {spec.adapter_name}@{version} is registered; PromoteVersion moves default"
+            return False, reason, {"policy": policy.value, "reason": reason}
+        reason = "promotion policy always"
+        return True, reason, {"policy": policy.value, "reason": reason}
 
     def _note_resume(self, job_id: str, step: int) -> None:
         try:

@@ -437,15 +437,18 @@ def test_complete_job_rolls_back_entirely_when_registration_fails(store, make_sp
     _publish(store, spec)  # intents@1
     job2, _ = store.create_job(make_spec(request_id="r2"))
     store.claim_job("w2", 60)
-    changes_before = store.adapter_changes(0)
+    changes_before = store.registry_changes(0)
     with pytest.raises(Exception):  # noqa: B017 - version 1 is taken: the insert fails
         store.complete_job(job2.id, "w2", {"accuracy": 1.0}, _record(spec, 1, job2.id))
     after = store.get_job("default", job2.id)
     assert after.state is JobState.RUNNING and after.adapter_version == 0
-    assert store.adapter_changes(0) == changes_before
-    # The registry clock did not move either: the next change gets the next seq.
-    store.delete_adapter_versions("default", "intents", 1)
-    assert store.adapter_changes(0)[-1].seq == changes_before[-1].seq + 1
+    assert store.registry_changes(0) == changes_before  # versions and aliases alike
+    # The registry clock did not move either: the next change gets the next seq (deleting
+    # the adapter removes its `default` alias first, then the version).
+    last = max(c.seq for side in changes_before for c in side)
+    store.delete_adapter_versions("default", "intents")
+    _, aliases = store.registry_changes(last)
+    assert [a.seq for a in aliases] == [last + 1]
 
 
 def test_register_adapter_version_publishes_without_a_job(store, make_spec):
@@ -564,8 +567,12 @@ def test_a_polling_replica_never_misses_a_change_made_concurrently(open_store, m
         while (claimed := store.claim_job(worker_id, 60)) is not None:
             job, spec = claimed
             version = store.reserve_adapter_version(spec.namespace, spec.adapter_name)
-            store.complete_job(job.id, worker_id, {}, _record(spec, version, job.id))
-            if version % 3 == 0:  # deletes are registry changes too
+            # Deletes are registry changes too; a version `default` points at cannot be
+            # deleted, so those are published without moving it (policy manual).
+            store.complete_job(
+                job.id, worker_id, {}, _record(spec, version, job.id), promote=version % 3 != 0
+            )
+            if version % 3 == 0:
                 store.delete_adapter_versions(spec.namespace, spec.adapter_name, version)
 
     poller = threading.Thread(target=poll)

@@ -135,7 +135,7 @@ def test_migrations_live_in_the_package_with_one_head():
     from tuneserve_server.storage.postgres_store import MIGRATIONS_DIR
 
     assert (MIGRATIONS_DIR / "env.py").is_file()
-    assert _head() == "0003"
+    assert _head() == "0004"
 
 
 def test_registry_changes_notify_listeners_after_commit(store, make_spec):
@@ -149,7 +149,9 @@ def test_registry_changes_notify_listeners_after_commit(store, make_spec):
         store.complete_job(job.id, "w", {}, _record(spec, version, job.id))
         (seq,) = listener.wait(5)
         assert time.perf_counter() - t0 < 1.0
-        assert seq == store.adapter_changes(0)[-1].seq
+        # One notice per commit, with its last seq: the version, then `default` moving to it.
+        versions, aliases = store.registry_changes(0)
+        assert seq == aliases[-1].seq == versions[-1].seq + 1
 
         # A completion that rolls back (the version is taken) notifies no one.
         job2, _ = store.create_job(make_spec(request_id="r2"))
@@ -158,8 +160,8 @@ def test_registry_changes_notify_listeners_after_commit(store, make_spec):
             store.complete_job(job2.id, "w", {}, _record(spec, version, job2.id))
         assert listener.wait(0.1) == []
 
-        store.delete_adapter_versions("default", "intents")
-        assert listener.wait(5) == [seq + 1]
+        store.delete_adapter_versions("default", "intents")  # its alias, then its version
+        assert listener.wait(5) == [seq + 2]
 
         # Another deployment in another schema of the same database: not ours.
         with psycopg.connect(store.dsn, autocommit=True) as conn:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tuneserve_server.domain.errors import FailedPrecondition
 from tuneserve_server.domain.jobs import EventType, JobState
 from tuneserve_server.storage.sql import head_revision
 from tuneserve_server.storage.sqlite_store import SqliteStore
@@ -87,8 +88,14 @@ def test_a_file_made_by_the_old_schema_is_upgraded_in_place(tmp_path, make_spec,
         assert claimed.id == job.id
         store.append_events(job.id, [], worker_id="w")
         assert [e.type for e in store.list_events("default", job.id)] == [EventType.STATE] * 2
-        store.delete_adapter_versions("default", "intents", 1)
-        assert [c.seq for c in store.adapter_changes(0)] == [2]
+        # 0004 pointed `default` at the newest version (seq 2), so it cannot be deleted alone.
+        assert [(a.alias, a.version, a.seq) for a in store.adapter_aliases("default", "intents")] == [
+            ("default", 1, 2)
+        ]
+        with pytest.raises(FailedPrecondition, match="default"):
+            store.delete_adapter_versions("default", "intents", 1)
+        store.delete_adapter_versions("default", "intents")  # the alias (seq 3), the version (4)
+        assert [c.seq for c in store.adapter_changes(0)] == [4]
     finally:
         store.close()
     # Opening it again is a no-op: already at head.
