@@ -68,6 +68,7 @@ def main() -> None:
         sequence_logps,
     )
     from tuneserve_server.training.recipe import RecipeContext
+    from tuneserve_server.warm_start import read_init
 
     torch.set_num_threads(2)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="demo-preference-"))
@@ -98,7 +99,7 @@ def main() -> None:
             optimizer=OptimizerSettings(
                 learning_rate=3e-3,
                 batch_size=8,
-                epochs=1,
+                epochs=10,  # max_steps decides (56 rows are 7 batches an epoch)
                 max_steps=args.sft_steps,
                 warmup_ratio=0.0,
                 max_seq_length=160,
@@ -128,7 +129,7 @@ def main() -> None:
             optimizer=OptimizerSettings(
                 learning_rate=args.dpo_lr,
                 batch_size=4,
-                epochs=1,
+                epochs=10,  # max_steps decides
                 max_steps=args.dpo_steps,
                 warmup_ratio=0.0,
                 max_seq_length=160,
@@ -136,9 +137,10 @@ def main() -> None:
             preference=PreferenceSettings(beta=args.beta),
         ),
     )
+    # init_from = the SFT adapter, as the worker passes it for Train(init_from="house@1")
+    init = read_init(work / "sft")
     dpo = PreferenceRecipe(
-        RecipeContext(dpo_spec, source, model_cache_dir=cache, on_progress=progress("dpo")),
-        init_adapter_dir=work / "sft",
+        RecipeContext(dpo_spec, source, model_cache_dir=cache, on_progress=progress("dpo"), init=init)
     )
     dpo.setup()
     dpo.train()

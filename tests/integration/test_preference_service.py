@@ -2,7 +2,8 @@
 real API and worker, preference pairs built from the support_style data (chosen = the house
 format, rejected = the base model's own greedy reply, examples/data/support_style/
 preference.jsonl) uploaded with UploadDataset, an SFT version of `support-dpo` trained first,
-then a DPO version of the same adapter on top of the served one (the name hot-swaps to the new
+then a DPO version of the same adapter from it (init_from="support-dpo@1": the policy starts
+as the SFT adapter and the reference is the SFT adapter, frozen; the name hot-swaps to the new
 version), and generation through the real client: the DPO adapter serves like any causal-LM
 adapter (mixed batches with the base, streaming equal to unary). Bad preference data and
 settings are refused with field-level errors before anything is queued."""
@@ -75,7 +76,7 @@ def test_sft_then_dpo_through_the_service_and_the_dpo_adapter_serves(lm, tmp_pat
         validation=[
             {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows[60:64]
         ],
-        lora_rank=8,
+        init_from="support-dpo@1",
         learning_rate=1e-3,
         batch_size=4,
         max_steps=3,
@@ -87,12 +88,15 @@ def test_sft_then_dpo_through_the_service_and_the_dpo_adapter_serves(lm, tmp_pat
     job = client.wait(job, timeout=900, poll_interval=0.5)
     assert job.state == "SUCCEEDED", job.error
     assert job.task == "preference" and job.train_examples == 16 and job.validation_examples == 4
+    assert job.init_from == "support-dpo@1"
     m = job.metrics
     for name in ("eval_loss", "rewards/accuracy", "rewards/margin", "logps/chosen", "ref_logps/rejected"):
         assert name in m, sorted(m)
     # the reference ran once per pair met: 3 steps x 4 training pairs, and the 4 validation pairs
     assert m["reference_forwards"] == 3 * 4 + 4
     assert m["eval_loss"] < m["ref_eval_loss"]  # three steps already move the policy the right way
+    # the reference is the SFT adapter, not the base: the SFT reply format is likelier under it
+    assert m["ref_logps/chosen"] > m["ref_logps/rejected"]
 
     adapter = client.get_adapter("support-dpo")
     assert adapter.task == "causal_lm" and adapter.latest_version == 2  # a DPO adapter is a causal-LM one

@@ -6,11 +6,11 @@ loaded. The reference log-probabilities of each pair are computed once, the firs
 pair is met (no gradient, eval mode), kept in a cache indexed by the pair and reused every
 epoch; they travel with checkpoints so a resumed job does not recompute them.
 
-Warm start (the usual SFT -> DPO pipeline): given the directory of an SFT adapter of this base
-(`init_adapter_dir`), the policy starts as a trainable copy of it ("default", its LoRA config:
-rank, alpha, targets) and the reference is the same adapter loaded once more, frozen
-("reference"); the reference pass switches to it instead of disabling the adapter. The saved
-adapter holds only the policy.
+Warm start (the usual SFT -> DPO pipeline, `init_from` naming an SFT adapter, `ctx.init`):
+the policy starts from its LoRA factors (warm_start.load_lora_weights, what every recipe's
+continued training uses; the services pinned rank, alpha and targets to the init version's)
+and the reference is the same adapter loaded once more, frozen ("reference"); the reference
+pass switches to it instead of disabling the adapter. The saved adapter holds only the policy.
 
 Each pair is tokenized as (prompt, chosen, rejected): the prompt is rendered with the chat
 template up to the assistant header (exactly what serving sends), each reply is followed by
@@ -71,6 +71,7 @@ from tuneserve_server.training.batching import shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
+from tuneserve_server.warm_start import InitAdapter, load_lora_weights
 
 log = structlog.get_logger("tuneserve.training")
 
@@ -162,28 +163,23 @@ def preference_loss(
     return PairLoss(losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
 
 
-def warm_start(lm: torch.nn.Module, directory: Path, dropout: float):
-    """`lm` under peft with the adapter in `directory` twice: "default", trainable (the policy,
-    starting from it), and "reference", frozen."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(lm, str(directory), adapter_name=POLICY, is_trainable=True)
-    model.load_adapter(str(directory), adapter_name=REFERENCE, is_trainable=False)
-    config = model.peft_config[POLICY]
-    config.lora_dropout = dropout  # only used where modules are built; the loaded ones keep theirs
+def warm_start(model, init: InitAdapter) -> None:
+    """Start the policy ("default") from the stored adapter's LoRA factors and load that adapter
+    once more as the frozen reference ("reference")."""
+    load_lora_weights(model, init)
+    model.load_adapter(str(init.directory), adapter_name=REFERENCE, is_trainable=False)
+    model.base_model.set_adapter(POLICY)
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.requires_grad_(f".{POLICY}." in name)
-    return model
 
 
 class PreferenceRecipe:
     """The Recipe for TaskType.PREFERENCE (see the module docstring). It trains in the dtype the
     model loads in (as the causal-LM recipe does) and so ignores ctx.precision."""
 
-    def __init__(self, ctx: RecipeContext, init_adapter_dir: Path | None = None) -> None:
+    def __init__(self, ctx: RecipeContext) -> None:
         self.ctx = ctx
-        self.init_adapter_dir = init_adapter_dir  # warm start: an SFT adapter (see the module docstring)
         self.spec = ctx.spec
         self.source = ctx.source
         self.device = ctx.device
@@ -205,22 +201,17 @@ class PreferenceRecipe:
         torch.manual_seed(hp.optimizer.seed)
         self.tokenizer, lm = load_causal_lm(self.source.path, self.device, self.ctx.model_cache_dir)
         lm.config.use_cache = False
-        if self.init_adapter_dir is not None:
-            self.model = warm_start(lm, self.init_adapter_dir, hp.lora.dropout)
-            config = self.model.peft_config[POLICY]
-            self.targets = tuple(sorted(config.target_modules))
-            self.rank = int(config.r)
-        else:
-            self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
-            self.rank = hp.lora.rank
-            config = LoraConfig(
-                r=hp.lora.rank,
-                lora_alpha=hp.lora.alpha,
-                lora_dropout=hp.lora.dropout,
-                target_modules=list(self.targets),
-                bias="none",
-            )
-            self.model = get_peft_model(lm, config)
+        self.targets = tuple(hp.lora.target_modules) or default_target_modules(lm)
+        config = LoraConfig(
+            r=hp.lora.rank,
+            lora_alpha=hp.lora.alpha,
+            lora_dropout=hp.lora.dropout,
+            target_modules=list(self.targets),
+            bias="none",
+        )
+        self.model = get_peft_model(lm, config)
+        if self.ctx.init is not None:  # SFT -> DPO: policy and reference start as the SFT adapter
+            warm_start(self.model, self.ctx.init)
         self.pad_id = self.tokenizer.pad_token_id or 0
         suffix = completion_suffix(self.tokenizer)
         max_len = hp.optimizer.max_seq_length
@@ -463,7 +454,7 @@ class PreferenceRecipe:
             task=TaskType.CAUSAL_LM,  # a DPO adapter is a causal-LM adapter: it serves like one
             base_model=self.source.model_id,
             labels=(),
-            lora_rank=self.rank,
+            lora_rank=self.spec.hyperparameters.lora.rank,
             target_modules=self.targets,
             metrics=metrics,
             job_id=self.ctx.job_id,

@@ -20,6 +20,7 @@ from tuneserve_server.domain.jobs import PreferenceSettings
 from tuneserve_server.modeling import BaseModelSource
 from tuneserve_server.training.preference import PreferenceRecipe
 from tuneserve_server.training.recipe import RecipeContext
+from tuneserve_server.warm_start import read_init
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"
@@ -36,12 +37,18 @@ def _recipe(
 ):
     """The recipe after setup, its LoRA weights moved away from zero (so policy != reference);
     with `trl_beta`, also a TRL DPOTrainer on the same model, built before the move: TRL keeps a
-    frozen copy of the adapter as it finds it ("ref", B = 0: exactly the base model) as its
-    reference, which is what our reference (the adapter disabled) is."""
+    frozen copy of the adapter as it finds it ("ref") as its reference: from scratch B = 0,
+    exactly the base model, which is what our reference (the adapter disabled) is; warm-started
+    (`init`, an SFT adapter) the SFT adapter, which is what our "reference" adapter is."""
     recipe = PreferenceRecipe(
-        RecipeContext(preference_spec(settings=settings), BaseModelSource(str(base_dir), "tiny"))
+        RecipeContext(
+            preference_spec(settings=settings),
+            BaseModelSource(str(base_dir), "tiny"),
+            init=None if init is None else read_init(init),
+        )
     )
     recipe.setup()
+    assert (init is not None) == ("reference" in recipe.model.peft_config)
     trainer = None if trl_beta is None else _trl_trainer(recipe, settings, trl_beta)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a policy away from the reference: random A and B of the trained adapter

@@ -26,6 +26,7 @@ from tuneserve_server.training.preference import (
     sequence_logps,
 )
 from tuneserve_server.training.recipe import RecipeContext
+from tuneserve_server.warm_start import read_init
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -158,7 +159,7 @@ def test_warm_start_policy_and_reference_are_the_sft_adapter(base_dir: Path, tmp
     sft_dir = train_sft_adapter(base_dir, tmp_path / "sft")
     source = BaseModelSource(str(base_dir), "tiny-llama")
     spec = preference_spec(steps=3, lr=2e-2)
-    recipe = PreferenceRecipe(RecipeContext(spec, source), init_adapter_dir=sft_dir)
+    recipe = PreferenceRecipe(RecipeContext(spec, source, init=read_init(sft_dir)))
     recipe.setup()
     rows, idx = recipe.train_rows, [0, 1, 2, 3]
     batch = collate_pairs([rows[i] for i in idx], recipe.pad_id)
