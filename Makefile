@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo demo-generate test test-fast proto proto-check bench lint clean
+.PHONY: venv demo demo-generate demo-preference test test-fast proto proto-check bench lint clean
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and pinned so
 # pip takes the CPU build instead of pulling a multi-GB CUDA one; GPU users install their
@@ -27,6 +27,11 @@ demo: venv
 # Fine-tune SmolLM2-135M-Instruct on a support-reply house style; base vs. adapter side by side.
 demo-generate: venv
 	$(PY) examples/demo_generate.py
+
+# SFT, then DPO from the SFT adapter, on SmolLM2 (support_style preference pairs); a table of
+# base / SFT / SFT+DPO on held-out prompts: house-format rate and preference accuracy.
+demo-preference: venv
+	$(PY) examples/demo_preference.py
 
 test: venv proto-check lint
 	$(PY) -m pytest -q -ra

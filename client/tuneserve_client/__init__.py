@@ -2,7 +2,12 @@
 
 from tuneserve_client.aliases import AliasMove, PromotionResult
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
-from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
+from tuneserve_client.datafiles import (
+    DataFileError,
+    read_causal_examples,
+    read_examples,
+    read_preference_examples,
+)
 from tuneserve_client.errors import (
     AlreadyExists,
     Cancelled,
@@ -85,5 +90,6 @@ __all__ = [
     "from_rpc_error",
     "read_causal_examples",
     "read_examples",
+    "read_preference_examples",
     "tls_credentials",
 ]

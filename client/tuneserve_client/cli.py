@@ -15,7 +15,12 @@ from typing import Any, TextIO
 from tuneserve_client import cli_aliases, hyperparameters
 from tuneserve_client.cli_feedback import add_feedback_commands
 from tuneserve_client.client import DEFAULT_TARGET, Client, tls_credentials
-from tuneserve_client.datafiles import DataFileError, read_causal_examples, read_examples
+from tuneserve_client.datafiles import (
+    DataFileError,
+    read_causal_examples,
+    read_examples,
+    read_preference_examples,
+)
 from tuneserve_client.errors import TuneserveError
 from tuneserve_client.eval_cli import add_eval_commands
 from tuneserve_client.reports import DataReport, JobEvent
@@ -88,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--task",
         default="classification",
-        choices=("classification", "causal_lm"),
-        help="what the adapter learns (default: %(default)s; the server serves one family)",
+        choices=("classification", "causal_lm", "preference"),
+        help="what the adapter learns (default: %(default)s; the server serves one family; "
+        "preference: DPO on a causal LM, rows with prompt or messages, chosen and rejected)",
     )
     train.add_argument(
         "--text-field",
@@ -146,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_cmds = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
     upload = dataset_cmds.add_parser("upload", help="upload a .csv or .jsonl file; prints its id")
     upload.add_argument("file", metavar="FILE")
-    upload.add_argument("--task", default="classification", choices=("classification", "causal_lm"))
+    upload.add_argument(
+        "--task", default="classification", choices=("classification", "causal_lm", "preference")
+    )
     upload.add_argument("--format", choices=("csv", "jsonl"), help="default: from the file suffix")
     upload.add_argument("--name", help="display name (default: the file name)")
     upload.add_argument(
@@ -184,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="run Train's data checks (no job): prints the data report"
     )
     check.add_argument("dataset_id", metavar="ID")
-    check.add_argument("--task", default="classification", choices=("classification", "causal_lm"))
+    check.add_argument(
+        "--task", default="classification", choices=("classification", "causal_lm", "preference")
+    )
     check.add_argument("--validation-dataset", metavar="ID")
     check.add_argument("--validation-fraction", type=float, metavar="F")
     check.set_defaults(handler=_cmd_datasets_validate)
@@ -385,7 +395,11 @@ def _cmd_info(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_train(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    if args.task == "causal_lm":
+    if args.task == "preference":
+
+        def read(path: str) -> list:
+            return read_preference_examples(path, prompt_field=args.text_field or "prompt")
+    elif args.task == "causal_lm":
 
         def read(path: str) -> list:
             return read_causal_examples(

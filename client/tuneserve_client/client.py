@@ -87,7 +87,29 @@ def _causal_example_pb(item: Mapping[str, Any], index: int, field: str) -> commo
     )
 
 
+def _preference_example_pb(item: Mapping[str, Any], index: int, field: str) -> common_pb2.Example:
+    """{"prompt" or "messages", "chosen", "rejected"}: a preference pair (messages: the prompt
+    turns, before the reply)."""
+    if not isinstance(item.get("chosen"), str) or not isinstance(item.get("rejected"), str):
+        raise ValueError(f"{field}[{index}]: a preference example needs str 'chosen' and 'rejected'")
+    pair = common_pb2.PreferenceExample(chosen=item["chosen"], rejected=item["rejected"])
+    if "messages" in item:
+        try:
+            pair.messages.extend(
+                common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in item["messages"]
+            )
+        except (TypeError, KeyError):
+            raise ValueError(f"{field}[{index}]: messages are {{'role', 'content'}} dicts") from None
+    elif isinstance(item.get("prompt"), str):
+        pair.prompt = item["prompt"]
+    else:
+        raise ValueError(f"{field}[{index}]: a preference example needs a str 'prompt' or 'messages'")
+    return common_pb2.Example(preference=pair)
+
+
 def _example_pb(item: ExampleLike, index: int, field: str) -> common_pb2.Example:
+    if isinstance(item, Mapping) and "chosen" in item:
+        return _preference_example_pb(item, index, field)
     if isinstance(item, Mapping) and ("prompt" in item or "messages" in item):
         return _causal_example_pb(item, index, field)
     if isinstance(item, Mapping):
@@ -233,7 +255,9 @@ class Client(FeedbackMixin, EvaluationsMixin):
 
         `examples` and `validation` hold (text, label) pairs or {"text", "label"} dicts; for
         task="causal_lm", {"prompt", "completion"} or {"messages": [{"role", "content"}...]}
-        dicts (`train_on_prompt`, `sample_generations`: the causal-LM settings). Instead of
+        dicts (`train_on_prompt`, `sample_generations`: the causal-LM settings); for
+        task="preference" (DPO), {"prompt" or "messages", "chosen", "rejected"} dicts
+        (`beta`, `loss_type`, `label_smoothing`: the preference settings). Instead of
         inline examples, `dataset` / `validation_dataset` name uploaded datasets (an id or a
         `Dataset`). The server checks the data first and refuses bad data with
         `InvalidArgument` whose `.data_report` says why; the returned job's `data_report`

@@ -1,5 +1,5 @@
-"""Reading training examples from .csv and .jsonl files: labelled texts (classification) and
-prompt / completion pairs or conversations (causal LM)."""
+"""Reading training examples from .csv and .jsonl files: labelled texts (classification),
+prompt / completion pairs or conversations (causal LM) and preference pairs."""
 
 from __future__ import annotations
 
@@ -42,6 +42,74 @@ def read_causal_examples(
     turn is the assistant reply to learn."""
     rows = _read(path, (prompt_field, completion_field), chat=True)
     return [row if isinstance(row, dict) else {"prompt": row[0], "completion": row[1]} for row in rows]
+
+
+def read_preference_examples(
+    path: str | os.PathLike[str], *, prompt_field: str = PROMPT
+) -> list[dict[str, Any]]:
+    """Preference pairs as `Client.train` takes them: {"prompt", "chosen", "rejected"} dicts
+    (or {"messages": [prompt turns], "chosen", "rejected"}) from a .csv with prompt, chosen and
+    rejected columns or a .jsonl file. JSONL also takes TRL's conversational layouts: "prompt"
+    as a list of turns with "chosen"/"rejected" as one-assistant-turn lists, or no prompt and
+    "chosen"/"rejected" as whole conversations that share every turn but the last."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        rows = _read(path, (prompt_field, "chosen"), chat=False)  # checks the header and cells
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            records = [r for r in csv.DictReader(f) if any((v or "").strip() for v in r.values())]
+        out = []
+        for line, (row, record) in enumerate(zip(rows, records, strict=True), start=2):
+            rejected = record.get("rejected")
+            if not isinstance(rejected, str) or not rejected.strip():
+                raise DataFileError(path, "missing or empty 'rejected'", line)
+            out.append({"prompt": row[0], "chosen": row[1], "rejected": rejected})
+        return out
+    if suffix != ".jsonl":
+        raise DataFileError(path, f"unsupported file type {suffix or '(none)'!r}: use .csv or .jsonl")
+    out = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for number, raw in enumerate(f, start=1):
+                if raw.strip():
+                    out.append(_preference_row(path, number, raw, prompt_field))
+    except OSError as exc:
+        raise DataFileError(path, exc.strerror or str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise DataFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if not out:
+        raise DataFileError(path, "no examples")
+    return out
+
+
+def _preference_row(path, number: int, raw: str, prompt_field: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", number) from None
+    if not isinstance(obj, dict):
+        raise DataFileError(path, f"expected a JSON object, got {type(obj).__name__}", number)
+    chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get(prompt_field)
+    turns = obj.get("messages") if prompt is None else prompt if isinstance(prompt, list) else None
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        if prompt is None and turns is None:  # TRL implicit prompt: the shared turns
+            if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
+                raise DataFileError(
+                    path, "'chosen' and 'rejected' must share every turn but the last", number
+                )
+            turns, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
+        if len(chosen) != 1 or len(rejected) != 1:
+            raise DataFileError(path, "'chosen' and 'rejected' must each be one assistant turn", number)
+        chosen, rejected = (_messages(path, number, x)[0]["content"] for x in (chosen, rejected))
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, str) or not value.strip():
+            raise DataFileError(path, f"missing or empty {name!r}", number)
+    if turns is not None:
+        if not isinstance(turns, list) or not turns:
+            raise DataFileError(path, "the prompt turns must be a non-empty list", number)
+        return {"messages": [dict(m) for m in turns], "chosen": chosen, "rejected": rejected}
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataFileError(path, f"missing or empty {prompt_field!r}", number)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _read(path: str | os.PathLike[str], fields: tuple[str, str], chat: bool) -> list[Any]:

@@ -1,7 +1,7 @@
 """The training hyperparameters, described once: read from the proto `Hyperparameters` message.
 
 Each leaf field of `tuneserve.v1.Hyperparameters` (its sections lora / optimizer / evaluation /
-causal_lm and their fields) becomes one `Hyperparameter`: its path, its `Client.train` keyword,
+causal_lm / preference and their fields) becomes one `Hyperparameter`: its path, its `Client.train` keyword,
 its `tuneserve train` flag and a help line. `Client.train` and the CLI are built from
 `HYPERPARAMETERS`, so a field added to the proto gets a keyword and a flag without more code;
 `_NOTES` gives it a help line (the tests fail until it has one). The server's conversion walks
@@ -89,6 +89,16 @@ _NOTES: dict[str, _Note] = {
     ),
     "causal_lm.train_on_prompt": _Note("causal LM: also train on the prompt's tokens", minimum=None),
     "causal_lm.sample_generations": _Note("causal LM: validation prompts to generate from after training"),
+    "preference.beta": _Note(
+        "preference (DPO): how far the policy may move from the reference, in (0, 10] (default 0.1)",
+        exclusive=True,
+    ),
+    "preference.loss_type": _Note(
+        "preference: the loss, sigmoid (DPO, the default) or ipo", minimum=None, choices=("sigmoid", "ipo")
+    ),
+    "preference.label_smoothing": _Note(
+        "preference: assumed fraction of flipped pairs, in [0, 0.5) (conservative DPO; sigmoid only)"
+    ),
 }
 
 _INTEGER_TYPES = {

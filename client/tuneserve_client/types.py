@@ -13,7 +13,7 @@ from tuneserve_client.reports import DataReport, data_report_from_pb
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "causal_lm", "preference")
 
 _STATE_PREFIX = "JOB_STATE_"
 _TASK_PREFIX = "TASK_TYPE_"

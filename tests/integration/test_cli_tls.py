@@ -289,6 +289,9 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(
         "evaluation.min_holdout_rows": 10,
         "causal_lm.train_on_prompt": True,
         "causal_lm.sample_generations": 1,
+        "preference.beta": 0.25,
+        "preference.loss_type": "sigmoid",
+        "preference.label_smoothing": 0.25,
     }
     assert sorted(given) == sorted(BY_PATH)  # a new field needs a value here
     flags: list[str] = []

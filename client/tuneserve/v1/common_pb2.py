@@ -24,31 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tuneserve/v1/common.proto\x12\x0ctuneserve.v1\"4\n\x15\x43lassificationExample\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"b\n\x0f\x43\x61usalLMExample\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessage\"\x87\x01\n\x07\x45xample\x12=\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32#.tuneserve.v1.ClassificationExampleH\x00\x12\x32\n\tcausal_lm\x18\x02 \x01(\x0b\x32\x1d.tuneserve.v1.CausalLMExampleH\x00\x42\t\n\x07\x65xample\"\x80\x01\n\nLoraConfig\x12\x11\n\x04rank\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07\x64ropout\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\tB\x07\n\x05_rankB\x08\n\x06_alphaB\n\n\x08_dropout\"\x9b\x03\n\x0fOptimizerConfig\x12\x1a\n\rlearning_rate\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x16\n\tmax_steps\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x19\n\x0cwarmup_ratio\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x1b\n\x0emax_seq_length\x18\x08 \x01(\rH\x07\x88\x01\x01\x12(\n\x1bgradient_accumulation_steps\x18\t \x01(\rH\x08\x88\x01\x01\x42\x10\n\x0e_learning_rateB\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x0c\n\n_max_stepsB\x0f\n\r_warmup_ratioB\x0f\n\r_weight_decayB\x07\n\x05_seedB\x11\n\x0f_max_seq_lengthB\x1e\n\x1c_gradient_accumulation_steps\"\xd2\x04\n\x10\x45valuationConfig\x12\x1d\n\x10\x65val_every_steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\x0fmetric_for_best\x18\x02 \x01(\t\x12$\n\x17\x65\x61rly_stopping_patience\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\tcalibrate\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0f\x66it_uncertainty\x18\x05 \x01(\x08H\x03\x88\x01\x01\x12%\n\x18\x61\x62stain_target_precision\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12$\n\x17\x61\x62stain_target_coverage\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12$\n\x17ood_false_positive_rate\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x15\n\x08\x62\x61seline\x18\t \x01(\x08H\x07\x88\x01\x01\x12\x19\n\x11validation_scheme\x18\n \x01(\t\x12\x12\n\x05\x66olds\x18\x0b \x01(\rH\x08\x88\x01\x01\x12\x1d\n\x10min_holdout_rows\x18\x0c \x01(\rH\t\x88\x01\x01\x42\x13\n\x11_eval_every_stepsB\x1a\n\x18_early_stopping_patienceB\x0c\n\n_calibrateB\x12\n\x10_fit_uncertaintyB\x1b\n\x19_abstain_target_precisionB\x1a\n\x18_abstain_target_coverageB\x1a\n\x18_ood_false_positive_rateB\x0b\n\t_baselineB\x08\n\x06_foldsB\x13\n\x11_min_holdout_rows\"a\n\x0e\x43\x61usalLMConfig\x12\x17\n\x0ftrain_on_prompt\x18\x01 \x01(\x08\x12\x1f\n\x12sample_generations\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x15\n\x13_sample_generations\"\xd0\x01\n\x0fHyperparameters\x12&\n\x04lora\x18\x01 \x01(\x0b\x32\x18.tuneserve.v1.LoraConfig\x12\x30\n\toptimizer\x18\x02 \x01(\x0b\x32\x1d.tuneserve.v1.OptimizerConfig\x12\x32\n\nevaluation\x18\x03 \x01(\x0b\x32\x1e.tuneserve.v1.EvaluationConfig\x12/\n\tcausal_lm\x18\x04 \x01(\x0b\x32\x1c.tuneserve.v1.CausalLMConfig*\\\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_TYPE_CLASSIFICATION\x10\x01\x12\x17\n\x13TASK_TYPE_CAUSAL_LM\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tuneserve/v1/common.proto\x12\x0ctuneserve.v1\"4\n\x15\x43lassificationExample\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"b\n\x0f\x43\x61usalLMExample\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessage\"r\n\x11PreferenceExample\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessage\x12\x0e\n\x06\x63hosen\x18\x03 \x01(\t\x12\x10\n\x08rejected\x18\x04 \x01(\t\"\xbe\x01\n\x07\x45xample\x12=\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32#.tuneserve.v1.ClassificationExampleH\x00\x12\x32\n\tcausal_lm\x18\x02 \x01(\x0b\x32\x1d.tuneserve.v1.CausalLMExampleH\x00\x12\x35\n\npreference\x18\x03 \x01(\x0b\x32\x1f.tuneserve.v1.PreferenceExampleH\x00\x42\t\n\x07\x65xample\"\x80\x01\n\nLoraConfig\x12\x11\n\x04rank\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07\x64ropout\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\tB\x07\n\x05_rankB\x08\n\x06_alphaB\n\n\x08_dropout\"\x9b\x03\n\x0fOptimizerConfig\x12\x1a\n\rlearning_rate\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x16\n\tmax_steps\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x19\n\x0cwarmup_ratio\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x1b\n\x0emax_seq_length\x18\x08 \x01(\rH\x07\x88\x01\x01\x12(\n\x1bgradient_accumulation_steps\x18\t \x01(\rH\x08\x88\x01\x01\x42\x10\n\x0e_learning_rateB\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x0c\n\n_max_stepsB\x0f\n\r_warmup_ratioB\x0f\n\r_weight_decayB\x07\n\x05_seedB\x11\n\x0f_max_seq_lengthB\x1e\n\x1c_gradient_accumulation_steps\"\xd2\x04\n\x10\x45valuationConfig\x12\x1d\n\x10\x65val_every_steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\x0fmetric_for_best\x18\x02 \x01(\t\x12$\n\x17\x65\x61rly_stopping_patience\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\tcalibrate\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0f\x66it_uncertainty\x18\x05 \x01(\x08H\x03\x88\x01\x01\x12%\n\x18\x61\x62stain_target_precision\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12$\n\x17\x61\x62stain_target_coverage\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12$\n\x17ood_false_positive_rate\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x15\n\x08\x62\x61seline\x18\t \x01(\x08H\x07\x88\x01\x01\x12\x19\n\x11validation_scheme\x18\n \x01(\t\x12\x12\n\x05\x66olds\x18\x0b \x01(\rH\x08\x88\x01\x01\x12\x1d\n\x10min_holdout_rows\x18\x0c \x01(\rH\t\x88\x01\x01\x42\x13\n\x11_eval_every_stepsB\x1a\n\x18_early_stopping_patienceB\x0c\n\n_calibrateB\x12\n\x10_fit_uncertaintyB\x1b\n\x19_abstain_target_precisionB\x1a\n\x18_abstain_target_coverageB\x1a\n\x18_ood_false_positive_rateB\x0b\n\t_baselineB\x08\n\x06_foldsB\x13\n\x11_min_holdout_rows\"a\n\x0e\x43\x61usalLMConfig\x12\x17\n\x0ftrain_on_prompt\x18\x01 \x01(\x08\x12\x1f\n\x12sample_generations\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x15\n\x13_sample_generations\"s\n\x10PreferenceConfig\x12\x11\n\x04\x62\x65ta\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tloss_type\x18\x02 \x01(\t\x12\x1c\n\x0flabel_smoothing\x18\x03 \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05_betaB\x12\n\x10_label_smoothing\"\x84\x02\n\x0fHyperparameters\x12&\n\x04lora\x18\x01 \x01(\x0b\x32\x18.tuneserve.v1.LoraConfig\x12\x30\n\toptimizer\x18\x02 \x01(\x0b\x32\x1d.tuneserve.v1.OptimizerConfig\x12\x32\n\nevaluation\x18\x03 \x01(\x0b\x32\x1e.tuneserve.v1.EvaluationConfig\x12/\n\tcausal_lm\x18\x04 \x01(\x0b\x32\x1c.tuneserve.v1.CausalLMConfig\x12\x32\n\npreference\x18\x05 \x01(\x0b\x32\x1e.tuneserve.v1.PreferenceConfig*v\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_TYPE_CLASSIFICATION\x10\x01\x12\x17\n\x13TASK_TYPE_CAUSAL_LM\x10\x02\x12\x18\n\x14TASK_TYPE_PREFERENCE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneserve.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKTYPE']._serialized_start=1833
-  _globals['_TASKTYPE']._serialized_end=1925
+  _globals['_TASKTYPE']._serialized_start=2173
+  _globals['_TASKTYPE']._serialized_end=2291
   _globals['_CLASSIFICATIONEXAMPLE']._serialized_start=43
   _globals['_CLASSIFICATIONEXAMPLE']._serialized_end=95
   _globals['_CHATMESSAGE']._serialized_start=97
   _globals['_CHATMESSAGE']._serialized_end=141
   _globals['_CAUSALLMEXAMPLE']._serialized_start=143
   _globals['_CAUSALLMEXAMPLE']._serialized_end=241
-  _globals['_EXAMPLE']._serialized_start=244
-  _globals['_EXAMPLE']._serialized_end=379
-  _globals['_LORACONFIG']._serialized_start=382
-  _globals['_LORACONFIG']._serialized_end=510
-  _globals['_OPTIMIZERCONFIG']._serialized_start=513
-  _globals['_OPTIMIZERCONFIG']._serialized_end=924
-  _globals['_EVALUATIONCONFIG']._serialized_start=927
-  _globals['_EVALUATIONCONFIG']._serialized_end=1521
-  _globals['_CAUSALLMCONFIG']._serialized_start=1523
-  _globals['_CAUSALLMCONFIG']._serialized_end=1620
-  _globals['_HYPERPARAMETERS']._serialized_start=1623
-  _globals['_HYPERPARAMETERS']._serialized_end=1831
+  _globals['_PREFERENCEEXAMPLE']._serialized_start=243
+  _globals['_PREFERENCEEXAMPLE']._serialized_end=357
+  _globals['_EXAMPLE']._serialized_start=360
+  _globals['_EXAMPLE']._serialized_end=550
+  _globals['_LORACONFIG']._serialized_start=553
+  _globals['_LORACONFIG']._serialized_end=681
+  _globals['_OPTIMIZERCONFIG']._serialized_start=684
+  _globals['_OPTIMIZERCONFIG']._serialized_end=1095
+  _globals['_EVALUATIONCONFIG']._serialized_start=1098
+  _globals['_EVALUATIONCONFIG']._serialized_end=1692
+  _globals['_CAUSALLMCONFIG']._serialized_start=1694
+  _globals['_CAUSALLMCONFIG']._serialized_end=1791
+  _globals['_PREFERENCECONFIG']._serialized_start=1793
+  _globals['_PREFERENCECONFIG']._serialized_end=1908
+  _globals['_HYPERPARAMETERS']._serialized_start=1911
+  _globals['_HYPERPARAMETERS']._serialized_end=2171
 # @@protoc_insertion_point(module_scope)

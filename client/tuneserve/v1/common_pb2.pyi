@@ -12,9 +12,11 @@ class TaskType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_TYPE_UNSPECIFIED: _ClassVar[TaskType]
     TASK_TYPE_CLASSIFICATION: _ClassVar[TaskType]
     TASK_TYPE_CAUSAL_LM: _ClassVar[TaskType]
+    TASK_TYPE_PREFERENCE: _ClassVar[TaskType]
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_CLASSIFICATION: TaskType
 TASK_TYPE_CAUSAL_LM: TaskType
+TASK_TYPE_PREFERENCE: TaskType
 
 class ClassificationExample(_message.Message):
     __slots__ = ("text", "label")
@@ -42,13 +44,27 @@ class CausalLMExample(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     def __init__(self, prompt: _Optional[str] = ..., completion: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
+class PreferenceExample(_message.Message):
+    __slots__ = ("prompt", "messages", "chosen", "rejected")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    chosen: str
+    rejected: str
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ...) -> None: ...
+
 class Example(_message.Message):
-    __slots__ = ("classification", "causal_lm")
+    __slots__ = ("classification", "causal_lm", "preference")
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     CAUSAL_LM_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     classification: ClassificationExample
     causal_lm: CausalLMExample
-    def __init__(self, classification: _Optional[_Union[ClassificationExample, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMExample, _Mapping]] = ...) -> None: ...
+    preference: PreferenceExample
+    def __init__(self, classification: _Optional[_Union[ClassificationExample, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMExample, _Mapping]] = ..., preference: _Optional[_Union[PreferenceExample, _Mapping]] = ...) -> None: ...
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -120,14 +136,26 @@ class CausalLMConfig(_message.Message):
     sample_generations: int
     def __init__(self, train_on_prompt: _Optional[bool] = ..., sample_generations: _Optional[int] = ...) -> None: ...
 
+class PreferenceConfig(_message.Message):
+    __slots__ = ("beta", "loss_type", "label_smoothing")
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    beta: float
+    loss_type: str
+    label_smoothing: float
+    def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
+
 class Hyperparameters(_message.Message):
-    __slots__ = ("lora", "optimizer", "evaluation", "causal_lm")
+    __slots__ = ("lora", "optimizer", "evaluation", "causal_lm", "preference")
     LORA_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     CAUSAL_LM_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     lora: LoraConfig
     optimizer: OptimizerConfig
     evaluation: EvaluationConfig
     causal_lm: CausalLMConfig
-    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationConfig, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMConfig, _Mapping]] = ...) -> None: ...
+    preference: PreferenceConfig
+    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationConfig, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ...) -> None: ...

@@ -19,6 +19,7 @@ from tuneserve_server.domain.jobs import (
     JobEvent,
     JobProgress,
     JobState,
+    PreferenceExample,
     TaskType,
 )
 from tuneserve_server.domain.records import AdapterVersionRecord, DatasetRecord, UploadState
@@ -38,6 +39,7 @@ from tuneserve_server.training.validation import InlineExample, TrainInput
 TASK_TO_PB = {
     TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
     TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
+    TaskType.PREFERENCE: common_pb2.TASK_TYPE_PREFERENCE,
 }
 TASK_FROM_PB = {v: k for k, v in TASK_TO_PB.items()}
 STATE_TO_PB = {s: training_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
@@ -62,6 +64,14 @@ def _example(ex: common_pb2.Example) -> InlineExample:
             prompt=lm.prompt,
             completion=lm.completion,
             messages=tuple(ChatTurn(m.role, m.content) for m in lm.messages),
+        )
+    if kind == "preference":
+        pref = ex.preference
+        return PreferenceExample(
+            prompt=pref.prompt,
+            chosen=pref.chosen,
+            rejected=pref.rejected,
+            messages=tuple(ChatTurn(m.role, m.content) for m in pref.messages),
         )
     return None
 

@@ -13,6 +13,12 @@ from tuneserve_server.domain.aliases import PromotionSettings
 class TaskType(str, enum.Enum):
     CLASSIFICATION = "classification"
     CAUSAL_LM = "causal_lm"
+    PREFERENCE = "preference"  # DPO on a causal LM; its adapters are causal-LM adapters
+
+    @property
+    def family(self) -> TaskType:
+        """The base-model family the task trains on (what a deployment serves)."""
+        return TaskType.CAUSAL_LM if self is TaskType.PREFERENCE else self
 
 
 class JobState(str, enum.Enum):
@@ -78,12 +84,23 @@ class CausalLMSettings:
     sample_generations: int = 3
 
 
+PREFERENCE_LOSSES = ("sigmoid", "ipo")
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    beta: float = 0.1
+    loss_type: str = ""  # "" = "sigmoid"; or "ipo"
+    label_smoothing: float = 0.0
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     lora: LoraSettings = field(default_factory=LoraSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     causal_lm: CausalLMSettings = field(default_factory=CausalLMSettings)
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +115,7 @@ class Hyperparameters:
             OptimizerSettings(**data.get("optimizer", {})),
             EvaluationSettings(**data.get("evaluation", {})),
             CausalLMSettings(**data.get("causal_lm", {})),
+            PreferenceSettings(**data.get("preference", {})),
         )
 
 
@@ -142,7 +160,39 @@ class CausalExample:
         return cls(prompt=data["prompt"], completion=data["completion"])
 
 
-Example = LabelledText | CausalExample
+@dataclass(frozen=True)
+class PreferenceExample:
+    """A preference pair: a prompt (or the conversation so far, ending before the reply)
+    and two assistant replies to it, the chosen (better) one and the rejected one."""
+
+    prompt: str = ""
+    chosen: str = ""
+    rejected: str = ""
+    messages: tuple[ChatTurn, ...] = ()  # the prompt as turns; none of them the reply
+
+    def prompt_turns(self) -> tuple[ChatTurn, ...]:
+        """The prompt as chat turns (what comes before either reply)."""
+        return self.messages if self.messages else (ChatTurn("user", self.prompt),)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"chosen": self.chosen, "rejected": self.rejected}
+        if self.messages:
+            out["messages"] = [[m.role, m.content] for m in self.messages]
+        else:
+            out["prompt"] = self.prompt
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PreferenceExample:
+        return cls(
+            prompt=data.get("prompt", ""),
+            chosen=data["chosen"],
+            rejected=data["rejected"],
+            messages=tuple(ChatTurn(r, c) for r, c in data.get("messages", ())),
+        )
+
+
+Example = LabelledText | CausalExample | PreferenceExample
 
 
 def _example_json(e: Example) -> Any:
@@ -150,7 +200,9 @@ def _example_json(e: Example) -> Any:
 
 
 def _example_from_json(data: Any) -> Example:
-    return CausalExample.from_json(data) if isinstance(data, dict) else LabelledText(*data)
+    if isinstance(data, dict):
+        return PreferenceExample.from_json(data) if "chosen" in data else CausalExample.from_json(data)
+    return LabelledText(*data)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ def check_header(h: UploadHeader, *, max_bytes: int, served_task: TaskType) -> N
     if not _UPLOAD_ID.fullmatch(h.upload_id):
         v.add("header.upload_id", "is required: 1-128 of A-Z a-z 0-9 . _ : -, e.g. a UUID")
     if h.task is None:
-        v.add("header.task", "is required (TASK_TYPE_CLASSIFICATION or TASK_TYPE_CAUSAL_LM)")
+        v.add(
+            "header.task",
+            "is required (TASK_TYPE_CLASSIFICATION, TASK_TYPE_CAUSAL_LM or TASK_TYPE_PREFERENCE)",
+        )
     if h.format not in FORMATS:
         v.add("header.format", "must be DATASET_FORMAT_JSONL or DATASET_FORMAT_CSV")
     if not 1 <= h.size_bytes <= max_bytes:
@@ -91,8 +94,10 @@ def check_header(h: UploadHeader, *, max_bytes: int, served_task: TaskType) -> N
     for name in ("text_field", "label_field"):
         if len(getattr(h, name)) > 100:
             v.add(f"header.{name}", "longer than 100 characters")
+    if h.task is TaskType.PREFERENCE and h.label_field:
+        v.add("header.label_field", "preference data has chosen and rejected fields; leave label_field empty")
     v.raise_if_any("invalid upload header")
-    if h.task is not served_task:
+    if h.task is None or h.task.family is not served_task:
         raise FailedPrecondition(
             f"this server trains {served_task.value} models; it cannot use a "
             f"{h.task.value if h.task else 'unknown'} dataset"

@@ -72,7 +72,9 @@ def pin_init_from(
     ref = AdapterRef.parse(spec.namespace, req.init_from, field="init_from")
     record = resolve_version(store, ref)
     v = Violations()
-    if record.task is not spec.task:
+    # A preference (DPO) job starts from a causal-LM adapter (the usual SFT -> DPO), and its
+    # adapters are causal-LM ones: compare task families.
+    if record.task.family is not spec.task.family:
         v.add(
             "init_from",
             f"{record.name}@{record.version} is a {record.task.value} adapter; this job trains {spec.task.value}",

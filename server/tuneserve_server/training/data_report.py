@@ -17,6 +17,9 @@ Checks and their severities (thresholds in `ReportThresholds`):
     leakage                  WARNING  any validation row whose normalised text is in training;
                              ERROR    when over max_leakage_fraction of the validation rows
     over_length              WARNING  rows longer than max_seq_length tokens (truncated)
+    identical_pair           WARNING  preference pairs whose chosen and rejected replies are the
+                             same after normalising (they teach nothing);
+                             ERROR    when over max_identical_pair_fraction of the training pairs
 
 "Normalised" means Unicode NFKC, case-folded, punctuation (Unicode category P) removed,
 whitespace collapsed. Exact duplicates repeat an earlier row of the same split exactly (classification:
@@ -25,7 +28,9 @@ Near-duplicate detection is by hashing the normalised text, so it is O(n): it fi
 normalise to the same string, not rows that merely look alike (no edit distance, no
 embeddings). Conflicts and leakage use the normalised text alone for classification; for
 causal LM, leakage uses the whole normalised example (prompt and completion), and there are
-no conflicts (several completions for one prompt are normal).
+no conflicts (several completions for one prompt are normal). Preference pairs: duplicates
+repeat prompt, chosen and rejected; leakage is a validation pair whose prompt (normalised)
+is a training prompt; token lengths measure the prompt with the longer of the two replies.
 
 Row numbers in issues are the callers' (1-based within their file or list); each message
 says which split they belong to."""
@@ -47,6 +52,7 @@ from tuneserve_server.domain.jobs import (
     CausalExample,
     Example,
     LabelledText,
+    PreferenceExample,
     TaskType,
 )
 
@@ -202,6 +208,8 @@ class ReportThresholds:
         than 5% of the usable rows; 0 warns on any. The counts are reported either way.
     max_conflict_fraction = 0.10: any text with conflicting labels is a WARNING; more than
         10% of the distinct (normalised) texts is an ERROR (the labels are not trustworthy).
+    max_identical_pair_fraction = 0.10: any preference pair with the same chosen and rejected
+        reply is a WARNING; more than 10% of the training pairs is an ERROR.
     """
 
     min_examples_per_label: int = 2
@@ -209,6 +217,7 @@ class ReportThresholds:
     imbalance_warning_ratio: float = 10.0
     duplicate_warning_fraction: float = 0.05
     max_conflict_fraction: float = 0.10
+    max_identical_pair_fraction: float = 0.10
 
 
 Rows = Sequence[tuple[int, Example]]
@@ -234,10 +243,23 @@ def normalise(text: str) -> str:
     return " ".join(folded.translate(_PUNCTUATION).split()) or " ".join(folded.split())
 
 
-def render_causal(example: CausalExample) -> str:
+def render_causal(example: CausalExample | PreferenceExample) -> str:
     """The example's turns as one text, for measuring token length when the caller does not
-    pass the recipe's own rendering."""
+    pass the recipe's own rendering (a preference pair: its prompt and the longer reply, the
+    longest sequence the recipe forms from it)."""
+    if isinstance(example, PreferenceExample):
+        reply = max(example.chosen, example.rejected, key=len)
+        return "\n".join([*(t.content for t in example.prompt_turns()), reply])
     return "\n".join(turn.content for turn in example.conversation())
+
+
+def _prompt_key(ex: PreferenceExample) -> str:
+    return "\x1f".join(f"{t.role}\x1e{normalise(t.content)}" for t in ex.prompt_turns())
+
+
+def is_identical_pair(ex: PreferenceExample) -> bool:
+    """Chosen and rejected are the same reply once normalised."""
+    return normalise(ex.chosen) == normalise(ex.rejected)
 
 
 def build_report(
@@ -261,6 +283,8 @@ def build_report(
     if task is TaskType.CLASSIFICATION:
         b.labels()
         b.conflicts()
+    if task is TaskType.PREFERENCE:
+        b.identical_pairs()
     b.duplicates()
     b.leakage()
     if token_lengths is not None:
@@ -298,6 +322,8 @@ def _percent(part: int, whole: int) -> str:
 def _exact_key(ex: Example) -> Any:
     if isinstance(ex, LabelledText):
         return (ex.text, ex.label)
+    if isinstance(ex, PreferenceExample):
+        return (tuple((t.role, t.content) for t in ex.prompt_turns()), ex.chosen, ex.rejected)
     return tuple((t.role, t.content) for t in ex.conversation())
 
 
@@ -305,12 +331,16 @@ def _text_key(ex: Example) -> str:
     """Classification: the normalised text; causal LM: the whole normalised example."""
     if isinstance(ex, LabelledText):
         return normalise(ex.text)
+    if isinstance(ex, PreferenceExample):
+        return _prompt_key(ex)
     return "\x1f".join(f"{t.role}\x1e{normalise(t.content)}" for t in ex.conversation())
 
 
 def _near_key(ex: Example, text_key: str) -> Any:
     """Same for rows that repeat each other after normalising (classification: with the
-    same label)."""
+    same label; preference pairs: with the same replies)."""
+    if isinstance(ex, PreferenceExample):
+        return (text_key, normalise(ex.chosen), normalise(ex.rejected))
     return (text_key, ex.label) if isinstance(ex, LabelledText) else text_key
 
 
@@ -491,6 +521,12 @@ class _Builder:
             rows_of["training"] or rows_of["validation"],
         )
 
+    # ------------------------------------------------------------------ preference pairs
+    def identical_pairs(self) -> None:
+        splits = (("training", self.train), ("validation", self.validation))
+        found = {s: [r for r, ex in rows if is_identical_pair(ex)] for s, rows in splits}  # type: ignore[arg-type]
+        _identical_issue(self._issue, found["training"], found["validation"], len(self.train), self.t)
+
     # ------------------------------------------------------------------ repeats
     def duplicates(self) -> None:
         exact = near = 0
@@ -537,7 +573,9 @@ class _Builder:
         n_val = len(self.validation)
         too_many = len(leaked) / n_val > self.t.max_leakage_fraction
         limit = f", above the {self.t.max_leakage_fraction:.0%} limit" if too_many else ""
-        what = "text" if self.task is TaskType.CLASSIFICATION else "prompt and completion"
+        what = {TaskType.CLASSIFICATION: "text", TaskType.PREFERENCE: "prompt"}.get(
+            self.task, "prompt and completion"
+        )
         self._issue(
             Severity.ERROR if too_many else Severity.WARNING,
             "leakage",
@@ -633,6 +671,7 @@ class StreamingReport:
         self.drops: dict[str, list[int]] = {}  # reason -> [count, first rows...]
         self.first_drops: list[int] = []
         self.n_dropped = 0
+        self.identical: list[int] = []  # preference pairs with chosen == rejected (normalised)
         self._texts: list[str] = []
 
     # RowSink: rows arrive in ascending order
@@ -649,6 +688,13 @@ class StreamingReport:
             self.label_ids.append(lid)
             self.exact_keys.append(_digest(ex.text, ex.label))
             self.near_keys.append(_digest(text_key, ex.label))
+        elif isinstance(ex, PreferenceExample):
+            self.label_ids.append(-1)
+            turns = [p for t in ex.prompt_turns() for p in (t.role, t.content)]
+            self.exact_keys.append(_digest(*turns, "\x00", ex.chosen, ex.rejected))
+            self.near_keys.append(_digest(*_near_key(ex, text_key)))
+            if is_identical_pair(ex):
+                self.identical.append(row)
         else:
             self.label_ids.append(-1)
             self.exact_keys.append(_digest(*(p for t in ex.conversation() for p in (t.role, t.content))))
@@ -717,6 +763,8 @@ class StreamingReport:
         if self.task is TaskType.CLASSIFICATION:
             self._labels(labels_arr, issue, fields)
             self._conflicts(rows, labels_arr, issue, fields, text_of_row)
+        if self.task is TaskType.PREFERENCE:
+            _identical_issue(issue, self.identical, [], n, self.t)
         self._duplicates(rows, issue, fields)
         fields["leaked_validation_rows"] = 0
         if self.measure is not None and len(self.tokens):
@@ -867,6 +915,29 @@ class StreamingReport:
             f"{_rows_text_n(first, len(over))}); raise max_seq_length or shorten them",
             first,
         )
+
+
+def _identical_issue(
+    issue: Callable[..., None], train: list[int], validation: list[int], n_train: int, t: ReportThresholds
+) -> None:
+    """The identical_pair issue (both report builders): a WARNING, an ERROR above the limit."""
+    if not train and not validation:
+        return
+    fraction = len(train) / n_train if n_train else 0.0
+    too_many = fraction > t.max_identical_pair_fraction
+    limit = f", above the {t.max_identical_pair_fraction:.0%} limit" if too_many else ""
+    where = "; ".join(
+        f"{s} {_rows_text(rs)}" for s, rs in (("training", train), ("validation", validation)) if rs
+    )
+    n = len(train) + len(validation)
+    issue(
+        Severity.ERROR if too_many else Severity.WARNING,
+        "identical_pair",
+        f"{_plural(n, 'preference pair')} ({_percent(len(train), n_train)} of the training pairs{limit}) "
+        f"{'has' if n == 1 else 'have'} the same chosen and rejected reply after normalising: {where}; "
+        "such a pair teaches no preference: fix or remove it",
+        train or validation,
+    )
 
 
 def _first_index(keys: Any) -> Any:

@@ -23,7 +23,17 @@ Drop reasons (the proto's `DroppedRows.reason`):
 
 Classification labels are stripped; JSON labels may be numbers (`7` -> "7"). Texts, prompts
 and completions are kept exactly as written. In JSONL a causal-LM row with a `messages` key is
-read as a conversation, otherwise as prompt / completion."""
+read as a conversation, otherwise as prompt / completion.
+
+Preference pairs (TaskType.PREFERENCE) carry a prompt and two replies, `chosen` and
+`rejected`. JSONL takes the common layout `{"prompt", "chosen", "rejected"}` (strings), the
+chat form `{"messages": [...prompt turns], "chosen", "rejected"}`, and TRL's conversational
+layouts: `{"prompt": [turns], "chosen": [assistant turn], "rejected": [assistant turn]}`, or
+with no prompt `{"chosen": [turns], "rejected": [turns]}` whose turns agree up to the final
+assistant reply (the shared turns are the prompt). CSV takes prompt, chosen and rejected
+columns. `text_field` renames the prompt key. A blank prompt is `empty_text`, a missing or
+blank reply `missing_label`, prompt turns that end with an assistant turn or replies that are
+not one assistant turn `bad_row`."""
 
 from __future__ import annotations
 
@@ -40,6 +50,7 @@ from tuneserve_server.domain.jobs import (
     ChatTurn,
     Example,
     LabelledText,
+    PreferenceExample,
     TaskType,
 )
 
@@ -94,6 +105,8 @@ def default_fields(task: TaskType) -> tuple[str, str]:
     """The (text, label) field names when the caller names none."""
     if task is TaskType.CAUSAL_LM:
         return "prompt", "completion"
+    if task is TaskType.PREFERENCE:
+        return "prompt", "chosen"
     return "text", "label"
 
 
@@ -142,9 +155,12 @@ def scan_dataset(
     if fmt_name not in FORMATS:
         raise InvalidRequest.field(field, f"unknown format {fmt!r}; use jsonl or csv")
     if not isinstance(task, TaskType):
-        raise InvalidRequest.field(field, "a task (classification or causal_lm) is required")
+        raise InvalidRequest.field(field, "a task (classification, causal_lm or preference) is required")
     default_text, default_label = default_fields(task)
-    names = (text_field or default_text, label_field or default_label)
+    names = (
+        text_field or default_text,
+        default_label if task is TaskType.PREFERENCE else label_field or default_label,
+    )
     parser = _Parser(task, names, max_text_chars, sink)
     lines = _lines(_without_bom(chunks, field))
     if fmt_name == "jsonl":
@@ -215,8 +231,13 @@ class _Parser:
                 objects += 1
                 if len(keys_seen) < 50:
                     keys_seen.update(str(k) for k in obj)
-                has_text = has_text or self.text_name in obj or self._is_chat(obj)
-                has_label = has_label or self.label_name in obj or self._is_chat(obj)
+                if self.task is TaskType.PREFERENCE:
+                    has_label = has_label or ("chosen" in obj and "rejected" in obj)
+                    has_text = has_text or self.text_name in obj or "messages" in obj
+                    has_text = has_text or isinstance(obj.get("chosen"), list)  # TRL implicit prompt
+                else:
+                    has_text = has_text or self.text_name in obj or self._is_chat(obj)
+                    has_label = has_label or self.label_name in obj or self._is_chat(obj)
             self._row(self._from_json, obj)
         if self.total_rows == 0:
             raise InvalidRequest.field(field_path, "the file is empty")
@@ -227,6 +248,10 @@ class _Parser:
                     field_path,
                     f'no row has a "{self.text_name}" key{self._chat_hint()} '
                     f"(keys found: {found}); name the text key with text_field",
+                )
+            if not has_label and self.task is TaskType.PREFERENCE:
+                raise InvalidRequest.field(
+                    field_path, f'no row has both a "chosen" and a "rejected" key (keys found: {found})'
                 )
             if not has_label:
                 raise InvalidRequest.field(
@@ -240,13 +265,15 @@ class _Parser:
         return self.task is TaskType.CAUSAL_LM and "messages" in obj
 
     def _chat_hint(self) -> str:
-        return ' or "messages"' if self.task is TaskType.CAUSAL_LM else ""
+        return ' or "messages"' if self.task in (TaskType.CAUSAL_LM, TaskType.PREFERENCE) else ""
 
     def _from_json(self, obj: Any) -> Example:
         if isinstance(obj, _Drop):
             raise obj
         if not isinstance(obj, dict):
             raise _Drop(BAD_ROW)
+        if self.task is TaskType.PREFERENCE:
+            return self._preference_json(obj)
         if self._is_chat(obj):
             return self._chat(obj["messages"])
         return self._example(obj.get(self.text_name), obj.get(self.label_name))
@@ -267,6 +294,11 @@ class _Parser:
             raise InvalidRequest.field(field_path, "the CSV header row cannot be parsed") from None
         text_col = _column(header, self.text_name, "text_field", field_path)
         label_col = _column(header, self.label_name, "label_field", field_path)
+        self.rejected_col = (
+            _column(header, "rejected", "a rejected column", field_path)
+            if self.task is TaskType.PREFERENCE
+            else -1
+        )
         for record in records:
             self._csv_record(record, len(header), text_col, label_col)
         if self.total_rows == 0:
@@ -289,6 +321,8 @@ class _Parser:
             raise cells
         if len(cells) != width:
             raise _Drop(BAD_ROW)
+        if self.task is TaskType.PREFERENCE:
+            return self._pair(cells[text_col], (), cells[label_col], cells[self.rejected_col])
         return self._example(cells[text_col], cells[label_col])
 
     # ------------------------------------------------------------------ examples
@@ -334,6 +368,63 @@ class _Parser:
             raise _Drop(MISSING_LABEL)
         self._check_length(sum(len(t.content) for t in turns))
         return CausalExample(messages=tuple(turns))
+
+    # ------------------------------------------------------------------ preference pairs
+    def _preference_json(self, obj: dict[str, Any]) -> PreferenceExample:
+        prompt, chosen, rejected = obj.get(self.text_name), obj.get("chosen"), obj.get("rejected")
+        turns: tuple[ChatTurn, ...] = ()
+        if isinstance(prompt, list):  # TRL conversational: the prompt as turns
+            turns, prompt = self._turns(prompt), ""
+        elif prompt is None and "messages" in obj:
+            turns, prompt = self._turns(obj["messages"]), ""
+        if isinstance(chosen, list) or isinstance(rejected, list):
+            if not (isinstance(chosen, list) and isinstance(rejected, list)):
+                raise _Drop(BAD_ROW)
+            c_turns, r_turns = self._turns(chosen), self._turns(rejected)
+            if prompt is None and not turns:  # TRL implicit prompt: the shared turns
+                if len(c_turns) < 2 or c_turns[:-1] != r_turns[:-1]:
+                    raise _Drop(BAD_ROW)
+                turns, prompt = c_turns[:-1], ""
+                c_turns, r_turns = c_turns[-1:], r_turns[-1:]
+            if len(c_turns) != 1 or len(r_turns) != 1:
+                raise _Drop(BAD_ROW)
+            if c_turns[0].role != "assistant" or r_turns[0].role != "assistant":
+                raise _Drop(BAD_ROW)
+            chosen, rejected = c_turns[0].content, r_turns[0].content
+        return self._pair(prompt, turns, chosen, rejected)
+
+    def _turns(self, messages: Any) -> tuple[ChatTurn, ...]:
+        if not isinstance(messages, list) or not messages:
+            raise _Drop(BAD_ROW)
+        turns = []
+        for m in messages:
+            if not isinstance(m, dict):
+                raise _Drop(BAD_ROW)
+            role, content = m.get("role"), m.get("content")
+            if not isinstance(role, str) or role not in ROLES or not isinstance(content, str):
+                raise _Drop(BAD_ROW)
+            turns.append(ChatTurn(role, _string(content, BAD_ROW)))
+        return tuple(turns)
+
+    def _pair(
+        self, prompt: Any, turns: tuple[ChatTurn, ...], chosen: Any, rejected: Any
+    ) -> PreferenceExample:
+        if turns:
+            if turns[-1].role == "assistant":
+                raise _Drop(BAD_ROW)  # the prompt must end before the reply
+            if not any(t.content.strip() for t in turns):
+                raise _Drop(EMPTY_TEXT)
+            prompt = ""
+        else:
+            prompt = _string(prompt, EMPTY_TEXT)
+            if not prompt.strip():
+                raise _Drop(EMPTY_TEXT)
+        chosen = _string(chosen, MISSING_LABEL)
+        rejected = _string(rejected, MISSING_LABEL)
+        if not chosen.strip() or not rejected.strip():
+            raise _Drop(MISSING_LABEL)
+        self._check_length(len(prompt) + sum(len(t.content) for t in turns) + len(chosen) + len(rejected))
+        return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, messages=turns)
 
     def _check_length(self, chars: int) -> None:
         if chars > self.max_chars:

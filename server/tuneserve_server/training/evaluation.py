@@ -10,7 +10,11 @@ from tuneserve_server.domain.jobs import TaskType
 
 METRICS = ("accuracy", "macro_f1", "eval_loss")
 MINIMISED = frozenset({"eval_loss"})
-DEFAULT_METRIC = {TaskType.CLASSIFICATION: "macro_f1", TaskType.CAUSAL_LM: "eval_loss"}
+DEFAULT_METRIC = {
+    TaskType.CLASSIFICATION: "macro_f1",
+    TaskType.CAUSAL_LM: "eval_loss",
+    TaskType.PREFERENCE: "eval_loss",
+}
 
 
 def resolve_metric(name: str, task: TaskType) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from tuneserve_server.domain.aliases import check_promotion
 from tuneserve_server.domain.errors import DataRejected, FailedPrecondition, Violations
 from tuneserve_server.domain.jobs import (
+    PREFERENCE_LOSSES,
     CausalExample,
     CausalLMSettings,
     EvaluationSettings,
@@ -24,6 +25,8 @@ from tuneserve_server.domain.jobs import (
     LabelledText,
     LoraSettings,
     OptimizerSettings,
+    PreferenceExample,
+    PreferenceSettings,
     TaskType,
 )
 from tuneserve_server.domain.limits import TrainLimits
@@ -43,14 +46,14 @@ from tuneserve_server.training.folds import MAX_FOLDS, MIN_FOLDS, usable_folds
 DEFAULT_VALIDATION_FRACTION = 0.1
 
 
-InlineExample = tuple[str, str] | CausalExample | None
+InlineExample = tuple[str, str] | CausalExample | PreferenceExample | None
 
 
 @dataclass
 class TrainInput:
     """The request as the servicer hands it over: plain values, proto types stripped.
-    An example is (text, label) for classification, a CausalExample for causal LM, or None
-    where the proto example has neither."""
+    An example is (text, label) for classification, a CausalExample for causal LM, a
+    PreferenceExample for preference, or None where the proto example has none of them."""
 
     namespace: str
     adapter_name: str
@@ -63,6 +66,7 @@ class TrainInput:
     optimizer: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     causal_lm: dict[str, Any] = field(default_factory=dict)
+    preference: dict[str, Any] = field(default_factory=dict)
     dataset_id: str = ""
     validation_dataset_id: str = ""
     # {"policy", "metric", "tolerance", "eval_dataset_id"} (domain/aliases.check_promotion)
@@ -77,6 +81,13 @@ class TrainInput:
 TASK_DEFAULTS: dict[TaskType, dict[str, dict[str, Any]]] = {
     TaskType.CAUSAL_LM: {
         "optimizer": {"batch_size": 8, "epochs": 3, "max_seq_length": 256},
+        "lora": {"rank": 8, "alpha": 16.0},
+    },
+    # Preference (DPO) on the same base: each step runs the policy and (once per pair, cached)
+    # the reference on chosen and rejected, so half the causal-LM batch; a lower learning rate
+    # than SFT because DPO moves the policy away from where SFT left it.
+    TaskType.PREFERENCE: {
+        "optimizer": {"batch_size": 4, "epochs": 2, "max_seq_length": 256, "learning_rate": 5e-4},
         "lora": {"rank": 8, "alpha": 16.0},
     },
 }
@@ -102,6 +113,10 @@ _EVALUATION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
 VALIDATION_SCHEMES = ("auto", "holdout", "kfold")
 _CAUSAL_LM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "sample_generations": (0, 100, True, True),
+}
+_PREFERENCE_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "beta": (0.0, 10.0, False, True),
+    "label_smoothing": (0.0, 0.5, True, False),
 }
 _LORA_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "alpha": (0.0, 4096.0, False, True),
@@ -168,6 +183,38 @@ def _causal(ex: CausalExample, path: str, limits: TrainLimits, v: Violations) ->
     return ex if len(v.items) == before else None
 
 
+def _preference(
+    ex: PreferenceExample, path: str, limits: TrainLimits, v: Violations
+) -> PreferenceExample | None:
+    before = len(v.items)
+    if ex.messages:
+        if ex.prompt:
+            v.add(f"{path}.preference", "give prompt or messages, not both")
+        for j, turn in enumerate(ex.messages):
+            if turn.role not in _ROLES:
+                v.add(f"{path}.preference.messages[{j}].role", f"must be one of {', '.join(_ROLES)}")
+            if len(turn.content) > limits.max_text_chars:
+                v.add(
+                    f"{path}.preference.messages[{j}].content",
+                    f"longer than {limits.max_text_chars} characters",
+                )
+        if ex.messages[-1].role == "assistant":
+            v.add(
+                f"{path}.preference.messages",
+                "must end before the reply (the replies are chosen and rejected, not an assistant turn)",
+            )
+        if not any(t.content.strip() for t in ex.messages):
+            v.add(f"{path}.preference.messages", "must not be empty")
+    names = ("chosen", "rejected") if ex.messages else ("prompt", "chosen", "rejected")
+    for name in names:
+        value = getattr(ex, name)
+        if not value.strip():
+            v.add(f"{path}.preference.{name}", "must not be empty")
+        elif len(value) > limits.max_text_chars:
+            v.add(f"{path}.preference.{name}", f"longer than {limits.max_text_chars} characters")
+    return ex if len(v.items) == before else None
+
+
 def _examples(
     rows: Sequence[InlineExample],
     field_name: str,
@@ -180,7 +227,13 @@ def _examples(
     out: list[tuple[int, Example]] = []
     for i, row in enumerate(rows):
         path = f"{field_name}[{i}]"
-        if task is TaskType.CAUSAL_LM:
+        if task is TaskType.PREFERENCE:
+            ok = (
+                _preference(row, path, limits, v)
+                if isinstance(row, PreferenceExample)
+                else v.add(path, "must be a preference example (prompt or messages, chosen and rejected)")
+            )
+        elif task is TaskType.CAUSAL_LM:
             ok = (
                 _causal(row, path, limits, v)
                 if isinstance(row, CausalExample)
@@ -212,7 +265,12 @@ def split_rows(
     groups: dict[tuple[str, str], list[tuple[int, Example]]] = {}
     for row in rows:
         ex = row[1]
-        label, text = (ex.label, ex.text) if isinstance(ex, LabelledText) else ("", render_causal(ex))
+        if isinstance(ex, LabelledText):
+            label, text = ex.label, ex.text
+        elif isinstance(ex, PreferenceExample):  # pairs of one prompt stay together
+            label, text = "", "\n".join(t.content for t in ex.prompt_turns())
+        else:
+            label, text = "", render_causal(ex)
         groups.setdefault((label, normalise(text)), []).append(row)
     by_label: dict[str, list[list[tuple[int, Example]]]] = defaultdict(list)
     for (label, _), group in groups.items():
@@ -259,7 +317,8 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
             f"{', '.join(unknown)} not in the base model (has {', '.join(sorted(limits.linear_modules))})",
         )
     lora_kw["target_modules"] = targets or limits.default_targets
-    for name, value in TASK_DEFAULTS.get(limits.served_task, {}).get("lora", {}).items():
+    defaults = TASK_DEFAULTS.get(req.task or limits.served_task, {})
+    for name, value in defaults.get("lora", {}).items():
         lora_kw.setdefault(name, value)
 
     opt_kw: dict[str, Any] = {}
@@ -269,7 +328,7 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
             if not _in_range(value, rng):
                 v.add(f"hyperparameters.optimizer.{name}", _range_text(rng))
             opt_kw[name] = value
-    for name, value in TASK_DEFAULTS.get(limits.served_task, {}).get("optimizer", {}).items():
+    for name, value in defaults.get("optimizer", {}).items():
         opt_kw.setdefault(name, value)
     max_len = opt_kw.get("max_seq_length")
     if max_len is not None and max_len > limits.max_positions:
@@ -308,7 +367,25 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
         OptimizerSettings(**opt_kw),
         EvaluationSettings(**eval_kw),
         CausalLMSettings(**lm_kw),
+        _preference_settings(req.preference, v),
     )
+
+
+def _preference_settings(values: dict[str, Any], v: Violations) -> PreferenceSettings:
+    kw = _ranged(values, _PREFERENCE_RANGES, "preference", v, convert=float)
+    loss = (values.get("loss_type") or "").strip().lower()
+    if loss and loss not in PREFERENCE_LOSSES:
+        v.add(
+            "hyperparameters.preference.loss_type", f"must be one of {', '.join(PREFERENCE_LOSSES)}, or empty"
+        )
+    elif loss:
+        kw["loss_type"] = loss
+    if loss == "ipo" and kw.get("label_smoothing"):
+        v.add(
+            "hyperparameters.preference.label_smoothing",
+            "applies to the sigmoid loss only; leave it 0 for ipo",
+        )
+    return PreferenceSettings(**kw)
 
 
 _UNCERTAINTY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
@@ -390,8 +467,8 @@ def prepare_job(
     if not is_valid_name(req.adapter_name):
         v.add("adapter_name", "use 1-63 of a-z 0-9 . _ -, starting with a letter or digit")
     if req.task is None:
-        v.add("task", "is required (TASK_TYPE_CLASSIFICATION or TASK_TYPE_CAUSAL_LM)")
-    elif req.task is not limits.served_task:
+        v.add("task", "is required (TASK_TYPE_CLASSIFICATION, TASK_TYPE_CAUSAL_LM or TASK_TYPE_PREFERENCE)")
+    elif req.task.family is not limits.served_task:
         raise FailedPrecondition(
             f"this server serves {limits.base_model}, a {limits.served_task.value} model; "
             f"it cannot train a {req.task.value} adapter"

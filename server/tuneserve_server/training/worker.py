@@ -44,6 +44,7 @@ from tuneserve_server.training.cross_validation import ClassificationJob
 from tuneserve_server.training.eval_run import EvalOptions, EvalTarget, evaluate_targets, gate
 from tuneserve_server.training.eval_worker import run_evaluation
 from tuneserve_server.training.outcomes import JobCancelled, JobPreempted
+from tuneserve_server.training.preference import PreferenceRecipe
 from tuneserve_server.training.recipe import RecipeContext, RecipeFactory, run_recipe
 from tuneserve_server.warm_start import InitAdapter, read_init
 
@@ -84,6 +85,7 @@ class _Heartbeat(threading.Thread):
 RECIPES: Mapping[TaskType, RecipeFactory] = {
     TaskType.CLASSIFICATION: ClassificationJob,  # hold-out or k-fold (cross_validation.py)
     TaskType.CAUSAL_LM: CausalLMRecipe,
+    TaskType.PREFERENCE: PreferenceRecipe,
 }
 
 
@@ -218,7 +220,7 @@ class TrainerWorker:
                 name=spec.adapter_name,
                 version=version,
                 job_id=job.id,
-                task=spec.task,
+                task=result.meta.task,  # the adapter's task (a DPO adapter is a causal-LM one)
                 base_model=result.meta.base_model,
                 labels=result.meta.labels,
                 metrics=result.metrics,

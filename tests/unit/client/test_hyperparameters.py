@@ -218,6 +218,7 @@ def test_server_conversion_keeps_unset_as_server_default():
         "optimizer": {},
         "evaluation": {"metric_for_best": "", "validation_scheme": ""},
         "causal_lm": {"train_on_prompt": False},
+        "preference": {"loss_type": ""},
     }
     given = common_pb2.Hyperparameters(
         optimizer=common_pb2.OptimizerConfig(seed=0, max_steps=0),
@@ -273,6 +274,9 @@ def test_server_round_trip_of_every_field():
         "evaluation.min_holdout_rows": 50,
         "causal_lm.train_on_prompt": True,
         "causal_lm.sample_generations": 1,
+        "preference.beta": 0.25,
+        "preference.loss_type": "sigmoid",
+        "preference.label_smoothing": 0.25,
     }
     assert sorted(given) == sorted(PATHS)  # a new field needs a value here
     request = training_pb2.TrainRequest(

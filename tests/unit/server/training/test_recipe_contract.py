@@ -23,6 +23,7 @@ from tuneserve_server.domain.jobs import (
     JobSpec,
     JobState,
     LabelledText,
+    PreferenceExample,
     TaskType,
 )
 from tuneserve_server.modeling import AdapterMeta, BaseModelSource
@@ -35,6 +36,8 @@ from tuneserve_server.training.worker import RECIPES, TrainerWorker
 def spec_for(task: TaskType) -> JobSpec:
     if task is TaskType.CAUSAL_LM:
         rows: tuple = (CausalExample(prompt="q?", completion="a."),)
+    elif task is TaskType.PREFERENCE:
+        rows = (PreferenceExample(prompt="q?", chosen="a.", rejected="b."),)
     else:
         rows = (LabelledText("text", "pos"), LabelledText("other", "neg"))
     return JobSpec("default", "a", task, "r", rows, rows[:1], Hyperparameters())
