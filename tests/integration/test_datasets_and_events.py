@@ -37,7 +37,15 @@ def test_upload_in_chunks_train_from_it_and_watch_every_event(cluster):
         assert client.get_dataset(dataset.id) == dataset
         assert dataset.id in [d.id for d in client.list_datasets()]
 
-        job = client.train("from-dataset", dataset=dataset, epochs=2, batch_size=16, eval_every_steps=5)
+        # One hold-out run (auto would cross-validate 96 rows): its step total never changes.
+        job = client.train(
+            "from-dataset",
+            dataset=dataset,
+            epochs=2,
+            batch_size=16,
+            eval_every_steps=5,
+            validation_scheme="holdout",
+        )
         assert job.dataset_id == dataset.id
         assert (
             job.data_report is not None and job.data_report.train_rows + job.data_report.validation_rows == 96
@@ -212,7 +220,8 @@ def test_cli_upload_validate_train_and_watch(cluster, tmp_path, capsys):
     dataset_id = captured.out.strip()
     assert dataset_id.startswith("ds-") and "verdict:     ok" in captured.err
     assert main([*base, "datasets", "validate", dataset_id]) == 0
-    assert "40 usable of 40 rows (36 train, 4 validation)" in capsys.readouterr().out
+    # 40 rows: auto validation is 5-fold cross-validation, so no row is set aside.
+    assert "40 usable of 40 rows (40 train, 0 validation)" in capsys.readouterr().out
     assert main([*base, "datasets", "list"]) == 0
     assert dataset_id in capsys.readouterr().out
 

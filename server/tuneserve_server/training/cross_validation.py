@@ -111,7 +111,9 @@ class CrossValidatedClassification:
         self.k = ev.folds
         rows = self.spec.train
         self.assignment = assign_folds(rows, self.k, self.spec.hyperparameters.optimizer.seed)
-        self.labels = tuple(sorted({ex.label for ex in rows}))  # as the recipe orders them
+        # As the recipe orders them: continued training keeps the init version's labels too.
+        init_labels = set(ctx.init.labels) if ctx.init is not None else set()
+        self.labels = tuple(sorted({ex.label for ex in rows} | init_labels))
         self.held = [i for i, f in enumerate(self.assignment) if f != ALWAYS_TRAIN]
         self.fold_specs = [self._fold_spec(f) for f in range(self.k)]
         self.fold_plans = [_plan(s) for s in self.fold_specs]
