@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo demo-generate demo-preference test test-fast proto proto-check bench lint clean
+.PHONY: venv demo demo-generate demo-preference demo-iterate test test-fast proto proto-check bench lint clean
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and pinned so
 # pip takes the CPU build instead of pulling a multi-GB CUDA one; GPU users install their
@@ -32,6 +32,11 @@ demo-generate: venv
 # base / SFT / SFT+DPO on held-out prompts: house-format rate and preference accuracy.
 demo-preference: venv
 	$(PY) examples/demo_preference.py
+
+# The release loop on Banking77: v1 on a small slice, evaluated; feedback on its wrong answers;
+# v2 from v1 on the corrections, gated by if_better; v1 vs v2 with McNemar and bootstrap CIs.
+demo-iterate: venv
+	$(PY) examples/demo_iterate.py
 
 test: venv proto-check lint
 	$(PY) -m pytest -q -ra

@@ -7,6 +7,7 @@ process and the Python client."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import random
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -68,7 +70,7 @@ def wait_serving(target: str, proc: subprocess.Popen, timeout: float = 180) -> N
     raise SystemExit("tuneserve did not become ready in time")
 
 
-def create_key(data_dir: str, env: dict[str, str]) -> str:
+def create_key(data_dir: str, env: dict[str, str], description: str = "make demo") -> str:
     """A new API key's token, made in the job store under `data_dir` (printed once)."""
     made = subprocess.run(
         [
@@ -82,7 +84,7 @@ def create_key(data_dir: str, env: dict[str, str]) -> str:
             "--role",
             "train",
             "--description",
-            "make demo",
+            description,
             "--data-dir",
             data_dir,
         ],
@@ -94,6 +96,51 @@ def create_key(data_dir: str, env: dict[str, str]) -> str:
     if made.returncode != 0:
         raise SystemExit(f"could not create an API key:\n{made.stderr}")
     return made.stdout.strip()
+
+
+@contextlib.contextmanager
+def running_server(data_dir: str, description: str = "make demo") -> Iterator[tuple[str, str]]:
+    """Start `tuneserve serve` on a free localhost port with its job store and adapters under
+    `data_dir` (log in `data_dir`/server.log), wait until it is SERVING and yield (target,
+    API key); stop it (SIGTERM) on the way out."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log_path = Path(data_dir) / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Starting `tuneserve serve` on {target} (data in {data_dir}, log in {log_path}) ...")
+    # Auth is on by default: make this demo its own API key (a train key of the default
+    # tenant) in the server's job store, with the server's own `tuneserve keys create`.
+    api_key = create_key(data_dir, env, description)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tuneserve_server.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                data_dir,
+                "--metrics-port",
+                "0",
+                "--worker-metrics-port",
+                "0",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_serving(target, server)
+            yield target, api_key
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def main() -> int:
@@ -112,38 +159,8 @@ def main() -> int:
         f"{len(test_rows)} test queries held back."
     )
 
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log_path = Path(args.data_dir) / "server.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w")
-    print(f"Starting `tuneserve serve` on {target} (data in {args.data_dir}, log in {log_path}) ...")
-    # Auth is on by default: make this demo its own API key (a train key of the default
-    # tenant) in the server's job store, with the server's own `tuneserve keys create`.
-    api_key = create_key(args.data_dir, env)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tuneserve_server.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            args.data_dir,
-            "--metrics-port",
-            "0",
-            "--worker-metrics-port",
-            "0",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     started = time.monotonic()
-    try:
-        wait_serving(target, server)
+    with running_server(args.data_dir) as (target, api_key):
         print(f"Serving after {time.monotonic() - started:.1f}s.\n")
         with Client(target, timeout=120, api_key=api_key) as client:
             # A 10% hold-out (about 185 rows): one training run, to keep the demo short. Left to
@@ -200,13 +217,6 @@ def main() -> int:
             f"`tuneserve serve --data-dir {args.data_dir}` serves them again."
         )
         return 0
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 if __name__ == "__main__":

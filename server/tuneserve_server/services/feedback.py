@@ -107,9 +107,10 @@ class FeedbackService:
         try:
             return await asyncio.to_thread(get)
         except NotFound:
-            # Served here moments ago and still in the queue? Write it, look again.
-            if not await self.log.flush():
-                raise
+            # Served here moments ago: still in the queue, or in the batch the background
+            # task is writing right now (then this flush writes nothing, but returns only
+            # once that batch is stored). Either way, look again.
+            await self.log.flush()
             return await asyncio.to_thread(get)
 
     def _labels_of(self, served: ServedPrediction) -> tuple[str, ...]:

@@ -5,13 +5,17 @@ queue is bounded (the oldest dropped and counted); the background task writes on
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
+from tuneserve_server.config import Settings
 from tuneserve_server.domain.errors import NotFound
 from tuneserve_server.domain.jobs import TaskType
 from tuneserve_server.observability.metrics import REGISTRY
+from tuneserve_server.services.feedback import FeedbackService
 from tuneserve_server.services.prediction_log import PredictionLog, PredictionLogSettings
+from tuneserve_server.services.quotas import quotas_of
 from tuneserve_server.storage.sqlite_store import SqliteStore
 
 
@@ -97,3 +101,57 @@ def test_inputs_of_an_adapter_known_not_to_keep_them_are_not_queued(store):
     [pid] = plog.issue("teama", "plain", 1, TaskType.CLASSIFICATION, [("x", 0.5, "third text", None)])
     asyncio.run(plog.flush())
     assert store.get_prediction("teama", pid).input_text == "third text"
+
+
+class _GatedStore(SqliteStore):
+    """A real SQLite store whose prediction writes wait for `gate`, and which says when a
+    lookup missed: to hold the background flush mid-write while feedback looks an id up."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.writing, self.gate, self.missed = threading.Event(), threading.Event(), threading.Event()
+
+    def insert_predictions(self, rows):
+        self.writing.set()
+        self.gate.wait(10)
+        return super().insert_predictions(rows)
+
+    def get_prediction(self, namespace, prediction_id):
+        try:
+            return super().get_prediction(namespace, prediction_id)
+        except NotFound:
+            self.missed.set()
+            raise
+
+
+def test_feedback_finds_an_id_whose_batch_the_background_flush_is_writing(tmp_path):
+    # The race `make demo-iterate` hit: SubmitFeedback right after Predict, while the
+    # background task was writing that row's batch; the lookup missed, feedback's own flush
+    # found nothing pending, and the id was answered NOT_FOUND although it was being stored.
+    store = _GatedStore(tmp_path / "jobs.db")
+    plog = PredictionLog(store)
+    # The engine is not used to look predictions up.
+    service = FeedbackService(
+        store,
+        None,
+        plog,
+        max_text_chars=1000,
+        max_feedback_per_tenant=10,
+        max_dataset_bytes=1 << 20,
+        quotas=quotas_of(Settings()),
+    )
+
+    async def scenario():
+        [pid] = plog.issue("teama", "a", 1, TaskType.CLASSIFICATION, [("card_arrival", 0.5, "t", None)])
+        background = asyncio.create_task(plog.flush())
+        await asyncio.to_thread(store.writing.wait, 10)  # the batch is out of the queue, not stored
+        lookup = asyncio.create_task(service._prediction("teama", pid))
+        await asyncio.to_thread(store.missed.wait, 10)
+        store.gate.set()
+        await background
+        return await lookup
+
+    try:
+        assert asyncio.run(scenario()).label == "card_arrival"
+    finally:
+        store.close()
