@@ -80,6 +80,9 @@ def comparison_table(ev, a: str, b: str) -> str:
     return "\n".join(lines)
 
 
+MARKER = ".demo-iterate"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-label", type=int, default=8, help="v1 training queries per intent")
@@ -89,7 +92,11 @@ def main() -> int:
     )
     ap.add_argument("--epochs", type=int, default=6, help="v1 epochs")
     ap.add_argument("--v2-epochs", type=int, default=4, help="v2 epochs (continued from v1)")
-    ap.add_argument("--data-dir", default=".tuneserve/demo-iterate", help="wiped at the start")
+    ap.add_argument(
+        "--data-dir",
+        default=".tuneserve/demo-iterate",
+        help="wiped at the start when it is this demo's own (it holds the demo's marker file)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     started = time.monotonic()
@@ -105,8 +112,17 @@ def main() -> int:
         f"({args.eval_per_label} per intent)."
     )
 
-    # A fresh store, so the adapter's versions are 1 and 2.
-    shutil.rmtree(args.data_dir, ignore_errors=True)
+    # A fresh store, so the adapter's versions are 1 and 2; only a directory this demo made
+    # (its marker file inside) is wiped: a directory with anything else in it is refused.
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / MARKER).exists():
+            raise SystemExit(
+                f"{data_dir} is not empty and was not made by this demo: pass another --data-dir"
+            )
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("made by examples/demo_iterate.py; wiped on its next run\n")
     with running_server(args.data_dir, "make demo-iterate") as (target, api_key):
         print(f"Serving after {time.monotonic() - started:.1f}s.\n")
         with Client(target, timeout=120, api_key=api_key) as client:
