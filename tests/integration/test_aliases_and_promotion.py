@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import auth_channel, banking77
+from conftest import LABELS, auth_channel, banking77
 
 from tuneserve.v1 import inference_pb2, inference_pb2_grpc
 from tuneserve_client.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -185,7 +185,6 @@ def test_continued_training_from_an_alias_is_pinned_and_recorded(cluster, releas
     """Train(init_from="release@default") starts from the version default points at when the
     job is queued; new data with one new label and without one old label: the new version
     keeps every old label and adds the new one; lineage is in GetJob and GetAdapter."""
-    from conftest import LABELS
 
     data = banking77("train", labels=(*LABELS[1:], "card_linking"), per_label=8)
     with cluster.client(timeout=60) as client:

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import banking77, free_port
+from conftest import banking77, free_port, wait_serving
 
 TEXTS = [t for t, _ in banking77("test", per_label=2)]
 
@@ -33,8 +33,6 @@ def test_classifications_equal_grpc_predict_and_generation_is_refused(cluster, t
     port = free_port()
     api = cluster.start("api", port=free_port(), openai_port=port)
     try:
-        from conftest import wait_serving
-
         wait_serving(api.target)
         with cluster.client() as client:
             want = client.predict("intents", TEXTS, probabilities=True)
