@@ -319,3 +319,24 @@ def test_every_job_reports_the_frozen_embedding_baseline(source, tmp_path):
 
     off = recipe_for(make_spec(train=16, validation=10, batch=8, epochs=1, baseline=False), source)[0]
     assert not any(k.startswith("baseline_") for k in off.run(tmp_path / "b").metrics)
+
+
+def test_bfloat16_training_evaluates_in_float32_and_ends_with_the_float32_weights(source):
+    spec = make_spec(train=6, validation=4, batch=6, epochs=2)
+    recipe, _ = recipe_for(spec, source)
+    recipe.autocast_dtype = torch.bfloat16  # what "auto" picks on a CPU with native bfloat16
+    weight = recipe.model.base_model.model.encoder.layer[0].attention.self.query.base_layer.weight
+    before = weight.detach().clone()
+    seen: list[tuple[bool, torch.dtype]] = []
+    logits = recipe._logits
+
+    def spy(batch):
+        seen.append((recipe.model.training, weight.dtype))
+        return logits(batch)
+
+    recipe._logits = spy
+    recipe.train()
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # the evaluations
+    assert weight.dtype == torch.float32 and torch.equal(weight, before)
+    assert recipe._frozen is None
