@@ -465,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| evaluation (every epoch, {int(m.get('evaluations', 0))} runs, + calibration) "
                 f"| {m.get('eval_seconds', 0):.1f} s ({100 * eval_share:.1f}% of job time) |"
             ),
+            (
+                f"| baseline check (logistic regression on frozen-base embeddings of the training rows) "
+                f"| {m.get('baseline_seconds', 0):.1f} s ({100 * m.get('baseline_seconds', 0) / svc['wall_s']:.1f}% of job time) |"
+            ),
             f"| checkpoints (every 50 steps) | {m.get('checkpoint_seconds', 0):.2f} s ({100 * ckpt_share:.1f}% of job time) |",
             f"| best step / epoch (by macro_f1) | {int(m.get('best_step', 0))} / {int(m.get('best_epoch', 0))} |",
             f"| validation accuracy / macro-F1 (best) | {100 * m.get('accuracy', 0):.1f}% / {100 * m.get('macro_f1', 0):.1f}% |",
