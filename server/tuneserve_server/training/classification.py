@@ -33,6 +33,7 @@ from tuneserve_server.modeling import (
     mean_pool,
     save_head,
 )
+from tuneserve_server.modeling_packed import packed_forward, packed_mean_pool, supports_packed
 from tuneserve_server.observability.metrics import (
     TRAIN_EXAMPLES_PER_SECOND,
     TRAIN_LAST_CHECKPOINT,
@@ -365,14 +366,27 @@ class ClassificationRecipe:
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         out = torch.zeros(len(features), width)
         frozen = self._frozen.in_full() if self._frozen is not None else contextlib.nullcontext()
+        # The logits and embeddings of a BERT-family base come from serving's padding-free
+        # forward (modeling_packed.py): what Predict computes, without the padding.
+        packed = forward in (self._logits, self._pooled) and supports_packed(self.model.get_base_model())
         with torch.no_grad(), frozen:
             for i in range(0, len(order), EVAL_BATCH):
                 idx = order[i : i + EVAL_BATCH]
-                out[idx] = forward(self._collate([features[j] for j in idx])).float().cpu()
+                if packed:
+                    pooled = self._packed_pooled([features[j]["input_ids"] for j in idx])
+                    value = self.head(pooled) if forward == self._logits else pooled
+                else:
+                    value = forward(self._collate([features[j] for j in idx]))
+                out[idx] = value.float().cpu()
         if was_training:
             self.model.train()
             self.head.train()
         return out
+
+    def _packed_pooled(self, input_ids: list[list[int]]) -> torch.Tensor:
+        """Mean-pooled embeddings of the sequences, through the packed forward (eval mode)."""
+        hidden, packing = packed_forward(self.model.get_base_model(), input_ids, self.device)
+        return packed_mean_pool(hidden, packing)
 
     def _metrics(self, logits: torch.Tensor) -> dict[str, float]:
         y = self._targets(self.spec.validation)
