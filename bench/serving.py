@@ -834,6 +834,7 @@ def load_compare(path: Path) -> dict[str, object]:
         "baseline_p50": r["baseline"]["p50"],
         "tput": {k: (v["rps"], v["p50"], v["rows_per_batch"], v["forward_ms"]) for k, v in tput.items()},
         "bf16": r["bf16_tput"]["rps"] if r.get("bf16_tput") else None,
+        "bf16_by_k": {int(k): (v["rps"], v["p50"]) for k, v in r.get("bf16_by_k", {}).items()},
         "profile_one_row": next(
             (ms for case, ms, _ in r["profile"] if case.startswith("1 row")), float("nan")
         ),
@@ -851,7 +852,7 @@ def compare_text(c: dict[str, object]) -> str:
     tput = c["tput"]
     k1 = tput.get(1)
     lines = [
-        f"**The same benchmark with other torch threads** (`{cmd}`, {c['date']}, torch threads: "
+        f"**{c.get('label') or 'The same benchmark with other torch threads'}** (`{cmd}`, {c['date']}, torch threads: "
         f"{c['threads']} on both sides, 1-minute load "
         f"{c['load_before']:.2f} at the start, {c['load_after']:.2f} at the end):",
         "",
@@ -864,7 +865,14 @@ def compare_text(c: dict[str, object]) -> str:
             f"| service, K={k} | {rps:.1f} | {p50:.1f} | {div(rps, c['baseline']):.2f}x "
             f"| {div(rps, k1[0]) if k1 else float('nan'):.2f} | {rows:.1f} | {fwd:.1f} |"
         )
-    if c["bf16"] is not None:
+    bf16_by_k = c.get("bf16_by_k") or {}
+    for k, (rps, p50) in bf16_by_k.items():
+        b1 = bf16_by_k.get(1)
+        lines.append(
+            f"| service, K={k}, bfloat16 | {rps:.1f} | {p50:.1f} | {div(rps, c['baseline']):.2f}x "
+            f"| {div(rps, b1[0]) if b1 else float('nan'):.2f} | | |"
+        )
+    if c["bf16"] is not None and not bf16_by_k:
         lines.append(
             f"| service, K=8, bfloat16 | {c['bf16']:.1f} | | {div(c['bf16'], c['baseline']):.2f}x | | | |"
         )
@@ -1103,6 +1111,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a --save-json file of another run (e.g. other --threads) to summarise next to this one",
     )
     ap.add_argument(
+        "--compare-label",
+        default="",
+        help="the heading of that summary (default: 'The same benchmark with other torch threads')",
+    )
+    ap.add_argument(
         "--render-json",
         type=Path,
         default=None,
@@ -1122,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
                 res[key] = {int(k): v for k, v in res[key].items()}
         run_args = argparse.Namespace(**{**vars(ap.parse_args([])), **saved["args"]})
         if args.compare_json:
-            res["compare"] = load_compare(args.compare_json)
+            res["compare"] = load_compare(args.compare_json) | {"label": args.compare_label}
         body, summary = report(run_args, res)
         print(summary)
         if not args.no_docs:
@@ -1337,7 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_hw": cpu_has_bf16(),
     }
     if args.compare_json:
-        res["compare"] = load_compare(args.compare_json)
+        res["compare"] = load_compare(args.compare_json) | {"label": args.compare_label}
     if args.save_json:
         saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.save_json.write_text(json.dumps({"args": saved_args, "results": res}, indent=1))
