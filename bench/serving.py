@@ -630,16 +630,24 @@ class NaiveBaseline:
             self.bank_model(**enc.to(self.device))
         self.sync()
 
-    def forward_bank_packed(self, texts: list[str], adapter_names: list[str]) -> None:
-        """The server's packed forward (engine/packed.py) through the same bank."""
+    def forward_bank_packed(self, texts: list[str], adapter_names: list[str], per_run: bool = False) -> None:
+        """The server's packed forward (engine/packed.py) through the same bank. `per_run`:
+        LoRA as one product pair per run of one adapter's tokens, however many adapters the
+        batch mixes (what main did before the batched products for many adapters)."""
         from tuneserve_server.engine.packed import packed_forward
 
-        with self.torch.inference_mode():
-            ids = self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]
-            order = sorted(range(len(ids)), key=lambda i: adapter_names[i])
-            ids = [ids[i] for i in order]
-            with self.bank.selecting_tokens([adapter_names[i] for i in order], [len(x) for x in ids]):
-                packed_forward(self.bank_model, ids, self.device)
+        default = self.bank.loop_max_adapters
+        if per_run:
+            self.bank.loop_max_adapters = 10**6
+        try:
+            with self.torch.inference_mode():
+                ids = self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]
+                order = sorted(range(len(ids)), key=lambda i: adapter_names[i])
+                ids = [ids[i] for i in order]
+                with self.bank.selecting_tokens([adapter_names[i] for i in order], [len(x) for x in ids]):
+                    packed_forward(self.bank_model, ids, self.device)
+        finally:
+            self.bank.loop_max_adapters = default
         self.sync()
 
     def sync(self) -> None:
@@ -710,14 +718,22 @@ def profile_mixing(model: NaiveBaseline, texts: list[str], reps: int) -> list[tu
             "packed",
             [names[i % r] for i in range(r)],
         ),
+        f"{r} rows, 8 adapters, packed, one LoRA product pair per adapter run (main before)": (
+            "per-run",
+            [names[i % 8] for i in range(r)],
+        ),
+        f"{r} rows, {r} adapters, packed, one LoRA product pair per adapter run (main before)": (
+            "per-run",
+            [names[i % r] for i in range(r)],
+        ),
         "1 row, 1 adapter, set_adapter": "single",
     }
 
     def call(arg) -> None:
         if arg == "single":
             model.forward_rows(rows[:1], None)
-        elif isinstance(arg, tuple) and arg[0] == "packed":
-            model.forward_bank_packed(rows, arg[1])
+        elif isinstance(arg, tuple) and arg[0] in ("packed", "per-run"):
+            model.forward_bank_packed(rows, arg[1], per_run=arg[0] == "per-run")
         elif isinstance(arg, tuple):
             model.forward_bank(rows, arg[1])
         else:
@@ -818,6 +834,7 @@ def load_compare(path: Path) -> dict[str, object]:
         "baseline_p50": r["baseline"]["p50"],
         "tput": {k: (v["rps"], v["p50"], v["rows_per_batch"], v["forward_ms"]) for k, v in tput.items()},
         "bf16": r["bf16_tput"]["rps"] if r.get("bf16_tput") else None,
+        "bf16_by_k": {int(k): (v["rps"], v["p50"]) for k, v in r.get("bf16_by_k", {}).items()},
         "profile_one_row": next(
             (ms for case, ms, _ in r["profile"] if case.startswith("1 row")), float("nan")
         ),
@@ -835,7 +852,7 @@ def compare_text(c: dict[str, object]) -> str:
     tput = c["tput"]
     k1 = tput.get(1)
     lines = [
-        f"**The same benchmark with other torch threads** (`{cmd}`, {c['date']}, torch threads: "
+        f"**{c.get('label') or 'The same benchmark with other torch threads'}** (`{cmd}`, {c['date']}, torch threads: "
         f"{c['threads']} on both sides, 1-minute load "
         f"{c['load_before']:.2f} at the start, {c['load_after']:.2f} at the end):",
         "",
@@ -848,7 +865,14 @@ def compare_text(c: dict[str, object]) -> str:
             f"| service, K={k} | {rps:.1f} | {p50:.1f} | {div(rps, c['baseline']):.2f}x "
             f"| {div(rps, k1[0]) if k1 else float('nan'):.2f} | {rows:.1f} | {fwd:.1f} |"
         )
-    if c["bf16"] is not None:
+    bf16_by_k = c.get("bf16_by_k") or {}
+    for k, (rps, p50) in bf16_by_k.items():
+        b1 = bf16_by_k.get(1)
+        lines.append(
+            f"| service, K={k}, bfloat16 | {rps:.1f} | {p50:.1f} | {div(rps, c['baseline']):.2f}x "
+            f"| {div(rps, b1[0]) if b1 else float('nan'):.2f} | | |"
+        )
+    if c["bf16"] is not None and not bf16_by_k:
         lines.append(
             f"| service, K=8, bfloat16 | {c['bf16']:.1f} | | {div(c['bf16'], c['baseline']):.2f}x | | | |"
         )
@@ -915,7 +939,9 @@ def interpretation(args, res) -> str:
         out.append(
             f"- **Mixing cost** (throughput vs. K=1): {mix}. The server applies LoRA with the gathered bank "
             f"(engine/lora_batched.py): over packed tokens (the default now) one product pair per adapter's "
-            f"run of tokens in each layer (the runner groups a batch's rows by adapter); in the padded forward "
+            f"run of tokens in each layer while a batch mixes at most LOOP_MAX_ADAPTERS adapters (float32 8, "
+            f"bfloat16 2), above that each adapter's tokens padded to one group and two batched products per "
+            f"layer (the runner groups a batch's rows by adapter); in the padded forward "
             f"one gather of each row's stacked A/B and two batched products. In-process, one {r}-row padded "
             f"forward through the bank takes {b1:.1f} ms with 1 adapter, "
             f"{b8:.1f} ms with 8 and {b16:.1f} ms with {r} ({div(b8, b1):.2f}x and {div(b16, b1):.2f}x). peft's "
@@ -925,6 +951,19 @@ def interpretation(args, res) -> str:
             f"{p_set:.1f} ms."
         )
         pk8 = prof.get(f"{r} rows, 8 adapters, gathered bank, packed (the server now)", float("nan"))
+        pk1 = prof.get(f"{r} rows, 1 adapter, gathered bank, packed (the server now)", float("nan"))
+        pk16 = prof.get(f"{r} rows, {r} adapters, gathered bank, packed (the server now)", float("nan"))
+        run16 = prof.get(
+            f"{r} rows, {r} adapters, packed, one LoRA product pair per adapter run (main before)",
+            float("nan"),
+        )
+        out.append(
+            f"- **Many adapters in one packed batch:** in-process, the {r}-row packed forward takes {pk1:.1f} ms "
+            f"with 1 adapter and {pk16:.1f} ms with {r} ({div(pk1, pk16):.2f} of the 1-adapter speed) through "
+            f"the batched products; with one product pair per adapter run, as main did, {run16:.1f} ms "
+            f"({div(pk1, run16):.2f}). What the batched path still pays with {r} adapters is mostly memory: "
+            f"each distinct adapter's factors are read (and gathered) once per layer, {r}x the bytes of one."
+        )
         hw = res.get("hw") or {}
         out.append(
             f"- **Padding:** the server now runs each batch's real tokens only (engine/packed.py): the same "
@@ -1072,6 +1111,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a --save-json file of another run (e.g. other --threads) to summarise next to this one",
     )
     ap.add_argument(
+        "--compare-label",
+        default="",
+        help="the heading of that summary (default: 'The same benchmark with other torch threads')",
+    )
+    ap.add_argument(
         "--render-json",
         type=Path,
         default=None,
@@ -1091,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
                 res[key] = {int(k): v for k, v in res[key].items()}
         run_args = argparse.Namespace(**{**vars(ap.parse_args([])), **saved["args"]})
         if args.compare_json:
-            res["compare"] = load_compare(args.compare_json)
+            res["compare"] = load_compare(args.compare_json) | {"label": args.compare_label}
         body, summary = report(run_args, res)
         print(summary)
         if not args.no_docs:
@@ -1306,7 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_hw": cpu_has_bf16(),
     }
     if args.compare_json:
-        res["compare"] = load_compare(args.compare_json)
+        res["compare"] = load_compare(args.compare_json) | {"label": args.compare_label}
     if args.save_json:
         saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.save_json.write_text(json.dumps({"args": saved_args, "results": res}, indent=1))

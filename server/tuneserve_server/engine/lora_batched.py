@@ -8,6 +8,13 @@ adds `bmm(bmm(x, A[rows]), B[rows])` to the base layer's output: one gather and 
 products per layer, however many adapters the batch mixes (peft's `adapter_names=` path instead
 loops over the distinct adapters in every layer). The base weights are never copied.
 
+Over packed tokens (engine/packed.py) the runner orders rows by adapter, so each adapter's
+tokens form runs. Up to LOOP_MAX_ADAPTERS distinct adapters, each run gets one addmm pair per
+layer; above it (one product pair per run per layer adds up: 16 adapters x 36 Linears), the
+tokens are grouped by adapter into one padded (adapters, longest, in) layout, built once per
+forward (`TokenGroups`), and each layer does one gather and two bmm calls. Thresholds measured
+on a 2-core AVX512-BF16 CPU with MiniLM, r=16, 16 Banking77 rows (docs/benchmarks.md).
+
 Reading an adapter's files (`read_lora`) touches no shared state and may run on any thread;
 `install` / `remove` / forward passes must all run on the one torch thread."""
 
@@ -33,6 +40,9 @@ _PREFIX = "base_model.model."
 _A_SUFFIX = ".lora_A.weight"
 _B_SUFFIX = ".lora_B.weight"
 MIN_ROWS = 4  # smallest bank (row 0 + 3 adapters) once any adapter is resident
+# Packed forwards with more distinct adapters than this apply LoRA as one padded bmm pair per
+# layer; up to it, one addmm pair per run of tokens is cheaper (docs/benchmarks.md, serving).
+LOOP_MAX_ADAPTERS = {torch.float32: 8, torch.bfloat16: 2, torch.float16: 2}
 
 
 def release_freed_memory() -> None:
@@ -131,6 +141,49 @@ def read_lora(
     return LoraWeights(factors)
 
 
+@dataclass(frozen=True)
+class TokenGroups:
+    """Packed tokens grouped by adapter for the batched LoRA product: group g holds adapter
+    `rows[g]`'s tokens (in packed order), padded to the longest group with copies of a real
+    token whose products are dropped. Built once per forward, shared by every layer."""
+
+    rows: torch.Tensor  # (count,) bank row of each group
+    gather: torch.Tensor  # (count * longest,) packed token at each padded position
+    real: torch.Tensor | None  # (n,) padded positions holding real tokens
+    tokens: torch.Tensor | None  # (n,) the packed token at each of those positions
+    count: int
+    longest: int
+    row_set: frozenset[int]
+
+    @classmethod
+    def of(
+        cls, segments: Sequence[tuple[int, int, int]], total: int, device: str | torch.device
+    ) -> TokenGroups:
+        by_row: dict[int, list[int]] = {}
+        for start, end, row in segments:
+            if row:
+                by_row.setdefault(row, []).extend(range(start, end))
+        longest = max(len(t) for t in by_row.values())
+        gather: list[int] = []
+        real: list[int] = []
+        tokens: list[int] = []
+        for g, toks in enumerate(by_row.values()):
+            gather += toks + [toks[0]] * (longest - len(toks))
+            real += range(g * longest, g * longest + len(toks))
+            tokens += toks
+        in_order = len(gather) == total and tokens == list(range(total))  # also: no padding
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        return cls(
+            rows=as_tensor(list(by_row)),
+            gather=as_tensor(gather),
+            real=None if in_order else as_tensor(real),
+            tokens=None if in_order else as_tensor(tokens),
+            count=len(by_row),
+            longest=longest,
+            row_set=frozenset(by_row),
+        )
+
+
 class GatheredLoraLinear(torch.nn.Module):
     """A base Linear plus the bank's stacked factors for it. Holds the base layer itself (no
     copy); A and B are plain attributes, not parameters or buffers."""
@@ -168,9 +221,23 @@ class GatheredLoraLinear(torch.nn.Module):
         if bank.segments is not None:  # packed tokens: one contiguous run of tokens per adapter
             x2 = x.reshape(-1, x.shape[-1])
             out2 = out.view(-1, out.shape[-1])
-            for start, end, row in bank.segments:
-                if row in self.ranks:
-                    out2[start:end].addmm_(x2[start:end] @ a_all[row], b_all[row])
+            groups = bank.groups
+            if groups is None:  # few runs: one product pair per run
+                for start, end, row in bank.segments:
+                    if row in self.ranks:
+                        out2[start:end].addmm_(x2[start:end] @ a_all[row], b_all[row])
+                return out
+            if self.ranks.keys().isdisjoint(groups.row_set):
+                return out
+            # Many adapters: each adapter's tokens padded to one group, two batched products.
+            # Rows an adapter leaves out of this layer are zeros in A/B: they add exactly 0.
+            xp = x2.index_select(0, groups.gather).view(groups.count, groups.longest, x2.shape[-1])
+            xa = torch.bmm(xp, a_all.index_select(0, groups.rows))
+            delta = torch.bmm(xa, b_all.index_select(0, groups.rows)).view(-1, out2.shape[-1])
+            if groups.tokens is None:  # the groups are the packed tokens in order, no padding
+                out2.add_(delta)
+            else:
+                out2.index_add_(0, groups.tokens, delta.index_select(0, groups.real))
             return out
         if bank.batch_rows is None:
             return out
@@ -265,6 +332,9 @@ class LoraBank:
         self.single_row: int | None = None  # set when every input row names the same bank row
         # Packed forward (engine/packed.py): (first token, end token, bank row) per run of tokens.
         self.segments: list[tuple[int, int, int]] | None = None
+        # ... and, above `loop_max_adapters` distinct adapters, their tokens grouped for bmm.
+        self.groups: TokenGroups | None = None
+        self.loop_max_adapters = LOOP_MAX_ADAPTERS.get(dtype, 4)
 
     # -------------------------------------------------- queries
     def __contains__(self, slot: str) -> bool:
@@ -369,8 +439,13 @@ class LoraBank:
             else:  # the base model: no LoRA product, but a run boundary
                 segments.append((start, start + length, 0))
             start += length
+        distinct = {row for _, _, row in segments if row}
         self.segments = segments
+        if len(distinct) > self.loop_max_adapters and self.layers:
+            device = next(iter(self.layers.values())).base.weight.device
+            self.groups = TokenGroups.of(segments, start, device)
         try:
             yield
         finally:
             self.segments = None
+            self.groups = None

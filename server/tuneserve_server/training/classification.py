@@ -10,6 +10,7 @@ batch to its longest row, let alone to max_seq_length, wastes most of the work).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -32,6 +33,7 @@ from tuneserve_server.modeling import (
     mean_pool,
     save_head,
 )
+from tuneserve_server.modeling_packed import packed_forward, packed_mean_pool, supports_packed
 from tuneserve_server.observability.metrics import (
     TRAIN_EXAMPLES_PER_SECOND,
     TRAIN_LAST_CHECKPOINT,
@@ -44,6 +46,7 @@ from tuneserve_server.training.baseline import MAX_BASELINE_ROWS, LogisticBaseli
 from tuneserve_server.training.batching import length_grouped_batches, shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
+from tuneserve_server.training.fast_steps import FrozenWeights, adamw
 from tuneserve_server.training.metrics import accuracy, macro_f1
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
@@ -101,6 +104,7 @@ class ClassificationRecipe:
         self.examples_this_run = 0
         self.total_steps = 0
         self.progress = JobProgress()
+        self._frozen: FrozenWeights | None = None  # during train() under autocast
         self._last_progress_event = -math.inf
         self._run_started = time.monotonic()
         self._setup_started = time.monotonic()
@@ -203,7 +207,7 @@ class ClassificationRecipe:
         _, total = self.plan()
         self.total_steps = total
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
-        optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+        optimizer = adamw(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
         pos = TrainPosition()
         if self.ctx.checkpoint_dir is not None:
@@ -227,6 +231,12 @@ class ClassificationRecipe:
         self._run_started, seen_at_start = time.monotonic(), pos.examples_seen
         self.examples_this_run = 0
         self._report_progress(pos, schedule, event=True)
+        # Under autocast the frozen base weights are cast once for the loop, not every step
+        # (fast_steps.py); evaluations swap the float32 ones back in. A job that fails or is
+        # interrupted inside the loop drops the model, so only the normal end restores them.
+        if self.autocast_dtype is not None:
+            self._frozen = FrozenWeights(self.model, self.autocast_dtype)
+            self._frozen.low()
         for epoch in range(1, opt.epochs + 1):
             # Every epoch's order is drawn even when skipped, so a resumed job sees exactly
             # the batches the interrupted one would have.
@@ -279,6 +289,9 @@ class ClassificationRecipe:
                     self._checkpoint(optimizer, schedule, pos)
             if self.stopped_early or pos.step >= total:
                 break
+        if self._frozen is not None:
+            self._frozen.release()
+            self._frozen = None
         self.final_position = pos
 
     def _report_progress(self, pos: TrainPosition, schedule, event: bool = False) -> None:
@@ -352,14 +365,28 @@ class ClassificationRecipe:
         self.head.eval()
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         out = torch.zeros(len(features), width)
-        with torch.no_grad():
+        frozen = self._frozen.in_full() if self._frozen is not None else contextlib.nullcontext()
+        # The logits and embeddings of a BERT-family base come from serving's padding-free
+        # forward (modeling_packed.py): what Predict computes, without the padding.
+        packed = forward in (self._logits, self._pooled) and supports_packed(self.model.get_base_model())
+        with torch.no_grad(), frozen:
             for i in range(0, len(order), EVAL_BATCH):
                 idx = order[i : i + EVAL_BATCH]
-                out[idx] = forward(self._collate([features[j] for j in idx])).float().cpu()
+                if packed:
+                    pooled = self._packed_pooled([features[j]["input_ids"] for j in idx])
+                    value = self.head(pooled) if forward == self._logits else pooled
+                else:
+                    value = forward(self._collate([features[j] for j in idx]))
+                out[idx] = value.float().cpu()
         if was_training:
             self.model.train()
             self.head.train()
         return out
+
+    def _packed_pooled(self, input_ids: list[list[int]]) -> torch.Tensor:
+        """Mean-pooled embeddings of the sequences, through the packed forward (eval mode)."""
+        hidden, packing = packed_forward(self.model.get_base_model(), input_ids, self.device)
+        return packed_mean_pool(hidden, packing)
 
     def _metrics(self, logits: torch.Tensor) -> dict[str, float]:
         y = self._targets(self.spec.validation)

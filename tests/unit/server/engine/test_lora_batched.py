@@ -253,3 +253,66 @@ def test_removing_every_adapter_hands_the_memory_back():
     gc.collect()
     assert bank.nbytes == 0
     assert _rss_mib() - start < 24
+
+
+# ---------------------------------------------------------------- packed tokens, many adapters
+MANY = 12  # distinct adapters in one packed batch: above every dtype's LOOP_MAX_ADAPTERS
+
+
+@pytest.fixture(scope="module")
+def many_dirs(tmp_path_factory, tiny_base):
+    """Twelve adapters of ranks 1..8 on different target sets; some skip whole layers."""
+    root = tmp_path_factory.mktemp("many")
+    target_sets = [("query", "value"), ("query", "key", "value", "dense"), ("dense",), ("key", "value")]
+    return {
+        f"m{k}": tiny_base.write_adapter(
+            root / f"m{k}", rank=1 + k % 8, targets=target_sets[k % 4], seed=100 + k
+        )
+        for k in range(MANY)
+    }
+
+
+@pytest.mark.parametrize("loop_max", [None, 0, 10**6], ids=["default", "always-bmm", "always-loop"])
+def test_packed_tokens_over_many_adapters_equal_peft(tiny_base, many_dirs, loop_max):
+    """A packed forward whose rows name 12 distinct adapters (two rows each, none adjacent to
+    its twin, of mixed lengths) plus base rows, through both LoRA strategies (one padded bmm
+    pair per layer, one addmm pair per run): each row equals peft's `adapter_names=` row."""
+    from tuneserve_server.engine.packed import packed_forward
+
+    gen = torch.Generator().manual_seed(11)
+    names = list(many_dirs)
+    slots: list[str | None] = [*names, None, *names[::-1], None, None]
+    lengths = [1 + int(torch.randint(0, 9, (1,), generator=gen)) for _ in slots]
+    ids = [torch.randint(3, 100, (n,), generator=gen).tolist() for n in lengths]
+
+    encoder = tiny_base.fresh_encoder()
+    bank = LoraBank(encoder, module_names(encoder), capacity=16, dtype=torch.float32)
+    for name in names:
+        bank.install(name, read_lora(many_dirs[name], dtype=torch.float32, module_paths=bank.module_paths()))
+    if loop_max is not None:
+        bank.loop_max_adapters = loop_max
+    with torch.inference_mode(), bank.selecting_tokens(slots, lengths):
+        assert (bank.groups is not None) == (loop_max != 10**6)
+        packed, _ = packed_forward(encoder, ids, "cpu")
+
+    model = tiny_base.peft_model()
+    for name in names:
+        model.load_adapter(str(many_dirs[name]), adapter_name=name)
+    model.eval()
+    longest = max(lengths)
+    input_ids = torch.zeros(len(ids), longest, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    with torch.inference_mode():
+        want = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            adapter_names=["__base__" if s is None else s for s in slots],
+        ).last_hidden_state
+    torch.testing.assert_close(packed, want[mask.bool()], rtol=1e-5, atol=1e-5)
+    # The adapters do change the tokens: not a comparison of two base passes.
+    with torch.inference_mode(), bank.selecting_tokens([None] * len(slots), lengths):
+        bare, _ = packed_forward(encoder, ids, "cpu")
+    assert (bare[: lengths[0]] - packed[: lengths[0]]).abs().max() > 1e-3

@@ -319,3 +319,51 @@ def test_every_job_reports_the_frozen_embedding_baseline(source, tmp_path):
 
     off = recipe_for(make_spec(train=16, validation=10, batch=8, epochs=1, baseline=False), source)[0]
     assert not any(k.startswith("baseline_") for k in off.run(tmp_path / "b").metrics)
+
+
+def test_bfloat16_training_evaluates_in_float32_and_ends_with_the_float32_weights(source):
+    spec = make_spec(train=6, validation=4, batch=6, epochs=2)
+    recipe, _ = recipe_for(spec, source)
+    recipe.autocast_dtype = torch.bfloat16  # what "auto" picks on a CPU with native bfloat16
+    weight = recipe.model.base_model.model.encoder.layer[0].attention.self.query.base_layer.weight
+    before = weight.detach().clone()
+    seen: list[tuple[bool, torch.dtype]] = []
+    logits, packed = recipe._logits, recipe._packed_pooled
+
+    def spy(batch):  # the training forward
+        seen.append((recipe.model.training, weight.dtype))
+        return logits(batch)
+
+    def packed_spy(input_ids):  # the evaluation forward
+        seen.append((recipe.model.training, weight.dtype))
+        return packed(input_ids)
+
+    recipe._logits, recipe._packed_pooled = spy, packed_spy
+    recipe.train()
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # the evaluations
+    assert weight.dtype == torch.float32 and torch.equal(weight, before)
+    assert recipe._frozen is None
+
+
+def test_evaluation_passes_run_packed_and_equal_the_padded_forward(source):
+    """Validation logits and pooled embeddings (with the adapter and with it disabled, as the
+    baseline check uses them) come from the packed forward, equal to the padded one."""
+    from tuneserve_server.modeling_packed import supports_packed
+
+    recipe, _ = recipe_for(make_spec(train=6, validation=6, batch=6, epochs=1), source)
+    recipe.train()  # trained LoRA and head: the adapter changes the embeddings
+    assert supports_packed(recipe.model.get_base_model())
+    features = recipe._encode(recipe.spec.validation)
+    assert len({len(f["input_ids"]) for f in features}) > 1  # mixed lengths: padding to skip
+    width = recipe.head.in_features
+    padded_logits = recipe._eval_pass(features, lambda b: recipe._logits(b), len(recipe.labels))
+    packed_logits = recipe._eval_pass(features, recipe._logits, len(recipe.labels))
+    torch.testing.assert_close(packed_logits, padded_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(recipe.validation_logits(), padded_logits, rtol=1e-5, atol=1e-5)
+    adapted = recipe._eval_pass(features, recipe._pooled, width)
+    torch.testing.assert_close(adapted, recipe._eval_pass(features, lambda b: recipe._pooled(b), width))
+    with recipe.model.disable_adapter():
+        bare = recipe._eval_pass(features, recipe._pooled, width)
+        torch.testing.assert_close(bare, recipe._eval_pass(features, lambda b: recipe._pooled(b), width))
+    assert (bare - adapted).abs().max() > 1e-4
