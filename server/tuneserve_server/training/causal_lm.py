@@ -15,7 +15,6 @@ from the right) and counted in metrics["truncated_rows"]."""
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -27,7 +26,6 @@ import torch
 from tuneserve_server.domain.jobs import (
     CausalExample,
     EventType,
-    JobProgress,
     TaskType,
 )
 from tuneserve_server.modeling import (
@@ -40,16 +38,10 @@ from tuneserve_server.modeling_lm import (
     load_causal_lm,
     render_prompt,
 )
-from tuneserve_server.observability.metrics import (
-    TRAIN_EXAMPLES_PER_SECOND,
-    TRAIN_LAST_CHECKPOINT,
-    TRAIN_LOSS,
-    TRAIN_STEP,
-    TRAIN_TOTAL_STEPS,
-)
+from tuneserve_server.observability.metrics import TRAIN_LAST_CHECKPOINT
 from tuneserve_server.training import checkpoint
-from tuneserve_server.training.batching import shuffled_batches
 from tuneserve_server.training.checkpoint import TrainPosition
+from tuneserve_server.training.optimiser_loop import OptimiserLoop, make_optimizer, total_steps
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
 from tuneserve_server.warm_start import load_lora_weights
@@ -157,18 +149,10 @@ class CausalLMRecipe:
 
     # ---------------------------------------------------------------- train
     def train(self) -> None:
-        from transformers import get_linear_schedule_with_warmup
-
         opt = self.spec.hyperparameters.optimizer
-        accum = max(1, opt.gradient_accumulation_steps)
-        batches_per_epoch = math.ceil(len(self.train_rows) / opt.batch_size)
-        steps_per_epoch = math.ceil(batches_per_epoch / accum)
-        total = steps_per_epoch * opt.epochs
-        if opt.max_steps:
-            total = min(total, opt.max_steps)
+        total = total_steps(opt, len(self.train_rows))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(total * opt.warmup_ratio), total)
+        optimizer, schedule = make_optimizer(params, opt, total)
         pos = TrainPosition()
         if self.ctx.checkpoint_dir is not None:
             restored = checkpoint.load(self.ctx.checkpoint_dir, self.model, None, optimizer, schedule)
@@ -177,66 +161,17 @@ class CausalLMRecipe:
                 self.resumed_from_step = pos.step
                 log.info("resumed from checkpoint", step=pos.step, epoch=pos.epoch)
                 self.ctx.on_resume(pos.step)
-        rng = random.Random(opt.seed)
         self.model.train()
-        TRAIN_STEP.set(pos.step)
-        TRAIN_TOTAL_STEPS.set(total)
-        TRAIN_LOSS.set(math.nan if pos.loss_ema is None else pos.loss_ema)
-        TRAIN_EXAMPLES_PER_SECOND.set(0)
-        self.ctx.on_progress(JobProgress(pos.step, total, pos.epoch, pos.loss_ema))
-        started, seen_at_start = time.monotonic(), pos.examples_seen
-        pending, pending_loss, pending_rows = 0, 0.0, 0
-        for epoch in range(1, opt.epochs + 1):
-            batches = shuffled_batches(len(self.train_rows), opt.batch_size, rng)  # drawn even when skipped
-            if epoch < pos.epoch:
-                continue
-            for number, idx in enumerate(batches):
-                if epoch == pos.epoch and number < pos.batches_done:
-                    continue
-                if pos.step >= total:
-                    break
-                if pending == 0:  # between optimiser steps: the only place to stop or checkpoint
-                    self.ctx.interruption_point(partial(self._checkpoint, optimizer, schedule, pos))
-                loss = self.model(**self._collate([self.train_rows[i] for i in idx])).loss
-                (loss / accum).backward()
-                pending += 1
-                pending_loss += float(loss.detach()) / accum
-                pending_rows += len(idx)
-                if pending < accum and number + 1 < len(batches):
-                    continue
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                value = pending_loss * accum / pending
-                pos = TrainPosition(
-                    step=pos.step + 1,
-                    epoch=epoch,
-                    batches_done=number + 1,
-                    loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
-                    examples_seen=pos.examples_seen + pending_rows,
-                )
-                pending, pending_loss, pending_rows = 0, 0.0, 0
-                self._report(pos, total, epoch, started, seen_at_start, schedule)
-                every = self.ctx.checkpoint_every
-                if every and pos.step % every == 0 and pos.step < total:
-                    self._checkpoint(optimizer, schedule, pos)
+        loop = OptimiserLoop(
+            self.ctx, opt, len(self.train_rows), params, optimizer, schedule, total, self.resumed_from_step
+        )
+        loop.run(
+            pos,
+            batch_loss=lambda idx: self.model(**self._collate([self.train_rows[i] for i in idx])).loss,
+            save_checkpoint=partial(self._checkpoint, optimizer, schedule),
+        )
+        self.examples_this_run = loop.examples_this_run
         self._train_seconds = time.monotonic() - self._setup_started
-
-    def _report(
-        self, pos: TrainPosition, total: int, epoch: int, started: float, seen_at_start: int, schedule
-    ) -> None:
-        self.examples_this_run = pos.examples_seen - seen_at_start
-        elapsed = time.monotonic() - started
-        rate = self.examples_this_run / elapsed if elapsed > 0 else None
-        steps_done_here = pos.step - self.resumed_from_step
-        eta = elapsed / steps_done_here * (total - pos.step) if steps_done_here > 0 else None
-        TRAIN_STEP.set(pos.step)
-        TRAIN_LOSS.set(pos.loss_ema)
-        if rate:
-            TRAIN_EXAMPLES_PER_SECOND.set(rate)
-        lr = schedule.get_last_lr()[0]
-        self.ctx.on_progress(JobProgress(pos.step, total, epoch, pos.loss_ema, lr, rate, eta))
 
     def _checkpoint(self, optimizer, schedule, pos: TrainPosition) -> None:
         if self.ctx.checkpoint_dir is None:

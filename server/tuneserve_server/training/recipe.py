@@ -17,7 +17,8 @@ Checkpointing is no phase of its own: only the loop knows where an optimiser ste
 train() saves through `training.checkpoint`. Nor is cleanup: the worker owns the staging and
 checkpoint directories and removes them. A recipe never touches the job store; everything it
 tells the store goes through the context's callbacks. Recipes never import each other; what
-they share lives in outcomes.py, batching.py, precision.py, checkpoint.py and evaluation.py."""
+they share lives in outcomes.py, batching.py, precision.py, checkpoint.py, evaluation.py and
+optimiser_loop.py (the step loop of the causal-LM and preference recipes)."""
 
 from __future__ import annotations
 
