@@ -86,7 +86,7 @@ def run(source, job: JobSpec, out: Path, init=None) -> tuple[list[tuple[int, flo
 
 
 def first_step(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((s for s, acc in curve if acc >= target), None)
+    return next((s for s, acc in curve if acc >= target - 1e-9), None)  # 1e-9: float rounding of target - tol
 
 
 @dataclass
@@ -127,6 +127,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--low-lr", type=float, default=5e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    p.add_argument(
+        "--tolerance", type=float, default=0.01, help="also report reaching the target less this (accuracy)"
+    )
     p.add_argument("--docs", type=Path, default=DOCS)
     args = p.parse_args(argv)
 
@@ -173,29 +176,34 @@ def main(argv: list[str]) -> None:
         targets[seed] = got["scratch"].final
 
     seeds = args.seeds
+    tol = args.tolerance
     per_seed = " / ".join(str(s) for s in seeds)
     lines = [
         f"| run | train rows | lr | steps | final test accuracy ({per_seed}) | first step reaching the target "
-        f"({per_seed}) | with v1's steps | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"({per_seed}) | the same with v1's steps | first step within {tol:g} of the target | "
+        "the same with v1's steps | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    firsts: dict[str, list[int | None]] = {}
+    # firsts[(key, tolerance)]: per seed, the first evaluated step at or above the target less it
+    firsts: dict[tuple[str, float], list[int | None]] = {}
     for key, label, which, from_v1, lr_arg, _ in RUNS:
         rs = [results[s][key] for s in seeds]
-        first = [first_step(results[s][key].curve, targets[s]) for s in seeds]
-        firsts[key] = first
-        total = (
-            " / ".join(
-                shown(f + results[s]["v1"].steps if f is not None else None) for s, f in zip(seeds, first)
+        cells = []
+        for t in (0.0, tol):
+            first = [first_step(results[s][key].curve, targets[s] - t) for s in seeds]
+            firsts[(key, t)] = first
+            cells.append("-" if key == "v1" else " / ".join(shown(f) for f in first))
+            cells.append(
+                " / ".join(
+                    shown(f + results[s]["v1"].steps if f is not None else None) for s, f in zip(seeds, first)
+                )
+                if from_v1
+                else "-"
             )
-            if from_v1
-            else "-"
-        )
-        reach = "-" if key == "v1" else " / ".join(shown(f) for f in first)
         steps = sorted({r.steps for r in rs})
         lines.append(
             f"| {label.format(epochs=args.epochs)} | {len(data[which])} | {getattr(args, lr_arg):g} | "
-            f"{'/'.join(map(str, steps))} | {' / '.join(f'{r.final:.4f}' for r in rs)} | {reach} | {total} | "
+            f"{'/'.join(map(str, steps))} | {' / '.join(f'{r.final:.4f}' for r in rs)} | {' | '.join(cells)} | "
             f"{statistics.mean(r.seconds for r in rs):.0f} |"
         )
     curves = []
@@ -203,24 +211,25 @@ def main(argv: list[str]) -> None:
         curves.append(f"Seed {seed}, test accuracy at each evaluated step (target {targets[seed]:.4f}):")
         curves.append("")
         for key, label, *_ in RUNS:
-            points = " ".join(f"{s}:{acc:.3f}" for s, acc in results[seed][key].curve)
+            points = " ".join(f"{s}:{acc:.4f}" for s, acc in results[seed][key].curve)
             curves.append(f"- {label.format(epochs=args.epochs)}: {points}")
         curves.append("")
 
-    def verdict(key: str, with_v1: bool) -> str:
+    def verdict(key: str, t: float, with_v1: bool) -> str:
         wins = 0
-        for s, f in zip(seeds, firsts[key]):
-            base = firsts["scratch"][seeds.index(s)]
+        for i, (s, f) in enumerate(zip(seeds, firsts[(key, t)])):
+            base = firsts[("scratch", t)][i]
             cost = None if f is None else f + (results[s]["v1"].steps if with_v1 else 0)
             wins += cost is not None and base is not None and cost < base
-        return f"{wins} of {len(seeds)} seeds"
+        return f"{wins} of {len(seeds)}"
 
     claims = []
     for key, label, _, from_v1, *_ in RUNS:
         if from_v1:
             claims.append(
-                f"- {label.format(epochs=args.epochs)}: reaches the target in fewer steps than the baseline in "
-                f"{verdict(key, False)}; counting v1's steps too, in {verdict(key, True)}."
+                f"- {label.format(epochs=args.epochs)}: fewer steps than the baseline to the target in "
+                f"{verdict(key, 0.0, False)} seeds ({verdict(key, 0.0, True)} counting v1's steps); to within "
+                f"{tol:g} of it in {verdict(key, tol, False)} ({verdict(key, tol, True)} counting v1's steps)."
             )
     body = "\n".join(
         [
@@ -233,13 +242,14 @@ def main(argv: list[str]) -> None:
             f"test accuracy every {args.eval_every} steps (and at the last), seeds {', '.join(map(str, seeds))} "
             "(the seed sets LoRA and head init, shuffling and dropout; the rows are the same). Each seed's "
             "target is its baseline's final test accuracy; a run reaches it at the first evaluated step with "
-            'accuracy >= the target. "With v1\'s steps" adds the steps v1 took (a continued version costs '
-            "v1's training too when v1 was not needed anyway).",
+            f"accuracy >= the target (or >= the target less {tol:g}: one test row is {1 / len(test):.4f}, "
+            'so the strict target moves with a row or two). "With v1\'s steps" adds the steps v1 took (a '
+            "continued version costs v1's training too when v1 was not needed anyway).",
             "",
             *lines,
             "",
             *curves,
-            "Which claims hold (steps to the target, strictly fewer than the baseline's):",
+            "Which claims hold (steps to the target, strictly fewer than the baseline's, per seed):",
             "",
             *claims,
             "",
