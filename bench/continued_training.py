@@ -22,6 +22,7 @@ server), float32.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -130,8 +131,26 @@ def main(argv: list[str]) -> None:
     p.add_argument(
         "--tolerance", type=float, default=0.01, help="also report reaching the target less this (accuracy)"
     )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="JSON file of finished seeds' curves: seeds found there (same settings) are not rerun, "
+        "each new seed is added as it finishes",
+    )
+    p.add_argument(
+        "--max-new-seeds",
+        type=int,
+        default=0,
+        help="with --cache: train at most this many seeds now (0: all), and write the docs only once "
+        "every seed is in the cache (so a long sweep fits in short holds of a shared machine)",
+    )
     p.add_argument("--docs", type=Path, default=DOCS)
     args = p.parse_args(argv)
+    settings = {k: getattr(args, k) for k in ("labels", "per_label", "epochs", "eval_every", "lr", "low_lr")}
+    cached: dict[str, dict] = {}
+    if args.cache and args.cache.exists():
+        cached = json.loads(args.cache.read_text())
 
     rows = training_subset(args.labels, args.per_label)
     labels = sorted({label for _, label in rows})
@@ -145,8 +164,22 @@ def main(argv: list[str]) -> None:
     source = resolve_base_model("minilm")
     results: dict[int, dict[str, Result]] = {}
     targets: dict[int, float] = {}
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    measured: dict[int, str] = {}  # seed -> when its runs started
+    new = 0
     for seed in args.seeds:
+        entry = cached.get(str(seed))
+        if entry and entry["settings"] == settings:
+            log(f"seed {seed}: from {args.cache} (measured {entry['started']})")
+            results[seed] = {
+                k: Result([tuple(pt) for pt in r["curve"]], r["seconds"]) for k, r in entry["runs"].items()
+            }
+            targets[seed] = results[seed]["scratch"].final
+            measured[seed] = entry["started"]
+            continue
+        if args.cache and args.max_new_seeds and new >= args.max_new_seeds:
+            continue
+        new += 1
+        seed_started = measured[seed] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         got: dict[str, Result] = {}
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
@@ -174,9 +207,22 @@ def main(argv: list[str]) -> None:
                 got[key] = Result(*run(source, job, root / key, init=init))
         results[seed] = got
         targets[seed] = got["scratch"].final
+        if args.cache:
+            cached[str(seed)] = {
+                "settings": settings,
+                "started": seed_started,
+                "runs": {k: {"curve": r.curve, "seconds": r.seconds} for k, r in got.items()},
+            }
+            args.cache.write_text(json.dumps(cached))
+    missing = [s for s in args.seeds if s not in results]
+    if missing:
+        log(f"seeds {missing} still to run (rerun the same command); the docs are written once all are done")
+        return
 
     seeds = args.seeds
     tol = args.tolerance
+    times = sorted(set(measured.values()))
+    when = times[0] if len(times) == 1 else "; ".join(f"seed {s} from {measured[s]}" for s in seeds)
     per_seed = " / ".join(str(s) for s in seeds)
     lines = [
         f"| run | train rows | lr | steps | final test accuracy ({per_seed}) | first step reaching the target "
@@ -233,7 +279,7 @@ def main(argv: list[str]) -> None:
             )
     body = "\n".join(
         [
-            f"`{command_as_run('continued_training.py', argv)}` — measured {started}, {code_version()}, "
+            f"`{command_as_run('continued_training.py', argv)}` — measured {when}, {code_version()}, "
             f"{cpu_model()} (2 cores shared with other work: the seconds move with the load, the "
             "accuracies do not).",
             "",
