@@ -453,7 +453,10 @@ def main(argv: list[str]) -> None:
             "registry_poll_s plus one adapter load plus one Predict. Job times are measured from the "
             "store's finished_at (the worker publishes the version, moves `default` and marks the job "
             "SUCCEEDED in one transaction); on PostgreSQL now() is the transaction's start, a few ms "
-            "before the commit, so those times are a few ms long. Noise: 2 shared cores carry "
+            "before the commit, so those times are a few ms long. On PostgreSQL the store also sends "
+            "`NOTIFY tuneserve_registry` at every registry change, but no replica listens to it "
+            "(`PostgresStore.registry_listener` is used by tests and bench/job_queue.py only), so both "
+            "stores measure the poll. Noise: 2 shared cores carry "
             f"{args.replicas} replicas, their pollers and (during jobs) the worker.",
         ]
     )
