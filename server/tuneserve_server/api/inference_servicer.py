@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 
 import structlog
 
-from tuneserve.v1 import inference_pb2, inference_pb2_grpc
+from tuneserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tuneserve_server.api import convert
 from tuneserve_server.api.auth_interceptor import namespace
 from tuneserve_server.api.rpc import rpc, rpc_stream
@@ -55,7 +56,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             predictions = [convert.classification_pb(s, request.return_probabilities) for s in result.scores]
             mode = result.scores[0].conformal_mode if result.scores else None
         if self.prediction_log is not None and result.adapter is not None:
-            self._issue_ids(ns, result, _served_inputs(request), predictions)
+            self._issue_ids(ns, result, _served_inputs(request.inputs, request.messages), predictions)
         return inference_pb2.PredictResponse(
             predictions=predictions,
             adapter_name=result.adapter.name if result.adapter else "",
@@ -101,7 +102,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                             record.name,
                             record.version,
                             record.task,
-                            [("", 0.0, _served_inputs(request)[0], event.text)],
+                            [("", 0.0, _served_inputs([request.input], request.messages)[0], event.text)],
                         )[0]
                 else:
                     out.delta = event.text
@@ -112,11 +113,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 stream.cancel()
 
 
-def _served_inputs(request) -> list[str]:
-    """What a prediction record keeps as the served input of each row: the texts, or for a
-    chat request (one row) its turns as JSON, so feedback on a chat answer has its prompt."""
-    if request.messages:
-        return [json.dumps([{"role": m.role, "content": m.content} for m in request.messages])]
-    if hasattr(request, "inputs"):
-        return list(request.inputs)
-    return [request.input]
+def _served_inputs(texts: Sequence[str], messages: Sequence[common_pb2.ChatMessage]) -> list[str]:
+    """What a prediction record keeps as the served input of each row: the texts (Predict's
+    `inputs`, PredictStream's one `input`), or for a chat request (one row) its turns as JSON,
+    so feedback on a chat answer has its prompt."""
+    if messages:
+        return [json.dumps([{"role": m.role, "content": m.content} for m in messages])]
+    return list(texts)

@@ -19,7 +19,7 @@ from tuneserve_server.domain.evaluations import KIND_EVALUATION, Evaluation, Eva
 from tuneserve_server.domain.jobs import JobState
 from tuneserve_server.storage import schema
 from tuneserve_server.storage.rows import job_from_row
-from tuneserve_server.storage.sql import has_nul, page_after, strip_nul, valid_page_size
+from tuneserve_server.storage.sql import has_nul, strip_nul
 
 J = schema.jobs
 
@@ -57,8 +57,8 @@ def _not_found(namespace: str, evaluation_id: str) -> NotFound:
 
 
 class EvaluationsMixin:
-    """The evaluation half of SqlStore (it supplies the transactions, the dialect and the
-    jobs' own state machine)."""
+    """The evaluation half of SqlStore (it supplies the transactions, the dialect, the
+    jobs' own state machine and the listing query, `_list_rows`, it shares with ListJobs)."""
 
     def create_evaluation(self, spec: EvaluationSpec) -> tuple[Evaluation, bool]:
         """Insert a QUEUED evaluation; idempotent on (namespace, request_id), which it shares
@@ -126,21 +126,8 @@ class EvaluationsMixin:
         page_token: str = "",
     ) -> tuple[list[Evaluation], str]:
         """Newest first; `adapter_name`: evaluations whose first adapter target is that name."""
-        size = valid_page_size(page_size)
-        after = page_after(page_token)
-        if has_nul(namespace, adapter_name):
-            return [], ""
-        query = sa.select(J).where(J.c.namespace == namespace, J.c.kind == KIND_EVALUATION)
-        if states:
-            query = query.where(sa.or_(*(J.c.state == s.value for s in states)))
-        if adapter_name:
-            query = query.where(J.c.adapter_name == adapter_name)
-        if after is not None:
-            query = query.where(J.c.seq < after)
-        with self._autocommit() as tx:
-            rows = tx.rows(query.order_by(J.c.seq.desc()).limit(size + 1))
-        token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
-        return [evaluation_from_row(r) for r in rows[:size]], token
+        rows, token = self._list_rows(namespace, KIND_EVALUATION, states, adapter_name, page_size, page_token)
+        return [evaluation_from_row(r) for r in rows], token
 
     def cancel_evaluation(self, namespace: str, evaluation_id: str) -> Evaluation:
         return evaluation_from_row(self._cancel(namespace, evaluation_id, KIND_EVALUATION, _not_found))

@@ -225,11 +225,26 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin, FeedbackMixin, Evaluatio
         page_size: int = 50,
         page_token: str = "",
     ) -> tuple[list[Job], str]:
+        rows, token = self._list_rows(namespace, KIND_TRAIN, states, adapter_name, page_size, page_token)
+        return [job_from_row(r) for r in rows], token
+
+    def _list_rows(
+        self,
+        namespace: str,
+        kind: str,
+        states: Sequence[JobState],
+        adapter_name: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of a namespace's job rows of `kind` (training job or evaluation), newest
+        first, filtered by state (any of `states`; none: all) and adapter name (none: all),
+        and the next page's token ("" on the last page). ListJobs and ListEvaluations."""
         size = valid_page_size(page_size)
         after = page_after(page_token)
         if has_nul(namespace, adapter_name):
             return [], ""
-        query = sa.select(J).where(J.c.namespace == namespace, J.c.kind == KIND_TRAIN)
+        query = sa.select(J).where(J.c.namespace == namespace, J.c.kind == kind)
         if states:
             query = query.where(sa.or_(*(J.c.state == s.value for s in states)))
         if adapter_name:
@@ -239,7 +254,7 @@ class SqlStore(DatasetsMixin, RegistryMixin, KeysMixin, FeedbackMixin, Evaluatio
         with self._autocommit() as tx:
             rows = tx.rows(query.order_by(J.c.seq.desc()).limit(size + 1))
         token = str(rows[size - 1]["seq"]) if len(rows) > size else ""
-        return [job_from_row(r) for r in rows[:size]], token
+        return rows[:size], token
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
         with self._autocommit() as tx:
