@@ -573,7 +573,14 @@ def test_a_polling_replica_never_misses_a_change_made_concurrently(open_store, m
                 job.id, worker_id, {}, _record(spec, version, job.id), promote=version % 3 != 0
             )
             if version % 3 == 0:
-                store.delete_adapter_versions(spec.namespace, spec.adapter_name, version)
+                try:
+                    store.delete_adapter_versions(spec.namespace, spec.adapter_name, version)
+                except FailedPrecondition:
+                    # Writers finish out of order: when version 3 is the adapter's first
+                    # completed version it becomes `default` anyway, and an alias target
+                    # cannot be deleted. The change stream, not the delete, is under test.
+                    aliases = store.adapter_aliases(spec.namespace, spec.adapter_name)
+                    assert [(a.alias, a.version) for a in aliases] == [("default", version)]
 
     poller = threading.Thread(target=poll)
     poller.start()
