@@ -363,14 +363,17 @@ def report(path: Path) -> str:
         by[(row["per"], row["name"])].append(row)
     pers = sorted({p for p, _ in by})
     missing = [p for p in SLICES if p not in pers]
-    when = sorted(r["at"][:10] for r in done.values() if "at" in r) or [time.strftime("%Y-%m-%d")]
+    stamps = sorted(r["at"] for r in done.values() if "at" in r) or [time.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    when = [t[:10] for t in stamps]
+    first_at, last_at = stamps[0][11:16], stamps[-1][11:16]
     seeds = {p: sorted({r["seed"] for r in done.values() if r["per"] == p}) for p in pers}
     rows_of = {p: next(r["train_rows"] for r in done.values() if r["per"] == p) for p in pers}
     summaries = {p: slice_summary(by, p) for p in pers}
     lines = [
         f"Measured {when[0]}{'' if when[0] == when[-1] else ' to ' + when[-1]} on a {harness.cpu_model()} "
         f"({os.cpu_count()} cores, shared with other work: the times move with the load, the accuracies "
-        f"do not), torch threads 2; {harness.code_version()}.",
+        f"do not), torch threads 2; runs finished {first_at} to {last_at} UTC; report from {harness.code_version()} "
+        "(the runs' training code, server/, is the same: the sweep changed only bench/).",
         "",
         f"- **Command:** `{harness.command_as_run('small_data.py', sys.argv[1:])}`; the runs were made by "
         "`--sweep` (the grid in `PLAN`, most informative first; the runs take the shared heavy-work lock "
