@@ -234,9 +234,12 @@ def _sweep(path, budget_s, plan, deadline, done, spent, lock) -> None:
         k = key(per, seed, name)
         if k in done:
             continue
-        if spent > budget_s or time.time() + estimate_s(per, seed, optimizer) > deadline:
+        if spent > budget_s or time.time() > deadline:
             harness.log(f"budget or deadline reached ({spent:.0f} s of lock time); stopping before {k}")
             break
+        if time.time() + estimate_s(per, seed, optimizer) > deadline:
+            harness.log(f"{k} would end after the deadline; trying the next, shorter runs")
+            continue
         with_baseline = not any(
             r["per"] == per and r["seed"] == seed and "baseline" in r for r in done.values()
         )
@@ -244,8 +247,8 @@ def _sweep(path, budget_s, plan, deadline, done, spent, lock) -> None:
         estimate = estimate_s(per, seed, optimizer)
         lock.acquire(estimate)
         if time.time() + estimate > deadline:
-            harness.log(f"the run would end after the deadline; stopping before {k}")
-            break
+            harness.log(f"{k} would end after the deadline; trying the next, shorter runs")
+            continue
         started, cpu = time.monotonic(), time.process_time()
         row = one_run(per, seed, optimizer, with_baseline)
         row["lock_s"] = time.monotonic() - started  # the run's share of the lock: train + test + baseline
