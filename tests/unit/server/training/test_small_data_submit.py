@@ -154,3 +154,25 @@ def test_large_sets_train_at_least_as_long_as_before():
         steps = math.ceil(n / 32) * chosen["epochs"]
         assert chosen["epochs"] <= auto_defaults.MAX_EPOCHS
         assert steps >= auto_defaults.MIN_STEPS or chosen["epochs"] == auto_defaults.MAX_EPOCHS
+
+
+def test_the_sweep_holds_the_rules_configuration_at_every_slice():
+    """docs/benchmarks.md compares the defaults with the best of the sweep at each Banking77 slice
+    (bench/small_data.py, bench/results/small_data.jsonl): that needs the rule's own configuration to
+    have run there. A change to the rule fails here until the sweep is rerun for it."""
+    import json
+    from collections import defaultdict
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[4] / "bench" / "results" / "small_data.jsonl"
+    runs: dict[int, set[str]] = defaultdict(set)
+    rows: dict[int, int] = {}
+    for line in results.read_text().splitlines():
+        if line.strip():
+            run = json.loads(line)
+            runs[run["per"]].add(run["name"])
+            rows[run["per"]] = run["train_rows"]
+    assert {5, 10, 30} <= set(runs)
+    for per, names in runs.items():
+        chosen = auto_defaults.resolve(rows[per])
+        assert f"e{chosen['epochs']}-lr{chosen['learning_rate']:g}" in names, (per, sorted(names))
