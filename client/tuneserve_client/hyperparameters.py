@@ -1,7 +1,7 @@
 """The training hyperparameters, described once: read from the proto `Hyperparameters` message.
 
 Each leaf field of `tuneserve.v1.Hyperparameters` (its sections lora / optimizer / evaluation /
-causal_lm / preference and their fields) becomes one `Hyperparameter`: its path, its `Client.train` keyword,
+causal_lm / preference / search and their fields) becomes one `Hyperparameter`: its path, its `Client.train` keyword,
 its `tuneserve train` flag and a help line. `Client.train` and the CLI are built from
 `HYPERPARAMETERS`, so a field added to the proto gets a keyword and a flag without more code;
 `_NOTES` gives it a help line (the tests fail until it has one). The server's conversion walks
@@ -98,6 +98,20 @@ _NOTES: dict[str, _Note] = {
     ),
     "preference.label_smoothing": _Note(
         "preference: assumed fraction of flipped pairs, in [0, 0.5) (conservative DPO; sigmoid only)"
+    ),
+    "search.trials": _Note(
+        "classification: run a hyperparameter search of N trials in the job, publish the best "
+        "(0: none; server limit: max_search_trials)",
+        kwarg="search_trials",
+    ),
+    "search.budget_seconds": _Note(
+        "search: wall-clock seconds for the trials (0: no limit; the first trial always finishes)",
+        kwarg="search_budget",
+    ),
+    "search.parameters": _Note(
+        "search: what is searched, of learning_rate, steps, lora_rank (default: learning_rate steps)",
+        kwarg="search_parameters",
+        minimum=None,
     ),
 }
 

@@ -125,6 +125,11 @@ class Settings:
     )
     watch_poll_s: float = _s("how often a WatchJob stream checks the job's event log", default=0.25)
     max_lora_rank: int = _s("largest LoRA rank accepted", default=64)
+    max_search_trials: int = _s(
+        "most trials one job's hyperparameter search (hyperparameters.search.trials) may run; "
+        "0: no job may search",
+        default=20,
+    )
     registry_poll_s: float = _s("how often a server checks the registry for new versions", default=0.5)
     worker_lease_s: float = _s("job lease; a worker silent this long loses the job", default=60.0)
     worker_poll_s: float = _s("how often an idle worker looks for queued jobs", default=0.5)
@@ -315,6 +320,7 @@ def validate(s: Settings) -> Settings:
         "max_evaluation_targets",
     ):
         need(getattr(s, name) >= 1, name, "must be at least 1")
+    need(0 <= s.max_search_trials <= 1000, "max_search_trials", "must be 0..1000")
     need(s.prediction_log_flush_s > 0, "prediction_log_flush_s", "must be positive")
     need(s.prediction_retention_s > 0, "prediction_retention_s", "must be positive")
     for name in (

@@ -292,6 +292,10 @@ def test_causal_lm_adapter_trained_and_used_from_the_cli(
         "preference.beta": 0.25,
         "preference.loss_type": "sigmoid",
         "preference.label_smoothing": 0.25,
+        # A causal-LM job: no search (classification only), its budget and parameters inert.
+        "search.trials": 0,
+        "search.budget_seconds": 30.0,
+        "search.parameters": ["steps"],
     }
     assert sorted(given) == sorted(BY_PATH)  # a new field needs a value here
     flags: list[str] = []

@@ -146,16 +146,28 @@ class PreferenceConfig(_message.Message):
     label_smoothing: float
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
 
+class SearchConfig(_message.Message):
+    __slots__ = ("trials", "budget_seconds", "parameters")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    trials: int
+    budget_seconds: float
+    parameters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, trials: _Optional[int] = ..., budget_seconds: _Optional[float] = ..., parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Hyperparameters(_message.Message):
-    __slots__ = ("lora", "optimizer", "evaluation", "causal_lm", "preference")
+    __slots__ = ("lora", "optimizer", "evaluation", "causal_lm", "preference", "search")
     LORA_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     CAUSAL_LM_FIELD_NUMBER: _ClassVar[int]
     PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     lora: LoraConfig
     optimizer: OptimizerConfig
     evaluation: EvaluationConfig
     causal_lm: CausalLMConfig
     preference: PreferenceConfig
-    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationConfig, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ...) -> None: ...
+    search: SearchConfig
+    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationConfig, _Mapping]] = ..., causal_lm: _Optional[_Union[CausalLMConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., search: _Optional[_Union[SearchConfig, _Mapping]] = ...) -> None: ...

@@ -94,6 +94,25 @@ class PreferenceSettings:
     label_smoothing: float = 0.0
 
 
+SEARCH_PARAMETERS = ("learning_rate", "steps", "lora_rank")
+DEFAULT_SEARCH_PARAMETERS = ("learning_rate", "steps")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Classification: a hyperparameter search inside the job (training/search.py); trials 0 is
+    no search. budget_seconds 0: no time limit (the trials are still capped by the server's
+    max_search_trials). parameters: a subset of SEARCH_PARAMETERS; () is the default pair."""
+
+    trials: int = 0
+    budget_seconds: float = 0.0
+    parameters: tuple[str, ...] = ()
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        return self.parameters or DEFAULT_SEARCH_PARAMETERS
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -101,21 +120,29 @@ class Hyperparameters:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     causal_lm: CausalLMSettings = field(default_factory=CausalLMSettings)
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        # Written only when set, so a spec without a search keeps the fingerprint it always had.
+        if self.search == SearchSettings():
+            del out["search"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hyperparameters:
         # Rows written before a section existed read back with that section's defaults.
         lora = dict(data.get("lora", {}))
         lora["target_modules"] = tuple(lora.get("target_modules", ()))
+        search = dict(data.get("search", {}))
+        search["parameters"] = tuple(search.get("parameters", ()))
         return cls(
             LoraSettings(**lora),
             OptimizerSettings(**data.get("optimizer", {})),
             EvaluationSettings(**data.get("evaluation", {})),
             CausalLMSettings(**data.get("causal_lm", {})),
             PreferenceSettings(**data.get("preference", {})),
+            SearchSettings(**search),
         )
 
 

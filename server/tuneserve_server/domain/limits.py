@@ -20,6 +20,7 @@ class TrainLimits:
     linear_modules: frozenset[str]
     default_targets: tuple[str, ...]
     max_positions: int = 512
+    max_search_trials: int = 20  # hyperparameters.search.trials at most this many
     # Token counter for the data report's length checks (a tokenizer of the served base that
     # is safe to call off the torch thread); None: lengths are not measured.
     count_tokens: Callable[[list[str]], list[int]] | None = None

@@ -212,6 +212,7 @@ class InferenceEngine:
             max_train_examples=self.settings.max_train_examples,
             max_text_chars=self.settings.max_text_chars,
             max_lora_rank=self.settings.max_lora_rank,
+            max_search_trials=self.settings.max_search_trials,
             linear_modules=frozenset(self.linear_modules),
             default_targets=self.default_targets,
             max_positions=self.max_positions,

@@ -56,7 +56,8 @@ NEVER = 10**9  # eval_every_steps of the final run: it evaluates once, at its la
 
 class ClassificationJob:
     """The classification Recipe the worker registers: the plain recipe for a hold-out job, the
-    k-fold orchestration when the spec says "kfold"; every phase is the chosen one's. A job
+    k-fold orchestration when the spec says "kfold", the hyperparameter search (search.py) when
+    the spec has search trials; every phase is the chosen one's. A job
     whose optimizer settings were chosen from the data size says so first (one event)."""
 
     def __init__(
@@ -83,7 +84,15 @@ class ClassificationJob:
             "group_by_length": group_by_length,
         }
         kfold = spec.hyperparameters.evaluation.validation_scheme == "kfold"
-        self.recipe = CrossValidatedClassification(ctx, **kw) if kfold else ClassificationRecipe(ctx, **kw)
+        if spec.hyperparameters.search.trials:
+            # A search wraps either scheme (search.py imports this module: imported here).
+            from tuneserve_server.training.search import HyperparameterSearch
+
+            self.recipe = HyperparameterSearch(ctx, **kw)
+        elif kfold:
+            self.recipe = CrossValidatedClassification(ctx, **kw)
+        else:
+            self.recipe = ClassificationRecipe(ctx, **kw)
 
     def setup(self) -> None:
         self.recipe.setup()

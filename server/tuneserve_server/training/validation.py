@@ -16,6 +16,7 @@ from tuneserve_server.domain.aliases import check_promotion
 from tuneserve_server.domain.errors import DataRejected, FailedPrecondition, Violations
 from tuneserve_server.domain.jobs import (
     PREFERENCE_LOSSES,
+    SEARCH_PARAMETERS,
     CausalExample,
     CausalLMSettings,
     EvaluationSettings,
@@ -27,6 +28,7 @@ from tuneserve_server.domain.jobs import (
     OptimizerSettings,
     PreferenceExample,
     PreferenceSettings,
+    SearchSettings,
     TaskType,
 )
 from tuneserve_server.domain.limits import TrainLimits
@@ -44,6 +46,9 @@ from tuneserve_server.training.evaluation import METRICS
 from tuneserve_server.training.folds import MAX_FOLDS, MIN_FOLDS, usable_folds
 
 DEFAULT_VALIDATION_FRACTION = 0.1
+# A kfold job's search trials are scored on this fraction of its training rows (search_split).
+SEARCH_HOLDOUT_FRACTION = 0.2
+MAX_SEARCH_BUDGET_S = 86_400.0
 
 
 InlineExample = tuple[str, str] | CausalExample | PreferenceExample | None
@@ -67,6 +72,7 @@ class TrainInput:
     evaluation: dict[str, Any] = field(default_factory=dict)
     causal_lm: dict[str, Any] = field(default_factory=dict)
     preference: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
     dataset_id: str = ""
     validation_dataset_id: str = ""
     # {"policy", "metric", "tolerance", "eval_dataset_id"} (domain/aliases.check_promotion)
@@ -368,7 +374,48 @@ def _hyperparameters(req: TrainInput, limits: TrainLimits, v: Violations) -> Hyp
         EvaluationSettings(**eval_kw),
         CausalLMSettings(**lm_kw),
         _preference_settings(req.preference, v),
+        _search_settings(req, limits, v),
     )
+
+
+def _search_settings(req: TrainInput, limits: TrainLimits, v: Violations) -> SearchSettings:
+    """hyperparameters.search: trials within the server's cap, a finite non-negative budget, known
+    parameters, trials on classification only. Budget and parameters do nothing without trials
+    (accepted: a job's hyperparameters as the server echoes them hold every field)."""
+    values = req.search
+    trials, budget = values.get("trials"), values.get("budget_seconds")
+    params = [str(p).strip() for p in values.get("parameters") or ()]
+    kw: dict[str, Any] = {}
+    if trials is not None:
+        if not 0 <= trials <= limits.max_search_trials:
+            v.add(
+                "hyperparameters.search.trials",
+                f"must be in [0, {limits.max_search_trials}] (the server's max_search_trials)",
+            )
+        kw["trials"] = int(trials)
+    if budget is not None:
+        if not 0.0 <= budget <= MAX_SEARCH_BUDGET_S:  # NaN fails too
+            v.add("hyperparameters.search.budget_seconds", f"must be in [0, {MAX_SEARCH_BUDGET_S:g}] seconds")
+        kw["budget_seconds"] = float(budget)
+    unknown = [p for p in params if p not in SEARCH_PARAMETERS]
+    if unknown:
+        v.add(
+            "hyperparameters.search.parameters",
+            f"{', '.join(unknown) or 'an empty name'} unknown; use {', '.join(SEARCH_PARAMETERS)}",
+        )
+    elif len(set(params)) != len(params):
+        v.add("hyperparameters.search.parameters", "names a parameter twice")
+    kw["parameters"] = tuple(params)
+    if kw.get("trials") and req.task is not None and req.task is not TaskType.CLASSIFICATION:
+        v.add("hyperparameters.search.trials", "the search is for classification jobs only")
+    return SearchSettings(**kw)
+
+
+def search_split(rows: Sequence[Example], seed: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    """A kfold job's rows for its search trials: (train, held out), split like a hold-out
+    (split_rows: stratified, repeated texts kept on one side) with SEARCH_HOLDOUT_FRACTION."""
+    train, held = split_rows(list(enumerate(rows)), SEARCH_HOLDOUT_FRACTION, seed)
+    return tuple(ex for _, ex in train), tuple(ex for _, ex in held)
 
 
 def _preference_settings(values: dict[str, Any], v: Violations) -> PreferenceSettings:
@@ -540,6 +587,16 @@ def prepare_job(
             if not validation:
                 v.add("training_examples", "too few examples to hold out a validation split")
     hyper = replace(hyper, evaluation=replace(hyper.evaluation, validation_scheme=scheme))
+    if (
+        scheme == "kfold"
+        and hyper.search.trials
+        and not search_split([ex for _, ex in train], hyper.optimizer.seed)[1]
+    ):
+        v.add(
+            "hyperparameters.search.trials",
+            "too few examples to hold out a split for the search trials (kfold jobs score them on "
+            f"{SEARCH_HOLDOUT_FRACTION:.0%} of the training rows)",
+        )
     v.raise_if_any("invalid training data")
     hyper, auto = _auto_optimizer(req, hyper, len(train))
 

@@ -219,6 +219,7 @@ def test_server_conversion_keeps_unset_as_server_default():
         "evaluation": {"metric_for_best": "", "validation_scheme": ""},
         "causal_lm": {"train_on_prompt": False},
         "preference": {"loss_type": ""},
+        "search": {"parameters": []},
     }
     given = common_pb2.Hyperparameters(
         optimizer=common_pb2.OptimizerConfig(seed=0, max_steps=0),
@@ -277,6 +278,9 @@ def test_server_round_trip_of_every_field():
         "preference.beta": 0.25,
         "preference.loss_type": "sigmoid",
         "preference.label_smoothing": 0.25,
+        "search.trials": 3,
+        "search.budget_seconds": 30.0,
+        "search.parameters": ["steps", "lora_rank"],
     }
     assert sorted(given) == sorted(PATHS)  # a new field needs a value here
     request = training_pb2.TrainRequest(
