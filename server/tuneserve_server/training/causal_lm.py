@@ -41,6 +41,7 @@ from tuneserve_server.modeling_lm import (
 from tuneserve_server.observability.metrics import TRAIN_LAST_CHECKPOINT
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.checkpoint import TrainPosition
+from tuneserve_server.training.fast_steps import use_fast_dropout
 from tuneserve_server.training.optimiser_loop import OptimiserLoop, make_optimizer, total_steps
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
@@ -110,6 +111,7 @@ class CausalLMRecipe:
             bias="none",
         )
         self.model = get_peft_model(lm, config)
+        use_fast_dropout(self.model)  # the same Bernoulli masks, ~4x cheaper on CPU (fast_steps.py)
         if self.ctx.init is not None:  # continued training: the stored LoRA factors
             load_lora_weights(self.model, self.ctx.init)
         self.suffix = completion_suffix(self.tokenizer)

@@ -46,7 +46,7 @@ from tuneserve_server.training.baseline import MAX_BASELINE_ROWS, LogisticBaseli
 from tuneserve_server.training.batching import length_grouped_batches, shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
-from tuneserve_server.training.fast_steps import FrozenWeights, adamw
+from tuneserve_server.training.fast_steps import FrozenWeights, adamw, use_fast_dropout
 from tuneserve_server.training.metrics import accuracy, macro_f1
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
@@ -101,6 +101,7 @@ class ClassificationRecipe:
         self.uncertainty: UncertaintyModel | None = None
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
+        self.loop_seconds = 0.0  # forward, backward and optimiser steps only
         self.examples_this_run = 0
         self.total_steps = 0
         self.progress = JobProgress()
@@ -125,6 +126,7 @@ class ClassificationRecipe:
             bias="none",
         )
         self.model = get_peft_model(encoder, config)
+        use_fast_dropout(self.model)  # the same Bernoulli masks, ~4x cheaper on CPU (fast_steps.py)
         hidden = encoder.config.hidden_size
         self.head = torch.nn.Linear(hidden, len(self.labels)).to(self.device)
         if self.ctx.init is not None:  # continued training: the stored LoRA and head rows
@@ -253,10 +255,12 @@ class ClassificationRecipe:
                 # Interruptions land between optimiser steps, never inside an accumulation.
                 self.ctx.interruption_point(partial(self._checkpoint, optimizer, schedule, pos))
                 group = batches[first : first + accum]
+                step_started = time.monotonic()
                 value = self.accumulate_gradients(group, features, targets)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
+                self.loop_seconds += time.monotonic() - step_started
                 pos = TrainPosition(
                     step=pos.step + 1,
                     epoch=epoch,
@@ -591,6 +595,7 @@ class ClassificationRecipe:
         metrics["train_examples_per_second"] = self.examples_this_run / train_s if train_s else 0.0
         metrics["eval_seconds"] = self.eval_seconds
         metrics["checkpoint_seconds"] = self.checkpoint_seconds
+        metrics["train_loop_seconds"] = self.loop_seconds
         metrics["total_steps"] = float(self.total_steps)
         if self.resumed_from_step:
             metrics["resumed_from_step"] = float(self.resumed_from_step)

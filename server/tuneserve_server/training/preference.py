@@ -60,6 +60,7 @@ from tuneserve_server.modeling_lm import completion_suffix, load_causal_lm, rend
 from tuneserve_server.observability.metrics import TRAIN_LAST_CHECKPOINT
 from tuneserve_server.training import checkpoint
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
+from tuneserve_server.training.fast_steps import use_fast_dropout
 from tuneserve_server.training.optimiser_loop import OptimiserLoop, make_optimizer, total_steps
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.recipe import RecipeContext, run_recipe
@@ -202,6 +203,7 @@ class PreferenceRecipe:
             bias="none",
         )
         self.model = get_peft_model(lm, config)
+        use_fast_dropout(self.model)  # the same Bernoulli masks, ~4x cheaper on CPU (fast_steps.py)
         if self.ctx.init is not None:  # SFT -> DPO: policy and reference start as the SFT adapter
             warm_start(self.model, self.ctx.init)
         self.pad_id = self.tokenizer.pad_token_id or 0

@@ -1,13 +1,15 @@
 """training/fast_steps.py: the frozen base weights cast once give exactly the products that
 autocast casting them every step gives (outputs and LoRA gradients); fused AdamW takes plain
-AdamW's steps. (The recipe under bfloat16: test_classification_recipe.py.)"""
+AdamW's steps; FastDropout draws Bernoulli masks of the right rate, independent per element,
+scales like nn.Dropout and back-propagates through the mask. (The recipe under bfloat16:
+test_classification_recipe.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tuneserve_server.training.fast_steps import FrozenWeights, adamw
+from tuneserve_server.training.fast_steps import FastDropout, FrozenWeights, adamw, use_fast_dropout
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -84,3 +86,69 @@ def test_fused_adamw_takes_the_plain_steps():
         results.append([p.detach() for p in params])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.05])
+def test_fast_dropout_drops_at_the_rate_and_scales_like_nn_dropout(p):
+    torch.manual_seed(0)
+    drop = FastDropout(p).train()
+    assert abs(drop.effective_p - p) <= 2**-17
+    x = torch.rand(1000, 1003) + 0.5  # no zeros: a zero output is a dropped element
+    y = drop(x)
+    kept = y != 0
+    n = x.numel()
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma
+    torch.testing.assert_close(y[kept], x[kept] / (1 - drop.effective_p), rtol=1e-6, atol=0)
+    # Same expectation as the input, as nn.Dropout's: mean of y / x over every element ~ 1.
+    assert abs((y / x).mean().item() - 1) < 5 * sigma / (1 - p)
+    # Neighbours (the four 16-bit lanes of one 64-bit draw, and the next draw) are independent.
+    flat = kept.flatten()
+    for shift in (1, 2, 3, 4):
+        both = (flat[:-shift] & flat[shift:]).float().mean().item()
+        assert abs(both - (1 - p) ** 2) < 6 * sigma
+    # Every column (position within a row) drops at the same rate: no lane is biased.
+    lanes = kept.flatten()[: n // 4 * 4].view(-1, 4).float().mean(0)
+    assert torch.all((lanes - (1 - p)).abs() < 5 * sigma * 2)
+
+
+def test_fast_dropout_seeded_eval_identity_and_gradient():
+    drop = FastDropout(0.3)
+    x = torch.randn(7, 33, requires_grad=True)
+    torch.manual_seed(4)
+    a = drop.train()(x)
+    torch.manual_seed(4)
+    b = drop(x)
+    assert torch.equal(a, b)  # the default generator decides the mask: seeds reproduce it
+    assert not torch.equal(drop(x), a)
+    assert drop.eval()(x) is x
+    drop.train()
+    torch.manual_seed(9)
+    y = drop(x)
+    y.sum().backward()
+    torch.manual_seed(9)
+    mask = drop.mask(x.detach())
+    assert torch.equal(x.grad, mask)
+    scale = torch.tensor(1 / (1 - drop.effective_p), dtype=torch.float32).item()
+    assert set(mask.unique().tolist()) == {0.0, scale}
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_keeps_the_model(tiny_base):
+    model = lora_model(tiny_base).eval()
+    before = sum(1 for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0)
+    probs = sorted(m.p for m in model.modules() if type(m) is torch.nn.Dropout)
+    keys = set(model.state_dict())
+    ids = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+    assert use_fast_dropout(model) == before > 0
+    assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules())
+    assert sorted(m.p for m in model.modules() if isinstance(m, FastDropout)) == probs
+    assert set(model.state_dict()) == keys  # what is saved is unchanged
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).last_hidden_state, want)  # eval: no dropout at all
+    model.train()
+    assert all(m.training for m in model.modules() if isinstance(m, FastDropout))
