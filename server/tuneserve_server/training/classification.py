@@ -234,68 +234,70 @@ class ClassificationRecipe:
         self.examples_this_run = 0
         self._report_progress(pos, schedule, event=True)
         # Under autocast the frozen base weights are cast once for the loop, not every step
-        # (fast_steps.py); evaluations swap the float32 ones back in. A job that fails or is
-        # interrupted inside the loop drops the model, so only the normal end restores them.
+        # (fast_steps.py); evaluations swap the float32 ones back in, and the loop's end, however
+        # it ends (done, early stop, cancel, preemption, failure), puts them back for good.
         if self.autocast_dtype is not None:
             self._frozen = FrozenWeights(self.model, self.autocast_dtype)
             self._frozen.low()
-        for epoch in range(1, opt.epochs + 1):
-            # Every epoch's order is drawn even when skipped, so a resumed job sees exactly
-            # the batches the interrupted one would have.
-            batches = self._epoch_batches(lengths, opt.batch_size, rng)
-            if epoch < pos.epoch:
-                continue
-            skip = pos.batches_done if epoch == pos.epoch else 0
-            last_group = (len(batches) - 1) // accum * accum
-            for first in range(0, len(batches), accum):
-                if first < skip:
+        try:
+            for epoch in range(1, opt.epochs + 1):
+                # Every epoch's order is drawn even when skipped, so a resumed job sees exactly
+                # the batches the interrupted one would have.
+                batches = self._epoch_batches(lengths, opt.batch_size, rng)
+                if epoch < pos.epoch:
                     continue
-                if pos.step >= total:
-                    break
-                # Interruptions land between optimiser steps, never inside an accumulation.
-                self.ctx.interruption_point(partial(self._checkpoint, optimizer, schedule, pos))
-                group = batches[first : first + accum]
-                step_started = time.monotonic()
-                value = self.accumulate_gradients(group, features, targets)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.loop_seconds += time.monotonic() - step_started
-                pos = TrainPosition(
-                    step=pos.step + 1,
-                    epoch=epoch,
-                    batches_done=first + len(group),
-                    loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
-                    examples_seen=pos.examples_seen + sum(len(idx) for idx in group),
-                )
-                self.examples_seen = pos.examples_seen
-                self.examples_this_run = pos.examples_seen - seen_at_start
-                TRAIN_STEP.set(pos.step)
-                TRAIN_LOSS.set(pos.loss_ema)
-                self._report_progress(pos, schedule)
-                due = (
-                    pos.step == total
-                    or (ev.eval_every_steps > 0 and pos.step % ev.eval_every_steps == 0)
-                    or (ev.eval_every_steps == 0 and first == last_group)
-                )
-                if due:
-                    self._evaluate_and_track(pos)
-                    if self.tracker.should_stop:
-                        self.stopped_early = True
-                        self._warn(
-                            f"stopped early at step {pos.step}: {self.tracker.metric} did not improve "
-                            f"for {self.tracker.patience} evaluations; keeping step "
-                            f"{self.tracker.best_step} ({self.tracker.metric} {self.tracker.best_value:.4f})"
-                        )
+                skip = pos.batches_done if epoch == pos.epoch else 0
+                last_group = (len(batches) - 1) // accum * accum
+                for first in range(0, len(batches), accum):
+                    if first < skip:
+                        continue
+                    if pos.step >= total:
                         break
-                every = self.ctx.checkpoint_every
-                if every and pos.step % every == 0 and pos.step < total:
-                    self._checkpoint(optimizer, schedule, pos)
-            if self.stopped_early or pos.step >= total:
-                break
-        if self._frozen is not None:
-            self._frozen.release()
-            self._frozen = None
+                    # Interruptions land between optimiser steps, never inside an accumulation.
+                    self.ctx.interruption_point(partial(self._checkpoint, optimizer, schedule, pos))
+                    group = batches[first : first + accum]
+                    step_started = time.monotonic()
+                    value = self.accumulate_gradients(group, features, targets)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    self.loop_seconds += time.monotonic() - step_started
+                    pos = TrainPosition(
+                        step=pos.step + 1,
+                        epoch=epoch,
+                        batches_done=first + len(group),
+                        loss_ema=value if pos.loss_ema is None else 0.9 * pos.loss_ema + 0.1 * value,
+                        examples_seen=pos.examples_seen + sum(len(idx) for idx in group),
+                    )
+                    self.examples_seen = pos.examples_seen
+                    self.examples_this_run = pos.examples_seen - seen_at_start
+                    TRAIN_STEP.set(pos.step)
+                    TRAIN_LOSS.set(pos.loss_ema)
+                    self._report_progress(pos, schedule)
+                    due = (
+                        pos.step == total
+                        or (ev.eval_every_steps > 0 and pos.step % ev.eval_every_steps == 0)
+                        or (ev.eval_every_steps == 0 and first == last_group)
+                    )
+                    if due:
+                        self._evaluate_and_track(pos)
+                        if self.tracker.should_stop:
+                            self.stopped_early = True
+                            self._warn(
+                                f"stopped early at step {pos.step}: {self.tracker.metric} did not improve "
+                                f"for {self.tracker.patience} evaluations; keeping step "
+                                f"{self.tracker.best_step} ({self.tracker.metric} {self.tracker.best_value:.4f})"
+                            )
+                            break
+                    every = self.ctx.checkpoint_every
+                    if every and pos.step % every == 0 and pos.step < total:
+                        self._checkpoint(optimizer, schedule, pos)
+                if self.stopped_early or pos.step >= total:
+                    break
+        finally:
+            if self._frozen is not None:
+                self._frozen.release()
+                self._frozen = None
         self.final_position = pos
 
     def _report_progress(self, pos: TrainPosition, schedule, event: bool = False) -> None:

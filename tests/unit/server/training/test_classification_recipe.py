@@ -346,6 +346,25 @@ def test_bfloat16_training_evaluates_in_float32_and_ends_with_the_float32_weight
     assert recipe._frozen is None
 
 
+def test_a_loop_that_ends_by_an_exception_still_restores_the_float32_weights(source):
+    """Cancelled mid-loop under bfloat16: the frozen weights are float32 again afterwards (a
+    caller that keeps the model, such as a hyperparameter search, never sees the cast copies)."""
+    from tuneserve_server.training.outcomes import JobCancelled
+
+    spec = make_spec(train=12, validation=4, batch=4, epochs=2)
+    cancel = threading.Event()
+    recipe, _ = recipe_for(
+        spec, source, cancel=cancel, on_progress=lambda p: cancel.set() if p.step >= 2 else None
+    )
+    recipe.autocast_dtype = torch.bfloat16
+    weight = recipe.model.base_model.model.encoder.layer[0].attention.self.query.base_layer.weight
+    before = weight.detach().clone()
+    with pytest.raises(JobCancelled):
+        recipe.train()
+    assert weight.dtype == torch.float32 and torch.equal(weight, before)
+    assert recipe._frozen is None
+
+
 def test_evaluation_passes_run_packed_and_equal_the_padded_forward(source):
     """Validation logits and pooled embeddings (with the adapter and with it disabled, as the
     baseline check uses them) come from the packed forward, equal to the padded one."""
