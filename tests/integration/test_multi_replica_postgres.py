@@ -70,6 +70,8 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
     from tuneserve_client import Client
 
     api1, api2 = replicas["api-1"], replicas["api-2"]
+    # A hold-out split, not the k-fold `auto` picks for this little data: replication is under
+    # test here, not validation (k folds would train each job k + 1 times).
     data = banking77("train", per_label=12)
     jobs = []
     with (
@@ -78,7 +80,7 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
     ):
         for i in range(4):  # alternate the API a job is submitted through
             client = (c1, c2)[i % 2]
-            jobs.append(client.train(f"replica-{i % 2}", data, epochs=1, seed=i))
+            jobs.append(client.train(f"replica-{i % 2}", data, epochs=1, seed=i, validation_scheme="holdout"))
 
         # Watched in the database, not through the APIs: GetJob refreshes the API it hits.
         for job in jobs:
@@ -120,12 +122,14 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
     delays: list[float] = []
     with Client(api1.target, timeout=60, api_key=api1.api_key) as c1:
         for i in range(3):
-            job = c1.train("propagate", data, epochs=1, seed=100 + i)
+            job = c1.train("propagate", data, epochs=1, seed=100 + i, validation_scheme="holdout")
             row = wait_state(postgres_dsn, job.id, {"SUCCEEDED"})
             committed = row["finished_at"]
             want = i + 1
             for api in (api1, api2):
+                deadline = time.monotonic() + 30  # liveness only; bench/promotion_propagation.py times it
                 while served_version(api, "propagate") != want:
+                    assert time.monotonic() < deadline, f"{api.target} never served propagate@{want}"
                     time.sleep(0.005)
                 with psycopg.connect(postgres_dsn) as conn:
                     now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
@@ -134,7 +138,6 @@ def test_two_apis_two_workers_one_postgres(replicas, postgres_dsn):
         f"\nnew version -> served by both APIs: p50 {statistics.median(delays) * 1000:.0f} ms, "
         f"max {max(delays) * 1000:.0f} ms over {len(delays)} (registry_poll_s=0.2)"
     )
-    assert max(delays) < 5.0
 
 
 def test_killing_a_worker_mid_job_lets_the_other_finish_it(replicas, postgres_dsn):
