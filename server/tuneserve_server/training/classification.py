@@ -46,7 +46,7 @@ from tuneserve_server.training.baseline import MAX_BASELINE_ROWS, LogisticBaseli
 from tuneserve_server.training.batching import length_grouped_batches, shuffled_batches
 from tuneserve_server.training.checkpoint import Extras, TrainPosition
 from tuneserve_server.training.evaluation import BestTracker, resolve_metric
-from tuneserve_server.training.fast_steps import FrozenWeights, adamw, use_fast_dropout
+from tuneserve_server.training.fast_steps import FrozenWeights, adamw, inference_weights, use_fast_dropout
 from tuneserve_server.training.metrics import accuracy, macro_f1
 from tuneserve_server.training.outcomes import TrainResult
 from tuneserve_server.training.precision import training_autocast_dtype
@@ -203,7 +203,7 @@ class ClassificationRecipe:
         hp = self.spec.hyperparameters
         opt, ev = hp.optimizer, hp.evaluation
         accum = max(1, opt.gradient_accumulation_steps)
-        features = self._encode(self.spec.train)
+        features = self._train_features = self._encode(self.spec.train)
         lengths = [len(f["input_ids"]) for f in features]
         targets = self._targets(self.spec.train)
         _, total = self.plan()
@@ -355,10 +355,17 @@ class ClassificationRecipe:
     # ---------------------------------------------------------------- evaluate
     def validation_logits(self) -> torch.Tensor:
         """Float32 logits of every validation row (in spec order), computed in eval mode in
-        length-sorted batches."""
+        length-sorted batches; their pooled embeddings are kept in `_val_pooled` (the
+        uncertainty fit reuses the best evaluation's)."""
         if not hasattr(self, "_val_features"):
             self._val_features = self._encode(self.spec.validation)
-        return self._eval_pass(self._val_features, self._logits, len(self.labels))
+        pooled = self._val_pooled = self._eval_pass(self._val_features, self._pooled, self.head.in_features)
+        was_training = self.head.training
+        self.head.eval()
+        with torch.no_grad():  # the head is trainable: float32 whatever FrozenWeights holds
+            logits = self.head(pooled.to(self.device)).float().cpu()
+        self.head.train(was_training)
+        return logits
 
     def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
@@ -437,6 +444,9 @@ class ClassificationRecipe:
         state["head.bias"] = self.head.bias.detach().clone()
         state["logits"] = logits.detach().clone()
         self.best_state = state
+        # The uncertainty fit's validation embeddings, for as long as these are the validation rows.
+        pooled = getattr(self, "_val_pooled", None)
+        self._best_pooled = (self.spec.validation, pooled) if pooled is not None else None
 
     def restore_best(self) -> None:
         """Load the best evaluation's weights into the model and head."""
@@ -485,26 +495,44 @@ class ClassificationRecipe:
             metrics.update(self._baseline(metrics))
         return metrics
 
-    def _sample_train_rows(self, limit: int) -> tuple[LabelledText, ...]:
-        """The training rows, or `limit` of them drawn with the job's seed (in file order)."""
+    def _sample_train_rows(self, limit: int) -> tuple[tuple[LabelledText, ...], list[dict[str, list[int]]]]:
+        """The training rows, or `limit` of them drawn with the job's seed (in file order), and
+        their token ids (the training loop's, when it ran in this process)."""
         rows = self.spec.train
-        if len(rows) <= limit:
-            return rows
-        keep = sorted(random.Random(self.spec.hyperparameters.optimizer.seed).sample(range(len(rows)), limit))
-        return tuple(rows[i] for i in keep)
+        if not hasattr(self, "_train_features"):
+            self._train_features = self._encode(rows)
+        keep = list(range(len(rows)))
+        if len(rows) > limit:
+            keep = sorted(random.Random(self.spec.hyperparameters.optimizer.seed).sample(keep, limit))
+        return tuple(rows[i] for i in keep), [self._train_features[i] for i in keep]
+
+    def _fit_embeddings(self, features: list[dict[str, list[int]]], adapter: bool) -> torch.Tensor:
+        """Pooled embeddings for the end-of-job fits (with the adapter: the OOD detector's class
+        means and covariance, from training rows; without: the baseline's features). Computed at
+        the training precision (bfloat16 autocast where the loop used it) with the LoRA products
+        folded into the weights (fast_steps.inference_weights): one matmul per Linear. The
+        validation rows, against which every request-time guarantee is checked, keep
+        `_eval_pass`'s float32 path (what Predict computes)."""
+        dtype = self.autocast_dtype
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        self.model.eval()
+        with (
+            inference_weights(self.model, dtype, adapter=adapter),
+            torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            return self._eval_pass(features, self._pooled, self.head.in_features)
 
     def _baseline(self, metrics: dict[str, float]) -> dict[str, float]:
         """Logistic regression on the frozen base model's pooled embeddings (training rows, up to
         MAX_BASELINE_ROWS), scored on the validation split like the adapter; a WARNING when the
         adapter does not beat it by baseline.MARGIN."""
         started = time.monotonic()
-        rows = self._sample_train_rows(MAX_BASELINE_ROWS)
-        width = self.head.in_features
+        rows, features = self._sample_train_rows(MAX_BASELINE_ROWS)
         if not hasattr(self, "_val_features"):
             self._val_features = self._encode(self.spec.validation)
-        with self.model.disable_adapter():  # peft: the base weights alone
-            train_x = self._eval_pass(self._encode(rows), self._pooled, width)
-            val_x = self._eval_pass(self._val_features, self._pooled, width)
+        # The base weights alone, for the training and the validation rows alike.
+        train_x = self._fit_embeddings(features, adapter=False)
+        val_x = self._fit_embeddings(self._val_features, adapter=False)
         model = self.baseline_model = LogisticBaseline.fit(train_x, self._targets(rows), len(self.labels))
         y_true = self._targets(self.spec.validation).tolist()
         y_pred = model.predict(val_x).tolist()
@@ -550,11 +578,17 @@ class ClassificationRecipe:
         ev = self.spec.hyperparameters.evaluation
         probs = torch.softmax(logits.double() / self.temperature, dim=-1)
         width = self.head.in_features
-        if not hasattr(self, "_val_features"):  # resumed after the last evaluation
-            self._val_features = self._encode(self.spec.validation)
-        val_embeddings = self._eval_pass(self._val_features, self._pooled, width)
-        rows = self._sample_train_rows(MAX_COVARIANCE_ROWS)  # bounds the time; plenty for the covariance
-        train_embeddings = self._eval_pass(self._encode(rows), self._pooled, width)
+        kept = getattr(self, "_best_pooled", None)
+        if kept is not None and kept[0] is self.spec.validation and len(kept[1]) == len(y):
+            val_embeddings = kept[1]  # the best evaluation's pass (eval mode, the same weights)
+        else:  # resumed after the best evaluation, or other rows (cross-validation's held-out ones)
+            if not hasattr(self, "_val_features"):
+                self._val_features = self._encode(self.spec.validation)
+            val_embeddings = self._eval_pass(self._val_features, self._pooled, width)
+        rows, features = self._sample_train_rows(
+            MAX_COVARIANCE_ROWS
+        )  # bounds the time; plenty for the covariance
+        train_embeddings = self._fit_embeddings(features, adapter=True)
         self.uncertainty = UncertaintyModel.fit(
             probs,
             y,

@@ -382,9 +382,7 @@ class CrossValidatedClassification:
         one logistic regression per fold on its training rows, scored on its held-out rows."""
         started = time.monotonic()
         rows = self.spec.train
-        width = final.head.in_features
-        with final.model.disable_adapter():
-            x = final._eval_pass(final._encode(rows), final._pooled, width)
+        x = final._fit_embeddings(final._encode(rows), adapter=False)  # the base weights alone
         y_all = self._targets(list(range(len(rows))))
         pred = torch.full((len(rows),), -1, dtype=torch.long)
         per_fold = []

@@ -14,7 +14,12 @@
   mask from four 16-bit lanes of each 64-bit draw of the same generator is ~4x cheaper
   (mask, scaling and backward); the drop probability is rounded to a multiple of 2**-16
   (0.1 -> 0.100006) and the kept values are scaled by 1 / (1 - that), so the expectation is
-  exact. Off the CPU torch's own fused dropout is kept."""
+  exact. Off the CPU torch's own fused dropout is kept.
+- `inference_weights`: for a forward pass that needs no gradients (the end-of-job passes over
+  the training rows), every LoRA layer's product folded into a temporary copy of its base
+  weight (W + scaling * B @ A, peft's `get_delta_weight`) and every frozen Linear weight held in
+  the pass dtype, so each adapted Linear is one matmul instead of three plus an add; the
+  model's own weights are put back untouched on exit (no merge / unmerge round trip)."""
 
 from __future__ import annotations
 
@@ -129,3 +134,47 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
                 setattr(parent, name, replacement)
                 swapped += 1
     return swapped
+
+
+@contextmanager
+def inference_weights(
+    model: torch.nn.Module, dtype: torch.dtype | None, adapter: bool = True
+) -> Iterator[None]:
+    """Within the block `model` (a peft model in eval mode, under no_grad) computes with the
+    LoRA products merged into its base weights (`adapter`) or with the base weights alone
+    (not `adapter`), every frozen Linear weight in `dtype` (None: as it is). For passes only:
+    the trainable parameters are not used inside. Restores every weight on exit."""
+    from peft.tuners.lora import LoraLayer
+
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    # Handled with their LoRA layer (the base) or unused inside (the adapter's own A and B).
+    skip = {id(m.get_base_layer()) for m in layers}
+    skip |= {id(sub) for m in layers for factors in (m.lora_A, m.lora_B) for sub in factors.values()}
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, LoraLayer):
+                    base = module.get_base_layer()
+                    weight = base.weight.data
+                    merged = weight
+                    if adapter:
+                        for name in module.active_adapters:
+                            if name in module.lora_A:
+                                merged = merged + module.get_delta_weight(name).to(weight.dtype)
+                    swapped.append((base.weight, weight))
+                    base.weight.data = merged.to(dtype) if dtype is not None else merged
+                elif (
+                    isinstance(module, torch.nn.Linear)
+                    and id(module) not in skip
+                    and dtype is not None
+                    and not module.weight.requires_grad
+                    and module.weight.is_floating_point()
+                ):
+                    swapped.append((module.weight, module.weight.data))
+                    module.weight.data = module.weight.data.to(dtype)
+        with model.disable_adapter():  # the LoRA branch is off: its product is in the weights
+            yield
+    finally:
+        for weight, data in reversed(swapped):
+            weight.data = data

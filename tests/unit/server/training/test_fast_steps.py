@@ -1,7 +1,9 @@
 """training/fast_steps.py: the frozen base weights cast once give exactly the products that
 autocast casting them every step gives (outputs and LoRA gradients); fused AdamW takes plain
 AdamW's steps; FastDropout draws Bernoulli masks of the right rate, independent per element,
-scales like nn.Dropout and back-propagates through the mask. (The recipe under bfloat16:
+scales like nn.Dropout and back-propagates through the mask; inference_weights (LoRA folded
+into temporary weights) computes peft's forward, with and without the adapter, and puts every
+weight back. (The recipe under bfloat16:
 test_classification_recipe.py.)"""
 
 from __future__ import annotations
@@ -9,7 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneserve_server.training.fast_steps import FastDropout, FrozenWeights, adamw, use_fast_dropout
+from tuneserve_server.training.fast_steps import (
+    FastDropout,
+    FrozenWeights,
+    adamw,
+    inference_weights,
+    use_fast_dropout,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -152,3 +160,44 @@ def test_use_fast_dropout_swaps_every_dropout_and_keeps_the_model(tiny_base):
         assert torch.equal(model(input_ids=ids).last_hidden_state, want)  # eval: no dropout at all
     model.train()
     assert all(m.training for m in model.modules() if isinstance(m, FastDropout))
+
+
+def test_inference_weights_fold_the_lora_products_and_put_every_weight_back(tiny_base):
+    model = lora_model(tiny_base).eval()
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, 100, (3, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+
+    def hidden() -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    want_adapted = hidden()
+    with model.disable_adapter():
+        want_base = hidden()
+    assert (want_adapted - want_base).abs().max() > 1e-3  # the adapter changes the output
+
+    with inference_weights(model, None, adapter=True):
+        got_adapted = hidden()
+    with inference_weights(model, None, adapter=False):
+        got_base = hidden()
+    torch.testing.assert_close(got_adapted, want_adapted, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got_base, want_base)  # no product folded: the very same weights
+
+    with inference_weights(model, torch.bfloat16, adapter=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert all(
+            m.weight.dtype == torch.bfloat16
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lora_" not in name
+        )
+        low = hidden().float()
+    assert ((low - want_adapted).norm(dim=-1) / want_adapted.norm(dim=-1)).max() < 0.05
+
+    with pytest.raises(RuntimeError), inference_weights(model, torch.bfloat16):
+        raise RuntimeError("a pass that fails")
+    for name, p in model.named_parameters():  # the same tensors, the same values, float32
+        ptr, value = before[name]
+        assert p.data_ptr() == ptr and torch.equal(p.detach(), value), name
+    assert torch.equal(hidden(), want_adapted)  # the adapter is on again
