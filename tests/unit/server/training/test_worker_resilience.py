@@ -66,3 +66,39 @@ def test_a_failing_heartbeat_does_not_stop_the_job(tmp_path, make_spec):
     assert store.failed["heartbeat"] == 2 and store.calls["heartbeat"] >= 4  # and the final one
     assert done.progress.step == 3  # the last heartbeat recorded the final step
     real.close()
+
+
+def test_the_worker_imports_the_training_libraries_before_its_first_claim(tmp_path):
+    """A fresh interpreter (this one has imported everything already): when run_forever makes
+    its first claim, peft and transformers' model classes are loaded, so no job pays for them."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from tuneserve_server.config import load_settings
+        from tuneserve_server.storage.local_adapter_store import LocalAdapterStore
+        from tuneserve_server.storage.sqlite_store import SqliteStore
+        from tuneserve_server.training.worker import TrainerWorker
+
+        settings = load_settings({{"data_dir": {str(tmp_path)!r}, "worker_poll_s": 0.05}}, env={{}})
+        store = SqliteStore(settings.data_dir / "jobs.db")
+        worker = TrainerWorker(settings, store, LocalAdapterStore(settings.adapter_path))
+        before = "peft" in sys.modules
+        seen = []
+
+        def claim(*args, **kwargs):
+            seen.append("peft" in sys.modules and "transformers.models.auto.modeling_auto" in sys.modules)
+            worker.stopping.set()
+            return None
+
+        store.claim_job = claim
+        worker.run_forever()
+        print(before, seen)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False [True]"
