@@ -571,8 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     native_bf16 = training_autocast_dtype(args.device, "auto") is not None
     precision_note = (
         "uses bfloat16 autocast for the training forward pass (this device multiplies bfloat16\n"
-        "  natively; evaluation stays float32), with the frozen base weights cast to bfloat16 once\n"
-        "  for the loop instead of every step"
+        "  natively; the validation passes stay float32, the end-of-job fit passes over the training\n"
+        "  rows use bfloat16 too, with the LoRA products folded into the weights), with the frozen\n"
+        "  base weights cast to bfloat16 once for the loop instead of every step"
         if native_bf16
         else "trains in float32 (`train_precision=auto`: this CPU has no native bfloat16 matmuls,\n"
         "  where autocast would emulate them several times slower)"

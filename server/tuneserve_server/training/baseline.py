@@ -7,7 +7,14 @@ The model is scikit-learn's `make_pipeline(StandardScaler(), LogisticRegression(
 L2, intercept not penalised), written in torch so the server needs no scikit-learn: features
 standardised with the training mean and (population) standard deviation, then the mean
 cross-entropy plus ||W||^2 / (2 C n) minimised with L-BFGS. The unit tests compare its
-predictions with scikit-learn's on the same features.
+predictions and probabilities with scikit-learn's, both converged, on the same features.
+
+A job fits to a gradient max-norm of TOLERANCE = 1e-5 (scikit-learn's own default is `tol=1e-4`).
+Frozen-embedding features are nearly separable and badly conditioned: on 1771 Banking77 rows of
+MiniLM embeddings L-BFGS reaches 1e-5 in ~95 evaluations (0.5 s here) and needs more than 500
+for 1e-9 (2.7 s; scikit-learn's lbfgs at tol=1e-10 took 614 iterations), while the held-out
+predictions of the two fits agree on 99.8% of rows and their accuracy is the same. The baseline is
+a reference the adapter must beat by MARGIN macro-F1, so that precision is plenty.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch.nn.functional as F
 
 MAX_BASELINE_ROWS = 4096  # training rows embedded for the baseline (a sample when there are more)
 MARGIN = 0.01  # the adapter should beat the baseline's macro-F1 by this much
+TOLERANCE = 1e-5  # a job's fit stops at this gradient max-norm (see above)
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,13 @@ class LogisticBaseline:
 
     @classmethod
     def fit(
-        cls, x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float = 1.0, max_iter: int = 500
+        cls,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_labels: int,
+        c: float = 1.0,
+        max_iter: int = 500,
+        tol: float = TOLERANCE,
     ) -> LogisticBaseline:
         x = x.to(torch.float64)
         mean = x.mean(0)
@@ -44,7 +58,7 @@ class LogisticBaseline:
             [weight, bias],
             lr=1.0,
             max_iter=max_iter,
-            tolerance_grad=1e-9,
+            tolerance_grad=tol,
             tolerance_change=1e-12,
             history_size=20,
             line_search_fn="strong_wolfe",
