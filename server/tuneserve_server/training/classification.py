@@ -515,7 +515,6 @@ class ClassificationRecipe:
         `_eval_pass`'s float32 path (what Predict computes)."""
         dtype = self.autocast_dtype
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        self.model.eval()
         with (
             inference_weights(self.model, dtype, adapter=adapter),
             torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None),
@@ -585,9 +584,8 @@ class ClassificationRecipe:
             if not hasattr(self, "_val_features"):
                 self._val_features = self._encode(self.spec.validation)
             val_embeddings = self._eval_pass(self._val_features, self._pooled, width)
-        rows, features = self._sample_train_rows(
-            MAX_COVARIANCE_ROWS
-        )  # bounds the time; plenty for the covariance
+        # MAX_COVARIANCE_ROWS bounds the time; plenty for the covariance.
+        rows, features = self._sample_train_rows(MAX_COVARIANCE_ROWS)
         train_embeddings = self._fit_embeddings(features, adapter=True)
         self.uncertainty = UncertaintyModel.fit(
             probs,

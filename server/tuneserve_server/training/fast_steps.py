@@ -160,6 +160,10 @@ def inference_weights(
                     merged = weight
                     if adapter:
                         for name in module.active_adapters:
+                            # An adapter peft has merged already is in the weight (and
+                            # disable_adapter below would unmerge it in place): not supported.
+                            if name in getattr(module, "merged_adapters", ()):
+                                raise ValueError(f"adapter {name!r} is merged into the base weights")
                             if name in module.lora_A:
                                 merged = merged + module.get_delta_weight(name).to(weight.dtype)
                     swapped.append((base.weight, weight))
