@@ -170,19 +170,22 @@ class ClassificationRecipe:
         loss over every row, however the rows are split into batches. Returns that mean."""
         rows = sum(len(idx) for idx in group)
         total = 0.0
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         for idx in group:
             batch = self._collate([features[i] for i in idx])
-            with torch.autocast(
-                device_type,
-                dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None,
-            ):
+            with self._autocast():
                 logits = self._logits(batch)
             loss = F.cross_entropy(logits.float(), targets[idx].to(self.device), reduction="sum") / rows
             loss.backward()
             total += float(loss.detach())
         return total
+
+    def _autocast(self) -> torch.autocast:
+        """The training forward pass's autocast (disabled when it trains in float32)."""
+        return torch.autocast(
+            "cuda" if self.device.startswith("cuda") else "cpu",
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
 
     def _epoch_batches(self, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
         if self.group_by_length:
@@ -360,12 +363,8 @@ class ClassificationRecipe:
         if not hasattr(self, "_val_features"):
             self._val_features = self._encode(self.spec.validation)
         pooled = self._val_pooled = self._eval_pass(self._val_features, self._pooled, self.head.in_features)
-        was_training = self.head.training
-        self.head.eval()
         with torch.no_grad():  # the head is trainable: float32 whatever FrozenWeights holds
-            logits = self.head(pooled.to(self.device)).float().cpu()
-        self.head.train(was_training)
-        return logits
+            return self.head(pooled.to(self.device)).float().cpu()
 
     def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
@@ -513,12 +512,7 @@ class ClassificationRecipe:
         folded into the weights (fast_steps.inference_weights): one matmul per Linear. The
         validation rows, against which every request-time guarantee is checked, keep
         `_eval_pass`'s float32 path (what Predict computes)."""
-        dtype = self.autocast_dtype
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with (
-            inference_weights(self.model, dtype, adapter=adapter),
-            torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None),
-        ):
+        with inference_weights(self.model, self.autocast_dtype, adapter=adapter), self._autocast():
             return self._eval_pass(features, self._pooled, self.head.in_features)
 
     def _baseline(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -578,7 +572,7 @@ class ClassificationRecipe:
         probs = torch.softmax(logits.double() / self.temperature, dim=-1)
         width = self.head.in_features
         kept = getattr(self, "_best_pooled", None)
-        if kept is not None and kept[0] is self.spec.validation and len(kept[1]) == len(y):
+        if kept is not None and kept[0] is self.spec.validation:
             val_embeddings = kept[1]  # the best evaluation's pass (eval mode, the same weights)
         else:  # resumed after the best evaluation, or other rows (cross-validation's held-out ones)
             if not hasattr(self, "_val_features"):

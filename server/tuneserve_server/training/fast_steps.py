@@ -142,43 +142,37 @@ def inference_weights(
 ) -> Iterator[None]:
     """Within the block `model` (a peft model in eval mode, under no_grad) computes with the
     LoRA products merged into its base weights (`adapter`) or with the base weights alone
-    (not `adapter`), every frozen Linear weight in `dtype` (None: as it is). For passes only:
-    the trainable parameters are not used inside. Restores every weight on exit."""
+    (not `adapter`), every frozen Linear weight in `dtype` (None: as it is; the cast is
+    FrozenWeights'). For passes only: the trainable parameters are not used inside. Restores
+    every weight on exit."""
     from peft.tuners.lora import LoraLayer
 
-    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    # Handled with their LoRA layer (the base) or unused inside (the adapter's own A and B).
-    skip = {id(m.get_base_layer()) for m in layers}
-    skip |= {id(sub) for m in layers for factors in (m.lora_A, m.lora_B) for sub in factors.values()}
+    folded: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, LoraLayer):
-                    base = module.get_base_layer()
-                    weight = base.weight.data
-                    merged = weight
-                    if adapter:
-                        for name in module.active_adapters:
-                            # An adapter peft has merged already is in the weight (and
-                            # disable_adapter below would unmerge it in place): not supported.
-                            if name in getattr(module, "merged_adapters", ()):
-                                raise ValueError(f"adapter {name!r} is merged into the base weights")
-                            if name in module.lora_A:
-                                merged = merged + module.get_delta_weight(name).to(weight.dtype)
-                    swapped.append((base.weight, weight))
-                    base.weight.data = merged.to(dtype) if dtype is not None else merged
-                elif (
-                    isinstance(module, torch.nn.Linear)
-                    and id(module) not in skip
-                    and dtype is not None
-                    and not module.weight.requires_grad
-                    and module.weight.is_floating_point()
-                ):
-                    swapped.append((module.weight, module.weight.data))
-                    module.weight.data = module.weight.data.to(dtype)
-        with model.disable_adapter():  # the LoRA branch is off: its product is in the weights
-            yield
+            for module in model.modules() if adapter else ():
+                if not isinstance(module, LoraLayer):
+                    continue
+                base = module.get_base_layer()
+                merged = base.weight.data
+                for name in module.active_adapters:
+                    # An adapter peft has merged already is in the weight (and
+                    # disable_adapter below would unmerge it in place): not supported.
+                    if name in getattr(module, "merged_adapters", ()):
+                        raise ValueError(f"adapter {name!r} is merged into the base weights")
+                    if name in module.lora_A:
+                        merged = merged + module.get_delta_weight(name).to(merged.dtype)
+                folded.append((base.weight, base.weight.data))
+                base.weight.data = merged
+        cast = FrozenWeights(model, dtype) if dtype is not None else None
+        if cast is not None:
+            cast.low()
+        try:
+            with model.disable_adapter():  # the LoRA branch is off: its product is in the weights
+                yield
+        finally:
+            if cast is not None:
+                cast.release()  # back to the (folded) float32 weights
     finally:
-        for weight, data in reversed(swapped):
+        for weight, data in reversed(folded):
             weight.data = data
